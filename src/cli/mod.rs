@@ -1,0 +1,21 @@
+//! The `capmoe` command line. One file per subcommand.
+
+pub mod route;
+pub mod table;
+
+use thiserror::Error;
+
+/// Anything a subcommand can fail with; `main` prints it and exits with 2.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Routing(#[from] crate::RoutingError),
+    #[error(transparent)]
+    Npy(#[from] crate::io::npy::NpyError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}

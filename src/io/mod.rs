@@ -1,0 +1,3 @@
+//! Reading router traces.
+
+pub mod npy;

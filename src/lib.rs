@@ -1,0 +1,17 @@
+//! # capmoe
+//!
+//! Capacity-aware Mixture-of-Experts inference, after "Capacity-Aware
+//! Inference: Mitigating the Straggler Effect in Mixture of Experts" (He et
+//! al., ICLR 2026). Each expert's load is capped at `C = ceil(gamma T k / E)`;
+//! overflow is dropped or rerouted.
+//!
+//! [`routing`] is the contract every backend implements and its CPU oracle.
+//! [`io`] reads router traces.
+
+pub mod cli;
+pub mod error;
+pub mod io;
+pub mod routing;
+pub mod trace;
+
+pub use error::{RoutingError, MAX_EXPERTS};

@@ -1,0 +1,52 @@
+//! `capmoe`: capacity-aware MoE routing and benchmarks.
+
+use capmoe::cli::{self, CliError};
+use capmoe::routing::POLICY_HELP;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "capmoe", version, about = "Capacity-aware Mixture-of-Experts inference", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Route a trace of router logits under a capacity policy and report the plan.
+    #[command(after_long_help = policy_help())]
+    Route(cli::route::RouteArgs),
+}
+
+fn policy_help() -> String {
+    let mut s = String::from("Policies:\n");
+    for (name, what) in POLICY_HELP {
+        s.push_str(&format!("  {name:<20} {what}\n"));
+    }
+    s.push_str(
+        "\nJSON keys (--format json): tokens, experts, top_k, capacity (C or null), assignments \
+         (per token, [{expert, weight}] in decreasing p), load (per expert), dropped (token slots lost), \
+         rerouted (served outside the top-k), gate_mass_kept (served sum p / top-k sum p).\n\n\
+         Example:\n  capmoe route --logits examples/traces/mixtral-skew-t1024-e8.npy --top-k 2 \\\n      --policy drop:score --capacity-factor 1.5\n",
+    );
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let res: Result<(), CliError> = match &cli.command {
+        Command::Route(a) => cli::route::run(a, &mut out),
+    };
+    let _ = out.flush();
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

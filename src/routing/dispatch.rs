@@ -1,0 +1,157 @@
+//! Dispatch layout: expert-contiguous rows, each expert's segment padded to a
+//! tile multiple (what a grouped GEMM reads), plus the compacted overflow list.
+//! CPU twin of the dispatch kernels.
+
+use super::plan::RoutingPlan;
+use crate::error::RoutingError;
+
+/// Token index of a padding row.
+pub const PAD: u32 = u32::MAX;
+
+/// A top-k assignment its expert did not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow {
+    pub token: u32,
+    pub expert: u32,
+}
+
+/// Where every served assignment sits in the expert-major activation buffer.
+///
+/// Expert `e` owns rows `offsets[e]..offsets[e+1]`; its first `counts[e]` rows
+/// are its tokens in increasing token order, the rest are padding.
+///
+/// ```
+/// use capmoe::routing::{route, Logits, Policy, RouterConfig, DispatchLayout, PAD};
+/// let logits = [2.0f32, 1.0, 0.0, 3.0, 0.0, 1.0];
+/// let plan = route(&Logits::new(&logits, 2, 3).unwrap(), &RouterConfig::new(1, Policy::None)).unwrap();
+/// let d = DispatchLayout::new(&plan, 4).unwrap();
+/// assert_eq!(d.offsets(), &[0, 4, 4, 4]);
+/// assert_eq!(&d.row_tokens()[..2], &[0, 1]);
+/// assert_eq!(d.row_tokens()[2], PAD);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchLayout {
+    tile: usize,
+    counts: Vec<u32>,
+    offsets: Vec<u32>,
+    row_token: Vec<u32>,
+    row_weight: Vec<f32>,
+    assignment_row: Vec<u32>,
+    overflow: Vec<Overflow>,
+}
+
+impl DispatchLayout {
+    /// Lays out `plan` with segments padded to a multiple of `tile` rows.
+    pub fn new(plan: &RoutingPlan, tile: usize) -> Result<Self, RoutingError> {
+        if tile == 0 {
+            return Err(RoutingError::ZeroTile);
+        }
+        let experts = plan.experts();
+        let counts: Vec<u32> = plan.stats().load.iter().map(|&l| l as u32).collect();
+        let mut offsets = vec![0u32; experts + 1];
+        for e in 0..experts {
+            offsets[e + 1] = offsets[e] + (counts[e] as usize).div_ceil(tile) as u32 * tile as u32;
+        }
+        let rows = offsets[experts] as usize;
+        let mut row_token = vec![PAD; rows];
+        let mut row_weight = vec![0.0f32; rows];
+        let mut cursor: Vec<u32> = offsets[..experts].to_vec();
+        let mut assignment_row = Vec::with_capacity(plan.len());
+        let mut overflow = Vec::new();
+        for t in 0..plan.tokens() {
+            let range = plan.offsets()[t] as usize..plan.offsets()[t + 1] as usize;
+            let served = &plan.expert_ids()[range.clone()];
+            for (&e, &w) in served.iter().zip(&plan.weights()[range]) {
+                let r = cursor[e as usize];
+                cursor[e as usize] += 1;
+                row_token[r as usize] = t as u32;
+                row_weight[r as usize] = w;
+                assignment_row.push(r);
+            }
+            for &e in plan.topk(t) {
+                if !served.contains(&e) {
+                    overflow.push(Overflow {
+                        token: t as u32,
+                        expert: e,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            tile,
+            counts,
+            offsets,
+            row_token,
+            row_weight,
+            assignment_row,
+            overflow,
+        })
+    }
+
+    pub fn tile(&self) -> usize {
+        self.tile
+    }
+    /// Served rows per expert.
+    pub fn counts(&self) -> &[u32] {
+        &self.counts
+    }
+    /// Padded segment starts, `E + 1` entries.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+    /// Rows in all, padding included.
+    pub fn rows(&self) -> usize {
+        self.row_token.len()
+    }
+    /// Source token of every row ([`PAD`] for padding).
+    pub fn row_tokens(&self) -> &[u32] {
+        &self.row_token
+    }
+    /// Combine weight of every row (0 for padding).
+    pub fn row_weights(&self) -> &[f32] {
+        &self.row_weight
+    }
+    /// Row of each plan assignment, in the plan's token-major order.
+    pub fn assignment_rows(&self) -> &[u32] {
+        &self.assignment_row
+    }
+    /// Top-k assignments not served by their expert, in flat `(t, j)` order.
+    pub fn overflow(&self) -> &[Overflow] {
+        &self.overflow
+    }
+
+    /// Gathers token activations `[T, hidden]` into expert-major rows
+    /// `[rows, hidden]`; padding rows are zero.
+    pub fn scatter<T: Copy + Default>(
+        &self,
+        x: &[T],
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<Vec<T>, RoutingError> {
+        check_len("token activations", x.len(), tokens * hidden)?;
+        let mut out = vec![T::default(); self.rows() * hidden];
+        for (r, &t) in self.row_token.iter().enumerate() {
+            if t != PAD {
+                let t = t as usize;
+                out[r * hidden..(r + 1) * hidden].copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn check_len(
+    what: &'static str,
+    len: usize,
+    expected: usize,
+) -> Result<(), RoutingError> {
+    if len == expected {
+        Ok(())
+    } else {
+        Err(RoutingError::ShapeMismatch {
+            what,
+            len,
+            expected,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! The routing plan: the one shape every backend fills.
+
+use super::gate::Gate;
+use super::numerics::seq_sum;
+use super::policy::Policy;
+use super::served::Served;
+use super::stats::PlanStats;
+use super::CapacityScope;
+
+/// One served `(token, expert)` pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assignment {
+    pub expert: u32,
+    /// Combine weight: `p / sum(p over top-k)`, or over the served experts
+    /// when the plan is renormalised.
+    pub weight: f32,
+    /// Router probability `p[t, e]`.
+    pub prob: f32,
+}
+
+/// The capacity a plan was built under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityInfo {
+    /// `C = ceil(gamma T k / E)`, per expert.
+    pub per_expert: u64,
+    pub scope: CapacityScope,
+    pub ranks: usize,
+}
+
+/// Served assignments per token (CSR, each token's list in decreasing `p`,
+/// ties to the lower expert), their weights, the plain top-k they came from,
+/// and statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingPlan {
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+    policy: Policy,
+    capacity: Option<CapacityInfo>,
+    renormalized: bool,
+    offsets: Vec<u32>,
+    expert: Vec<u32>,
+    weight: Vec<f32>,
+    prob: Vec<f32>,
+    topk: Vec<u32>,
+    stats: PlanStats,
+}
+
+impl RoutingPlan {
+    pub(crate) fn build(
+        gate: &Gate,
+        served: Served,
+        policy: Policy,
+        capacity: Option<CapacityInfo>,
+        renormalize: bool,
+    ) -> Self {
+        let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
+        let n = served.experts.len();
+        let mut expert = Vec::with_capacity(n);
+        let mut weight = Vec::with_capacity(n);
+        let mut prob = Vec::with_capacity(n);
+        let mut load = vec![0u64; experts];
+        let (mut dropped, mut rerouted) = (0u64, 0u64);
+        let (mut served_mass, mut topk_mass) = (0.0f64, 0.0f64);
+        let mut list: Vec<u32> = Vec::with_capacity(experts);
+        for t in 0..tokens {
+            let p = gate.prob_row(t);
+            list.clear();
+            list.extend_from_slice(served.of(t));
+            list.sort_unstable_by(|&a, &b| p[b as usize].total_cmp(&p[a as usize]).then(a.cmp(&b)));
+            let denom = if renormalize {
+                seq_sum(list.iter().map(|&e| p[e as usize]))
+            } else {
+                gate.topk_sum(t)
+            };
+            let top = gate.topk(t);
+            for &e in &list {
+                let pe = p[e as usize];
+                expert.push(e);
+                prob.push(pe);
+                weight.push(pe / denom);
+                load[e as usize] += 1;
+                served_mass += pe as f64;
+                rerouted += u64::from(!top.contains(&e));
+            }
+            topk_mass += top.iter().map(|&e| p[e as usize] as f64).sum::<f64>();
+            dropped += k.saturating_sub(list.len()) as u64;
+        }
+        let max_load = load.iter().copied().max().unwrap_or(0);
+        let stats = PlanStats {
+            max_load,
+            mean_load: n as f64 / experts as f64,
+            served: n as u64,
+            load,
+            dropped,
+            rerouted,
+            served_mass,
+            topk_mass,
+            gate_mass_kept: if topk_mass > 0.0 {
+                served_mass / topk_mass
+            } else {
+                1.0
+            },
+        };
+        Self {
+            tokens,
+            experts,
+            top_k: k,
+            policy,
+            capacity,
+            renormalized: renormalize,
+            offsets: served.offsets,
+            expert,
+            weight,
+            prob,
+            topk: gate.topk_all().to_vec(),
+            stats,
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+    pub fn experts(&self) -> usize {
+        self.experts
+    }
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+    /// `None` for the `none` policy.
+    pub fn capacity(&self) -> Option<CapacityInfo> {
+        self.capacity
+    }
+    pub fn renormalized(&self) -> bool {
+        self.renormalized
+    }
+    pub fn stats(&self) -> &PlanStats {
+        &self.stats
+    }
+    /// Total served assignments.
+    pub fn len(&self) -> usize {
+        self.expert.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.expert.is_empty()
+    }
+    /// CSR offsets: token `t`'s assignments are `offsets[t]..offsets[t+1]`.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+    /// Expert of every assignment, token-major.
+    pub fn expert_ids(&self) -> &[u32] {
+        &self.expert
+    }
+    /// Combine weight of every assignment, token-major.
+    pub fn weights(&self) -> &[f32] {
+        &self.weight
+    }
+    /// Router probability of every assignment, token-major.
+    pub fn probs(&self) -> &[f32] {
+        &self.prob
+    }
+    /// Token `t`'s plain top-k, before capacity.
+    pub fn topk(&self, t: usize) -> &[u32] {
+        &self.topk[t * self.top_k..(t + 1) * self.top_k]
+    }
+    /// Token `t`'s served assignments, decreasing `p`.
+    pub fn assignments(&self, t: usize) -> impl ExactSizeIterator<Item = Assignment> + '_ {
+        let r = self.offsets[t] as usize..self.offsets[t + 1] as usize;
+        r.map(|i| Assignment {
+            expert: self.expert[i],
+            weight: self.weight[i],
+            prob: self.prob[i],
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! Synthetic router traces with controlled skew, for examples, tests and
+//! benchmarks when no real router trace is at hand.
+
+use crate::routing::numerics::splitmix64;
+use crate::routing::{route, Logits, Policy, RouterConfig};
+use crate::RoutingError;
+use std::fmt;
+use std::str::FromStr;
+
+/// How imbalanced plain top-k routing should be, as the busiest expert's load
+/// over the mean load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Skew {
+    /// No bias: max/mean comes from noise alone.
+    Uniform,
+    /// Mixtral-like: busiest expert about 2.75x the mean (paper: 2.5-3x).
+    Mixtral,
+    /// OLMoE-like: about 7x the mean (needs E/k > 7, e.g. E=64, k=8).
+    Olmoe,
+    /// An explicit max/mean target.
+    Ratio(f64),
+}
+
+impl Skew {
+    /// Target max/mean load; `None` for [`Skew::Uniform`].
+    pub fn target(&self) -> Option<f64> {
+        match self {
+            Skew::Uniform => None,
+            Skew::Mixtral => Some(2.75),
+            Skew::Olmoe => Some(7.0),
+            Skew::Ratio(r) => Some(*r),
+        }
+    }
+}
+
+impl FromStr for Skew {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uniform" => Ok(Skew::Uniform),
+            "mixtral" => Ok(Skew::Mixtral),
+            "olmoe" => Ok(Skew::Olmoe),
+            _ => match s.parse::<f64>() {
+                Ok(r) if r.is_finite() && r >= 1.0 => Ok(Skew::Ratio(r)),
+                _ => Err(format!(
+                    "unknown skew `{s}`; expected uniform, mixtral, olmoe or a max/mean ratio >= 1"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Skew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skew::Uniform => f.write_str("uniform"),
+            Skew::Mixtral => f.write_str("mixtral"),
+            Skew::Olmoe => f.write_str("olmoe"),
+            Skew::Ratio(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Deterministic SplitMix64 generator (portable: same stream everywhere).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        splitmix64(self.0)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// Errors from building a skewed trace.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraceError {
+    #[error("skew {target}x is out of reach with {experts} experts and top-{top_k}: max/mean load is below E/k = {limit}; pick a ratio in [1, {limit})", limit = *experts as f64 / *top_k as f64)]
+    Unreachable {
+        target: f64,
+        experts: usize,
+        top_k: usize,
+    },
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+}
+
+fn noise(tokens: usize, experts: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..tokens * experts).map(|_| rng.normal() as f32).collect()
+}
+
+fn imbalance(
+    noise: &[f32],
+    bias: &[f32],
+    experts: usize,
+    top_k: usize,
+) -> Result<f64, RoutingError> {
+    let l: Vec<f32> = noise
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| n + bias[i % experts])
+        .collect();
+    let plan = route(
+        &Logits::new(&l, l.len() / experts, experts)?,
+        &RouterConfig::new(top_k, Policy::None),
+    )?;
+    Ok(plan.stats().imbalance())
+}
+
+/// Per-expert logit bias `b * (1 - e/(E-1))^2` (a graded skew with expert 0
+/// the busiest), with `b` found by bisection so that plain top-k routing of
+/// unit-normal logits reaches the skew's max/mean target.
+pub fn expert_bias(experts: usize, top_k: usize, skew: Skew) -> Result<Vec<f32>, TraceError> {
+    let shape = |b: f64| -> Vec<f32> {
+        (0..experts)
+            .map(|e| {
+                let x = if experts > 1 {
+                    1.0 - e as f64 / (experts - 1) as f64
+                } else {
+                    0.0
+                };
+                (b * x * x) as f32
+            })
+            .collect()
+    };
+    let Some(target) = skew.target() else {
+        return Ok(vec![0.0; experts]);
+    };
+    let limit = experts as f64 / top_k.max(1) as f64;
+    if !(target >= 1.0 && target < limit) {
+        return Err(TraceError::Unreachable {
+            target,
+            experts,
+            top_k,
+        });
+    }
+    let sample = noise(4096, experts, 0x5EED);
+    let (mut lo, mut hi) = (0.0f64, 64.0f64);
+    if imbalance(&sample, &shape(hi), experts, top_k)? < target {
+        return Err(TraceError::Unreachable {
+            target,
+            experts,
+            top_k,
+        });
+    }
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if imbalance(&sample, &shape(mid), experts, top_k)? < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(shape(hi))
+}
+
+/// `[tokens, experts]` logits: unit normal noise plus [`expert_bias`].
+///
+/// ```
+/// use capmoe::trace::{synthetic_logits, Skew};
+/// let l = synthetic_logits(256, 8, 2, Skew::Mixtral, 1).unwrap();
+/// assert_eq!(l.len(), 256 * 8);
+/// ```
+pub fn synthetic_logits(
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+    skew: Skew,
+    seed: u64,
+) -> Result<Vec<f32>, TraceError> {
+    let bias = expert_bias(experts, top_k, skew)?;
+    let mut l = noise(tokens, experts, seed);
+    for (i, v) in l.iter_mut().enumerate() {
+        *v += bias[i % experts];
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixtral_skew_hits_its_target() {
+        let l = synthetic_logits(8192, 8, 2, Skew::Mixtral, 9).unwrap();
+        let r = imbalance(&l, &[0.0; 8], 8, 2).unwrap();
+        assert!((2.5..3.0).contains(&r), "max/mean {r}");
+        let l = synthetic_logits(8192, 64, 8, Skew::Olmoe, 9).unwrap();
+        let r = imbalance(&l, &[0.0; 64], 64, 8).unwrap();
+        assert!((6.5..7.5).contains(&r), "max/mean {r}");
+    }
+
+    #[test]
+    fn unreachable_skew_is_an_error() {
+        assert!(matches!(
+            expert_bias(8, 2, Skew::Olmoe),
+            Err(TraceError::Unreachable { .. })
+        ));
+        assert!("0.5".parse::<Skew>().is_err());
+        assert_eq!("3".parse::<Skew>().unwrap(), Skew::Ratio(3.0));
+    }
+}
