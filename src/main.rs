@@ -18,6 +18,8 @@ enum Command {
     /// Route a trace of router logits under a capacity policy and report the plan.
     #[command(after_long_help = policy_help())]
     Route(cli::route::RouteArgs),
+    /// Write a synthetic router trace with a chosen skew (.npy, float32).
+    Trace(cli::trace::TraceArgs),
 }
 
 fn policy_help() -> String {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     let res: Result<(), CliError> = match &cli.command {
         Command::Route(a) => cli::route::run(a, &mut out),
+        Command::Trace(a) => cli::trace::run(a, &mut out),
     };
     let _ = out.flush();
     match res {

@@ -2,6 +2,7 @@
 
 pub mod route;
 pub mod table;
+pub mod trace;
 
 use thiserror::Error;
 
@@ -10,6 +11,8 @@ use thiserror::Error;
 pub enum CliError {
     #[error(transparent)]
     Routing(#[from] crate::RoutingError),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
     Npy(#[from] crate::io::npy::NpyError),
     #[error("{0}")]
