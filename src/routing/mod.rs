@@ -38,7 +38,7 @@ pub use plan::{Assignment, CapacityInfo, RoutingPlan};
 pub use policy::{DropRank, Policy, POLICY_HELP};
 pub use stats::PlanStats;
 
-use crate::error::RoutingError;
+pub use crate::error::RoutingError;
 use served::Served;
 
 /// How to route a batch.
