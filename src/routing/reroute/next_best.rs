@@ -21,13 +21,43 @@ pub(crate) fn next_best(gate: &Gate, bins: &Bins) -> Served {
     let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
     let worst_key =
         |t: u32, e: u32| -> Worst { (Reverse(gate.p(t as usize, e as usize).to_bits()), t, e) };
-    let mut held: Vec<BinaryHeap<Worst>> = vec![BinaryHeap::new(); bins.count()];
     let mut cursor = vec![k as u32; tokens];
     let mut prefs: Vec<Option<Vec<u32>>> = vec![None; tokens];
-    let mut queue: VecDeque<(u32, u32)> = (0..tokens)
-        .flat_map(|t| gate.topk(t).iter().map(move |&e| (t as u32, e)))
-        .collect();
+    let mut queue: VecDeque<(u32, u32)> = VecDeque::new();
+    // Each rejection sends the token's next proposal, if it has experts left.
+    let mut reject = |r: usize, queue: &mut VecDeque<(u32, u32)>| {
+        if (cursor[r] as usize) < experts {
+            let pref = prefs[r].get_or_insert_with(|| gate.preference(r));
+            queue.push_back((r as u32, pref[cursor[r] as usize]));
+            cursor[r] += 1;
+        }
+    };
 
+    // Round one in bulk: each bin keeps its best `cap` top-k proposals.
+    let mut first: Vec<Vec<Worst>> = vec![Vec::new(); bins.count()];
+    for t in 0..tokens {
+        for &e in gate.topk(t) {
+            first[bins.bin(e as usize)].push(worst_key(t as u32, e));
+        }
+    }
+    let mut held: Vec<BinaryHeap<Worst>> = Vec::with_capacity(bins.count());
+    for (b, mut props) in first.into_iter().enumerate() {
+        let cap = usize::try_from(bins.cap(b)).unwrap_or(usize::MAX);
+        if props.len() > cap {
+            if cap > 0 {
+                props.select_nth_unstable(cap - 1);
+            }
+            let mut out: Vec<u32> = props[cap..].iter().map(|&(_, t, _)| t).collect();
+            out.sort_unstable();
+            for t in out {
+                reject(t as usize, &mut queue);
+            }
+            props.truncate(cap);
+        }
+        held.push(BinaryHeap::from(props));
+    }
+
+    // Later proposals one at a time; the outcome does not depend on order.
     while let Some((t, e)) = queue.pop_front() {
         let b = bins.bin(e as usize);
         let heap = &mut held[b];
@@ -47,12 +77,7 @@ pub(crate) fn next_best(gate: &Gate, bins: &Bins) -> Served {
             }
         };
         if let Some(r) = rejected {
-            let r = r as usize;
-            if (cursor[r] as usize) < experts {
-                let pref = prefs[r].get_or_insert_with(|| gate.preference(r));
-                queue.push_back((r as u32, pref[cursor[r] as usize]));
-                cursor[r] += 1;
-            }
+            reject(r as usize, &mut queue);
         }
     }
 
