@@ -15,3 +15,10 @@ pub mod routing;
 pub mod trace;
 
 pub use error::{RoutingError, MAX_EXPERTS};
+pub mod backend;
+pub mod model;
+
+/// The README's Rust examples run as doctests, so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
