@@ -204,16 +204,18 @@ fn naive_drop(c: &Case, plan: &RoutingPlan, g: &Gate, rank: DropRank) -> Vec<Vec
             per_bin[bin_of(c, e as usize)].push((t as u32, e));
         }
     }
+    // Position of e in t's top-k: within a token, order is by decreasing p.
+    let j = |t: u32, e: u32| g.topk(t as usize).iter().position(|&x| x == e).unwrap();
     let mut kept = vec![Vec::new(); c.tokens];
     for cands in per_bin.iter_mut() {
         match rank {
             DropRank::Score => {
                 cands.sort_by_key(|&(t, e)| (Reverse(g.p(t as usize, e as usize).to_bits()), t, e))
             }
-            DropRank::Order => cands.sort_by_key(|&(t, e)| (t, e)),
-            DropRank::ReverseOrder => cands.sort_by_key(|&(t, e)| (Reverse(t), e)),
+            DropRank::Order => cands.sort_by_key(|&(t, e)| (t, j(t, e))),
+            DropRank::ReverseOrder => cands.sort_by_key(|&(t, e)| (Reverse(t), j(t, e))),
             DropRank::Random { seed } => {
-                cands.sort_by_key(|&(t, e)| (random_key(seed, t, e), t, e))
+                cands.sort_by_key(|&(t, e)| (random_key(seed, t, e), t, j(t, e)))
             }
         }
         for &(t, e) in cands.iter().take(cap) {
