@@ -1,0 +1,103 @@
+//! Host tensors: f32 weights either borrowed in place from a memory-mapped
+//! safetensors file or owned (converted from bf16/f16, randomly initialised,
+//! or copied because the mapped bytes were not 4-byte aligned).
+
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// Where a host tensor's f32 values live.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Owned values.
+    Owned(Arc<Vec<f32>>),
+    /// `len` little-endian f32 values at byte `offset` of a mapped file,
+    /// used in place. Only built when `offset` is 4-byte aligned in memory
+    /// (see [`HostTensor::mapped`]).
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// A named, shaped, row-major f32 tensor in host memory.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    name: String,
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl HostTensor {
+    /// An owned tensor. `data.len()` must equal the product of `shape`
+    /// (checked by the callers that build tensors from files).
+    pub fn owned(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self {
+            name: name.into(),
+            shape,
+            storage: Storage::Owned(Arc::new(data)),
+        }
+    }
+
+    /// f32 values at `map[offset..offset + 4 * len]`, borrowed in place.
+    ///
+    /// Fallback: when the bytes are not 4-byte aligned in memory (a
+    /// safetensors header whose length is not a multiple of 4 puts every
+    /// tensor off alignment), or on a big-endian host, the values are copied
+    /// into an owned buffer once instead. `offset + 4 * len` must lie inside
+    /// the map (the safetensors parser has checked it).
+    pub fn mapped(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    ) -> Self {
+        let bytes = &map[offset..offset + 4 * len];
+        let aligned = bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok();
+        if aligned && cfg!(target_endian = "little") {
+            Self {
+                name: name.into(),
+                shape,
+                storage: Storage::Mapped { map, offset, len },
+            }
+        } else {
+            let data = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Self::owned(name, shape, data)
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            Storage::Owned(v) => v.len(),
+            Storage::Mapped { len, .. } => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether the values are used in place from a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped { .. })
+    }
+    /// The values, row-major.
+    pub fn data(&self) -> &[f32] {
+        match &self.storage {
+            Storage::Owned(v) => v,
+            Storage::Mapped { map, offset, len } => {
+                // Alignment was checked when the tensor was built.
+                bytemuck::cast_slice(&map[*offset..*offset + 4 * *len])
+            }
+        }
+    }
+}

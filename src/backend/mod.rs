@@ -1,0 +1,183 @@
+//! Compute backends: the tensor operations and the MoE layer the model is
+//! written against (design.md §2). The CPU backend implements them now; a
+//! CUDA backend implements the same trait later, so the model has no
+//! per-device branches.
+//!
+//! Dependencies point down: model -> backend -> routing contract.
+
+pub mod cpu;
+mod host;
+pub mod moe;
+
+pub use cpu::CpuBackend;
+pub use host::{HostTensor, Storage};
+pub use moe::{rank_experts, ExpertWeights, MoeOutput, MoeWeights};
+
+use crate::error::RoutingError;
+use crate::routing::{DispatchLayout, RoutingPlan};
+use std::ops::Range;
+use thiserror::Error;
+
+/// Errors from a backend operation.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum BackendError {
+    #[error("{what}: shape {got:?} does not fit, expected {expected:?}")]
+    Shape {
+        what: &'static str,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("token id {id} at position {position} is out of range; the vocabulary has {vocab} ids (0..{vocab})")]
+    TokenOutOfRange {
+        id: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error("expert range {start}..{end} is not inside 0..{experts}")]
+    ExpertRange {
+        start: usize,
+        end: usize,
+        experts: usize,
+    },
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+}
+
+/// Attention geometry of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnGeom {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Query `i` attends keys `j` with `i - window < j <= i` (Mistral's
+    /// sliding window); `None` is plain causal attention.
+    pub window: Option<usize>,
+    /// Score scale, `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// RoPE frequencies (the default, unscaled rotary embedding of Llama/Mixtral:
+/// rotate the two halves of each head).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// `theta^(-2i/d)` for `i < d/2`, computed in f32 as transformers does.
+    pub inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        let base = theta as f32;
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Self { inv_freq }
+    }
+    /// `(cos, sin)` of angle `pos * inv_freq[i]`, angle rounded to f32.
+    #[inline]
+    pub fn cos_sin(&self, pos: usize, i: usize) -> (f32, f32) {
+        let a = (pos as f32 * self.inv_freq[i]) as f64;
+        (a.cos() as f32, a.sin() as f32)
+    }
+}
+
+/// A compute backend. `Act` is a row-major activation matrix on the device,
+/// `Mat` a weight matrix `[out, in]` (as stored by PyTorch's `nn.Linear`),
+/// `Vector` a 1-D weight and `Kv` one sequence's key/value cache for one
+/// layer.
+pub trait Backend: Send + Sync + Sized {
+    type Mat: Send + Sync;
+    type Vector: Send + Sync;
+    type Act: Send + Sync;
+    type Kv: Send;
+
+    /// A short name for reports ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+
+    /// Takes a 2-D host weight `[out, in]`.
+    fn mat(&self, t: HostTensor) -> Result<Self::Mat, BackendError>;
+    /// `(out, in)` of a weight matrix.
+    fn mat_shape(&self, m: &Self::Mat) -> (usize, usize);
+    /// Takes a 1-D host weight.
+    fn vector(&self, t: HostTensor) -> Result<Self::Vector, BackendError>;
+
+    /// Copies host values `[rows, cols]` to the device.
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act, BackendError>;
+    /// Copies an activation back to the host, row-major.
+    fn download(&self, x: &Self::Act) -> Result<Vec<f32>, BackendError>;
+    /// `(rows, cols)` of an activation.
+    fn act_shape(&self, x: &Self::Act) -> (usize, usize);
+
+    /// Rows `ids` of the embedding table `[vocab, hidden]`.
+    fn embed(&self, table: &Self::Mat, ids: &[u32]) -> Result<Self::Act, BackendError>;
+    /// `w * x / sqrt(mean(x^2) + eps)` per row.
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Act, BackendError>;
+    /// `x W^T`: `[rows, in] x [out, in]^T -> [rows, out]`.
+    fn linear(&self, x: &Self::Act, w: &Self::Mat) -> Result<Self::Act, BackendError>;
+    /// `x += y`.
+    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), BackendError>;
+    /// The listed rows of `x`, in that order.
+    fn select_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act, BackendError>;
+    /// Applies RoPE in place to `x = [rows, heads * head_dim]`, row `r` at
+    /// position `positions[r]`.
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        heads: usize,
+        positions: &[usize],
+        rope: &Rope,
+    ) -> Result<(), BackendError>;
+
+    /// An empty key/value cache for one sequence and one layer.
+    fn new_kv(&self, kv_heads: usize, head_dim: usize) -> Self::Kv;
+    /// Positions held by a cache.
+    fn kv_len(&self, kv: &Self::Kv) -> usize;
+    /// Causal GQA attention of several sequences at once. `q`, `k`, `v` hold
+    /// the new rows of all sequences, concatenated; sequence `s` owns rows
+    /// `spans[s]` and the cache `caches[s]`, whose current length is the
+    /// position of its first new row. The new keys and values are appended
+    /// to the caches. Returns `[rows, heads * head_dim]`.
+    fn attention(
+        &self,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        caches: &mut [&mut Self::Kv],
+        spans: &[Range<usize>],
+        geom: &AttnGeom,
+    ) -> Result<Self::Act, BackendError>;
+
+    /// Gathers token rows into the expert-major layout (padding rows zero).
+    fn dispatch(&self, x: &Self::Act, layout: &DispatchLayout) -> Result<Self::Act, BackendError>;
+    /// The SwiGLU FFN `w2 (silu(w1 x) * w3 x)` of experts `range` on their
+    /// rows of `rows` (the output of [`Backend::dispatch`]): one GEMM per
+    /// expert and matrix. Returns the rows `offsets[range.start] ..
+    /// offsets[range.end]` of the layout, `[those rows, hidden]`; padding rows
+    /// are zero. This is one EP rank's expert work when `range` is the rank's
+    /// experts (see [`rank_experts`]).
+    fn expert_ffn(
+        &self,
+        rows: &Self::Act,
+        layout: &DispatchLayout,
+        experts: &[ExpertWeights<Self>],
+        range: Range<usize>,
+    ) -> Result<Self::Act, BackendError>;
+    /// The weighted gather of expert outputs back to token order
+    /// (`routing::combine`'s semantics).
+    fn combine(
+        &self,
+        plan: &RoutingPlan,
+        layout: &DispatchLayout,
+        expert_out: &Self::Act,
+    ) -> Result<Self::Act, BackendError>;
+
+    /// Rows per expert segment in the dispatch layout (the grouped GEMM's
+    /// tile; 1 on the CPU).
+    fn dispatch_tile(&self) -> usize {
+        1
+    }
+}

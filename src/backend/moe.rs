@@ -1,0 +1,129 @@
+//! The sparse MoE layer, written once against [`Backend`] primitives:
+//! gate -> route (the routing contract) -> dispatch -> expert FFN -> combine.
+
+use super::{Backend, BackendError};
+use crate::routing::{route_gate, DispatchLayout, Gate, Logits, RouterConfig, RoutingPlan};
+use std::ops::Range;
+
+/// One expert's SwiGLU weights, each `[out, in]`: `w1`, `w3` are
+/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`.
+pub struct ExpertWeights<B: Backend> {
+    pub w1: B::Mat,
+    pub w2: B::Mat,
+    pub w3: B::Mat,
+}
+
+/// One layer's MoE block: the router and the experts.
+pub struct MoeWeights<B: Backend> {
+    /// Router `[experts, hidden]`.
+    pub gate: B::Mat,
+    pub experts: Vec<ExpertWeights<B>>,
+    /// Optional per-expert logit bias added to the router logits before
+    /// routing (synthetic router skew; see `model::init`).
+    pub router_bias: Option<Vec<f32>>,
+}
+
+/// What the MoE layer returns: its output `[tokens, hidden]` (zero for a
+/// token that lost every expert: only the residual carries it), the plan it
+/// routed by, and the dispatch layout.
+pub struct MoeOutput<B: Backend> {
+    pub out: B::Act,
+    pub plan: RoutingPlan,
+    pub layout: DispatchLayout,
+}
+
+/// Experts owned by EP rank `rank` of `ranks`: the contiguous range
+/// `rank * E / R .. (rank + 1) * E / R`. `ranks` must divide `experts`.
+///
+/// ```
+/// use capmoe::backend::rank_experts;
+/// assert_eq!(rank_experts(1, 4, 8).unwrap(), 2..4);
+/// assert!(rank_experts(4, 4, 8).is_err());
+/// ```
+pub fn rank_experts(
+    rank: usize,
+    ranks: usize,
+    experts: usize,
+) -> Result<Range<usize>, crate::RoutingError> {
+    if ranks == 0 {
+        return Err(crate::RoutingError::ZeroRanks);
+    }
+    if experts % ranks != 0 {
+        return Err(crate::RoutingError::RanksDoNotDivideExperts { ranks, experts });
+    }
+    if rank >= ranks {
+        return Err(crate::RoutingError::ShapeMismatch {
+            what: "rank index (must be below ranks)",
+            len: rank,
+            expected: ranks,
+        });
+    }
+    let per = experts / ranks;
+    Ok(rank * per..(rank + 1) * per)
+}
+
+impl<B: Backend> MoeWeights<B> {
+    pub fn num_experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// Router logits `[tokens, experts]` on the host, bias included.
+    pub fn router_logits(&self, backend: &B, x: &B::Act) -> Result<Vec<f32>, BackendError> {
+        let logits = backend.linear(x, &self.gate)?;
+        let mut host = backend.download(&logits)?;
+        if let Some(bias) = &self.router_bias {
+            let e = bias.len();
+            for (i, v) in host.iter_mut().enumerate() {
+                *v += bias[i % e];
+            }
+        }
+        Ok(host)
+    }
+
+    /// Routes `x` (`[tokens, hidden]`, the post-attention-normed hidden
+    /// states) under `router`: the plan every backend must agree on.
+    pub fn route(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<RoutingPlan, BackendError> {
+        let (tokens, _) = backend.act_shape(x);
+        let logits = self.router_logits(backend, x)?;
+        let gate = Gate::new(
+            &Logits::new(&logits, tokens, self.num_experts())?,
+            router.top_k,
+        )?;
+        Ok(route_gate(&gate, router)?)
+    }
+
+    /// The whole MoE layer: route, dispatch, every expert's FFN, combine.
+    pub fn forward(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<MoeOutput<B>, BackendError> {
+        let plan = self.route(backend, x, router)?;
+        let out_and_layout = self.forward_plan(backend, x, &plan)?;
+        Ok(MoeOutput {
+            out: out_and_layout.0,
+            plan,
+            layout: out_and_layout.1,
+        })
+    }
+
+    /// The MoE layer under a given plan (dispatch, FFN, combine).
+    pub fn forward_plan(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        plan: &RoutingPlan,
+    ) -> Result<(B::Act, DispatchLayout), BackendError> {
+        let layout = DispatchLayout::new(plan, backend.dispatch_tile())?;
+        let rows = backend.dispatch(x, &layout)?;
+        let y = backend.expert_ffn(&rows, &layout, &self.experts, 0..self.num_experts())?;
+        let out = backend.combine(plan, &layout, &y)?;
+        Ok((out, layout))
+    }
+}

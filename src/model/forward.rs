@@ -1,0 +1,230 @@
+//! The forward pass: batched prefill and decode over per-sequence KV caches.
+
+use super::build::Model;
+use super::ModelError;
+use crate::backend::Backend;
+use crate::routing::{RouterConfig, RoutingPlan};
+use std::ops::Range;
+
+/// One sequence's state: its KV cache per layer and the ids it has seen.
+pub struct Sequence<B: Backend> {
+    pub(crate) caches: Vec<B::Kv>,
+    pub(crate) ids: Vec<u32>,
+}
+
+impl<B: Backend> Sequence<B> {
+    /// Positions seen so far (the next token's position).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Every id the sequence has seen, prompt and generated.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every new position of every sequence.
+    All,
+    /// The last new position of each sequence (what generation needs).
+    Last,
+    /// None (e.g. to time the decoder layers alone).
+    Skip,
+}
+
+/// How to run a forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardOptions {
+    /// Routing of every MoE layer (policy, gamma, k, ranks).
+    pub router: RouterConfig,
+    pub logits: LogitsMode,
+    /// Keep each layer's MoE input (the post-attention-normed hidden states)
+    /// in the [`LayerRecord`], to replay one EP rank's expert work later.
+    pub keep_moe_inputs: bool,
+}
+
+impl ForwardOptions {
+    /// Logits at every position, no MoE inputs kept.
+    pub fn new(router: RouterConfig) -> Self {
+        Self {
+            router,
+            logits: LogitsMode::All,
+            keep_moe_inputs: false,
+        }
+    }
+    pub fn with_logits(mut self, mode: LogitsMode) -> Self {
+        self.logits = mode;
+        self
+    }
+    pub fn with_moe_inputs(mut self, keep: bool) -> Self {
+        self.keep_moe_inputs = keep;
+        self
+    }
+}
+
+/// What one MoE layer did in a forward pass.
+pub struct LayerRecord<B: Backend> {
+    /// The routing plan (assignments, loads, drops, gate mass kept) over all
+    /// tokens of the batch.
+    pub plan: RoutingPlan,
+    /// The layer's MoE input `[tokens, hidden]`, when asked for.
+    pub moe_input: Option<B::Act>,
+}
+
+/// The result of a forward pass.
+pub struct ForwardOutput<B: Backend> {
+    /// Row-major `[rows, vocab]`, f32.
+    pub logits: Vec<f32>,
+    pub rows: usize,
+    pub vocab: usize,
+    /// Rows of the batch (all new tokens, concatenated) owned by each sequence.
+    pub spans: Vec<Range<usize>>,
+    /// One record per layer, in order.
+    pub layers: Vec<LayerRecord<B>>,
+}
+
+impl<B: Backend> ForwardOutput<B> {
+    /// Logit row `r`.
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.logits[r * self.vocab..(r + 1) * self.vocab]
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A new, empty sequence.
+    pub fn new_sequence(&self) -> Sequence<B> {
+        let c = &self.config;
+        Sequence {
+            caches: (0..c.num_hidden_layers)
+                .map(|_| self.backend.new_kv(c.num_key_value_heads, c.head_dim))
+                .collect(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Runs `tokens[s]` through sequence `seqs[s]` for every `s` at once:
+    /// attention per sequence over its cache, every other op (and the MoE
+    /// routing, hence capacity) over all new tokens together.
+    pub fn forward(
+        &self,
+        seqs: &mut [&mut Sequence<B>],
+        tokens: &[&[u32]],
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput<B>, ModelError> {
+        let c = &self.config;
+        let be = &self.backend;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput("no sequences"));
+        }
+        if seqs.len() != tokens.len() {
+            return Err(ModelError::Mismatch {
+                what: "sequences vs token lists",
+                got: tokens.len(),
+                expected: seqs.len(),
+            });
+        }
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(tokens.len());
+        for (s, (seq, toks)) in seqs.iter().zip(tokens).enumerate() {
+            if toks.is_empty() {
+                return Err(ModelError::EmptyInput("a sequence has no tokens"));
+            }
+            if seq.caches.len() != c.num_hidden_layers {
+                return Err(ModelError::Mismatch {
+                    what: "sequence cache layers",
+                    got: seq.caches.len(),
+                    expected: c.num_hidden_layers,
+                });
+            }
+            for (p, &id) in toks.iter().enumerate() {
+                if id as usize >= c.vocab_size {
+                    return Err(ModelError::TokenOutOfRange {
+                        sequence: s,
+                        position: seq.len() + p,
+                        id,
+                        vocab: c.vocab_size,
+                    });
+                }
+            }
+            let start = ids.len();
+            ids.extend_from_slice(toks);
+            positions.extend(seq.len()..seq.len() + toks.len());
+            spans.push(start..ids.len());
+        }
+        let geom = self.geom();
+        let eps = c.rms_norm_eps as f32;
+        let mut x = be.embed(&self.embed, &ids)?;
+        let mut records = Vec::with_capacity(self.layers.len());
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = be.rms_norm(&x, &layer.input_norm, eps)?;
+            let mut q = be.linear(&h, &layer.q_proj)?;
+            let mut k = be.linear(&h, &layer.k_proj)?;
+            let v = be.linear(&h, &layer.v_proj)?;
+            be.rope(&mut q, geom.heads, &positions, &self.rope)?;
+            be.rope(&mut k, geom.kv_heads, &positions, &self.rope)?;
+            let mut caches: Vec<&mut B::Kv> = seqs.iter_mut().map(|s| &mut s.caches[li]).collect();
+            let a = be.attention(&q, &k, &v, &mut caches, &spans, &geom)?;
+            let o = be.linear(&a, &layer.o_proj)?;
+            be.add_assign(&mut x, &o)?;
+            let h = be.rms_norm(&x, &layer.post_norm, eps)?;
+            let moe = layer.moe.forward(be, &h, &opts.router)?;
+            be.add_assign(&mut x, &moe.out)?;
+            records.push(LayerRecord {
+                plan: moe.plan,
+                moe_input: opts.keep_moe_inputs.then_some(h),
+            });
+        }
+        for (seq, toks) in seqs.iter_mut().zip(tokens) {
+            seq.ids.extend_from_slice(toks);
+        }
+        let rows: Vec<usize> = match opts.logits {
+            LogitsMode::All => (0..ids.len()).collect(),
+            LogitsMode::Last => spans.iter().map(|s| s.end - 1).collect(),
+            LogitsMode::Skip => Vec::new(),
+        };
+        let logits = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let sel = if rows.len() == ids.len() {
+                x
+            } else {
+                be.select_rows(&x, &rows)?
+            };
+            let n = be.rms_norm(&sel, &self.norm, eps)?;
+            be.download(&be.linear(&n, self.lm_head.as_ref().unwrap_or(&self.embed))?)?
+        };
+        Ok(ForwardOutput {
+            logits,
+            rows: rows.len(),
+            vocab: c.vocab_size,
+            spans,
+            layers: records,
+        })
+    }
+
+    /// Prefills fresh sequences with `prompts` in one batch.
+    pub fn prefill(
+        &self,
+        prompts: &[&[u32]],
+        opts: &ForwardOptions,
+    ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
+        let mut seqs: Vec<Sequence<B>> = prompts.iter().map(|_| self.new_sequence()).collect();
+        let out = {
+            let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
+            self.forward(&mut refs, prompts, opts)?
+        };
+        Ok((seqs, out))
+    }
+
+    /// Logits `[ids.len(), vocab]` of one prompt, one row per position.
+    pub fn logits(&self, ids: &[u32], router: &RouterConfig) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (_, out) = self.prefill(&[ids], &ForwardOptions::new(router.clone()))?;
+        Ok(out.logits.chunks(out.vocab).map(<[f32]>::to_vec).collect())
+    }
+}

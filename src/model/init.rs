@@ -1,0 +1,116 @@
+//! Seeded random weights and the synthetic router skew.
+
+use super::build::Model;
+use super::ModelError;
+use crate::backend::{Backend, HostTensor};
+use crate::routing::numerics::splitmix64;
+use crate::trace::{expert_bias, Rng, Skew};
+use rayon::prelude::*;
+
+/// How to initialise random weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitOptions {
+    pub seed: u64,
+    /// Standard deviation of every matrix weight (transformers'
+    /// `initializer_range`, 0.02). Values are uniform in
+    /// `[-std*sqrt(3), std*sqrt(3)]`; norm weights are 1.
+    pub std: f32,
+    /// Router skew added as a per-layer logit bias (see [`Model::apply_skew`]).
+    pub skew: Skew,
+}
+
+impl InitOptions {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            std: 0.02,
+            skew: Skew::Uniform,
+        }
+    }
+    pub fn with_skew(mut self, skew: Skew) -> Self {
+        self.skew = skew;
+        self
+    }
+}
+
+fn name_seed(seed: u64, name: &str) -> u64 {
+    // FNV-1a of the name, mixed with the seed: each tensor's values depend on
+    // its name and the seed only, not on load order or thread count.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    splitmix64(h ^ splitmix64(seed))
+}
+
+const CHUNK: usize = 1 << 16;
+
+/// A random tensor: norm weights (1-D) are ones, matrices uniform with the
+/// options' standard deviation, generated in parallel chunks each with its
+/// own seeded stream.
+pub fn random_tensor(name: &str, shape: &[usize], opts: &InitOptions) -> HostTensor {
+    let n: usize = shape.iter().product();
+    if shape.len() == 1 {
+        return HostTensor::owned(name, shape.to_vec(), vec![1.0; n]);
+    }
+    let a = opts.std as f64 * 3f64.sqrt();
+    let base = name_seed(opts.seed, name);
+    let mut data = vec![0.0f32; n];
+    data.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut rng = Rng::new(splitmix64(base ^ c as u64));
+            for v in chunk {
+                *v = ((rng.uniform() * 2.0 - 1.0) * a) as f32;
+            }
+        });
+    HostTensor::owned(name, shape.to_vec(), data)
+}
+
+impl<B: Backend> Model<B> {
+    /// Sets every layer's router bias for a synthetic skew (or clears it for
+    /// [`Skew::Uniform`]).
+    ///
+    /// [`expert_bias`] is calibrated for unit-variance router logits, so each
+    /// layer's bias is scaled by the standard deviation of that layer's gate
+    /// logits measured on 256 unit-normal hidden states (what RMSNorm with
+    /// unit weights produces on average). The busiest expert rotates with the
+    /// layer (layer `l` favours expert `l mod E`), as real routers do not all
+    /// favour the same expert. `seed` picks the probe states.
+    pub fn apply_skew(&mut self, skew: Skew, seed: u64) -> Result<(), ModelError> {
+        let (e, k, h) = (
+            self.config.num_local_experts,
+            self.config.num_experts_per_tok,
+            self.config.hidden_size,
+        );
+        if skew == Skew::Uniform {
+            for l in &mut self.layers {
+                l.moe.router_bias = None;
+            }
+            return Ok(());
+        }
+        let unit = expert_bias(e, k, skew)?;
+        const PROBES: usize = 256;
+        let mut rng = Rng::new(splitmix64(seed ^ 0x005E_ED0F_5CE3));
+        let probe: Vec<f32> = (0..PROBES * h).map(|_| rng.normal() as f32).collect();
+        let x = self.backend.upload(&probe, PROBES, h)?;
+        for (li, layer) in self.layers.iter_mut().enumerate() {
+            layer.moe.router_bias = None;
+            let logits = layer.moe.router_logits(&self.backend, &x)?;
+            let std = std_dev(&logits);
+            let shift = li % e;
+            layer.moe.router_bias = Some(
+                (0..e)
+                    .map(|j| unit[(j + e - shift) % e] * std as f32)
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn std_dev(v: &[f32]) -> f64 {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
