@@ -20,7 +20,18 @@ enum Command {
     Route(cli::route::RouteArgs),
     /// Write a synthetic router trace with a chosen skew (.npy, float32).
     Trace(cli::trace::TraceArgs),
+    /// Run token ids through a Mixtral model (checkpoint or built-in random) and print logits.
+    #[command(after_long_help = MODEL_HELP)]
+    Logits(cli::logits::LogitsArgs),
+    /// Greedy generation with a Mixtral model; prints the new ids.
+    #[command(after_long_help = MODEL_HELP)]
+    Generate(cli::generate::GenerateArgs),
 }
+
+const MODEL_HELP: &str = "Every MoE layer routes all tokens of the batch through the routing contract (`capmoe route --help` lists the policies); tokens dropped by capacity pass through the residual only.\n\n\
+Examples:\n  capmoe logits --model tests/fixtures/tiny-mixtral/f32 --ids 1,2,3 --json\n  \
+capmoe logits --model tiny --seed 7 --ids 1,2,3 --policy drop:score --capacity-factor 1.0\n  \
+capmoe generate --model small --skew mixtral --ids 1,2,3 --max-new-tokens 8 --ignore-eos --json\n";
 
 fn policy_help() -> String {
     let mut s = String::from("Policies:\n");
@@ -43,6 +54,8 @@ fn main() -> ExitCode {
     let res: Result<(), CliError> = match &cli.command {
         Command::Route(a) => cli::route::run(a, &mut out),
         Command::Trace(a) => cli::trace::run(a, &mut out),
+        Command::Logits(a) => cli::logits::run(a, &mut out),
+        Command::Generate(a) => cli::generate::run(a, &mut out),
     };
     let _ = out.flush();
     match res {

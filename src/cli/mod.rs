@@ -1,5 +1,8 @@
 //! The `capmoe` command line. One file per subcommand.
 
+pub mod generate;
+pub mod logits;
+pub mod model_args;
 pub mod route;
 pub mod table;
 pub mod trace;
@@ -15,6 +18,10 @@ pub enum CliError {
     Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
     Npy(#[from] crate::io::npy::NpyError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Config(#[from] crate::model::ConfigError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]

@@ -124,6 +124,15 @@ impl MixtralConfig {
                 });
             }
         }
+        if let Some(act) = get(m, "hidden_act") {
+            if act.as_str() != Some("silu") {
+                return Err(ConfigError::Invalid {
+                    field: "hidden_act",
+                    value: act.to_string(),
+                    expected: "\"silu\" (Mixtral's SwiGLU experts)",
+                });
+            }
+        }
         let hidden_size = usize_field(m, "hidden_size")?;
         let num_attention_heads = usize_field(m, "num_attention_heads")?;
         let num_key_value_heads = match get(m, "num_key_value_heads") {

@@ -1,0 +1,55 @@
+//! `capmoe logits`: run a prompt through a Mixtral model and print the
+//! logits of every position.
+
+use super::model_args::{ModelArgs, RouterArgs};
+use super::CliError;
+use crate::model::argmax;
+use clap::Args;
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt token ids, comma-separated (each below the vocabulary size).
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1.., value_name = "ID,ID,...")]
+    pub ids: Vec<u32>,
+    #[command(flatten)]
+    pub router: RouterArgs,
+    /// Print `{"logits": [[vocab floats] per position]}` instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct LogitsJson<'a> {
+    logits: &'a [Vec<f32>],
+}
+
+pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let model = args.model.load()?;
+    let router = args.router.config(model.config())?;
+    let logits = model.logits(&args.ids, &router)?;
+    if args.json {
+        serde_json::to_writer(&mut *out, &LogitsJson { logits: &logits })?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} positions x {} logits (policy {})",
+        logits.len(),
+        model.config().vocab_size,
+        router.policy
+    )?;
+    for (p, (row, id)) in logits.iter().zip(&args.ids).enumerate() {
+        let best = argmax(row).unwrap_or(0);
+        writeln!(
+            out,
+            "  {p:>4}  id {id:>6}  -> argmax {best:>6} ({:.4})",
+            row[best]
+        )?;
+    }
+    Ok(())
+}
