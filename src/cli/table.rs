@@ -105,7 +105,8 @@ mod tests {
     fn bars_scale_in_eighths() {
         assert_eq!(bar(0, 10), "");
         assert_eq!(bar(10, 10).chars().count(), 40);
-        assert_eq!(bar(1, 320), "▉"); // 1/320 of 40 cells = 1/8
+        assert_eq!(bar(1, 320), "▏"); // 1/320 of 40 cells = one eighth
+        assert_eq!(bar(7, 320), "▉");
         assert_eq!(bar(1, 0), "");
     }
 }

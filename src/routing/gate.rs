@@ -64,6 +64,52 @@ impl Gate {
         })
     }
 
+    /// A gate from arrays another backend computed (`probs [T, E]`,
+    /// `topk [T, k]`, `topk_sum [T]`), shape-checked.
+    pub fn from_parts(
+        experts: usize,
+        top_k: usize,
+        probs: Vec<f32>,
+        topk: Vec<u32>,
+        topk_sum: Vec<f32>,
+    ) -> Result<Self, RoutingError> {
+        if experts == 0 {
+            return Err(RoutingError::NoExperts);
+        }
+        let tokens = topk_sum.len();
+        if top_k == 0 || top_k > experts {
+            return Err(RoutingError::TopKExceedsExperts { k: top_k, experts });
+        }
+        let check = |what, len, expected| {
+            if len == expected {
+                Ok(())
+            } else {
+                Err(RoutingError::ShapeMismatch {
+                    what,
+                    len,
+                    expected,
+                })
+            }
+        };
+        check("gate probabilities", probs.len(), tokens * experts)?;
+        check("gate top-k", topk.len(), tokens * top_k)?;
+        if let Some(&e) = topk.iter().find(|&&e| e as usize >= experts) {
+            return Err(RoutingError::ShapeMismatch {
+                what: "gate top-k expert id (out of range)",
+                len: e as usize,
+                expected: experts,
+            });
+        }
+        Ok(Self {
+            tokens,
+            experts,
+            top_k,
+            probs,
+            topk,
+            topk_sum,
+        })
+    }
+
     pub fn tokens(&self) -> usize {
         self.tokens
     }

@@ -14,7 +14,7 @@
 //! assert_eq!(plan.stats().dropped, 2);
 //! ```
 
-mod capacity;
+pub(crate) mod capacity;
 mod combine;
 mod dispatch;
 mod drop;
@@ -34,7 +34,7 @@ pub use dispatch::{DispatchLayout, Overflow, PAD};
 pub use drop::random_key;
 pub use gate::{softmax_row, Gate};
 pub use logits::Logits;
-pub use plan::{Assignment, CapacityInfo, RoutingPlan};
+pub use plan::{Assignment, CapacityInfo, PlanParts, RoutingPlan};
 pub use policy::{DropRank, Policy, POLICY_HELP};
 pub use stats::PlanStats;
 
@@ -116,6 +116,24 @@ fn check_config(
     Placement::new(cfg.ranks, experts, tokens)
 }
 
+/// Checks `cfg` against a `[tokens, experts]` batch and returns the capacity
+/// it implies (`None` for `none`). Backends call this before routing.
+pub fn plan_capacity(
+    tokens: usize,
+    experts: usize,
+    cfg: &RouterConfig,
+) -> Result<Option<CapacityInfo>, RoutingError> {
+    check_config(tokens, experts, cfg)?;
+    let (Some(gamma), true) = (cfg.capacity_factor, cfg.policy.has_capacity()) else {
+        return Ok(None);
+    };
+    Ok(Some(CapacityInfo {
+        per_expert: capacity(gamma, tokens, cfg.top_k, experts)?,
+        scope: cfg.scope,
+        ranks: cfg.ranks,
+    }))
+}
+
 /// Routes from a precomputed [`Gate`] (so a model can reuse its gating).
 pub fn route_gate(gate: &Gate, cfg: &RouterConfig) -> Result<RoutingPlan, RoutingError> {
     let placement = check_config(gate.tokens(), gate.experts(), cfg)?;
@@ -126,7 +144,7 @@ pub fn route_gate(gate: &Gate, cfg: &RouterConfig) -> Result<RoutingPlan, Routin
             expected: cfg.top_k,
         });
     }
-    let (Some(gamma), true) = (cfg.capacity_factor, cfg.policy.has_capacity()) else {
+    let Some(info) = plan_capacity(gate.tokens(), gate.experts(), cfg)? else {
         return Ok(RoutingPlan::build(
             gate,
             Served::topk(gate),
@@ -135,19 +153,13 @@ pub fn route_gate(gate: &Gate, cfg: &RouterConfig) -> Result<RoutingPlan, Routin
             cfg.renormalize,
         ));
     };
-    let c = capacity(gamma, gate.tokens(), gate.top_k(), gate.experts())?;
-    let bins = Bins::new(cfg.scope, &placement, c);
+    let bins = Bins::new(cfg.scope, &placement, info.per_expert);
     let served = match cfg.policy {
         Policy::None => Served::topk(gate),
         Policy::Drop(rank) => drop::drop(gate, &bins, rank),
         Policy::RerouteNextBest => reroute::next_best::next_best(gate, &bins),
         Policy::RerouteOptimal => reroute::optimal::optimal(gate, &bins),
         Policy::ExpandLocal => expand::expand_local(gate, &bins, &placement),
-    };
-    let info = CapacityInfo {
-        per_expert: c,
-        scope: cfg.scope,
-        ranks: cfg.ranks,
     };
     Ok(RoutingPlan::build(
         gate,

@@ -1,11 +1,13 @@
 //! The routing plan: the one shape every backend fills.
 
+use super::dispatch::check_len;
 use super::gate::Gate;
 use super::numerics::seq_sum;
 use super::policy::Policy;
 use super::served::Served;
 use super::stats::PlanStats;
 use super::CapacityScope;
+use crate::error::RoutingError;
 
 /// One served `(token, expert)` pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,6 +18,15 @@ pub struct Assignment {
     pub weight: f32,
     /// Router probability `p[t, e]`.
     pub prob: f32,
+}
+
+/// A plan's raw arrays, CSR by token (see [`RoutingPlan`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanParts {
+    pub offsets: Vec<u32>,
+    pub expert: Vec<u32>,
+    pub weight: Vec<f32>,
+    pub prob: Vec<f32>,
 }
 
 /// The capacity a plan was built under.
@@ -54,16 +65,12 @@ impl RoutingPlan {
         capacity: Option<CapacityInfo>,
         renormalize: bool,
     ) -> Self {
-        let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
         let n = served.experts.len();
         let mut expert = Vec::with_capacity(n);
         let mut weight = Vec::with_capacity(n);
         let mut prob = Vec::with_capacity(n);
-        let mut load = vec![0u64; experts];
-        let (mut dropped, mut rerouted) = (0u64, 0u64);
-        let (mut served_mass, mut topk_mass) = (0.0f64, 0.0f64);
-        let mut list: Vec<u32> = Vec::with_capacity(experts);
-        for t in 0..tokens {
+        let mut list: Vec<u32> = Vec::with_capacity(gate.experts());
+        for t in 0..gate.tokens() {
             let p = gate.prob_row(t);
             list.clear();
             list.extend_from_slice(served.of(t));
@@ -73,22 +80,82 @@ impl RoutingPlan {
             } else {
                 gate.topk_sum(t)
             };
-            let top = gate.topk(t);
             for &e in &list {
                 let pe = p[e as usize];
                 expert.push(e);
                 prob.push(pe);
                 weight.push(pe / denom);
+            }
+        }
+        let parts = PlanParts {
+            offsets: served.offsets,
+            expert,
+            weight,
+            prob,
+        };
+        Self::assemble(gate, parts, policy, capacity, renormalize)
+    }
+
+    /// A plan from arrays another backend computed; checks their shape and
+    /// derives the statistics here, so every backend reports them alike.
+    pub fn from_parts(
+        gate: &Gate,
+        parts: PlanParts,
+        policy: Policy,
+        capacity: Option<CapacityInfo>,
+        renormalize: bool,
+    ) -> Result<Self, RoutingError> {
+        let t = gate.tokens();
+        check_len("plan offsets", parts.offsets.len(), t + 1)?;
+        let n = parts.offsets.last().copied().unwrap_or(0) as usize;
+        if parts.offsets.first() != Some(&0) || parts.offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(RoutingError::ShapeMismatch {
+                what: "plan offsets (not increasing from 0)",
+                len: parts.offsets.len(),
+                expected: t + 1,
+            });
+        }
+        check_len("plan experts", parts.expert.len(), n)?;
+        check_len("plan weights", parts.weight.len(), n)?;
+        check_len("plan probabilities", parts.prob.len(), n)?;
+        if let Some(&e) = parts.expert.iter().find(|&&e| e as usize >= gate.experts()) {
+            return Err(RoutingError::ShapeMismatch {
+                what: "plan expert id (out of range)",
+                len: e as usize,
+                expected: gate.experts(),
+            });
+        }
+        Ok(Self::assemble(gate, parts, policy, capacity, renormalize))
+    }
+
+    fn assemble(
+        gate: &Gate,
+        parts: PlanParts,
+        policy: Policy,
+        capacity: Option<CapacityInfo>,
+        renormalize: bool,
+    ) -> Self {
+        let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
+        let mut load = vec![0u64; experts];
+        let (mut dropped, mut rerouted) = (0u64, 0u64);
+        let (mut served_mass, mut topk_mass) = (0.0f64, 0.0f64);
+        for t in 0..tokens {
+            let top = gate.topk(t);
+            let r = parts.offsets[t] as usize..parts.offsets[t + 1] as usize;
+            for (&e, &pe) in parts.expert[r.clone()].iter().zip(&parts.prob[r.clone()]) {
                 load[e as usize] += 1;
                 served_mass += pe as f64;
                 rerouted += u64::from(!top.contains(&e));
             }
-            topk_mass += top.iter().map(|&e| p[e as usize] as f64).sum::<f64>();
-            dropped += k.saturating_sub(list.len()) as u64;
+            topk_mass += top
+                .iter()
+                .map(|&e| gate.p(t, e as usize) as f64)
+                .sum::<f64>();
+            dropped += k.saturating_sub(r.len()) as u64;
         }
-        let max_load = load.iter().copied().max().unwrap_or(0);
+        let n = parts.expert.len();
         let stats = PlanStats {
-            max_load,
+            max_load: load.iter().copied().max().unwrap_or(0),
             mean_load: n as f64 / experts as f64,
             served: n as u64,
             load,
@@ -109,10 +176,10 @@ impl RoutingPlan {
             policy,
             capacity,
             renormalized: renormalize,
-            offsets: served.offsets,
-            expert,
-            weight,
-            prob,
+            offsets: parts.offsets,
+            expert: parts.expert,
+            weight: parts.weight,
+            prob: parts.prob,
             topk: gate.topk_all().to_vec(),
             stats,
         }
