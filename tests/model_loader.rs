@@ -136,3 +136,26 @@ fn tied_embeddings_need_no_lm_head() {
     let m = Model::load(CpuBackend, &dir).unwrap();
     assert_eq!(logits(&m), logits(&random_model(cfg, 2)));
 }
+
+/// A safetensors file whose header length leaves the f32 data 2 bytes off
+/// 4-byte alignment: the loader copies instead of borrowing, same values.
+#[test]
+fn misaligned_f32_data_falls_back_to_a_copy() {
+    let dir = temp_dir("misaligned");
+    let values: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let mut header =
+        String::from("{\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}}");
+    while (8 + header.len()) % 4 != 2 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    let path = dir.join("odd.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let mut files = WeightFiles::open(&path).unwrap();
+    let t = files.take("w", &[2, 3]).unwrap();
+    assert!(!t.is_mapped());
+    assert_eq!(t.data(), &values[..]);
+    files.finish().unwrap();
+}

@@ -67,3 +67,59 @@ pub fn gemm_rate(n: usize, reps: usize) -> f64 {
     }
     2.0 * (n as f64).powi(3) / best
 }
+
+/// One roofline measurement: a prefill forward against the GEMM rate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RooflineReport {
+    pub tokens: usize,
+    /// GEMM FLOPs of one forward ([`forward_flops`]).
+    pub flops: f64,
+    /// Median forward time, seconds.
+    pub forward_s: f64,
+    /// Median GEMM rate, FLOP/s (square `n = 2048` products).
+    pub gemm_rate: f64,
+    /// Median over repetitions of `forward time / (flops / GEMM rate)`,
+    /// each repetition measuring the GEMM rate right after its forward, so
+    /// that load from other processes hits both sides alike.
+    pub ratio: f64,
+    /// Every repetition's ratio.
+    pub ratios: Vec<f64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures a prefill of `prompts` under `opts` `reps` times (after one
+/// warm-up) against the CPU GEMM roofline.
+pub fn measure<B: Backend>(
+    model: &super::Model<B>,
+    prompts: &[&[u32]],
+    opts: &super::ForwardOptions,
+    reps: usize,
+) -> Result<RooflineReport, super::ModelError> {
+    let _ = model.prefill(prompts, opts)?;
+    let reps = reps.max(1);
+    let (mut fwd, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut flops = 0.0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let (_, out) = model.prefill(prompts, opts)?;
+        let dt = t.elapsed().as_secs_f64();
+        flops = forward_flops(model.config(), &out, &[]);
+        let rate = gemm_rate(2048, 1);
+        fwd.push(dt);
+        rates.push(rate);
+        ratios.push(dt / (flops / rate));
+    }
+    let all = ratios.clone();
+    Ok(RooflineReport {
+        tokens: prompts.iter().map(|p| p.len()).sum(),
+        flops,
+        forward_s: median(&mut fwd),
+        gemm_rate: median(&mut rates),
+        ratio: median(&mut ratios),
+        ratios: all,
+    })
+}

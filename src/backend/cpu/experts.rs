@@ -1,11 +1,25 @@
-//! Expert FFNs on the CPU: one GEMM per expert and matrix over the expert's
-//! contiguous rows.
+//! Expert FFNs on the CPU. Each expert's rows go through one GEMM per weight
+//! block: the work is cut into (expert, column block) tasks that rayon
+//! balances over the cores, each task a single-threaded GEMM over all of the
+//! expert's rows, so every weight block is read once per expert and skewed
+//! loads (one hot expert, many cold ones) still keep every core busy.
 
-use super::gemm::{linear, matmul, threads, View};
+use super::gemm::{matmul, View};
 use super::ops::silu_mul;
 use crate::backend::{ExpertWeights, HostTensor};
 use crate::routing::DispatchLayout;
+use gemm::Parallelism;
+use rayon::prelude::*;
 use std::ops::Range;
+
+/// Columns of `w1`/`w3` (intermediate) per up-projection task.
+const UP_BLOCK: usize = 512;
+/// Columns of `w2` (hidden) per down-projection task.
+const DOWN_BLOCK: usize = 256;
+
+fn blocks(n: usize, b: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..n.div_ceil(b)).map(move |i| i * b..((i + 1) * b).min(n))
+}
 
 /// `w2 (silu(w1 x) * w3 x)` for experts `range`; see `Backend::expert_ffn`.
 /// Shapes were checked by the caller.
@@ -19,27 +33,93 @@ pub fn expert_ffn(
     let offs = layout.offsets();
     let base = offs[range.start] as usize;
     let mut out = vec![0.0f32; (offs[range.end] as usize - base) * hidden];
-    for e in range {
-        let n = layout.counts()[e] as usize;
-        if n == 0 {
-            continue;
+    let active: Vec<(usize, usize, usize)> = range
+        .filter(|&e| layout.counts()[e] > 0)
+        .map(|e| (e, offs[e] as usize, layout.counts()[e] as usize))
+        .collect();
+    if active.is_empty() {
+        return out;
+    }
+    let inter = experts[active[0].0].w1.shape()[0];
+    // Up projections: a[e][:, blk] = silu(x_e w1[blk]^T) * (x_e w3[blk]^T).
+    let up_tasks: Vec<(usize, Range<usize>)> = active
+        .iter()
+        .enumerate()
+        .flat_map(|(i, _)| blocks(inter, UP_BLOCK).map(move |b| (i, b)))
+        .collect();
+    let up: Vec<Vec<f32>> = up_tasks
+        .par_iter()
+        .map(|(i, b)| {
+            let (e, start, n) = active[*i];
+            let x = View::rows(&rows[start * hidden..(start + n) * hidden], n, hidden);
+            let w = &experts[e];
+            fn wb<'a>(t: &'a HostTensor, b: &Range<usize>, hidden: usize) -> View<'a> {
+                View::rows(&t.data()[b.start * hidden..b.end * hidden], b.len(), hidden).t()
+            }
+            let mut h1 = vec![0.0f32; n * b.len()];
+            let mut h3 = vec![0.0f32; n * b.len()];
+            matmul(
+                &mut h1,
+                b.len(),
+                x,
+                wb(&w.w1, b, hidden),
+                false,
+                Parallelism::None,
+            );
+            matmul(
+                &mut h3,
+                b.len(),
+                x,
+                wb(&w.w3, b, hidden),
+                false,
+                Parallelism::None,
+            );
+            silu_mul(&mut h1, &h3);
+            h1
+        })
+        .collect();
+    // Assemble each expert's activations [n, inter].
+    let mut acts: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&(_, _, n)| vec![0.0; n * inter])
+        .collect();
+    for ((i, b), blk) in up_tasks.iter().zip(&up) {
+        let n = active[*i].2;
+        let a = &mut acts[*i];
+        for r in 0..n {
+            a[r * inter + b.start..r * inter + b.end]
+                .copy_from_slice(&blk[r * b.len()..(r + 1) * b.len()]);
         }
-        let start = offs[e] as usize;
-        let x = &rows[start * hidden..(start + n) * hidden];
-        let w = &experts[e];
-        let inter = w.w1.shape()[0];
-        let mut h1 = linear(x, n, hidden, w.w1.data(), inter, threads());
-        let h3 = linear(x, n, hidden, w.w3.data(), inter, threads());
-        silu_mul(&mut h1, &h3);
-        let dst = &mut out[(start - base) * hidden..(start - base + n) * hidden];
-        matmul(
-            dst,
-            hidden,
-            View::rows(&h1, n, inter),
-            View::rows(w.w2.data(), hidden, inter).t(),
-            false,
-            threads(),
-        );
+    }
+    // Down projection: y_e[:, blk] = a_e w2[blk]^T.
+    let down_tasks: Vec<(usize, Range<usize>)> = active
+        .iter()
+        .enumerate()
+        .flat_map(|(i, _)| blocks(hidden, DOWN_BLOCK).map(move |b| (i, b)))
+        .collect();
+    let down: Vec<Vec<f32>> = down_tasks
+        .par_iter()
+        .map(|(i, b)| {
+            let (e, _, n) = active[*i];
+            let w2 = &experts[e].w2;
+            let mut y = vec![0.0f32; n * b.len()];
+            matmul(
+                &mut y,
+                b.len(),
+                View::rows(&acts[*i], n, inter),
+                View::rows(&w2.data()[b.start * inter..b.end * inter], b.len(), inter).t(),
+                false,
+                Parallelism::None,
+            );
+            y
+        })
+        .collect();
+    for ((i, b), blk) in down_tasks.iter().zip(&down) {
+        let (_, start, n) = active[*i];
+        for r in 0..n {
+            let o = (start - base + r) * hidden;
+            out[o + b.start..o + b.end].copy_from_slice(&blk[r * b.len()..(r + 1) * b.len()]);
+        }
     }
     out
 }
