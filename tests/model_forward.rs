@@ -109,10 +109,10 @@ fn decode_with_kv_cache_matches_prefill() {
         let full = m.logits(&ids, &m.default_router()).unwrap();
         let opts = ForwardOptions::new(m.default_router());
         let (mut seqs, first) = m.prefill(&[&ids[..2]], &opts).unwrap();
-        assert!(max_abs_diff(first.row(1), &full[1]) < 1e-5);
+        assert!(max_abs_diff(first.row(1).unwrap(), &full[1]) < 1e-5);
         for (p, &id) in ids.iter().enumerate().skip(2) {
             let step = m.forward(&mut [&mut seqs[0]], &[&[id]], &opts).unwrap();
-            let d = max_abs_diff(step.row(0), &full[p]);
+            let d = max_abs_diff(step.row(0).unwrap(), &full[p]);
             assert!(d < 1e-5, "window {window:?} position {p}: {d}");
         }
         assert_eq!(seqs[0].ids(), &ids);
@@ -150,7 +150,7 @@ fn batched_prefill_matches_single_sequences_without_capacity() {
     let la = m.logits(&a, &m.default_router()).unwrap();
     let lb = m.logits(&b, &m.default_router()).unwrap();
     for (r, want) in la.iter().chain(&lb).enumerate() {
-        assert!(max_abs_diff(both.row(r), want) < 1e-5, "row {r}");
+        assert!(max_abs_diff(both.row(r).unwrap(), want) < 1e-5, "row {r}");
     }
     assert_eq!(both.spans, vec![0..5, 5..8]);
     assert_eq!(both.layers[0].plan.tokens(), 8);
@@ -159,7 +159,7 @@ fn batched_prefill_matches_single_sequences_without_capacity() {
         .unwrap()
         .1;
     assert_eq!(last.rows, 2);
-    assert!(max_abs_diff(last.row(1), &lb[2]) < 1e-5);
+    assert!(max_abs_diff(last.row(1).unwrap(), &lb[2]) < 1e-5);
 }
 
 #[test]

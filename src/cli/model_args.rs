@@ -24,9 +24,10 @@ pub struct ModelArgs {
     /// Seed of the random weights of a built-in model.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Router skew of a built-in model's random weights (busiest expert's
-    /// load over the mean): uniform, mixtral (~2.75x), olmoe (~7x) or a
-    /// number >= 1.
+    /// Synthetic router skew, a per-layer logit bias on the router (busiest
+    /// expert's load over the mean under plain top-k): uniform (no bias),
+    /// mixtral (~2.75x), olmoe (~7x) or a number >= 1. Applies to
+    /// checkpoints too.
     #[arg(long, default_value = "uniform", value_name = "SKEW")]
     pub skew: Skew,
 }

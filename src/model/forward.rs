@@ -89,9 +89,9 @@ pub struct ForwardOutput<B: Backend> {
 }
 
 impl<B: Backend> ForwardOutput<B> {
-    /// Logit row `r`.
-    pub fn row(&self, r: usize) -> &[f32] {
-        &self.logits[r * self.vocab..(r + 1) * self.vocab]
+    /// Logit row `r` (`None` past the last row).
+    pub fn row(&self, r: usize) -> Option<&[f32]> {
+        self.logits.get(r * self.vocab..(r + 1) * self.vocab)
     }
 }
 

@@ -41,14 +41,20 @@ impl<B: Backend> Model<B> {
             return Ok(out);
         }
         let (mut seqs, first) = self.prefill(&[prompt], &fo)?;
-        let mut next = argmax(first.row(0)).ok_or(ModelError::EmptyInput("no logits"))? as u32;
+        let mut next = first
+            .row(0)
+            .and_then(argmax)
+            .ok_or(ModelError::EmptyInput("no logits"))? as u32;
         loop {
             out.push(next);
             if out.len() == opts.max_new_tokens || opts.eos.contains(&next) {
                 return Ok(out);
             }
             let step = self.forward(&mut [&mut seqs[0]], &[&[next]], &fo)?;
-            next = argmax(step.row(0)).ok_or(ModelError::EmptyInput("no logits"))? as u32;
+            next = step
+                .row(0)
+                .and_then(argmax)
+                .ok_or(ModelError::EmptyInput("no logits"))? as u32;
         }
     }
 }

@@ -299,9 +299,10 @@ impl Backend for CpuBackend {
                 vec![layout.rows()],
             ));
         }
+        let inter = experts.get(range.start).map_or(0, |e| e.w1.shape()[0]);
         if let Some(e) = experts[range.clone()]
             .iter()
-            .position(|e| !experts::check_expert(e, rows.cols))
+            .position(|e| !experts::check_expert(e, rows.cols) || e.w1.shape()[0] != inter)
         {
             let w = &experts[range.start + e].w1;
             return Err(shape_err(
