@@ -9,6 +9,8 @@
 //! [`io`] reads router traces.
 
 pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod io;
 pub mod routing;

@@ -256,6 +256,7 @@ fn brute_force_mass(c: &Case, plan: &RoutingPlan, g: &Gate) -> f64 {
     } else {
         c.experts
     };
+    #[allow(clippy::too_many_arguments)]
     fn go(
         c: &Case,
         g: &Gate,
@@ -302,11 +303,17 @@ fn brute_force_mass(c: &Case, plan: &RoutingPlan, g: &Gate) -> f64 {
 /// must match the sequential oracle exactly.
 fn round_based_next_best(c: &Case, plan: &RoutingPlan, g: &Gate) -> Vec<Vec<u32>> {
     let cap = bin_cap(c, plan) as usize;
-    let nbins = if c.scope == CapacityScope::Rank { c.ranks } else { c.experts };
+    let nbins = if c.scope == CapacityScope::Rank {
+        c.ranks
+    } else {
+        c.experts
+    };
     let prefs: Vec<Vec<u32>> = (0..c.tokens).map(|t| g.preference(t)).collect();
     let mut next = vec![c.k; c.tokens];
     let mut held: Vec<Vec<(u32, u32)>> = vec![Vec::new(); nbins];
-    let mut proposals: Vec<(u32, u32)> = (0..c.tokens).flat_map(|t| g.topk(t).iter().map(move |&e| (t as u32, e))).collect();
+    let mut proposals: Vec<(u32, u32)> = (0..c.tokens)
+        .flat_map(|t| g.topk(t).iter().map(move |&e| (t as u32, e)))
+        .collect();
     let mut rounds = 0;
     while !proposals.is_empty() {
         rounds += 1;

@@ -12,17 +12,18 @@
 /// dependence between compilers).
 pub const EXP_UNDERFLOW: f32 = -86.0;
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+// Constants by bit pattern, shared with cuda/common/canonical.cuh.
+const LOG2E: f32 = f32::from_bits(0x3fb8_aa3b);
 // ln 2 split so that n * LN2_HI is exact for |n| < 2^15.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-// Minimax coefficients for e^r on |r| <= ln2/2 (Cephes expf).
-const P0: f32 = 1.987_569_1e-4;
-const P1: f32 = 1.398_199_9e-3;
-const P2: f32 = 8.333_452e-3;
-const P3: f32 = 4.166_579_6e-2;
-const P4: f32 = 1.666_666_5e-1;
-const P5: f32 = 5.000_000_1e-1;
+const LN2_HI: f32 = f32::from_bits(0x3f31_8000); // 0.693359375
+const LN2_LO: f32 = f32::from_bits(0xb95e_8083); // -2.1219444e-4
+                                                 // Minimax coefficients for e^r on |r| <= ln2/2 (Cephes expf).
+const P0: f32 = f32::from_bits(0x3950_6967); // 1.9875691e-4
+const P1: f32 = f32::from_bits(0x3ab7_43ce); // 1.3981999e-3
+const P2: f32 = f32::from_bits(0x3c08_8908); // 8.333452e-3
+const P3: f32 = f32::from_bits(0x3d2a_a9c1); // 4.1665796e-2
+const P4: f32 = f32::from_bits(0x3e2a_aaaa); // 1.6666666e-1
+const P5: f32 = f32::from_bits(0x3f00_0000); // 0.5
 
 /// `e^x` for `x <= 0`, bit-reproducible (about 1 ulp from the true value).
 ///

@@ -1,0 +1,51 @@
+//! The device context and stream every GPU call runs on.
+
+use super::error::GpuError;
+use cudarc::driver::{CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// A CUDA device's primary context and one stream. cudarc and the kernels'
+/// statically linked runtime share the primary context, so cudarc buffers
+/// feed the launchers directly.
+#[derive(Clone)]
+pub struct GpuContext {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+}
+
+impl GpuContext {
+    /// Opens device `ordinal`. No driver or no device is an error, never a
+    /// panic (cudarc panics when libcuda is absent, so that is checked first).
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        // SAFETY: only tries to dlopen libcuda; no CUDA state is touched.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.new_stream()?;
+        Ok(Self { ctx, stream })
+    }
+
+    /// Why no GPU can be used here, or `None` when device 0 opens. Tests call
+    /// this to skip with a reason.
+    pub fn unavailable() -> Option<String> {
+        Self::new(0).err().map(|e| e.to_string())
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Device name, e.g. "NVIDIA H200".
+    pub fn name(&self) -> Result<String, GpuError> {
+        Ok(self.ctx.name()?)
+    }
+
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(self.stream.synchronize()?)
+    }
+}

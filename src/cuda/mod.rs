@@ -1,0 +1,17 @@
+//! The CUDA backend of the routing contract (feature `cuda`).
+//!
+//! Layered like cudarc: [`ffi`] declares the `extern "C"` launchers of
+//! cuda/routing/ (sys), [`launch`] wraps each in an `unsafe fn` with its
+//! `# Safety` contract and typed errors (result), and [`GpuRouter`] is the
+//! safe API (safe). Kernels are compile-checked in CI; see
+//! bench/results/ for device reports.
+
+mod context;
+mod error;
+pub mod ffi;
+pub mod launch;
+mod router;
+
+pub use context::GpuContext;
+pub use error::GpuError;
+pub use router::{GpuDispatch, GpuPlan, GpuRouter, HostDispatch};

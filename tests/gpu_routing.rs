@@ -1,0 +1,207 @@
+//! GPU routing kernels against the CPU oracle. Plans must be bit-identical
+//! (experts, order, weights, probabilities, statistics), and so must the
+//! dispatch layout, the overflow list and the f32 combine. Without a GPU
+//! every test prints why and passes as skipped.
+#![cfg(feature = "cuda")]
+
+use capmoe::cuda::{GpuContext, GpuRouter};
+use capmoe::routing::{
+    combine, route, CapacityScope, DispatchLayout, Logits, Policy, RouterConfig,
+};
+use capmoe::trace::{Rng, Skew};
+
+fn gpu() -> Option<GpuContext> {
+    match GpuContext::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Randomised and adversarial logits: spread, ties, one hot expert, all equal.
+fn cases() -> Vec<(String, usize, usize, usize, Vec<f32>)> {
+    let mut rng = Rng::new(7);
+    let mut out = Vec::new();
+    for &(t, e, k) in &[
+        (0usize, 8usize, 2usize),
+        (1, 8, 2),
+        (1, 8, 8),
+        (37, 8, 2),
+        (256, 8, 2),
+        (512, 64, 8),
+        (300, 16, 16),
+        (1024, 256, 8),
+        (64, 512, 4),
+    ] {
+        let spread: Vec<f32> = (0..t * e).map(|_| rng.normal() as f32 * 2.0).collect();
+        out.push((format!("spread T{t} E{e} k{k}"), t, e, k, spread));
+        let ties: Vec<f32> = (0..t * e)
+            .map(|_| (rng.next_u64() % 3) as f32 * 0.5)
+            .collect();
+        out.push((format!("ties T{t} E{e} k{k}"), t, e, k, ties));
+        let hot: Vec<f32> = (0..t * e)
+            .map(|i| rng.normal() as f32 + if i % e == 0 { 9.0 } else { 0.0 })
+            .collect();
+        out.push((format!("hot T{t} E{e} k{k}"), t, e, k, hot));
+        out.push((format!("equal T{t} E{e} k{k}"), t, e, k, vec![0.0; t * e]));
+    }
+    let skewed = capmoe::trace::synthetic_logits(4096, 8, 2, Skew::Mixtral, 3).unwrap();
+    out.push(("mixtral-skew T4096 E8 k2".into(), 4096, 8, 2, skewed));
+    out
+}
+
+fn configs(experts: usize, k: usize) -> Vec<RouterConfig> {
+    let ranks = if experts % 4 == 0 { 4 } else { 1 };
+    let mut v = Vec::new();
+    for policy in Policy::all()
+        .into_iter()
+        .filter(|p| *p != Policy::RerouteOptimal)
+    {
+        for (gamma, scope, renorm) in [
+            (1.0, CapacityScope::Expert, false),
+            (1.5, CapacityScope::Rank, true),
+            (0.3, CapacityScope::Expert, true),
+        ] {
+            let mut c = RouterConfig::new(k, policy)
+                .with_ranks(ranks)
+                .with_scope(scope)
+                .with_renormalize(renorm);
+            if policy.has_capacity() {
+                c = c.with_capacity_factor(gamma);
+            }
+            v.push(c);
+        }
+    }
+    v
+}
+
+#[test]
+fn gpu_plans_are_bit_identical_to_the_oracle() {
+    let Some(g) = gpu() else { return };
+    let mut checked = 0;
+    for (name, t, e, k, logits) in cases() {
+        let l = Logits::new(&logits, t, e).unwrap();
+        for cfg in configs(e, k) {
+            let want = route(&l, &cfg).unwrap();
+            let router = GpuRouter::new(&g, cfg.clone())
+                .unwrap()
+                .with_max_rounds(4 * e);
+            let got = router
+                .route_host(&l)
+                .unwrap_or_else(|err| panic!("{name} {cfg:?}: {err}"));
+            assert_eq!(got, want, "{name} {cfg:?}");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} plans bit-identical");
+}
+
+#[test]
+fn gpu_dispatch_overflow_and_combine_match_the_oracle() {
+    let Some(g) = gpu() else { return };
+    let hidden = 16;
+    for (name, t, e, k, logits) in cases() {
+        let l = Logits::new(&logits, t, e).unwrap();
+        for cfg in configs(e, k) {
+            let want = route(&l, &cfg).unwrap();
+            let dl = g.stream().clone_htod(&logits).unwrap();
+            let router = GpuRouter::new(&g, cfg.clone())
+                .unwrap()
+                .with_max_rounds(4 * e);
+            let plan = router.route(&dl, t, e).unwrap();
+            for tile in [1usize, 8, 64] {
+                let cpu = DispatchLayout::new(&want, tile).unwrap();
+                let d = plan.dispatch(tile).unwrap();
+                let host = d.to_host(&plan).unwrap();
+                assert_eq!(host.offsets, cpu.offsets(), "{name} {cfg:?} tile {tile}");
+                assert_eq!(
+                    host.row_tokens,
+                    cpu.row_tokens(),
+                    "{name} {cfg:?} tile {tile}"
+                );
+                assert_eq!(
+                    host.row_weights,
+                    cpu.row_weights(),
+                    "{name} {cfg:?} tile {tile}"
+                );
+                assert_eq!(
+                    host.assignment_rows,
+                    cpu.assignment_rows(),
+                    "{name} {cfg:?} tile {tile}"
+                );
+                assert_eq!(
+                    plan.overflow_host().unwrap(),
+                    cpu.overflow(),
+                    "{name} {cfg:?}"
+                );
+                // Expert outputs: row r, column h holds a value derived from both.
+                let y: Vec<f32> = (0..d.max_rows() * hidden)
+                    .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+                    .collect();
+                let dy = g.stream().clone_htod(&y).unwrap();
+                let out = g
+                    .stream()
+                    .clone_dtoh(&plan.combine_f32(&d, &dy, hidden).unwrap())
+                    .unwrap();
+                let want_out = combine(&want, &cpu, &y[..cpu.rows() * hidden], hidden).unwrap();
+                assert_eq!(
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want_out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{name} {cfg:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_gather_places_token_rows() {
+    let Some(g) = gpu() else { return };
+    let (t, e, k, hidden) = (100usize, 8usize, 2usize, 32usize);
+    let logits = capmoe::trace::synthetic_logits(t, e, k, Skew::Mixtral, 5).unwrap();
+    let l = Logits::new(&logits, t, e).unwrap();
+    let cfg = RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+    let want = DispatchLayout::new(&route(&l, &cfg).unwrap(), 16).unwrap();
+    let plan = GpuRouter::new(&g, cfg)
+        .unwrap()
+        .route(&g.stream().clone_htod(&logits).unwrap(), t, e)
+        .unwrap();
+    let d = plan.dispatch(16).unwrap();
+    let x: Vec<u16> = (0..t * hidden).map(|i| i as u16).collect();
+    let rows = g
+        .stream()
+        .clone_dtoh(
+            &plan
+                .gather_bf16(&d, &g.stream().clone_htod(&x).unwrap(), hidden)
+                .unwrap(),
+        )
+        .unwrap();
+    let expect = want.scatter(&x, t, hidden).unwrap();
+    assert_eq!(&rows[..expect.len()], &expect[..]);
+}
+
+#[test]
+fn gpu_refuses_what_it_cannot_do() {
+    let Some(g) = gpu() else { return };
+    let cfg = RouterConfig::new(2, Policy::RerouteOptimal).with_capacity_factor(1.0);
+    assert!(GpuRouter::new(&g, cfg).is_err());
+    let router = GpuRouter::new(&g, RouterConfig::new(2, Policy::None)).unwrap();
+    let d = g.stream().clone_htod(&[0.0f32; 8]).unwrap();
+    assert!(
+        router.route(&d, 3, 8).is_err(),
+        "length mismatch must be an error"
+    );
+}
+
+#[test]
+fn no_gpu_is_an_error_not_a_panic() {
+    // On a machine without a driver this must return Err; with one, Ok.
+    let r = GpuContext::new(0);
+    if let Err(e) = &r {
+        assert!(!e.to_string().is_empty());
+    }
+    // A device ordinal that cannot exist is always an error.
+    assert!(GpuContext::new(4096).is_err());
+}
