@@ -293,3 +293,52 @@ fn bad_input_is_a_typed_error() {
     assert_eq!(argmax(&[1.0, 3.0, 3.0]), Some(1));
     assert_eq!(argmax(&[]), None);
 }
+
+#[test]
+fn batched_generation_matches_single_generation() {
+    let m = random_model(tiny(), 20);
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[7, 8], &[100, 5, 6, 7, 9]];
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        eos: vec![],
+        router: m.default_router(),
+    };
+    let batch = m.generate_batch(&prompts, &opts).unwrap();
+    for (p, got) in prompts.iter().zip(&batch) {
+        assert_eq!(got, &m.generate(p, &opts).unwrap());
+    }
+    // An eos stops only its own sequence.
+    let eos = batch[1][1];
+    let stop = m
+        .generate_batch(
+            &prompts,
+            &GenerateOptions {
+                eos: vec![eos],
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+    assert_eq!(stop[1], batch[1][..2].to_vec());
+}
+
+#[test]
+fn long_prefill_crosses_query_blocks_like_token_by_token_decode() {
+    for window in [None, Some(70)] {
+        let mut cfg = tiny();
+        cfg.sliding_window = window;
+        let m = random_model(cfg, 21);
+        let ids: Vec<u32> = (0..150).map(|i| (i * 37 % 128) as u32).collect();
+        let (_, full) = m
+            .prefill(&[&ids], &ForwardOptions::new(m.default_router()))
+            .unwrap();
+        let opts = ForwardOptions::new(m.default_router());
+        let (mut seqs, _) = m.prefill(&[&ids[..1]], &opts).unwrap();
+        for (p, &id) in ids.iter().enumerate().skip(1) {
+            let step = m.forward(&mut [&mut seqs[0]], &[&[id]], &opts).unwrap();
+            if p % 7 == 0 || p == 149 {
+                let d = max_abs_diff(step.row(0).unwrap(), full.row(p).unwrap());
+                assert!(d < 1e-5, "window {window:?} position {p}: {d}");
+            }
+        }
+    }
+}

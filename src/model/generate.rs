@@ -58,3 +58,57 @@ impl<B: Backend> Model<B> {
         }
     }
 }
+
+impl<B: Backend> Model<B> {
+    /// Greedy generation for several prompts at once: one batched prefill,
+    /// then one batched decode step per new token over the sequences still
+    /// running (a sequence stops at `max_new_tokens` or after an eos id).
+    /// Capacity is computed over each step's batch. Returns each prompt's
+    /// new ids.
+    pub fn generate_batch(
+        &self,
+        prompts: &[&[u32]],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let fo = ForwardOptions::new(opts.router.clone()).with_logits(LogitsMode::Last);
+        let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(opts.max_new_tokens); prompts.len()];
+        let (mut seqs, first) = self.prefill(prompts, &fo)?;
+        if opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let mut next: Vec<u32> = (0..prompts.len())
+            .map(|s| {
+                first
+                    .row(s)
+                    .and_then(argmax)
+                    .map(|i| i as u32)
+                    .ok_or(ModelError::EmptyInput("no logits"))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut running: Vec<usize> = (0..prompts.len()).collect();
+        loop {
+            running.retain(|&s| {
+                out[s].push(next[s]);
+                out[s].len() < opts.max_new_tokens && !opts.eos.contains(&next[s])
+            });
+            if running.is_empty() {
+                return Ok(out);
+            }
+            let toks: Vec<[u32; 1]> = running.iter().map(|&s| [next[s]]).collect();
+            let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
+            let mut refs: Vec<&mut super::forward::Sequence<B>> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(s, _)| running.contains(s))
+                .map(|(_, q)| q)
+                .collect();
+            let step = self.forward(&mut refs, &tok_refs, &fo)?;
+            for (r, &s) in running.iter().enumerate() {
+                next[s] = step
+                    .row(r)
+                    .and_then(argmax)
+                    .ok_or(ModelError::EmptyInput("no logits"))? as u32;
+            }
+        }
+    }
+}

@@ -9,9 +9,8 @@ use crate::backend::Backend;
 use std::time::Instant;
 
 /// Multiply-add FLOPs (2 per MAC) of the GEMMs a prefill forward ran:
-/// projections, attention scores and values (over the full key range each
-/// query row computes, masked part included, as the CPU backend does), the
-/// router, every served expert assignment (3 matrices), and the LM head
+/// projections, attention scores and values (over the keys each query row
+/// sees: causal and windowed, the useful work), the router, every served expert assignment (3 matrices), and the LM head
 /// rows. Element-wise work is not counted.
 pub fn forward_flops<B: Backend>(
     cfg: &MixtralConfig,
@@ -24,9 +23,13 @@ pub fn forward_flops<B: Backend>(
     let t: f64 = out.spans.iter().map(|s| s.len() as f64).sum();
     let mut attn = 0.0;
     for (i, s) in out.spans.iter().enumerate() {
-        let n = s.len() as f64;
-        let len = n + past.get(i).copied().unwrap_or(0) as f64;
-        attn += 2.0 * 2.0 * n * len * q;
+        let p0 = past.get(i).copied().unwrap_or(0);
+        for pos in p0..p0 + s.len() {
+            let lo = cfg
+                .sliding_window
+                .map_or(0, |w| (pos + 1).saturating_sub(w));
+            attn += 2.0 * 2.0 * (pos + 1 - lo) as f64 * q;
+        }
     }
     let proj = 2.0 * t * h * (2.0 * q + 2.0 * kv);
     let router = 2.0 * t * h * cfg.num_local_experts as f64;

@@ -63,49 +63,64 @@ pub fn attend(
     let p0 = len - n;
     let qw = geom.heads * hd;
     let group = geom.heads / geom.kv_heads;
+    // Query rows go in blocks; each block only scores the keys some row of
+    // it can see (causal, and the sliding window), so the masked upper
+    // triangle is mostly skipped.
+    const QBLOCK: usize = 64;
     let heads: Vec<Vec<f32>> = (0..geom.heads)
         .into_par_iter()
         .map(|h| {
             let kvh = h / group;
-            let mut scores = vec![0.0f32; n * len];
-            let qv = View {
-                data: &q[h * hd..],
-                rows: n,
-                cols: hd,
-                rs: qw,
-                cs: 1,
-            };
-            let kt = View::rows(&cache.k[kvh], len, hd).t();
-            matmul(&mut scores, len, qv, kt, false, Parallelism::None);
-            for i in 0..n {
-                let pos = p0 + i;
-                let lo = geom.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let row = &mut scores[i * len..(i + 1) * len];
-                let mut max = f32::NEG_INFINITY;
-                for s in &mut row[lo..=pos] {
-                    *s *= geom.scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0f32;
-                for s in &mut row[lo..=pos] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                for s in &mut row[lo..=pos] {
-                    *s /= sum;
-                }
-                row[..lo].fill(0.0);
-                row[pos + 1..].fill(0.0);
-            }
+            let (kc, vc) = (&cache.k[kvh], &cache.v[kvh]);
             let mut o = vec![0.0f32; n * hd];
-            matmul(
-                &mut o,
-                hd,
-                View::rows(&scores, n, len),
-                View::rows(&cache.v[kvh], len, hd),
-                false,
-                Parallelism::None,
-            );
+            let mut scores = Vec::new();
+            for i0 in (0..n).step_by(QBLOCK) {
+                let i1 = (i0 + QBLOCK).min(n);
+                let bn = i1 - i0;
+                let lo0 = geom.window.map_or(0, |w| (p0 + i0 + 1).saturating_sub(w));
+                let hi = p0 + i1; // keys lo0..hi
+                let kl = hi - lo0;
+                scores.clear();
+                scores.resize(bn * kl, 0.0f32);
+                let qv = View {
+                    data: &q[i0 * qw + h * hd..],
+                    rows: bn,
+                    cols: hd,
+                    rs: qw,
+                    cs: 1,
+                };
+                let kt = View::rows(&kc[lo0 * hd..hi * hd], kl, hd).t();
+                matmul(&mut scores, kl, qv, kt, false, Parallelism::None);
+                for i in 0..bn {
+                    let pos = p0 + i0 + i;
+                    let lo = geom.window.map_or(0, |w| (pos + 1).saturating_sub(w)) - lo0;
+                    let end = pos - lo0;
+                    let row = &mut scores[i * kl..(i + 1) * kl];
+                    let mut max = f32::NEG_INFINITY;
+                    for s in &mut row[lo..=end] {
+                        *s *= geom.scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in &mut row[lo..=end] {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    for s in &mut row[lo..=end] {
+                        *s /= sum;
+                    }
+                    row[..lo].fill(0.0);
+                    row[end + 1..].fill(0.0);
+                }
+                matmul(
+                    &mut o[i0 * hd..i1 * hd],
+                    hd,
+                    View::rows(&scores, bn, kl),
+                    View::rows(&vc[lo0 * hd..hi * hd], kl, hd),
+                    false,
+                    Parallelism::None,
+                );
+            }
             o
         })
         .collect();
