@@ -342,3 +342,24 @@ fn long_prefill_crosses_query_blocks_like_token_by_token_decode() {
         }
     }
 }
+
+#[test]
+fn custom_sources_and_router_bias_are_checked() {
+    use capmoe::backend::HostTensor;
+    use capmoe::model::WeightError;
+    let cfg = tiny();
+    let r = Model::from_source(CpuBackend, cfg.clone(), |name, shape| {
+        let n: usize = shape.iter().product();
+        Ok(HostTensor::owned(name, vec![n], vec![0.0; n]))
+    });
+    assert!(matches!(
+        r,
+        Err(ModelError::Weights(WeightError::Shape { .. }))
+    ));
+    let mut m = random_model(cfg, 22);
+    m.layers_mut()[0].moe.router_bias = Some(vec![]);
+    assert!(matches!(
+        m.logits(&[1, 2], &m.default_router()),
+        Err(ModelError::Backend(_))
+    ));
+}

@@ -73,6 +73,13 @@ impl<B: Backend> MoeWeights<B> {
         let mut host = backend.download(&logits)?;
         if let Some(bias) = &self.router_bias {
             let e = bias.len();
+            if e != self.num_experts() {
+                return Err(BackendError::Shape {
+                    what: "router bias",
+                    got: vec![e],
+                    expected: vec![self.num_experts()],
+                });
+            }
             for (i, v) in host.iter_mut().enumerate() {
                 *v += bias[i % e];
             }

@@ -2,7 +2,7 @@
 
 use super::config::MixtralConfig;
 use super::init::{self, InitOptions};
-use super::weights::WeightFiles;
+use super::weights::{WeightError, WeightFiles};
 use super::{names, ModelError};
 use crate::backend::{AttnGeom, Backend, ExpertWeights, HostTensor, MoeWeights, Rope};
 use crate::routing::{Policy, RouterConfig};
@@ -45,8 +45,24 @@ impl<B: Backend> Model<B> {
         let q = c.num_attention_heads * c.head_dim;
         let kv = c.num_key_value_heads * c.head_dim;
         let e = c.num_local_experts;
+        let mut take = |name: &str, shape: &[usize]| -> Result<HostTensor, ModelError> {
+            let t = source(name, shape)?;
+            if t.shape() != shape || t.len() != shape.iter().product::<usize>() {
+                return Err(WeightError::Shape {
+                    name: name.to_string(),
+                    found: if t.shape() != shape {
+                        t.shape().to_vec()
+                    } else {
+                        vec![t.len()]
+                    },
+                    expected: shape.to_vec(),
+                }
+                .into());
+            }
+            Ok(t)
+        };
         let mut mat = |name: &str, shape: &[usize]| -> Result<B::Mat, ModelError> {
-            Ok(backend.mat(source(name, shape)?)?)
+            Ok(backend.mat(take(name, shape)?)?)
         };
         let embed = mat(names::EMBED, &[v, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -72,7 +88,7 @@ impl<B: Backend> Model<B> {
             Some(mat(names::LM_HEAD, &[v, h])?)
         };
         let mut vector = |name: &str| -> Result<B::Vector, ModelError> {
-            Ok(backend.vector(source(name, &[h])?)?)
+            Ok(backend.vector(take(name, &[h])?)?)
         };
         let layers = layers
             .into_iter()
