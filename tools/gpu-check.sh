@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# gpu-check: build every GPU test and benchmark binary HERE (no GPU needed), pack them into the
+# git-ignored .gpu-check/, and print the one device call that runs them all (design.md §5).
+#
+#   tools/gpu-check.sh              build + pack, print the device call
+#   tools/gpu-check.sh --rehearse   build + pack, then run .gpu-check/run.sh here with OUT=a temp
+#                                   dir (GPU tests skip without a GPU) and show the report
+# Options:
+#   --all-tests      every test binary with every test (default: integration tests whose target
+#                    name contains gpu or cuda, plus the unit tests under a `cuda` path of the lib)
+#   --benches REGEX  bench targets to run (default: all but the CPU-only ones in SKIP_BENCHES)
+#   --budget SECS    time run.sh may spend before it skips the remaining binaries (default 300)
+#   --measure SECS   criterion --measurement-time per benchmark (default 2; warm-up is a quarter)
+#
+# On the device (no Rust, no network; CUDA 13 driver; $OUT set) the call is:
+#   command: bash .gpu-check/run.sh     carry: [".gpu-check"]     timeout_s: budget + 60
+# run.sh records `nvidia-smi -L` and the driver first, runs each test binary with
+# --test-threads=1 --nocapture, then each bench binary, and writes $OUT/report.md,
+# $OUT/report.json and $OUT/log.txt; it exits non-zero if a test (or a bench binary) failed.
+#
+# Committing a report: a kernel counts as verified only when a committed report shows its
+# GPU-vs-oracle tests passing. Copy the markdown with the commit it measured:
+#   cp <files_at>/report.md bench/results/gpu-check-$(date +%F)-$(git rev-parse --short HEAD).md
+#   git add bench/results/gpu-check-*.md && git commit -m "gpu-check report"
+# (report.md names the commit it was built from; a dirty tree is flagged there.)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+rehearse=0 all_tests=0 budget=300 measure=2 benches=""
+SKIP_BENCHES="${SKIP_BENCHES:-routing}" # CPU-oracle benches: nothing to learn on the GPU machine
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rehearse) rehearse=1 ;;
+    --all-tests) all_tests=1 ;;
+    --benches) benches="$2"; shift ;;
+    --budget) budget="$2"; shift ;;
+    --measure) measure="$2"; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+command -v python3 >/dev/null || { echo "gpu-check: python3 is needed" >&2; exit 1; }
+if [ -z "${NVCC:-}${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null && [ ! -x .cuda/site/nvidia/cu13/bin/nvcc ]; then
+  echo "gpu-check: installing the CUDA toolchain (tools/setup-cuda.sh)" >&2
+  tools/setup-cuda.sh >/dev/null
+fi
+
+pack="$root/.gpu-check"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+echo "== building test binaries (cargo test --features cuda --no-run)" >&2
+cargo test --features cuda --no-run --message-format=json >"$tmp/tests.json"
+echo "== building bench binaries (cargo bench --features cuda --no-run, release)" >&2
+cargo bench --features cuda --no-run --message-format=json >"$tmp/benches.json"
+
+rm -rf "$pack"
+mkdir -p "$pack/bin"
+# manifest.txt: kind|name|file|args   (one binary per line, run in this order)
+python3 - "$tmp" "$pack" "$all_tests" "$benches" "$SKIP_BENCHES" <<'PY'
+import json, os, re, shutil, subprocess, sys
+tmp, pack, all_tests, bench_re, skip = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5].split(",")
+def artifacts(path):
+    for line in open(path):
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") == "compiler-artifact" and m.get("executable"):
+            yield m["target"]["name"], m["target"]["kind"][0], m["executable"]
+rows, seen = [], set()
+for name, kind, exe in artifacts(os.path.join(tmp, "tests.json")):
+    args = "--test-threads=1 --nocapture"  # --nocapture: the skip reasons of GPU tests show
+    if kind == "test":
+        if not all_tests and not re.search("gpu|cuda", name):
+            continue
+    elif kind == "lib":
+        if not all_tests:
+            args += " cuda"  # unit tests under a `cuda` module path only
+    elif kind != "bin" or not all_tests:
+        continue
+    else:
+        continue
+    rows.append(("test", f"{kind}-{name}", exe, args))
+for name, kind, exe in artifacts(os.path.join(tmp, "benches.json")):
+    if kind != "bench" or (bench_re and not re.search(bench_re, name)) or (not bench_re and name in skip):
+        continue
+    rows.append(("bench", name, exe, ""))
+with open(os.path.join(pack, "manifest.txt"), "w") as f:
+    for kind, name, exe, args in rows:
+        if name in seen:
+            continue
+        seen.add(name)
+        dest = os.path.join(pack, "bin", name)
+        shutil.copy2(exe, dest)
+        subprocess.run(["strip", "--strip-debug", dest], check=False)
+        f.write(f"{kind}|{name}|bin/{name}|{args}\n")
+        print(f"  {kind:5} {name:32} {os.path.getsize(dest) / 2**20:6.1f} MiB", file=sys.stderr)
+PY
+cp tools/gpu-check-report.py "$pack/report.py"
+commit="$(git rev-parse --short=12 HEAD)"
+dirty=0; git diff --quiet HEAD -- . ':!ptx' 2>/dev/null || dirty=1
+cat >"$pack/meta.txt" <<EOF
+commit=$commit
+dirty=$dirty
+built=$(date -u +%FT%TZ)
+host=$(uname -m)
+archs=${CAPMOE_CUDA_ARCHS:-80;90a}
+budget_s=$budget
+build_root=$root
+EOF
+
+cat >"$pack/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Generated by tools/gpu-check.sh: runs the packed test and bench binaries, writes $OUT/report.*.
+set -u
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+: "${OUT:?OUT must name the folder for the report}"
+mkdir -p "$OUT"
+budget="${GPU_CHECK_BUDGET_S:-@BUDGET@}" measure="${GPU_CHECK_MEASURE_S:-@MEASURE@}"
+work="$(mktemp -d)"
+start=$(date +%s)
+cp "$here/meta.txt" "$work/meta.txt"
+echo "date=$(date -u +%F)" >>"$work/meta.txt"
+{
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  else
+    echo "nvidia-smi not found: no NVIDIA driver here (GPU tests should skip)"
+  fi
+} >"$work/gpu.txt" 2>&1
+cat "$work/gpu.txt"
+# Tests that find fixtures through the compile-time CARGO_MANIFEST_DIR: point that path here.
+build_root="$(sed -n 's/^build_root=//p' "$here/meta.txt")"
+if [ -n "$build_root" ] && [ ! -e "$build_root" ] && [ "$build_root" != "$root" ]; then
+  mkdir -p "$(dirname "$build_root")" 2>/dev/null && ln -s "$root" "$build_root" 2>/dev/null || true
+fi
+cd "$root"
+export CARGO_MANIFEST_DIR="$root" RUST_BACKTRACE=1 CRITERION_HOME="$work/criterion" NO_COLOR=1
+: >"$work/results.txt"
+warm=$(awk "BEGIN{print $measure/4}")
+while IFS='|' read -r kind name file args; do
+  [ -n "$kind" ] || continue
+  log="$work/$kind-$name.log"
+  used=$(( $(date +%s) - start ))
+  left=$(( budget - used ))
+  if [ "$left" -lt 10 ]; then
+    echo "$kind|$name|-1|0|$log|skipped: budget of ${budget}s spent" >>"$work/results.txt"
+    : >"$log"; continue
+  fi
+  echo "== $kind $name (${left}s of budget left)"
+  t0=$(date +%s.%N)
+  if [ "$kind" = test ]; then
+    # shellcheck disable=SC2086
+    timeout "$left" "$here/$file" $args >"$log" 2>&1
+  else
+    timeout "$left" "$here/$file" --bench --noplot --warm-up-time "$warm" --measurement-time "$measure" >"$log" 2>&1
+  fi
+  rc=$?
+  secs=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")
+  note=""; [ "$rc" = 124 ] && note="timed out"
+  echo "$kind|$name|$rc|$secs|$log|$note" >>"$work/results.txt"
+  tail -n 3 "$log"
+done <"$here/manifest.txt"
+echo "wall_s=$(( $(date +%s) - start ))" >>"$work/meta.txt"
+for f in "$work"/*.log; do [ -e "$f" ] && { echo "===== $(basename "$f")"; tail -c 2000000 "$f"; }; done >"$OUT/log.txt"
+if command -v python3 >/dev/null && python3 "$here/report.py" "$work" "$OUT"; then
+  :
+else
+  { echo "# gpu-check (no python3: raw results)"; echo '```'; cat "$work/gpu.txt" "$work/results.txt"; echo '```'; } >"$OUT/report.md"
+fi
+echo "report: $OUT/report.md"
+if awk -F'|' '$3 != 0 {bad=1} END {exit !bad}' "$work/results.txt"; then
+  echo "gpu-check: FAILED:"; awk -F'|' '$3 != 0 {print "  " $1 " " $2 " exit " $3 " " $6}' "$work/results.txt"
+  exit 1
+fi
+echo "gpu-check: all binaries passed"
+RUN
+sed -i "s/@BUDGET@/$budget/; s/@MEASURE@/$measure/" "$pack/run.sh"
+chmod +x "$pack/run.sh"
+
+size=$(du -sb "$pack" | cut -f1)
+echo "== packed $(wc -l <"$pack/manifest.txt") binaries into .gpu-check/ ($((size / 1048576)) MiB)" >&2
+if [ "$size" -gt $((48 * 1048576)) ]; then
+  echo "gpu-check: .gpu-check/ is over 48 MiB; the device call carries at most 64 MiB with the tree" >&2
+  exit 1
+fi
+
+if [ "$rehearse" = 1 ]; then
+  out="$(mktemp -d)"
+  echo "== rehearsal: OUT=$out bash .gpu-check/run.sh" >&2
+  rc=0; OUT="$out" bash "$pack/run.sh" || rc=$?
+  echo "== report.md (exit $rc)" >&2
+  cat "$out/report.md"
+  echo "== rehearsal files: $out (report.md, report.json, log.txt)" >&2
+  exit "$rc"
+fi
+
+cat <<EOF
+
+Device call (one run; run.sh stops starting binaries after ${budget}s):
+  run  command: bash .gpu-check/run.sh
+       carry:   [".gpu-check"]
+       timeout_s: $((budget + 60))
+Then commit the report:
+  cp <files_at>/report.md bench/results/gpu-check-\$(date +%F)-$commit.md
+EOF
