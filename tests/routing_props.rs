@@ -317,7 +317,10 @@ fn round_based_next_best(c: &Case, plan: &RoutingPlan, g: &Gate) -> Vec<Vec<u32>
     let mut rounds = 0;
     while !proposals.is_empty() {
         rounds += 1;
-        assert!(rounds <= c.experts + 1, "more than E rounds");
+        assert!(
+            rounds <= c.tokens * c.experts + 1,
+            "deferred acceptance did not terminate"
+        );
         for &(t, e) in &proposals {
             held[bin_of(c, e as usize)].push((t, e));
         }
