@@ -145,6 +145,14 @@ fn gpu_dispatch_overflow_and_combine_match_the_oracle() {
                     cpu.overflow(),
                     "{name} {cfg:?}"
                 );
+                let abc = [0x1000_0000u64, 0x2000_0000, 0x3000_0000];
+                let args = d.gemm_args(&plan, 96, 64, 2, abc).unwrap();
+                let want_args = cpu.gemm_args(96, 64, 2, abc[0], abc[1], abc[2]).unwrap();
+                assert_eq!(
+                    args.to_host(g.stream()).unwrap(),
+                    want_args,
+                    "{name} {cfg:?}"
+                );
                 // Expert outputs: row r, column h holds a value derived from both.
                 let y: Vec<f32> = (0..d.max_rows() * hidden)
                     .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)

@@ -147,3 +147,36 @@ extern "C" int capmoe_gather_bf16(const void* x, const uint32_t* row_token, cons
       static_cast<const __nv_bfloat16*>(x), row_token, total_rows, max_rows, hidden, static_cast<__nv_bfloat16*>(out));
   return last_status();
 }
+
+namespace capmoe {
+
+// Thread per expert: problem {m = load[e], n, k} and byte addresses of A, B, C.
+__global__ void gemm_args_kernel(const int* padded, const unsigned* load, int experts, int n, int k,
+                                 unsigned long long elem_bytes, unsigned long long a, unsigned long long b,
+                                 unsigned long long c, int* problems, unsigned long long* a_ptrs,
+                                 unsigned long long* b_ptrs, unsigned long long* c_ptrs) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= experts) return;
+  const unsigned long long row = static_cast<unsigned long long>(padded[e]);
+  problems[3 * e] = static_cast<int>(load[e]);
+  problems[3 * e + 1] = n;
+  problems[3 * e + 2] = k;
+  a_ptrs[e] = a + row * k * elem_bytes;
+  b_ptrs[e] = b + static_cast<unsigned long long>(e) * n * k * elem_bytes;
+  c_ptrs[e] = c + row * n * elem_bytes;
+}
+
+}  // namespace capmoe
+
+// Grouped-GEMM arguments from a dispatch layout (CPU twin:
+// DispatchLayout::gemm_args). problems: 3 ints per expert (GemmCoord layout).
+extern "C" int capmoe_gemm_args(const int* padded, const unsigned* load, int experts, int n, int k,
+                                unsigned long long elem_bytes, unsigned long long a, unsigned long long b,
+                                unsigned long long c, int* problems, unsigned long long* a_ptrs,
+                                unsigned long long* b_ptrs, unsigned long long* c_ptrs, cudaStream_t stream) {
+  using namespace capmoe;
+  if (experts < 1 || experts > 512 || n < 1 || k < 1 || elem_bytes == 0) return kBadArgument;
+  gemm_args_kernel<<<(experts + 127) / 128, 128, 0, stream>>>(padded, load, experts, n, k, elem_bytes, a, b, c,
+                                                              problems, a_ptrs, b_ptrs, c_ptrs);
+  return last_status();
+}

@@ -135,6 +135,23 @@ extern "C" {
         stream: Stream,
     ) -> c_int;
 
+    pub fn capmoe_gemm_args(
+        padded: *const c_int,
+        load: *const u32,
+        experts: c_int,
+        n: c_int,
+        k: c_int,
+        elem_bytes: u64,
+        a: u64,
+        b: u64,
+        c: u64,
+        problems: *mut c_int,
+        a_ptrs: *mut u64,
+        b_ptrs: *mut u64,
+        c_ptrs: *mut u64,
+        stream: Stream,
+    ) -> c_int;
+
     /// From the statically linked CUDA runtime.
     pub fn cudaGetErrorString(error: c_int) -> *const c_char;
 }

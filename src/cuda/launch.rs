@@ -372,3 +372,43 @@ pub unsafe fn combine_bf16(
         ),
     )
 }
+
+/// Grouped-GEMM problem sizes and addresses from a dispatch layout.
+///
+/// # Safety
+/// `padded` (`experts + 1` i32) from [`dispatch`] and `load` (`experts` u32)
+/// from [`plan`]; `problems` holds `3 * experts` i32 and each pointer array
+/// `experts` u64. `a`, `b`, `c` are only written into the arrays, never read.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_args(
+    padded: DevPtr,
+    load: DevPtr,
+    experts: i32,
+    n: i32,
+    k: i32,
+    elem_bytes: u64,
+    abc: [u64; 3],
+    problems: DevPtr,
+    ptrs: [DevPtr; 3],
+    stream: ffi::Stream,
+) -> Result<(), GpuError> {
+    check(
+        "capmoe_gemm_args",
+        ffi::capmoe_gemm_args(
+            p(padded),
+            p(load),
+            experts,
+            n,
+            k,
+            elem_bytes,
+            abc[0],
+            abc[1],
+            abc[2],
+            m(problems),
+            m(ptrs[0]),
+            m(ptrs[1]),
+            m(ptrs[2]),
+            stream,
+        ),
+    )
+}

@@ -14,4 +14,4 @@ mod router;
 
 pub use context::GpuContext;
 pub use error::GpuError;
-pub use router::{GpuDispatch, GpuPlan, GpuRouter, HostDispatch};
+pub use router::{GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch};

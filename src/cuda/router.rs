@@ -7,8 +7,8 @@ use super::context::GpuContext;
 use super::error::GpuError;
 use super::launch::{self, DispatchOut, PlanOut, Shape};
 use crate::routing::{
-    plan_capacity, CapacityInfo, CapacityScope, DropRank, Gate, Overflow, PlanParts, Policy,
-    RouterConfig, RoutingPlan, PAD,
+    plan_capacity, CapacityInfo, CapacityScope, DropRank, Gate, GemmProblem, GroupedGemmArgs,
+    Overflow, PlanParts, Policy, RouterConfig, RoutingPlan, PAD,
 };
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use std::sync::Arc;
@@ -562,7 +562,90 @@ impl GpuPlan {
     }
 }
 
+/// Grouped-GEMM arguments on the device: `problems` is `3 * E` i32
+/// (`GemmCoord` layout), `ptrs` the A, B and C address arrays.
+pub struct GpuGemmArgs {
+    pub problems: CudaSlice<i32>,
+    pub ptrs: [CudaSlice<u64>; 3],
+}
+
+impl GpuGemmArgs {
+    /// Copies the arguments back (synchronises).
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<GroupedGemmArgs, GpuError> {
+        let p = stream.clone_dtoh(&self.problems)?;
+        let problems = p
+            .chunks_exact(3)
+            .map(|c| GemmProblem {
+                m: c[0],
+                n: c[1],
+                k: c[2],
+            })
+            .collect();
+        let [a, b, c] = [0, 1, 2].map(|i| stream.clone_dtoh(&self.ptrs[i]));
+        Ok(GroupedGemmArgs {
+            problems,
+            a: a?,
+            b: b?,
+            c: c?,
+        })
+    }
+}
+
 impl GpuDispatch {
+    /// Problem sizes and A/B/C addresses for the experts' grouped GEMM, made
+    /// on the device (see `DispatchLayout::gemm_args` for the layout).
+    pub fn gemm_args(
+        &self,
+        plan: &GpuPlan,
+        n: usize,
+        k: usize,
+        elem_bytes: u64,
+        abc: [u64; 3],
+    ) -> Result<GpuGemmArgs, GpuError> {
+        if elem_bytes == 0 {
+            return Err(crate::RoutingError::ShapeMismatch {
+                what: "element size",
+                len: 0,
+                expected: 2,
+            }
+            .into());
+        }
+        let st = &plan.stream;
+        let experts = plan.shape.experts as usize;
+        let mut args = GpuGemmArgs {
+            problems: alloc(st, 3 * experts)?,
+            ptrs: [
+                alloc(st, experts)?,
+                alloc(st, experts)?,
+                alloc(st, experts)?,
+            ],
+        };
+        let (pd, _g1) = self.padded.device_ptr(st);
+        let (ld, _g2) = plan.load.device_ptr(st);
+        let (pr, _g3) = args.problems.device_ptr_mut(st);
+        let [pa, pb, pc] = &mut args.ptrs;
+        let (a, _g4) = pa.device_ptr_mut(st);
+        let (b, _g5) = pb.device_ptr_mut(st);
+        let (c, _g6) = pc.device_ptr_mut(st);
+        // SAFETY: problems holds 3E, each pointer array E; padded/load come from this plan.
+        unsafe {
+            launch::gemm_args(
+                pd,
+                ld,
+                plan.shape.experts,
+                to_i32("GEMM n", n)?,
+                to_i32("GEMM k", k)?,
+                elem_bytes,
+                abc,
+                pr,
+                [a, b, c],
+                st.cu_stream() as _,
+            )?
+        };
+        drop((_g1, _g2, _g3, _g4, _g5, _g6));
+        Ok(args)
+    }
+
     pub fn tile(&self) -> usize {
         self.tile
     }

@@ -15,6 +15,25 @@ pub struct Overflow {
     pub expert: u32,
 }
 
+/// One group of a grouped GEMM, `C[m, n] = A[m, k] * B[n, k]^T`, laid out as
+/// CUTLASS's `GemmCoord` (three `i32`), so one buffer feeds SM80 and SM90.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct GemmProblem {
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+}
+
+/// Per-expert problem sizes and device addresses a grouped GEMM reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupedGemmArgs {
+    pub problems: Vec<GemmProblem>,
+    pub a: Vec<u64>,
+    pub b: Vec<u64>,
+    pub c: Vec<u64>,
+}
+
 /// Where every served assignment sits in the expert-major activation buffer.
 ///
 /// Expert `e` owns rows `offsets[e]..offsets[e+1]`; its first `counts[e]` rows
@@ -120,6 +139,43 @@ impl DispatchLayout {
         &self.overflow
     }
 
+    /// Grouped-GEMM arguments over this layout: expert `e` multiplies its
+    /// `counts[e]` rows of `A` (row-major `[rows, k]`, starting at row
+    /// `offsets[e]` of `a`) by its weight `B_e` (row-major `[n, k]` at
+    /// `b + e * n * k` elements) into rows `offsets[e]..` of `C` (`[rows, n]`).
+    /// Addresses are byte addresses for elements of `elem_bytes`. The CUDA
+    /// twin is `capmoe_gemm_args`.
+    pub fn gemm_args(
+        &self,
+        n: usize,
+        k: usize,
+        elem_bytes: u64,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<GroupedGemmArgs, RoutingError> {
+        let (ni, ki) = (to_i32("GEMM n", n)?, to_i32("GEMM k", k)?);
+        let (n, k) = (n as u64, k as u64);
+        let mut args = GroupedGemmArgs {
+            problems: Vec::new(),
+            a: Vec::new(),
+            b: Vec::new(),
+            c: Vec::new(),
+        };
+        for (e, &m) in self.counts.iter().enumerate() {
+            let row = self.offsets[e] as u64;
+            args.problems.push(GemmProblem {
+                m: m as i32,
+                n: ni,
+                k: ki,
+            });
+            args.a.push(a + row * k * elem_bytes);
+            args.b.push(b + e as u64 * n * k * elem_bytes);
+            args.c.push(c + row * n * elem_bytes);
+        }
+        Ok(args)
+    }
+
     /// Gathers token activations `[T, hidden]` into expert-major rows
     /// `[rows, hidden]`; padding rows are zero.
     pub fn scatter<T: Copy + Default>(
@@ -140,6 +196,14 @@ impl DispatchLayout {
     }
 }
 
+fn to_i32(what: &'static str, v: usize) -> Result<i32, RoutingError> {
+    i32::try_from(v).map_err(|_| RoutingError::ShapeMismatch {
+        what,
+        len: v,
+        expected: i32::MAX as usize,
+    })
+}
+
 pub(crate) fn check_len(
     what: &'static str,
     len: usize,
@@ -153,5 +217,33 @@ pub(crate) fn check_len(
             len,
             expected,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::routing::{route, Logits, Policy, RouterConfig};
+
+    #[test]
+    fn gemm_args_point_at_each_experts_rows_and_weights() {
+        // 3 tokens on expert 0, 1 on expert 2, none on expert 1; tile 4.
+        let l = [
+            5.0f32, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 5.0, 5.0, 0.0, 0.0,
+        ];
+        let plan = route(
+            &Logits::new(&l, 4, 3).unwrap(),
+            &RouterConfig::new(1, Policy::None),
+        )
+        .unwrap();
+        let d = super::DispatchLayout::new(&plan, 4).unwrap();
+        assert_eq!(d.offsets(), &[0, 4, 4, 8]);
+        let g = d.gemm_args(16, 8, 2, 1000, 2000, 3000).unwrap();
+        let m: Vec<i32> = g.problems.iter().map(|p| p.m).collect();
+        assert_eq!(m, vec![3, 0, 1]);
+        assert!(g.problems.iter().all(|p| p.n == 16 && p.k == 8));
+        assert_eq!(g.a, vec![1000, 1000 + 4 * 8 * 2, 1000 + 4 * 8 * 2]);
+        assert_eq!(g.b, vec![2000, 2000 + 16 * 8 * 2, 2000 + 2 * 16 * 8 * 2]);
+        assert_eq!(g.c, vec![3000, 3000 + 4 * 16 * 2, 3000 + 4 * 16 * 2]);
+        assert!(d.gemm_args(1 << 31, 8, 2, 0, 0, 0).is_err());
     }
 }

@@ -30,7 +30,7 @@ mod stats;
 
 pub use capacity::{capacity, Bins, CapacityScope, Placement};
 pub use combine::combine;
-pub use dispatch::{DispatchLayout, Overflow, PAD};
+pub use dispatch::{DispatchLayout, GemmProblem, GroupedGemmArgs, Overflow, PAD};
 pub use drop::random_key;
 pub use gate::{softmax_row, Gate};
 pub use logits::Logits;
