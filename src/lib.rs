@@ -11,6 +11,7 @@
 pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod ep;
 pub mod error;
 pub mod io;
 pub mod routing;

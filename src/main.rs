@@ -15,6 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The end-to-end expert-parallel straggler benchmark: speedup and fidelity of every policy x gamma.
+    #[command(after_long_help = cli::bench::BENCH_HELP)]
+    Bench(cli::bench::BenchArgs),
     /// Route a trace of router logits under a capacity policy and report the plan.
     #[command(after_long_help = policy_help())]
     Route(cli::route::RouteArgs),
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let res: Result<(), CliError> = match &cli.command {
+        Command::Bench(a) => cli::bench::run(a, &mut out),
         Command::Route(a) => cli::route::run(a, &mut out),
         Command::Trace(a) => cli::trace::run(a, &mut out),
         Command::Logits(a) => cli::logits::run(a, &mut out),

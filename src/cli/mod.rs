@@ -1,5 +1,6 @@
 //! The `capmoe` command line. One file per subcommand.
 
+pub mod bench;
 pub mod generate;
 pub mod logits;
 pub mod model_args;
@@ -22,6 +23,8 @@ pub enum CliError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Config(#[from] crate::model::ConfigError),
+    #[error(transparent)]
+    Bench(#[from] crate::ep::EpError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]
