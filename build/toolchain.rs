@@ -189,6 +189,10 @@ pub fn nvcc_flags(archs: &[Arch], tc: &Toolchain, root: &Path) -> Vec<String> {
         "-O3",
         "-lineinfo",
         "--expt-relaxed-constexpr",
+        // Routing numerics are bit-exact twins of the CPU oracle: keep
+        // subnormals and IEEE division (p = e / sum can be subnormal).
+        "-ftz=false",
+        "-prec-div=true",
         "-Xptxas",
         "-v",
     ]
@@ -219,6 +223,8 @@ pub fn ptx_flags(archs: &[Arch]) -> Vec<String> {
         "-std=c++17",
         "-O3",
         "--expt-relaxed-constexpr",
+        "-ftz=false",
+        "-prec-div=true",
         "-ptx",
         "-Icuda",
     ]

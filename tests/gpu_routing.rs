@@ -34,6 +34,10 @@ fn cases() -> Vec<(String, usize, usize, usize, Vec<f32>)> {
         (300, 16, 16),
         (1024, 256, 8),
         (64, 512, 4),
+        (70, 40, 3),
+        (33, 100, 5),
+        (20, 384, 8),
+        (45, 30, 3),
     ] {
         let spread: Vec<f32> = (0..t * e).map(|_| rng.normal() as f32 * 2.0).collect();
         out.push((format!("spread T{t} E{e} k{k}"), t, e, k, spread));
@@ -71,10 +75,15 @@ fn gpu_plan(g: &GpuContext, cfg: &RouterConfig, logits: &[f32], t: usize, e: usi
 }
 
 fn configs(experts: usize, k: usize) -> Vec<RouterConfig> {
+    // 4 ranks where E allows, else 1 (expand:local then adds every expert).
     let ranks = if experts % 4 == 0 { 4 } else { 1 };
     let mut v = Vec::new();
+    let high_seed = Policy::Drop(capmoe::routing::DropRank::Random {
+        seed: u64::MAX - 12345,
+    });
     for policy in Policy::all()
         .into_iter()
+        .chain([high_seed])
         .filter(|p| *p != Policy::RerouteOptimal)
     {
         for (gamma, scope, renorm) in [
@@ -197,6 +206,40 @@ fn gpu_gather_places_token_rows() {
         .unwrap();
     let expect = want.scatter(&x, t, hidden).unwrap();
     assert_eq!(&rows[..expect.len()], &expect[..]);
+}
+
+#[test]
+fn gpu_combine_bf16_rounds_the_f32_sum_once() {
+    let Some(g) = gpu() else { return };
+    let (t, e, k, hidden) = (200usize, 8usize, 2usize, 24usize);
+    let logits = capmoe::trace::synthetic_logits(t, e, k, Skew::Mixtral, 11).unwrap();
+    let l = Logits::new(&logits, t, e).unwrap();
+    let cfg = RouterConfig::new(k, "reroute:next-best".parse().unwrap()).with_capacity_factor(1.0);
+    let want_plan = route(&l, &cfg).unwrap();
+    let cpu = DispatchLayout::new(&want_plan, 8).unwrap();
+    let plan = gpu_plan(&g, &cfg, &logits, t, e);
+    let d = plan.dispatch(8).unwrap();
+    let y: Vec<u16> = (0..d.max_rows() * hidden)
+        .map(|i| half::bf16::from_f32(((i * 29) % 97) as f32 * 0.02 - 1.0).to_bits())
+        .collect();
+    let out = g
+        .stream()
+        .clone_dtoh(
+            &plan
+                .combine_bf16(&d, &g.stream().clone_htod(&y).unwrap(), hidden)
+                .unwrap(),
+        )
+        .unwrap();
+    let yf: Vec<f32> = y[..cpu.rows() * hidden]
+        .iter()
+        .map(|&b| half::bf16::from_bits(b).to_f32())
+        .collect();
+    let want: Vec<u16> = combine(&want_plan, &cpu, &yf, hidden)
+        .unwrap()
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_bits())
+        .collect();
+    assert_eq!(out, want);
 }
 
 #[test]

@@ -151,8 +151,27 @@ inline int sort_and_keep(Workspace& w, long long n, int end_bit, int shift, int 
 
 // ---- reroute:next-best ----------------------------------------------------
 
-// Key (bin, p descending, expert): the token index tie-break comes from the
-// stable sort over slot order, which is token-major.
+// Puts each token's slots in its preference order (p descending, lower
+// expert first, empty slots last), so that slot order is (token, p, expert)
+// and a stable sort by (bin, p) ranks ties by token, then expert.
+__global__ void order_slots(Problem pb, int* slot_expert) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= pb.tokens) return;
+  int* s = slot_expert + static_cast<size_t>(t) * pb.k;
+  const float* p = pb.probs + static_cast<size_t>(t) * pb.experts;
+  for (int i = 1; i < pb.k; ++i) {
+    const int e = s[i];
+    int j = i;
+    while (j > 0 && e >= 0 && (s[j - 1] < 0 || prefers(p[e], e, p[s[j - 1]], s[j - 1]))) {
+      s[j] = s[j - 1];
+      --j;
+    }
+    s[j] = e;
+  }
+}
+
+// Key (bin, p descending); ties keep slot order, which order_slots made
+// (token, expert) for equal p.
 __global__ void proposal_keys(Problem pb, const int* slot_expert, uint64_t* keys, int* vals) {
   const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long n = static_cast<long long>(pb.tokens) * pb.k;
@@ -166,7 +185,7 @@ __global__ void proposal_keys(Problem pb, const int* slot_expert, uint64_t* keys
   const int t = static_cast<int>(i / pb.k);
   const uint64_t bin = static_cast<uint64_t>(e / pb.experts_per_bin);
   const uint64_t p = ~__float_as_uint(pb.probs[static_cast<size_t>(t) * pb.experts + e]);
-  keys[i] = bin << 42 | p << 10 | static_cast<uint64_t>(e);
+  keys[i] = bin << 32 | p;
 }
 
 // Each token moves its rejected slots, in slot order, to its next experts in
@@ -207,6 +226,11 @@ __global__ void init_slots(Problem pb, int* slot_expert, int* last) {
 }
 
 __global__ void clear_flag(int* flag) { *flag = 0; }
+
+__global__ void set_flags(int* flags, int moved, int converged) {
+  flags[0] = moved;
+  flags[1] = converged;
+}
 
 // Held slots are the kept ones; anything still proposing after the last
 // round counts as not converged.
@@ -268,8 +292,9 @@ extern "C" int capmoe_next_best(const float* probs, const int* topk, int tokens,
   const Problem pb = problem(probs, topk, tokens, experts, k, experts_per_bin, 1, cap);
   if (!valid(pb) || max_rounds < 1) return kBadArgument;
   const long long n = static_cast<long long>(tokens) * k;
-  if (n == 0) {
-    return 0;
+  if (n == 0) {  // an empty batch is a converged, empty plan
+    set_flags<<<1, 1, 0, stream>>>(flags, 0, 1);
+    return last_status();
   }
   if (n > INT32_MAX || workspace_bytes < capmoe::workspace_bytes(n, experts)) return kBadArgument;
   Workspace w = carve(workspace, n, experts);
@@ -278,8 +303,9 @@ extern "C" int capmoe_next_best(const float* probs, const int* topk, int tokens,
   init_slots<<<blocks_for(n), kThreads, 0, stream>>>(pb, served, last);
   for (int round = 0; round < max_rounds; ++round) {
     clear_flag<<<1, 1, 0, stream>>>(moved);
+    order_slots<<<blocks_for(tokens), kThreads, 0, stream>>>(pb, served);
     proposal_keys<<<blocks_for(n), kThreads, 0, stream>>>(pb, served, w.keys_in, w.vals_in);
-    int st = sort_and_keep(w, n, 64, 42, cap, stream);
+    int st = sort_and_keep(w, n, 64, 32, cap, stream);
     if (st != 0) return st;
     advance<<<blocks_for(tokens), kThreads, 0, stream>>>(pb, w.kept, served, last, moved);
   }

@@ -102,9 +102,12 @@ impl GpuRouter {
         })
     }
 
-    /// Round limit for `reroute:next-best` (default E). Synchronous rounds
-    /// need more than E only for long displacement chains; when the limit is
-    /// hit, [`GpuPlan::to_host`] reports [`GpuError::NotConverged`].
+    /// Round limit for `reroute:next-best` (default `2E + 16`; every round is
+    /// launched, converged or not, so the limit is also the cost). Synchronous
+    /// rounds follow displacement chains, which can be longer than E; when the
+    /// limit is hit, [`GpuPlan::to_host`] reports [`GpuError::NotConverged`].
+    /// An unconverged plan still respects capacity: it may drop slots that the
+    /// oracle reroutes.
     pub fn with_max_rounds(mut self, rounds: usize) -> Self {
         self.max_rounds = Some(rounds.max(1));
         self
@@ -116,12 +119,18 @@ impl GpuRouter {
 
     /// Uploads `logits`, routes them and copies the plan back.
     pub fn route_host(&self, logits: &crate::routing::Logits<'_>) -> Result<RoutingPlan, GpuError> {
-        let d = self.gpu.stream().clone_htod(logits.data())?;
+        // Never allocate 0 bytes (cuMemAlloc rejects it without memory pools).
+        let d = if logits.data().is_empty() {
+            self.gpu.stream().clone_htod(&[0.0f32])?
+        } else {
+            self.gpu.stream().clone_htod(logits.data())?
+        };
         self.route(&d, logits.tokens(), logits.experts())?.to_host()
     }
 
     /// Routes `[tokens, experts]` device logits. Shapes and the configuration
-    /// are checked here, before any launch.
+    /// are checked here, before any launch; the values are trusted to be
+    /// finite ([`GpuRouter::route_host`] checks them through `Logits`).
     pub fn route(
         &self,
         logits: &CudaSlice<f32>,
@@ -130,7 +139,13 @@ impl GpuRouter {
     ) -> Result<GpuPlan, GpuError> {
         let cfg = &self.cfg;
         let capacity = plan_capacity(tokens, experts, cfg)?;
-        if logits.len() != tokens * experts {
+        if experts == 0 {
+            return Err(crate::RoutingError::NoExperts.into());
+        }
+        if experts > crate::MAX_EXPERTS {
+            return Err(crate::RoutingError::TooManyExperts { experts }.into());
+        }
+        if logits.len() != tokens * experts && !(tokens == 0 && logits.len() <= 1) {
             return Err(crate::RoutingError::LogitsLength {
                 len: logits.len(),
                 tokens,
@@ -144,7 +159,8 @@ impl GpuRouter {
         } else {
             k
         };
-        to_i32("tokens * experts", tokens * experts.max(stride))?;
+        // Strictly below i32::MAX: the kernels index `n + 1` entries.
+        to_i32("tokens * experts", tokens * experts.max(stride) + 1)?;
         let shape = Shape {
             tokens: tokens as i32,
             experts: experts as i32,
@@ -174,7 +190,7 @@ impl GpuRouter {
                 .saturating_mul(experts_per_bin as u64)
                 .min(i32::MAX as u64) as i32
         });
-        let rounds = self.max_rounds.unwrap_or(experts);
+        let rounds = self.max_rounds.unwrap_or(2 * experts + 16);
         let mut served = alloc::<i32>(&st, tokens * stride)?;
         let mut flags = None;
         // (rank code, seed, expand) of the capacity-selection launcher.
@@ -491,6 +507,14 @@ impl GpuPlan {
             }
             .into());
         }
+        if hidden == 0 {
+            return Err(crate::RoutingError::ShapeMismatch {
+                what: "hidden size (at least 1)",
+                len: 0,
+                expected: 1,
+            }
+            .into());
+        }
         let st = &self.stream;
         let t = self.tokens();
         let mut out = alloc::<f32>(st, t * hidden)?;
@@ -502,6 +526,47 @@ impl GpuPlan {
         // SAFETY: y checked above; out holds tokens * hidden.
         unsafe {
             launch::combine_f32(
+                o,
+                w,
+                a,
+                yp,
+                t as i32,
+                to_i32("hidden", hidden)?,
+                op,
+                st.cu_stream() as _,
+            )?
+        };
+        drop((_g1, _g2, _g3, _g4, _g5));
+        Ok(out)
+    }
+
+    /// Combine for bf16 expert outputs (raw u16 bits), f32 accumulation,
+    /// bf16 result `[T, hidden]`.
+    pub fn combine_bf16(
+        &self,
+        d: &GpuDispatch,
+        y: &CudaSlice<u16>,
+        hidden: usize,
+    ) -> Result<CudaSlice<u16>, GpuError> {
+        if hidden == 0 || y.len() < d.max_rows * hidden {
+            return Err(crate::RoutingError::ShapeMismatch {
+                what: "expert outputs (rows x hidden, hidden >= 1)",
+                len: y.len(),
+                expected: d.max_rows * hidden.max(1),
+            }
+            .into());
+        }
+        let st = &self.stream;
+        let t = self.tokens();
+        let mut out = alloc::<u16>(st, t * hidden)?;
+        let (o, _g1) = self.offsets.device_ptr(st);
+        let (w, _g2) = self.weights.device_ptr(st);
+        let (a, _g3) = d.assignment_row.device_ptr(st);
+        let (yp, _g4) = y.device_ptr(st);
+        let (op, _g5) = out.device_ptr_mut(st);
+        // SAFETY: y checked above; out holds tokens * hidden.
+        unsafe {
+            launch::combine_bf16(
                 o,
                 w,
                 a,
