@@ -147,6 +147,12 @@ fn usage_errors_are_clear() {
         "drop:best",
     ]);
     assert!(stderr(&o).contains("unknown policy"), "{}", stderr(&o));
+    let o = capmoe(&["route", "--logits", path]);
+    assert!(
+        stderr(&o).contains("--top-k K is required"),
+        "{}",
+        stderr(&o)
+    );
     let o = capmoe(&["route", "--logits", "/nonexistent.npy", "--top-k", "1"]);
     assert!(
         stderr(&o).contains("cannot read /nonexistent.npy"),

@@ -1,6 +1,7 @@
 //! `capmoe generate`: greedy generation with a Mixtral model.
 
-use super::model_args::{ModelArgs, RouterArgs};
+use super::model_args::ModelArgs;
+use super::router_args::RouterArgs;
 use super::CliError;
 use crate::model::GenerateOptions;
 use clap::Args;
@@ -41,7 +42,9 @@ pub fn run(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), CliError> {
         } else {
             model.config().eos_token_ids.clone()
         },
-        router: args.router.config(model.config())?,
+        router: args
+            .router
+            .config(Some(model.config().num_experts_per_tok))?,
     };
     let generated = model.generate(&args.ids, &opts)?;
     if args.json {

@@ -1,7 +1,8 @@
 //! `capmoe logits`: run a prompt through a Mixtral model and print the
 //! logits of every position.
 
-use super::model_args::{ModelArgs, RouterArgs};
+use super::model_args::ModelArgs;
+use super::router_args::RouterArgs;
 use super::CliError;
 use crate::model::argmax;
 use clap::Args;
@@ -29,7 +30,9 @@ struct LogitsJson<'a> {
 
 pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let model = args.model.load()?;
-    let router = args.router.config(model.config())?;
+    let router = args
+        .router
+        .config(Some(model.config().num_experts_per_tok))?;
     let logits = model.logits(&args.ids, &router)?;
     if args.json {
         serde_json::to_writer(&mut *out, &LogitsJson { logits: &logits })?;

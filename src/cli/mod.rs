@@ -5,6 +5,7 @@ pub mod generate;
 pub mod logits;
 pub mod model_args;
 pub mod route;
+pub mod router_args;
 pub mod table;
 pub mod trace;
 

@@ -1,11 +1,8 @@
-//! Flags shared by the model subcommands (`logits`, `generate`): which
-//! model, and how its MoE layers route.
+//! Which model the model subcommands (`logits`, `generate`) run.
 
-use super::route::DEFAULT_GAMMA;
 use super::CliError;
 use crate::backend::CpuBackend;
 use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
-use crate::routing::{CapacityScope, Policy, RouterConfig};
 use crate::trace::Skew;
 use clap::Args;
 use std::path::Path;
@@ -30,29 +27,6 @@ pub struct ModelArgs {
     /// checkpoints too.
     #[arg(long, default_value = "uniform", value_name = "SKEW")]
     pub skew: Skew,
-}
-
-#[derive(Debug, Args)]
-pub struct RouterArgs {
-    /// Routing policy of every MoE layer (see `capmoe route --help`).
-    #[arg(long, default_value = "none", value_name = "P")]
-    pub policy: Policy,
-    /// gamma in C = ceil(gamma * T * k / E), T = tokens in the batch.
-    /// Default 1.5 for capacity policies; not accepted with `none`.
-    #[arg(long, value_name = "G")]
-    pub capacity_factor: Option<f64>,
-    /// Experts per token; defaults to the config's num_experts_per_tok.
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Expert-parallel ranks (divides E); required by expand:local.
-    #[arg(long, value_name = "R")]
-    pub ranks: Option<usize>,
-    /// What one capacity covers: each expert, or each rank's experts together.
-    #[arg(long, default_value = "expert", value_name = "SCOPE")]
-    pub capacity_scope: CapacityScope,
-    /// Rescale each token's served weights to sum to 1.
-    #[arg(long)]
-    pub renormalize: bool,
 }
 
 impl ModelArgs {
@@ -86,31 +60,5 @@ impl ModelArgs {
         }
         let opts = InitOptions::new(self.seed).with_skew(self.skew);
         Ok(Model::random(CpuBackend, cfg, &opts)?)
-    }
-}
-
-impl RouterArgs {
-    /// The router configuration for `model`.
-    pub fn config(&self, model: &MixtralConfig) -> Result<RouterConfig, CliError> {
-        let ranks = match (self.policy, self.ranks) {
-            (Policy::ExpandLocal, None) => {
-                return Err(CliError::Usage(
-                    "expand:local adds the experts on each token's own EP rank, so it needs --ranks R (R divides the expert count)".into(),
-                ))
-            }
-            (_, r) => r.unwrap_or(1),
-        };
-        let gamma = match (self.policy.has_capacity(), self.capacity_factor) {
-            (true, g) => Some(g.unwrap_or(DEFAULT_GAMMA)),
-            (false, g) => g,
-        };
-        Ok(RouterConfig {
-            top_k: self.top_k.unwrap_or(model.num_experts_per_tok),
-            policy: self.policy,
-            capacity_factor: gamma,
-            ranks,
-            scope: self.capacity_scope,
-            renormalize: self.renormalize,
-        })
     }
 }

@@ -73,6 +73,18 @@ pub struct HostDispatch {
     pub assignment_rows: Vec<u32>,
 }
 
+/// A combine launcher from [`launch`] (f32 or bf16).
+type CombineLauncher = unsafe fn(
+    launch::DevPtr,
+    launch::DevPtr,
+    launch::DevPtr,
+    launch::DevPtr,
+    i32,
+    i32,
+    launch::DevPtr,
+    super::ffi::Stream,
+) -> Result<(), GpuError>;
+
 fn to_i32(what: &'static str, v: usize) -> Result<i32, GpuError> {
     i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
 }
@@ -499,45 +511,7 @@ impl GpuPlan {
         y: &CudaSlice<f32>,
         hidden: usize,
     ) -> Result<CudaSlice<f32>, GpuError> {
-        if y.len() < d.max_rows * hidden {
-            return Err(crate::RoutingError::ShapeMismatch {
-                what: "expert outputs",
-                len: y.len(),
-                expected: d.max_rows * hidden,
-            }
-            .into());
-        }
-        if hidden == 0 {
-            return Err(crate::RoutingError::ShapeMismatch {
-                what: "hidden size (at least 1)",
-                len: 0,
-                expected: 1,
-            }
-            .into());
-        }
-        let st = &self.stream;
-        let t = self.tokens();
-        let mut out = alloc::<f32>(st, t * hidden)?;
-        let (o, _g1) = self.offsets.device_ptr(st);
-        let (w, _g2) = self.weights.device_ptr(st);
-        let (a, _g3) = d.assignment_row.device_ptr(st);
-        let (yp, _g4) = y.device_ptr(st);
-        let (op, _g5) = out.device_ptr_mut(st);
-        // SAFETY: y checked above; out holds tokens * hidden.
-        unsafe {
-            launch::combine_f32(
-                o,
-                w,
-                a,
-                yp,
-                t as i32,
-                to_i32("hidden", hidden)?,
-                op,
-                st.cu_stream() as _,
-            )?
-        };
-        drop((_g1, _g2, _g3, _g4, _g5));
-        Ok(out)
+        self.combine_with(d, y, hidden, launch::combine_f32)
     }
 
     /// Combine for bf16 expert outputs (raw u16 bits), f32 accumulation,
@@ -548,9 +522,21 @@ impl GpuPlan {
         y: &CudaSlice<u16>,
         hidden: usize,
     ) -> Result<CudaSlice<u16>, GpuError> {
+        self.combine_with(d, y, hidden, launch::combine_bf16)
+    }
+
+    /// Shape checks and launch shared by the combine variants.
+    fn combine_with<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        d: &GpuDispatch,
+        y: &CudaSlice<T>,
+        hidden: usize,
+        launcher: CombineLauncher,
+    ) -> Result<CudaSlice<T>, GpuError> {
         if hidden == 0 || y.len() < d.max_rows * hidden {
+            let what = "expert outputs (rows x hidden, hidden >= 1)";
             return Err(crate::RoutingError::ShapeMismatch {
-                what: "expert outputs (rows x hidden, hidden >= 1)",
+                what,
                 len: y.len(),
                 expected: d.max_rows * hidden.max(1),
             }
@@ -558,15 +544,16 @@ impl GpuPlan {
         }
         let st = &self.stream;
         let t = self.tokens();
-        let mut out = alloc::<u16>(st, t * hidden)?;
+        let mut out = alloc::<T>(st, t * hidden)?;
         let (o, _g1) = self.offsets.device_ptr(st);
         let (w, _g2) = self.weights.device_ptr(st);
         let (a, _g3) = d.assignment_row.device_ptr(st);
         let (yp, _g4) = y.device_ptr(st);
         let (op, _g5) = out.device_ptr_mut(st);
-        // SAFETY: y checked above; out holds tokens * hidden.
+        // SAFETY: y checked above (the element type matches the launcher at
+        // both call sites); out holds tokens * hidden.
         unsafe {
-            launch::combine_bf16(
+            launcher(
                 o,
                 w,
                 a,
