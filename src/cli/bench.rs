@@ -1,6 +1,6 @@
 //! `capmoe bench`: the end-to-end expert-parallel straggler benchmark.
 
-use super::model_args::MAX_RANDOM_BYTES;
+use super::model_args::check_random_size;
 use super::CliError;
 use crate::backend::CpuBackend;
 use crate::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
@@ -170,15 +170,11 @@ fn load_model(args: &BenchArgs) -> Result<(Model<CpuBackend>, String), CliError>
         (None, _) => cfg.num_hidden_layers,
     };
     cfg.num_hidden_layers = layers;
-    let bytes = cfg.param_count() * 4;
-    if bytes > MAX_RANDOM_BYTES {
-        return Err(CliError::Usage(format!(
-            "random f32 weights for `{}` with {layers} layers need {:.0} GiB of memory (limit {} GiB); use fewer --layers, a smaller shape or a checkpoint",
-            args.config,
-            bytes as f64 / (1u64 << 30) as f64,
-            MAX_RANDOM_BYTES >> 30
-        )));
-    }
+    check_random_size(
+        &args.config,
+        &cfg,
+        "use fewer --layers, a smaller shape or a checkpoint",
+    )?;
     let label = if layers == MixtralConfig::builtin(&args.config)?.num_hidden_layers {
         args.config.clone()
     } else {

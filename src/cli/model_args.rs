@@ -29,6 +29,21 @@ pub struct ModelArgs {
     pub skew: Skew,
 }
 
+/// Refuses random f32 weights beyond [`MAX_RANDOM_BYTES`], naming the model,
+/// the size and what to do instead.
+pub fn check_random_size(name: &str, cfg: &MixtralConfig, instead: &str) -> Result<(), CliError> {
+    let bytes = cfg.param_count() * 4;
+    if bytes <= MAX_RANDOM_BYTES {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "random f32 weights for `{name}` with {} layers need {:.0} GiB of memory (limit {} GiB); {instead}",
+        cfg.num_hidden_layers,
+        bytes as f64 / (1u64 << 30) as f64,
+        MAX_RANDOM_BYTES >> 30
+    )))
+}
+
 impl ModelArgs {
     /// Loads the checkpoint directory, or builds the named random model.
     pub fn load(&self) -> Result<Model<CpuBackend>, CliError> {
@@ -49,15 +64,7 @@ impl ModelArgs {
             )));
         }
         let cfg = MixtralConfig::builtin(&self.model)?;
-        let bytes = cfg.param_count() * 4;
-        if bytes > MAX_RANDOM_BYTES {
-            return Err(CliError::Usage(format!(
-                "random f32 weights for `{}` need {:.0} GiB of memory (limit {} GiB); use a smaller built-in or a checkpoint",
-                self.model,
-                bytes as f64 / (1u64 << 30) as f64,
-                MAX_RANDOM_BYTES >> 30
-            )));
-        }
+        check_random_size(&self.model, &cfg, "use a smaller built-in or a checkpoint")?;
         let opts = InitOptions::new(self.seed).with_skew(self.skew);
         Ok(Model::random(CpuBackend, cfg, &opts)?)
     }

@@ -1,6 +1,7 @@
 //! Gating: softmax over all experts, top-k (ties to the lower index) and the
 //! Mixtral renormalisation denominator. CPU twin of the fused gating kernel.
 
+use super::dispatch::check_len;
 use super::logits::Logits;
 use super::numerics::{exp_canonical, seq_sum, warp_sum};
 use crate::error::RoutingError;
@@ -80,19 +81,8 @@ impl Gate {
         if top_k == 0 || top_k > experts {
             return Err(RoutingError::TopKExceedsExperts { k: top_k, experts });
         }
-        let check = |what, len, expected| {
-            if len == expected {
-                Ok(())
-            } else {
-                Err(RoutingError::ShapeMismatch {
-                    what,
-                    len,
-                    expected,
-                })
-            }
-        };
-        check("gate probabilities", probs.len(), tokens * experts)?;
-        check("gate top-k", topk.len(), tokens * top_k)?;
+        check_len("gate probabilities", probs.len(), tokens * experts)?;
+        check_len("gate top-k", topk.len(), tokens * top_k)?;
         if let Some(&e) = topk.iter().find(|&&e| e as usize >= experts) {
             return Err(RoutingError::ShapeMismatch {
                 what: "gate top-k expert id (out of range)",
