@@ -89,11 +89,25 @@ fn to_i32(what: &'static str, v: usize) -> Result<i32, GpuError> {
     i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
 }
 
+/// A zeroed device buffer of `n` elements (at least 1: no zero-byte allocs).
 fn alloc<T: DeviceRepr + ValidAsZeroBits>(
     s: &Arc<CudaStream>,
     n: usize,
 ) -> Result<CudaSlice<T>, GpuError> {
     Ok(s.alloc_zeros::<T>(n.max(1))?)
+}
+
+/// An uninitialised device buffer of `n` elements (at least 1), for outputs
+/// and scratch the kernels overwrite: zeroing them would be one more launch
+/// and pass over memory per buffer on the routing hot path.
+fn scratch<T: DeviceRepr>(s: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>, GpuError> {
+    // SAFETY: callers only use this for buffers whose every read element is
+    // first written by a kernel on the same stream: gate writes probs/topk/
+    // topk_sum in full, select and next-best write every served slot, cub and
+    // the launchers write their workspace before reading it, the plan, dispatch
+    // and combine outputs are read only up to the counts the kernels wrote
+    // (offsets[T], total_rows, T * hidden), and clear_rows fills every row.
+    Ok(unsafe { s.alloc::<T>(n.max(1)) }?)
 }
 
 fn as_u32(v: Vec<i32>) -> Vec<u32> {
@@ -181,9 +195,9 @@ impl GpuRouter {
         let st = self.gpu.stream().clone();
         let raw = st.cu_stream() as super::ffi::Stream;
 
-        let mut probs = alloc::<f32>(&st, tokens * experts)?;
-        let mut topk = alloc::<i32>(&st, tokens * k)?;
-        let mut topk_sum = alloc::<f32>(&st, tokens)?;
+        let mut probs = scratch::<f32>(&st, tokens * experts)?;
+        let mut topk = scratch::<i32>(&st, tokens * k)?;
+        let mut topk_sum = scratch::<f32>(&st, tokens)?;
         {
             let (l, _gl) = logits.device_ptr(&st);
             let (pp, _gp) = probs.device_ptr_mut(&st);
@@ -203,7 +217,13 @@ impl GpuRouter {
                 .min(i32::MAX as u64) as i32
         });
         let rounds = self.max_rounds.unwrap_or(2 * experts + 16);
-        let mut served = alloc::<i32>(&st, tokens * stride)?;
+        // `none` serves the top-k itself and needs no slots.
+        let slots = if cfg.policy == Policy::None {
+            0
+        } else {
+            tokens * stride
+        };
+        let mut served = scratch::<i32>(&st, slots)?;
         let mut flags = None;
         // (rank code, seed, expand) of the capacity-selection launcher.
         let selection = match cfg.policy {
@@ -216,7 +236,7 @@ impl GpuRouter {
         };
         if let Some((rank, seed, expand)) = selection {
             let bytes = launch::select_workspace((tokens * stride) as i64, shape.experts);
-            let mut ws = alloc::<u8>(&st, bytes)?;
+            let mut ws = scratch::<u8>(&st, bytes)?;
             let (pp, _gp) = probs.device_ptr(&st);
             let (tk, _gt) = topk.device_ptr(&st);
             let (w, _gw) = ws.device_ptr_mut(&st);
@@ -241,8 +261,8 @@ impl GpuRouter {
             };
         } else if cfg.policy == Policy::RerouteNextBest {
             let bytes = launch::select_workspace((tokens * k) as i64, shape.experts);
-            let mut ws = alloc::<u8>(&st, bytes)?;
-            let mut last = alloc::<i32>(&st, tokens)?;
+            let mut ws = scratch::<u8>(&st, bytes)?;
+            let mut last = scratch::<i32>(&st, tokens)?;
             let mut fl = alloc::<i32>(&st, 2)?;
             {
                 let (pp, _gp) = probs.device_ptr(&st);
@@ -275,16 +295,16 @@ impl GpuRouter {
         }
 
         let n = tokens * stride;
-        let mut offsets = alloc::<i32>(&st, tokens + 1)?;
-        let mut expert_ids = alloc::<i32>(&st, n)?;
-        let mut token_ids = alloc::<i32>(&st, n)?;
-        let mut weights = alloc::<f32>(&st, n)?;
-        let mut probs_out = alloc::<f32>(&st, n)?;
+        let mut offsets = scratch::<i32>(&st, tokens + 1)?;
+        let mut expert_ids = scratch::<i32>(&st, n)?;
+        let mut token_ids = scratch::<i32>(&st, n)?;
+        let mut weights = scratch::<f32>(&st, n)?;
+        let mut probs_out = scratch::<f32>(&st, n)?;
         let mut load = alloc::<u32>(&st, experts)?;
-        let mut overflow = alloc::<i32>(&st, tokens * k)?;
+        let mut overflow = scratch::<i32>(&st, tokens * k)?;
         let mut overflow_count = alloc::<i32>(&st, 1)?;
         let bytes = launch::plan_workspace(shape.tokens, shape.k);
-        let mut ws = alloc::<u8>(&st, bytes)?;
+        let mut ws = scratch::<u8>(&st, bytes)?;
         {
             let (pp, _g1) = probs.device_ptr(&st);
             let (tk, _g2) = topk.device_ptr(&st);
@@ -429,13 +449,28 @@ impl GpuPlan {
         let idx = self.stream.clone_dtoh(&self.overflow)?;
         let topk = self.stream.clone_dtoh(&self.topk)?;
         let k = self.shape.k as usize;
-        Ok(idx[..n]
-            .iter()
-            .map(|&i| Overflow {
-                token: (i as usize / k) as u32,
-                expert: topk[i as usize] as u32,
+        let Some(idx) = idx.get(..n) else {
+            let what = "overflow count (beyond its buffer)";
+            return Err(crate::RoutingError::ShapeMismatch {
+                what,
+                len: n,
+                expected: idx.len(),
+            }
+            .into());
+        };
+        idx.iter()
+            .map(|&i| {
+                let expert = topk.get(i as usize).ok_or(GpuError::Launch {
+                    launcher: "capmoe_plan",
+                    code: -1,
+                    message: format!("overflow index {i} is outside the top-k"),
+                })?;
+                Ok(Overflow {
+                    token: (i as usize / k) as u32,
+                    expert: *expert as u32,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Lays the plan out in expert-contiguous rows padded to `tile`.
@@ -452,13 +487,13 @@ impl GpuPlan {
             tile,
             max_rows,
             padded: alloc(st, experts + 1)?,
-            row_token: alloc(st, max_rows)?,
-            row_weight: alloc(st, max_rows)?,
-            assignment_row: alloc(st, max_assign)?,
+            row_token: scratch(st, max_rows)?,
+            row_weight: scratch(st, max_rows)?,
+            assignment_row: scratch(st, max_assign)?,
             total_rows: alloc(st, 1)?,
         };
         let bytes = launch::dispatch_workspace(max_assign as i64, self.shape.experts);
-        let mut ws = alloc::<u8>(st, bytes)?;
+        let mut ws = scratch::<u8>(st, bytes)?;
         let (o, _g1) = self.offsets.device_ptr(st);
         let (x, _g2) = self.expert_ids.device_ptr(st);
         let (ti, _g3) = self.token_ids.device_ptr(st);
@@ -544,7 +579,7 @@ impl GpuPlan {
         }
         let st = &self.stream;
         let t = self.tokens();
-        let mut out = alloc::<T>(st, t * hidden)?;
+        let mut out = scratch::<T>(st, t * hidden)?;
         let (o, _g1) = self.offsets.device_ptr(st);
         let (w, _g2) = self.weights.device_ptr(st);
         let (a, _g3) = d.assignment_row.device_ptr(st);
@@ -592,7 +627,7 @@ impl GpuPlan {
             .into());
         }
         let st = &self.stream;
-        let mut out = alloc::<u16>(st, d.max_rows * hidden)?;
+        let mut out = scratch::<u16>(st, d.max_rows * hidden)?;
         let (xp, _g1) = x.device_ptr(st);
         let (rt, _g2) = d.row_token.device_ptr(st);
         let (tr, _g3) = d.total_rows.device_ptr(st);

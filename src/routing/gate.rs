@@ -78,7 +78,10 @@ impl Gate {
             return Err(RoutingError::NoExperts);
         }
         let tokens = topk_sum.len();
-        if top_k == 0 || top_k > experts {
+        if top_k == 0 {
+            return Err(RoutingError::ZeroTopK);
+        }
+        if top_k > experts {
             return Err(RoutingError::TopKExceedsExperts { k: top_k, experts });
         }
         check_len("gate probabilities", probs.len(), tokens * experts)?;

@@ -124,6 +124,15 @@ pub fn plan_capacity(
     cfg: &RouterConfig,
 ) -> Result<Option<CapacityInfo>, RoutingError> {
     check_config(tokens, experts, cfg)?;
+    capacity_info(tokens, experts, cfg)
+}
+
+/// The capacity of an already checked configuration.
+fn capacity_info(
+    tokens: usize,
+    experts: usize,
+    cfg: &RouterConfig,
+) -> Result<Option<CapacityInfo>, RoutingError> {
     let (Some(gamma), true) = (cfg.capacity_factor, cfg.policy.has_capacity()) else {
         return Ok(None);
     };
@@ -144,7 +153,7 @@ pub fn route_gate(gate: &Gate, cfg: &RouterConfig) -> Result<RoutingPlan, Routin
             expected: cfg.top_k,
         });
     }
-    let Some(info) = plan_capacity(gate.tokens(), gate.experts(), cfg)? else {
+    let Some(info) = capacity_info(gate.tokens(), gate.experts(), cfg)? else {
         return Ok(RoutingPlan::build(
             gate,
             Served::topk(gate),
