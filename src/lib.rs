@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cuda;
 pub mod ep;
 pub mod error;
+pub mod expert;
 pub mod io;
 pub mod routing;
 pub mod trace;
