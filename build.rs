@@ -5,22 +5,35 @@
 //!   installs); CUTLASS from `CUTLASS_DIR`, then `.cuda/` (build/toolchain.rs).
 //! - Each `cuda/**/*.cu` (not `_*.cu`, not under a `cutlass/` folder) becomes its own static library
 //!   through its own `cc::Build`, for `CAPMOE_CUDA_ARCHS` (default `80;90a`; PTX embedded for the
-//!   newest). The flags live in one place: `toolchain::nvcc_flags`.
+//!   newest). The shared flags live in one place: `toolchain::nvcc_flags`.
+//! - The CUTLASS grouped-GEMM variants declared in src/expert/variants.rs (included here through
+//!   `#[path]`) are generated from build/templates/ into `OUT_DIR/ffn/<name>.cu` and built the
+//!   same way, each with CUTLASS's include folder and its own archs: SM90 ones for `sm_90a` when
+//!   `90a` is listed, SM80 ones for every listed arch >= 80 (build/ffn.rs). Each exports
+//!   `capmoe_gg_<name>` and `capmoe_gg_<name>_workspace`; `OUT_DIR/ffn_variants.rs` declares them
+//!   and lists them in `COMPILED` (included by src/cuda/ffn/variants.rs). `CAPMOE_FFN_VARIANTS=a,b`
+//!   builds only those, `none` none (an SM90 variant costs 45-70 s of nvcc and 3.4 GB on 2 cores).
 //! - Rebuilds: cargo reruns this script when a file under cuda/ or build/ or one of
-//!   `toolchain::ENV_VARS` changes. A file's library is then reused from `OUT_DIR/cuda/<lib>-<key>/`
-//!   when its key matches: a hash of nvcc's version, the flags, every header under cuda/, the
-//!   file itself and cc's compiler command (build/kernels.rs). Only changed files reach nvcc.
+//!   `toolchain::ENV_VARS` changes. A file's library is then reused from
+//!   `<target>/capmoe-cuda-cache/<lib>-<key>/`, shared by all profiles, when its key matches: a
+//!   hash of nvcc's version, the flags, the file's archs, every header under cuda/, a stamp of the
+//!   extra include folders (CUTLASS), the file itself and cc's compiler command
+//!   (build/kernels.rs). Only changed files reach nvcc; the two most recently used libraries of
+//!   each file are kept.
 //! - ptxas `-v` output goes to `OUT_DIR/ptxas.txt`; a table is printed as cargo warnings when a
 //!   kernel spills (or `CAPMOE_PTXAS_REPORT=1`), and a spill in cuda/routing/ fails the build.
-//! - `CAPMOE_WRITE_PTX=1` rewrites ptx/ (committed; CI checks it is fresh). Otherwise the source
-//!   tree is never written.
+//! - `CAPMOE_WRITE_PTX=1` rewrites ptx/ (committed, hand-written kernels only; CI checks it is
+//!   fresh). Otherwise the source tree is never written.
 //! - cfgs: `capmoe_cuda` (kernels compiled and linked), `capmoe_sm90` (90a among the archs);
 //!   `CAPMOE_CUDA_ARCHS` is passed to rustc as an env var, and `OUT_DIR/cuda_sources.rs` lists
-//!   the compiled .cu files (`include!` it if useful).
+//!   the compiled .cu files under cuda/ (`include!` it if useful).
 
 #[cfg(feature = "cuda")]
 #[path = "build/cuda.rs"]
 mod cuda;
+#[cfg(feature = "cuda")]
+#[path = "build/ffn.rs"]
+mod ffn;
 #[cfg(feature = "cuda")]
 #[path = "build/kernels.rs"]
 mod kernels;
@@ -30,6 +43,11 @@ mod ptxas;
 #[cfg(feature = "cuda")]
 #[path = "build/toolchain.rs"]
 mod toolchain;
+// The variant declarations, shared with the runtime (its lookup helpers are unused here).
+#[cfg(feature = "cuda")]
+#[allow(dead_code)]
+#[path = "src/expert/variants.rs"]
+mod variants;
 
 fn main() {
     // Declared always, so `unexpected_cfgs` never fires with or without the feature.

@@ -1,6 +1,6 @@
 //! The `cuda` feature's part of the build script (see build.rs for the overview).
 
-use crate::{kernels, ptxas, toolchain};
+use crate::{ffn, kernels, ptxas, toolchain};
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ pub fn build() -> Result<(), String> {
 
     let tc = toolchain::find(&root)?;
     let archs = toolchain::archs()?;
-    let flags = toolchain::nvcc_flags(&archs, &tc, &root);
+    let flags = toolchain::nvcc_flags(&root);
     let mut common = kernels::Fnv::new();
     common
         .item(tc.version.as_bytes())
@@ -32,9 +32,14 @@ pub fn build() -> Result<(), String> {
 
     // cc reads NVCC (rather than `.compiler()`, which would drop its nvcc handling).
     env::set_var("NVCC", &tc.nvcc);
-    let sources = kernels::sources(&cuda_dir);
-    let cache = out.join("cuda");
-    fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+    let sources = kernels::sources(&cuda_dir, &toolchain::gencode(&archs));
+    let variants = ffn::plan(&out, &tc, &archs)?;
+    // The CUTLASS variants first: they take minutes, the hand-written files seconds.
+    let all: Vec<&kernels::Source> = variants.iter().map(|p| &p.source).chain(&sources).collect();
+    let cache = kernels::cache_dir(&out);
+    fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    // Libraries used to be cached per profile here.
+    let _ = fs::remove_dir_all(out.join("cuda"));
 
     // Files build in parallel up to cargo's job count; nvcc's --threads splits the archs of a file.
     let jobs: usize = env::var("NUM_JOBS")
@@ -42,15 +47,14 @@ pub fn build() -> Result<(), String> {
         .and_then(|j| j.parse().ok())
         .unwrap_or(2)
         .max(1);
-    let workers = jobs.min(sources.len()).max(1);
-    let nvcc_threads = (jobs / workers).clamp(1, archs.len());
-    let todo: Vec<kernels::Job> = sources
+    let workers = jobs.min(all.len()).max(1);
+    let todo: Vec<kernels::Job> = all
         .iter()
         .map(|src| kernels::Job {
             src,
             flags: &flags,
             common_key: &common_key,
-            nvcc_threads,
+            nvcc_threads: (jobs / workers).clamp(1, archs.len()),
         })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -72,15 +76,15 @@ pub fn build() -> Result<(), String> {
         arch_list(&archs),
         tc.nvcc.display()
     )];
-    for (src, r) in sources.iter().zip(results) {
+    for (src, r) in all.iter().zip(results) {
         let built = r.into_inner().unwrap().expect("every job ran")?;
         kernels::prune(&cache, &src.lib, &built.dir);
         println!("cargo:rustc-link-search=native={}", built.dir.display());
         println!("cargo:rustc-link-lib=static={}", src.lib);
         let what = if built.cached { "cached" } else { "compiled" };
         report.push(format!(
-            "\n## cuda/{} ({what}, {:.1} s)",
-            src.rel, built.seconds
+            "\n## {} ({what}, {:.1} s)",
+            src.label, built.seconds
         ));
         report.extend(built.ptxas.iter().cloned());
         usage.extend(ptxas::parse(&src.rel, &built.ptxas));
@@ -116,6 +120,7 @@ pub fn build() -> Result<(), String> {
         list.join(", ")
     );
     fs::write(out.join("cuda_sources.rs"), rs).map_err(|e| e.to_string())?;
+    ffn::write_rust(&out, &variants)?;
 
     Ok(())
 }

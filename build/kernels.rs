@@ -1,5 +1,6 @@
-//! The .cu files under cuda/: which to build, their cache keys, compiling one into a static library
-//! with cc (skipped when the library for its key is already in OUT_DIR), and PTX for ptx/.
+//! The .cu files to build (the hand-written ones under cuda/ and the generated CUTLASS variants),
+//! their cache keys, compiling one into a static library with cc (skipped when the library for its
+//! key is already in the shared cache), and PTX for ptx/.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,19 +45,25 @@ fn walk(dir: &Path, skip_cutlass: bool, out: &mut Vec<PathBuf>) {
 /// One .cu file to build.
 pub struct Source {
     pub path: PathBuf,
-    /// Relative to cuda/, with `/`: `routing/gate.cu`.
+    /// Relative to cuda/ (`routing/gate.cu`), or to OUT_DIR for generated files (`ffn/<name>.cu`),
+    /// with `/`. Part of the key, and the name in the ptxas report.
     pub rel: String,
+    /// The file as messages name it: `cuda/routing/gate.cu`, `OUT_DIR/ffn/<name>.cu`.
+    pub label: String,
     /// The static library's name: `capmoe_routing_gate`.
     pub lib: String,
+    /// This file's `-gencode` flags (toolchain::gencode for the hand-written kernels).
+    pub gencode: Vec<String>,
+    /// Extra include folders (CUTLASS for the generated variants).
+    pub includes: Vec<PathBuf>,
+    /// Stands for the contents of `includes` in the cache key (see `tree_stamp`).
+    pub includes_key: String,
 }
 
 /// The hand-written kernels: cuda/**/*.cu except files whose name starts with `_` (scratch) and
-/// folders named `cutlass`.
-///
-/// Hook for CUTLASS: instantiations will live in `cuda/**/cutlass/*.cu`; they need CUTLASS's
-/// include path (toolchain::Toolchain::cutlass_include), `sm_90a` for SM90 kernels and 90-110 s
-/// each, so they get their own list (and no PTX in ptx/) in a later issue.
-pub fn sources(cuda_dir: &Path) -> Vec<Source> {
+/// folders named `cutlass`, each for `gencode`. The CUTLASS instantiations are generated into
+/// OUT_DIR instead (build/ffn.rs).
+pub fn sources(cuda_dir: &Path, gencode: &[String]) -> Vec<Source> {
     let mut files = Vec::new();
     walk(cuda_dir, true, &mut files);
     files
@@ -76,7 +83,15 @@ pub fn sources(cuda_dir: &Path) -> Vec<Source> {
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                     .collect::<String>()
             );
-            Source { path, rel, lib }
+            Source {
+                path,
+                label: format!("cuda/{rel}"),
+                rel,
+                lib,
+                gencode: gencode.to_vec(),
+                includes: Vec::new(),
+                includes_key: String::new(),
+            }
         })
         .collect()
 }
@@ -92,6 +107,29 @@ pub fn headers(cuda_dir: &Path) -> Vec<PathBuf> {
         )
     });
     files
+}
+
+/// A fingerprint of every file under `dir`: relative path, size and modification time. Used for
+/// large read-only trees (CUTLASS: 800 files, 27 MB) where hashing the contents on every build
+/// would cost more than it protects: a reinstall or an edit changes the times.
+pub fn tree_stamp(dir: &Path) -> String {
+    let mut files = Vec::new();
+    walk(dir, false, &mut files);
+    let mut h = Fnv::new();
+    h.item(dir.to_string_lossy().as_bytes());
+    for p in files {
+        h.item(p.strip_prefix(dir).unwrap().to_string_lossy().as_bytes());
+        if let Ok(m) = fs::metadata(&p) {
+            h.item(&m.len().to_le_bytes());
+            let t = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.item(&t.to_le_bytes());
+        }
+    }
+    h.hex()
 }
 
 /// Hash of the headers' paths and contents (mistral.rs-style: one key for all includes).
@@ -129,8 +167,9 @@ impl cc::BuildMessageLogger for Lines {
 /// What one source needs for compiling: the shared flags and the part of the key they make.
 pub struct Job<'a> {
     pub src: &'a Source,
+    /// The flags of every file (toolchain::nvcc_flags); the source adds its gencode and includes.
     pub flags: &'a [String],
-    /// Hash of nvcc's version, the flags and the headers.
+    /// Hash of nvcc's version, the shared flags and the headers under cuda/.
     pub common_key: &'a str,
     /// `--threads N` for nvcc (not part of the key: it doesn't change the output).
     pub nvcc_threads: usize,
@@ -157,8 +196,11 @@ fn cc_build(job: &Job, out: &Path, logger: Arc<Lines>, threads: bool) -> cc::Bui
         .cargo_metadata(false) // build.rs prints the link lines, also for cached libraries
         .cargo_warnings(false) // ptxas -v would flood the warnings; the logger keeps it
         .message_logger(Some(logger));
-    for f in job.flags {
+    for f in job.flags.iter().chain(&job.src.gencode) {
         b.flag(f);
+    }
+    for dir in &job.src.includes {
+        b.include(dir);
     }
     if threads {
         b.flag("--threads").flag(job.nvcc_threads.to_string());
@@ -166,8 +208,9 @@ fn cc_build(job: &Job, out: &Path, logger: Arc<Lines>, threads: bool) -> cc::Bui
     b
 }
 
-/// The full cache key of a job: the common key, the file's path and contents, and cc's own view of
-/// the compiler (path and default args, which pick up CXX and CXXFLAGS).
+/// The full cache key of a job: the common key, the file's path and contents, its gencode, include
+/// folders and their stamp, and cc's own view of the compiler (path and default args, which pick up
+/// CXX and CXXFLAGS, and the include flags).
 pub fn key(job: &Job) -> String {
     let probe = cc_build(job, Path::new("."), Arc::default(), false);
     let tool = probe.get_compiler();
@@ -175,6 +218,10 @@ pub fn key(job: &Job) -> String {
     h.item(job.common_key.as_bytes())
         .item(job.src.rel.as_bytes());
     h.item(&fs::read(&job.src.path).unwrap_or_default());
+    for f in &job.src.gencode {
+        h.item(f.as_bytes());
+    }
+    h.item(job.src.includes_key.as_bytes());
     h.item(tool.path().to_string_lossy().as_bytes());
     for a in tool.args() {
         h.item(a.to_string_lossy().as_bytes());
@@ -182,20 +229,44 @@ pub fn key(job: &Job) -> String {
     h.hex()
 }
 
-/// Builds `job` into `cache/<key>/lib<name>.a` unless that exists. The ptxas output is stored next
-/// to the library so that a cached library still reports (and fails on) its spills.
+/// The library cache: `capmoe-cuda-cache/` next to the profile folders (`target/` or
+/// `target/<triple>/`), shared by every profile: dev, test, bench and release compile the same
+/// kernels, and the keys hold everything that differs. OUT_DIR is
+/// `<target>/[<triple>/]<profile>/build/capmoe-<hash>/out`; when it is laid out otherwise, the
+/// cache falls back to `OUT_DIR/cuda-cache`.
+pub fn cache_dir(out: &Path) -> PathBuf {
+    let build = out.parent().and_then(Path::parent);
+    let target = build
+        .filter(|b| b.file_name().is_some_and(|n| n == "build"))
+        .and_then(Path::parent) // the profile folder
+        .and_then(Path::parent);
+    match target {
+        Some(t) => t.join("capmoe-cuda-cache"),
+        None => out.join("cuda-cache"),
+    }
+}
+
+/// Marks a cached library as used now (prune keeps the most recently used ones).
+const USED_STAMP: &str = "used";
+
+/// Builds `job` into `cache/<lib>-<key>/lib<lib>.a` unless that exists. The ptxas output is stored
+/// next to the library so that a cached library still reports (and fails on) its spills.
+///
+/// The cache is shared by every profile and may be filled by two build scripts at once (`cargo
+/// test` next to `cargo bench`): each compiles into its own temporary folder and renames it into
+/// place; when another one got there first, its library is used.
 pub fn build(job: &Job, cache: &Path) -> Result<Built, String> {
     let start = std::time::Instant::now();
     let key = key(job);
     let dir = cache.join(format!("{}-{key}", job.src.lib));
-    let lib = dir.join(format!("lib{}.a", job.src.lib));
-    let log = dir.join("ptxas.log");
-    if lib.is_file() && log.is_file() {
-        let ptxas = fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
+    let cached = |dir: &Path| -> Option<Vec<String>> {
+        let lib = dir.join(format!("lib{}.a", job.src.lib));
+        let log = fs::read_to_string(dir.join("ptxas.log")).ok()?;
+        lib.is_file()
+            .then(|| log.lines().map(String::from).collect())
+    };
+    if let Some(ptxas) = cached(&dir) {
+        let _ = fs::write(dir.join(USED_STAMP), "");
         return Ok(Built {
             dir,
             ptxas,
@@ -203,16 +274,17 @@ pub fn build(job: &Job, cache: &Path) -> Result<Built, String> {
             seconds: start.elapsed().as_secs_f64(),
         });
     }
-    let tmp = cache.join(format!("{}-{key}.tmp", job.src.lib));
+    let tmp = cache.join(format!("{}-{key}.tmp-{}", job.src.lib, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let lines = Arc::new(Lines::default());
     let result = cc_build(job, &tmp, lines.clone(), true).try_compile(&job.src.lib);
     let lines = std::mem::take(&mut *lines.0.lock().unwrap());
     if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
         return Err(format!(
-            "nvcc failed on cuda/{}: {e}\n{}",
-            job.src.rel,
+            "nvcc failed on {}: {e}\n{}",
+            job.src.label,
             lines.join("\n")
         ));
     }
@@ -221,8 +293,20 @@ pub fn build(job: &Job, cache: &Path) -> Result<Built, String> {
         .filter(|l| l.contains("ptxas") || l.contains("bytes"))
         .collect();
     fs::write(tmp.join("ptxas.log"), ptxas.join("\n")).map_err(|e| e.to_string())?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = fs::write(tmp.join(USED_STAMP), "");
+    // A complete library of the same key is as good as ours (same inputs): keep it, since
+    // another build may be linking against it right now.
+    if cached(&dir).is_some() {
+        let _ = fs::remove_dir_all(&tmp);
+    } else {
+        let _ = fs::remove_dir_all(&dir); // an incomplete leftover
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            if cached(&dir).is_none() {
+                return Err(format!("{}: {e}", dir.display()));
+            }
+            let _ = fs::remove_dir_all(&tmp);
+        }
+    }
     Ok(Built {
         dir,
         ptxas,
@@ -231,16 +315,45 @@ pub fn build(job: &Job, cache: &Path) -> Result<Built, String> {
     })
 }
 
-/// Removes cached libraries of `lib` other than `keep` (old keys of the same file).
+/// How many libraries of one file the cache keeps: the one just used and the previous one, so
+/// that two builds alternating between settings (profiles with different CXXFLAGS, two
+/// CAPMOE_CUDA_ARCHS) do not evict each other on every run.
+const KEEP_PER_LIB: usize = 2;
+
+/// Removes cached libraries of `lib` (old keys of the same file) beyond the `KEEP_PER_LIB` most
+/// recently used, never `keep`, and temporary folders of `lib` left by a build killed over a day ago.
 pub fn prune(cache: &Path, lib: &str, keep: &Path) {
     let Ok(rd) = fs::read_dir(cache) else { return };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let age = |p: &Path| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(std::time::Duration::MAX) // missing: oldest
+    };
+    let mut old: Vec<(std::time::Duration, PathBuf)> = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        let of_lib = name.strip_prefix(lib).and_then(|r| r.strip_prefix('-'));
-        if p != keep && of_lib.is_some_and(|r| r.chars().take(16).all(|c| c.is_ascii_hexdigit())) {
+        let Some(rest) = name.strip_prefix(lib).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let (key, tail) = rest.split_at(rest.len().min(16));
+        if key.len() != 16 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        if tail.is_empty() {
+            if p != keep {
+                old.push((age(&p.join(USED_STAMP)), p));
+            }
+        } else if tail.starts_with(".tmp") && age(&p) > day {
             let _ = fs::remove_dir_all(&p);
         }
+    }
+    old.sort();
+    for (_, p) in old.into_iter().skip(KEEP_PER_LIB - 1) {
+        let _ = fs::remove_dir_all(&p);
     }
 }
 

@@ -118,8 +118,14 @@ pub fn short_name(mangled: &str) -> String {
 
 /// A compact fixed-width table, one row per function and architecture.
 pub fn table(rows: &[&Usage]) -> Vec<String> {
+    let w = rows
+        .iter()
+        .map(|u| u.source.len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     let mut out = vec![format!(
-        "{:<22} {:<7} {:<52} {:>4} {:>6} {:>8} {:>8}",
+        "{:<w$} {:<7} {:<52} {:>4} {:>6} {:>8} {:>8}",
         "source", "arch", "function", "regs", "stack", "spill-st", "spill-ld"
     )];
     for u in rows {
@@ -129,7 +135,7 @@ pub fn table(rows: &[&Usage]) -> Vec<String> {
             name.push_str("...");
         }
         out.push(format!(
-            "{:<22} {:<7} {:<52} {:>4} {:>6} {:>8} {:>8}",
+            "{:<w$} {:<7} {:<52} {:>4} {:>6} {:>8} {:>8}",
             u.source, u.arch, name, u.registers, u.stack, u.spill_stores, u.spill_loads
         ));
     }

@@ -13,6 +13,7 @@ pub const ENV_VARS: &[&str] = &[
     "CAPMOE_CUDA_ARCHS",
     "CAPMOE_PTXAS_REPORT",
     "CAPMOE_WRITE_PTX",
+    "CAPMOE_FFN_VARIANTS",
     "CXX",
     "CXXFLAGS",
 ];
@@ -181,9 +182,9 @@ pub fn archs() -> Result<Vec<Arch>, String> {
     Ok(out)
 }
 
-/// The flags every .cu file is compiled with (cc adds `-c`, `-o`, `-ccbin` and host flags).
-/// They are part of each file's cache key. The newest architecture also gets PTX in the fatbin.
-pub fn nvcc_flags(archs: &[Arch], tc: &Toolchain, root: &Path) -> Vec<String> {
+/// The flags every .cu file is compiled with, whatever its architectures (cc adds `-c`, `-o`,
+/// `-ccbin` and host flags). They are part of each file's cache key.
+pub fn nvcc_flags(root: &Path) -> Vec<String> {
     let mut f: Vec<String> = [
         "-std=c++17",
         "-O3",
@@ -198,7 +199,15 @@ pub fn nvcc_flags(archs: &[Arch], tc: &Toolchain, root: &Path) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
+    f.push(format!("-I{}", root.join("cuda").display()));
+    f
+}
+
+/// `-gencode` flags of the hand-written kernels: SASS for every arch, and PTX of the newest in the
+/// fatbin (so that a newer GPU can JIT them).
+pub fn gencode(archs: &[Arch]) -> Vec<String> {
     let newest = archs.len() - 1;
+    let mut f = Vec::new();
     for (i, a) in archs.iter().enumerate() {
         let n = a.name();
         f.push("-gencode".into());
@@ -207,10 +216,6 @@ pub fn nvcc_flags(archs: &[Arch], tc: &Toolchain, root: &Path) -> Vec<String> {
         } else {
             format!("arch=compute_{n},code=sm_{n}")
         });
-    }
-    f.push(format!("-I{}", root.join("cuda").display()));
-    if let Some(inc) = &tc.cutlass_include {
-        f.push(format!("-I{}", inc.display()));
     }
     f
 }

@@ -1,0 +1,90 @@
+//! The CUTLASS grouped-GEMM variants compiled into this build.
+//!
+//! The variants are declared in [`crate::expert::variants`] (re-exported
+//! here); build.rs generates and compiles one CUTLASS instantiation per
+//! variant its archs can run (build/ffn.rs) and writes
+//! `OUT_DIR/ffn_variants.rs`, included below: the `extern "C"` launchers and
+//! [`COMPILED`]. `CAPMOE_FFN_VARIANTS` can narrow the set, down to none.
+//!
+//! Launcher ABI, for each group `g < groups`:
+//! `D_g[m, n] = A_g[m, k] * B_g[n, k]^T`, bf16 in and out, f32 accumulate.
+//! `problems` is a device `int[3 * groups]` of `{m, n, k}` (`m` may be 0);
+//! `a`, `b`, `d` are device arrays of `groups` device pointers and `lda`,
+//! `ldb`, `ldd` device `int64` arrays of leading dimensions in elements (A
+//! and D row-major, B row-major `[n, k]`). `max_n`/`max_k` bound every
+//! group's n and k on the host (>= 8, multiples of 8). Returns 0, a
+//! `cudaError_t` (> 0), -1 for a bad argument (including a workspace smaller
+//! than [`CompiledVariant::workspace`] says or not 64-byte aligned), or -2
+//! when CUTLASS rejects the problem.
+
+use crate::cuda::ffi::Stream;
+use std::ffi::{c_int, c_void};
+
+pub use crate::expert::variants::*;
+
+/// `capmoe_gg_<name>_workspace(groups, sm_count)`: bytes of device
+/// workspace the launcher needs for `groups` groups on a GPU with
+/// `sm_count` SMs (0 for SM80 variants, and for arguments the launcher
+/// would refuse). Pass the same `sm_count` to the launch.
+pub type GgWorkspaceFn = unsafe extern "C" fn(groups: c_int, sm_count: c_int) -> usize;
+
+/// `capmoe_gg_<name>(groups, problems, max_n, max_k, a, lda, b, ldb, d, ldd,
+/// workspace, workspace_bytes, sm_count, stream)`: see the module docs.
+pub type GgRunFn = unsafe extern "C" fn(
+    c_int,
+    *const c_int,
+    c_int,
+    c_int,
+    *const *const c_void,
+    *const i64,
+    *const *const c_void,
+    *const i64,
+    *const *mut c_void,
+    *const i64,
+    *mut c_void,
+    usize,
+    c_int,
+    Stream,
+) -> c_int;
+
+/// A variant and its compiled launchers.
+#[derive(Debug)]
+pub struct CompiledVariant {
+    pub variant: &'static Variant,
+    pub workspace: GgWorkspaceFn,
+    pub run: GgRunFn,
+}
+
+include!(concat!(env!("OUT_DIR"), "/ffn_variants.rs"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_variants_are_declared_once_in_order() {
+        // By value: a `const` slice may be instantiated more than once, so no pointer identity.
+        let idx: Vec<usize> = COMPILED
+            .iter()
+            .map(|c| {
+                let i = VARIANTS
+                    .iter()
+                    .position(|v| v.name == c.variant.name)
+                    .expect("COMPILED names a declared variant");
+                assert_eq!(VARIANTS[i], *c.variant);
+                i
+            })
+            .collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "{idx:?}");
+    }
+
+    #[test]
+    fn workspace_is_zero_for_refused_arguments() {
+        // Host-only: the workspace queries touch no device.
+        for c in COMPILED {
+            // SAFETY: the query takes two ints and reads no memory.
+            let (bad_groups, bad_sms) = unsafe { ((c.workspace)(0, 132), (c.workspace)(8, 0)) };
+            assert_eq!((bad_groups, bad_sms), (0, 0), "{}", c.variant.name);
+        }
+    }
+}
