@@ -29,6 +29,9 @@ enum Command {
     /// Greedy generation with a Mixtral model; prints the new ids.
     #[command(after_long_help = MODEL_HELP)]
     Generate(cli::generate::GenerateArgs),
+    /// Time the expert FFN's grouped-GEMM variants on this GPU and cache the fastest per token bucket (needs the `cuda` feature).
+    #[command(after_long_help = cli::tune::TUNE_HELP)]
+    Tune(cli::tune::TuneArgs),
 }
 
 const MODEL_HELP: &str = "Every MoE layer routes all tokens of the batch through the routing contract (`capmoe route --help` lists the policies); tokens dropped by capacity pass through the residual only.\n\n\
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => cli::trace::run(a, &mut out),
         Command::Logits(a) => cli::logits::run(a, &mut out),
         Command::Generate(a) => cli::generate::run(a, &mut out),
+        Command::Tune(a) => cli::tune::run(a, &mut out),
     };
     let _ = out.flush();
     match res {

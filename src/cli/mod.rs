@@ -8,6 +8,7 @@ pub mod route;
 pub mod router_args;
 pub mod table;
 pub mod trace;
+pub mod tune;
 
 use thiserror::Error;
 
@@ -26,6 +27,11 @@ pub enum CliError {
     Config(#[from] crate::model::ConfigError),
     #[error(transparent)]
     Bench(#[from] crate::ep::EpError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] crate::cuda::GpuError),
+    #[error(transparent)]
+    Expert(#[from] crate::expert::ExpertError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]

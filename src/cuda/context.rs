@@ -45,6 +45,19 @@ impl GpuContext {
         Ok(self.ctx.name()?)
     }
 
+    /// Compute capability `(major, minor)`, e.g. `(9, 0)` on an H200.
+    pub fn compute_capability(&self) -> Result<(u32, u32), GpuError> {
+        let (major, minor) = self.ctx.compute_capability()?;
+        Ok((major.max(0) as u32, minor.max(0) as u32))
+    }
+
+    /// Number of streaming multiprocessors (CUTLASS sizes persistent grids
+    /// and TMA-descriptor workspaces with it).
+    pub fn sm_count(&self) -> Result<u32, GpuError> {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
+        Ok(self.ctx.attribute(SMS)?.max(1) as u32)
+    }
+
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream.synchronize()?)
     }

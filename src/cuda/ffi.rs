@@ -1,5 +1,6 @@
-//! `sys` layer: the `extern "C"` launchers in cuda/routing/, exactly as
-//! declared there. Every pointer is a device pointer; `stream` is a
+//! `sys` layer: the `extern "C"` launchers in cuda/routing/ and cuda/expert/,
+//! exactly as declared there (the CUTLASS variants' launchers are generated:
+//! see `ffn::variants`). Every pointer is a device pointer; `stream` is a
 //! `cudaStream_t` (cudarc's `CUstream` is the same handle). Return value: 0 on
 //! success, a `cudaError_t` (> 0), or -1 for a rejected argument.
 
@@ -149,6 +150,24 @@ extern "C" {
         a_ptrs: *mut u64,
         b_ptrs: *mut u64,
         c_ptrs: *mut u64,
+        stream: Stream,
+    ) -> c_int;
+
+    pub fn capmoe_swiglu_bf16(
+        h13: *const c_void,
+        row_token: *const u32,
+        total_rows: *const c_int,
+        max_rows: i64,
+        inter: c_int,
+        h: *mut c_void,
+        stream: Stream,
+    ) -> c_int;
+
+    pub fn capmoe_fill_hash_bf16(
+        out: *mut c_void,
+        n: u64,
+        seed: u32,
+        scale: f32,
         stream: Stream,
     ) -> c_int;
 

@@ -8,11 +8,13 @@ use std::ffi::{c_int, c_void, CStr};
 /// A device pointer as cudarc hands it out.
 pub type DevPtr = u64;
 
-fn check(launcher: &'static str, code: c_int) -> Result<(), GpuError> {
+pub(crate) fn check(launcher: &'static str, code: c_int) -> Result<(), GpuError> {
     if code == 0 {
         return Ok(());
     }
-    let message = if code < 0 {
+    let message = if code == -2 {
+        "CUTLASS rejected the problem (can_implement or initialize failed)".to_string()
+    } else if code < 0 {
         "an argument was rejected by the launcher's own checks".to_string()
     } else {
         // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
@@ -410,5 +412,53 @@ pub unsafe fn gemm_args(
             m(ptrs[2]),
             stream,
         ),
+    )
+}
+
+/// The SwiGLU pass between the expert FFN's two GEMMs.
+///
+/// # Safety
+/// `h13` holds `max_rows * 2 * inter` bf16 (interleaved gate/up pairs), `h`
+/// `max_rows * inter` bf16; `row_token`/`total_rows` come from [`dispatch`]
+/// with the same `max_rows`; `inter % 8 == 0`; all on the current context and
+/// alive until `stream` has run the kernel.
+pub unsafe fn swiglu_bf16(
+    h13: DevPtr,
+    row_token: DevPtr,
+    total_rows: DevPtr,
+    max_rows: i64,
+    inter: i32,
+    h: DevPtr,
+    stream: ffi::Stream,
+) -> Result<(), GpuError> {
+    check(
+        "capmoe_swiglu_bf16",
+        ffi::capmoe_swiglu_bf16(
+            p(h13),
+            p(row_token),
+            p(total_rows),
+            max_rows,
+            inter,
+            m(h),
+            stream,
+        ),
+    )
+}
+
+/// Fills `n` bf16 with the hashed uniform init (twin: `expert::init`).
+///
+/// # Safety
+/// `out` holds at least `n` bf16 of device memory of the current context,
+/// alive until `stream` has run the kernel.
+pub unsafe fn fill_hash_bf16(
+    out: DevPtr,
+    n: u64,
+    seed: u32,
+    scale: f32,
+    stream: ffi::Stream,
+) -> Result<(), GpuError> {
+    check(
+        "capmoe_fill_hash_bf16",
+        ffi::capmoe_fill_hash_bf16(m(out), n, seed, scale, stream),
     )
 }

@@ -9,9 +9,11 @@
 mod context;
 mod error;
 pub mod ffi;
+pub mod ffn;
 pub mod launch;
 mod router;
 
 pub use context::GpuContext;
 pub use error::GpuError;
+pub use ffn::{ExpertFfn, FfnShape, MoeLayer, TuneOutcome, VariantPair};
 pub use router::{GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch};

@@ -379,6 +379,15 @@ impl GpuPlan {
         self.shape.tokens as usize
     }
 
+    pub fn experts(&self) -> usize {
+        self.shape.experts as usize
+    }
+
+    /// The configuration this plan was routed under.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
     /// Upper bound on served assignments (`tokens * stride`); buffers hold this many.
     pub fn max_assignments(&self) -> usize {
         self.tokens() * self.stride
@@ -740,6 +749,16 @@ impl GpuDispatch {
     /// Row capacity of the buffers (`max_assign + E (tile - 1)`).
     pub fn max_rows(&self) -> usize {
         self.max_rows
+    }
+
+    /// The token of each row (`PAD` for padding), for kernels that skip padding.
+    pub(crate) fn row_token(&self) -> &CudaSlice<u32> {
+        &self.row_token
+    }
+
+    /// Rows in use (`padded[E]`), one i32 on the device.
+    pub(crate) fn total_rows(&self) -> &CudaSlice<i32> {
+        &self.total_rows
     }
 
     /// Copies the layout back (synchronises), trimmed to the rows in use.

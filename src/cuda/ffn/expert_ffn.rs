@@ -1,0 +1,363 @@
+//! [`ExpertFfn`]: the experts' weights on the device and their forward pass,
+//! GEMM1 -> SwiGLU -> GEMM2, all stream-ordered with no host sync.
+
+use super::gemm::{self, GroupedCall};
+use super::select::{self, VariantPair};
+use super::variants::CompiledVariant;
+use crate::backend::{CpuBackend, ExpertWeights};
+use crate::cuda::launch;
+use crate::cuda::{GpuContext, GpuDispatch, GpuError, GpuPlan};
+use crate::expert::tune::TuneCache;
+use crate::expert::FfnShape;
+use crate::expert::{init, interleave};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use std::sync::RwLock;
+
+/// The experts of one MoE layer on one GPU, bf16.
+///
+/// `W13 [E, 2I, H]` holds each expert's gate and up projections with rows
+/// interleaved (row `2j` = `w1[j]`, `2j+1` = `w3[j]`), so GEMM1's output
+/// pairs the two operands of SwiGLU side by side; `W2 [E, H, I]`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), capmoe::cuda::GpuError> {
+/// use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter};
+/// use capmoe::routing::RouterConfig;
+/// let gpu = GpuContext::new(0)?;
+/// let shape = FfnShape { experts: 8, hidden: 512, intermediate: 1024 };
+/// let ffn = ExpertFfn::random(&gpu, shape, 7)?;
+/// let router = GpuRouter::new(&gpu, RouterConfig::new(2, "drop:score".parse()?).with_capacity_factor(1.5))?;
+/// let logits = gpu.stream().clone_htod(&vec![0.5f32; 64 * 8])?;
+/// let x = gpu.stream().alloc_zeros::<u16>(64 * 512)?;
+/// let plan = router.route(&logits, 64, 8)?;
+/// let d = plan.dispatch(1)?;
+/// let rows = plan.gather_bf16(&d, &x, 512)?;
+/// let y = ffn.forward(&plan, &d, &rows)?; // unweighted expert outputs, [max_rows, H]
+/// let out = plan.combine_bf16(&d, &y, 512)?; // [T, H]
+/// # Ok(()) }
+/// ```
+pub struct ExpertFfn {
+    pub(super) gpu: GpuContext,
+    pub(super) shape: FfnShape,
+    pub(super) cc: (u32, u32),
+    pub(super) sm_count: u32,
+    pub(super) gpu_name: String,
+    pub(super) runnable: Vec<&'static CompiledVariant>,
+    fixed: Option<VariantPair>,
+    pub(super) tuned: RwLock<TuneCache>,
+    w13: CudaSlice<u16>,
+    w2: CudaSlice<u16>,
+    /// Per-group leading dimensions (lda, ldb, ldd) of GEMM1 and GEMM2.
+    ld: [[CudaSlice<i64>; 3]; 2],
+    pub(super) workspace: CudaSlice<u8>,
+}
+
+fn bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+impl ExpertFfn {
+    /// Uploads host f32 expert weights (the CPU model's), rounded to bf16
+    /// with W1 and W3 interleaved.
+    pub fn from_host(
+        gpu: &GpuContext,
+        experts: &[ExpertWeights<CpuBackend>],
+    ) -> Result<Self, GpuError> {
+        let Some(first) = experts.first() else {
+            return Err(GpuError::Shape {
+                what: "experts",
+                got: "0".into(),
+                expected: "at least one expert".into(),
+            });
+        };
+        let (inter, hidden) = (first.w1.shape()[0], first.w1.shape()[1]);
+        let shape = FfnShape::new(experts.len(), hidden, inter)?;
+        let mut w13 = Vec::with_capacity(experts.len() * 2 * inter * hidden);
+        let mut w2 = Vec::with_capacity(experts.len() * hidden * inter);
+        for (e, x) in experts.iter().enumerate() {
+            for (t, want) in [
+                (&x.w1, [inter, hidden]),
+                (&x.w3, [inter, hidden]),
+                (&x.w2, [hidden, inter]),
+            ] {
+                if t.shape() != want {
+                    return Err(GpuError::Shape {
+                        what: "expert weight",
+                        got: format!("{} of expert {e}: {:?}", t.name(), t.shape()),
+                        expected: format!("{want:?} like expert 0"),
+                    });
+                }
+            }
+            w13.extend(interleave::interleave_w13(
+                x.w1.data(),
+                x.w3.data(),
+                inter,
+                hidden,
+            )?);
+            w2.extend(x.w2.data().iter().map(|&v| bf16_bits(v)));
+        }
+        let st = gpu.stream();
+        let (w13, w2) = (st.clone_htod(&w13)?, st.clone_htod(&w2)?);
+        Self::with_weights(gpu, shape, w13, w2)
+    }
+
+    /// Weights drawn on the device from the hashed uniform init (twin:
+    /// `expert::init`, reproduced by tools/peers/ffn_peers.py so that peers
+    /// run on the same weights): W13 from `init::w13_seed(seed)`, W2 from
+    /// `init::w2_seed(seed)`, both `U(-INIT_SCALE, INIT_SCALE)`.
+    pub fn random(gpu: &GpuContext, shape: FfnShape, seed: u32) -> Result<Self, GpuError> {
+        shape.check()?;
+        let n = (shape.experts * shape.hidden * shape.intermediate) as u64;
+        if 2 * n > u64::from(u32::MAX) {
+            return Err(GpuError::TooLarge {
+                what: "elements of W13 (the hashed init indexes with 32 bits)",
+                value: 2 * n as usize,
+            });
+        }
+        let st = gpu.stream();
+        // SAFETY: both buffers are filled in full by the hash kernel below.
+        let mut w13 = unsafe { st.alloc::<u16>(2 * n as usize) }?;
+        let mut w2 = unsafe { st.alloc::<u16>(n as usize) }?;
+        for (buf, seed) in [
+            (&mut w13, init::w13_seed(seed)),
+            (&mut w2, init::w2_seed(seed)),
+        ] {
+            let len = buf.len() as u64;
+            let (ptr, _g) = buf.device_ptr_mut(st);
+            // SAFETY: `ptr` holds `len` bf16 of this context, alive past the launch (owned here).
+            unsafe {
+                launch::fill_hash_bf16(ptr, len, seed, init::INIT_SCALE, st.cu_stream() as _)?
+            };
+        }
+        Self::with_weights(gpu, shape, w13, w2)
+    }
+
+    fn with_weights(
+        gpu: &GpuContext,
+        shape: FfnShape,
+        w13: CudaSlice<u16>,
+        w2: CudaSlice<u16>,
+    ) -> Result<Self, GpuError> {
+        let cc = gpu.compute_capability()?;
+        let sm_count = gpu.sm_count()?;
+        let runnable = select::runnable(cc);
+        if runnable.is_empty() {
+            return Err(select::none_runs(cc));
+        }
+        let groups = to_i32("experts", shape.experts)?;
+        let bytes = runnable
+            .iter()
+            .map(|v| gemm::workspace_bytes(v, groups, sm_count as i32))
+            .max()
+            .unwrap_or(0);
+        let st = gpu.stream();
+        let (h, i, e) = (
+            shape.hidden as i64,
+            shape.intermediate as i64,
+            shape.experts,
+        );
+        let lds = |v: [i64; 3]| -> Result<[CudaSlice<i64>; 3], GpuError> {
+            Ok([
+                st.clone_htod(&vec![v[0]; e])?,
+                st.clone_htod(&vec![v[1]; e])?,
+                st.clone_htod(&vec![v[2]; e])?,
+            ])
+        };
+        let gpu_name = gpu.name()?;
+        // Without a cache directory this is an in-memory cache; a corrupt
+        // file is an error that names it.
+        let tuned = TuneCache::open(&gpu_name)?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            shape,
+            cc,
+            sm_count,
+            gpu_name,
+            runnable,
+            fixed: None,
+            tuned: RwLock::new(tuned),
+            w13,
+            w2,
+            ld: [lds([h, h, 2 * i])?, lds([i, i, h])?],
+            // Never zero bytes: cuMemAlloc rejects them.
+            workspace: st.alloc_zeros::<u8>(bytes.max(1))?,
+        })
+    }
+
+    pub fn shape(&self) -> FfnShape {
+        self.shape
+    }
+
+    /// The GPU's name, as the tune cache keys it.
+    pub fn gpu_name(&self) -> &str {
+        &self.gpu_name
+    }
+
+    /// W13 `[E, 2I, H]`, interleaved bf16.
+    pub fn w13(&self) -> &CudaSlice<u16> {
+        &self.w13
+    }
+
+    /// W2 `[E, H, I]`, bf16.
+    pub fn w2(&self) -> &CudaSlice<u16> {
+        &self.w2
+    }
+
+    /// Names of the compiled variants that run on this GPU.
+    pub fn variants(&self) -> Vec<&'static str> {
+        self.runnable.iter().map(|v| v.variant.name).collect()
+    }
+
+    /// Runs GEMM1 with `gemm1` and GEMM2 with `gemm2` (variant names) for
+    /// every batch, instead of the tuned or default choice.
+    pub fn with_variants(mut self, gemm1: &str, gemm2: &str) -> Result<Self, GpuError> {
+        self.fixed = Some(VariantPair {
+            gemm1: select::by_name(&self.runnable, gemm1)?,
+            gemm2: select::by_name(&self.runnable, gemm2)?,
+        });
+        Ok(self)
+    }
+
+    /// The variants a batch of `tokens` tokens with top-`k` routing runs:
+    /// the fixed pair, else the autotuner's cached choice for the token
+    /// bucket, else the shape heuristic.
+    pub fn variants_for(&self, tokens: usize, top_k: usize) -> VariantPair {
+        if let Some(p) = self.fixed {
+            return p;
+        }
+        let rows = (tokens * top_k).div_ceil(self.shape.experts);
+        let (h, i) = (self.shape.hidden, self.shape.intermediate);
+        let fallback = select::heuristic(&self.runnable, rows).unwrap_or(self.runnable[0]);
+        VariantPair {
+            gemm1: self.cached(tokens, 2 * i, h).unwrap_or(fallback),
+            gemm2: self.cached(tokens, h, i).unwrap_or(fallback),
+        }
+    }
+
+    /// Routed rows `[max_rows, H]` (from [`GpuPlan::gather_bf16`]) to the
+    /// experts' outputs `[max_rows, H]`, unweighted: [`GpuPlan::combine_bf16`]
+    /// applies the routing weights. Rows that are padding are not written.
+    pub fn forward(
+        &self,
+        plan: &GpuPlan,
+        d: &GpuDispatch,
+        rows: &CudaSlice<u16>,
+    ) -> Result<CudaSlice<u16>, GpuError> {
+        let FfnShape {
+            experts,
+            hidden,
+            intermediate: inter,
+        } = self.shape;
+        if plan.experts() != experts {
+            return Err(GpuError::Shape {
+                what: "plan's experts",
+                got: plan.experts().to_string(),
+                expected: format!("{experts} (the FFN's)"),
+            });
+        }
+        let max_rows = d.max_rows();
+        if rows.len() < max_rows * hidden {
+            return Err(GpuError::Shape {
+                what: "routed rows (elements)",
+                got: rows.len().to_string(),
+                expected: format!("at least max_rows * hidden = {max_rows} * {hidden}"),
+            });
+        }
+        let st = self.gpu.stream();
+        // SAFETY (all three): GEMM1 writes every real row of h13, SwiGLU every
+        // real row of h, GEMM2 every real row of y; padding rows are never read
+        // (GEMM2 and combine read real rows only).
+        let mut h13 = unsafe { st.alloc::<u16>((max_rows * 2 * inter).max(1)) }?;
+        let mut h = unsafe { st.alloc::<u16>((max_rows * inter).max(1)) }?;
+        let mut y = unsafe { st.alloc::<u16>((max_rows * hidden).max(1)) }?;
+        if plan.tokens() == 0 {
+            return Ok(y);
+        }
+        let pick = self.variants_for(plan.tokens(), plan.config().top_k);
+        let raw = st.cu_stream() as crate::cuda::ffi::Stream;
+
+        // GEMM1: h13 = rows W13^T.
+        let (a, _ga) = rows.device_ptr(st);
+        let (b, _gb) = self.w13.device_ptr(st);
+        let (c, _gc) = h13.device_ptr_mut(st);
+        let args1 = d.gemm_args(plan, 2 * inter, hidden, 2, [a, b, c])?;
+        self.run(pick.gemm1, &args1, 0, 2 * inter, hidden)?;
+        drop((_ga, _gb, _gc));
+
+        // SwiGLU: h = silu(h13[:, 0::2]) * h13[:, 1::2] on the real rows.
+        let (src, _g1) = h13.device_ptr(st);
+        let (rt, _g2) = d.row_token().device_ptr(st);
+        let (tr, _g3) = d.total_rows().device_ptr(st);
+        let (dst, _g4) = h.device_ptr_mut(st);
+        // SAFETY: h13 holds max_rows * 2I, h max_rows * I; row_token/total_rows
+        // come from `d`, sized for max_rows; I % 8 == 0 (FfnShape::check).
+        unsafe {
+            launch::swiglu_bf16(
+                src,
+                rt,
+                tr,
+                max_rows as i64,
+                to_i32("intermediate", inter)?,
+                dst,
+                raw,
+            )?
+        };
+        drop((_g1, _g2, _g3, _g4));
+
+        // GEMM2: y = h W2^T.
+        let (a, _ga) = h.device_ptr(st);
+        let (b, _gb) = self.w2.device_ptr(st);
+        let (c, _gc) = y.device_ptr_mut(st);
+        let args2 = d.gemm_args(plan, hidden, inter, 2, [a, b, c])?;
+        self.run(pick.gemm2, &args2, 1, hidden, inter)?;
+        drop((_ga, _gb, _gc));
+        Ok(y)
+    }
+
+    /// One grouped GEMM over the experts with device-made arguments; `which`
+    /// picks the leading-dimension arrays (0: GEMM1, 1: GEMM2).
+    pub(super) fn run(
+        &self,
+        v: &CompiledVariant,
+        args: &crate::cuda::GpuGemmArgs,
+        which: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        let st = self.gpu.stream();
+        let (problems, _g0) = args.problems.device_ptr(st);
+        let [pa, pb, pd] = &args.ptrs;
+        let (a, _g1) = pa.device_ptr(st);
+        let (b, _g2) = pb.device_ptr(st);
+        let (d, _g3) = pd.device_ptr(st);
+        let [la, lb, ld] = &self.ld[which];
+        let (lda, _g4) = la.device_ptr(st);
+        let (ldb, _g5) = lb.device_ptr(st);
+        let (ldd, _g6) = ld.device_ptr(st);
+        let (ws, _g7) = self.workspace.device_ptr(st);
+        let call = GroupedCall {
+            groups: to_i32("experts", self.shape.experts)?,
+            problems,
+            max_n: to_i32("GEMM n", n)?,
+            max_k: to_i32("GEMM k", k)?,
+            a,
+            b,
+            d,
+            lda,
+            ldb,
+            ldd,
+            workspace: ws,
+            workspace_bytes: self.workspace.len(),
+            sm_count: self.sm_count as i32,
+        };
+        // SAFETY: `args` was made by `GpuDispatch::gemm_args` for E groups of
+        // (n, k) over buffers sized for the dispatch's max_rows; the ld arrays
+        // hold E entries matching the dense layouts; the workspace was sized for
+        // every runnable variant at E groups and this SM count; `v` is runnable.
+        unsafe { gemm::grouped_gemm(v, &call, st.cu_stream() as _) }
+    }
+}
+
+pub(super) fn to_i32(what: &'static str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
+}

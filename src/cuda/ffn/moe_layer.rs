@@ -1,0 +1,64 @@
+//! [`MoeLayer`]: routing, dispatch, the expert FFN and combine on one stream.
+
+use super::ExpertFfn;
+use crate::cuda::{GpuError, GpuPlan, GpuRouter};
+use cudarc::driver::CudaSlice;
+
+/// Rows per expert are padded to this many in the dispatch layout. The
+/// grouped GEMMs take each expert's real row count, so padding buys nothing
+/// there; 1 keeps the buffers at `T * k` rows.
+const DISPATCH_TILE: usize = 1;
+
+/// A sparse MoE block on the GPU: a [`GpuRouter`] (any policy it runs) and
+/// the experts' [`ExpertFfn`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), capmoe::cuda::GpuError> {
+/// use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter, MoeLayer};
+/// use capmoe::routing::RouterConfig;
+/// let gpu = GpuContext::new(0)?;
+/// let ffn = ExpertFfn::random(&gpu, FfnShape::new(8, 4096, 14336)?, 1)?;
+/// let cfg = RouterConfig::new(2, "reroute:next-best".parse()?).with_capacity_factor(1.5);
+/// let layer = MoeLayer::new(GpuRouter::new(&gpu, cfg)?, ffn)?;
+/// let logits = gpu.stream().alloc_zeros::<f32>(16 * 8)?;
+/// let x = gpu.stream().alloc_zeros::<u16>(16 * 4096)?;
+/// let (out, plan) = layer.forward(&logits, &x, 16)?; // out: [16, 4096] bf16
+/// # Ok(()) }
+/// ```
+pub struct MoeLayer {
+    router: GpuRouter,
+    ffn: ExpertFfn,
+}
+
+impl MoeLayer {
+    pub fn new(router: GpuRouter, ffn: ExpertFfn) -> Result<Self, GpuError> {
+        Ok(Self { router, ffn })
+    }
+
+    pub fn router(&self) -> &GpuRouter {
+        &self.router
+    }
+
+    pub fn ffn(&self) -> &ExpertFfn {
+        &self.ffn
+    }
+
+    /// Router logits `[T, E]` (f32) and hidden states `x [T, H]` (bf16) on
+    /// the device to the layer's output `[T, H]` (bf16): each token's served
+    /// experts' outputs weighted by the routing weights, zero for a token
+    /// that lost every expert (the residual carries it). Returns the plan too.
+    pub fn forward(
+        &self,
+        logits: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
+        tokens: usize,
+    ) -> Result<(CudaSlice<u16>, GpuPlan), GpuError> {
+        let shape = self.ffn.shape();
+        let plan = self.router.route(logits, tokens, shape.experts)?;
+        let d = plan.dispatch(DISPATCH_TILE)?;
+        let rows = plan.gather_bf16(&d, x, shape.hidden)?;
+        let y = self.ffn.forward(&plan, &d, &rows)?;
+        let out = plan.combine_bf16(&d, &y, shape.hidden)?;
+        Ok((out, plan))
+    }
+}
