@@ -383,6 +383,11 @@ impl GpuPlan {
         self.shape.experts as usize
     }
 
+    /// The stream the plan's buffers are ordered on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// The configuration this plan was routed under.
     pub fn config(&self) -> &RouterConfig {
         &self.cfg

@@ -255,6 +255,14 @@ impl ExpertFfn {
                 expected: format!("{experts} (the FFN's)"),
             });
         }
+        if plan.stream().cu_stream() != self.gpu.stream().cu_stream() {
+            // Buffers of another stream would need an event to be ordered.
+            return Err(GpuError::Shape {
+                what: "plan's stream",
+                got: "a stream of another GpuContext".into(),
+                expected: "the FFN's stream: make the router and the FFN from one GpuContext (or its clones)".into(),
+            });
+        }
         let max_rows = d.max_rows();
         if rows.len() < max_rows * hidden {
             return Err(GpuError::Shape {
