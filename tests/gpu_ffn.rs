@@ -56,7 +56,7 @@ fn cases(e: usize) -> Vec<Case> {
             logits: spread,
         });
         let hot = (0..t * e)
-            .map(|i| rng.normal() as f32 + if i % e == 3 { 12.0 } else { 0.0 })
+            .map(|i| rng.normal() as f32 + if i % e == e / 2 { 12.0 } else { 0.0 })
             .collect();
         out.push(Case {
             name: format!("hot T{t} k{k}"),
@@ -77,12 +77,14 @@ fn cases(e: usize) -> Vec<Case> {
     out
 }
 
-fn policies(k: usize) -> Vec<RouterConfig> {
+fn policies(k: usize, experts: usize) -> Vec<RouterConfig> {
+    // Two EP ranks where E allows (expand:local adds the rank's experts).
+    let ranks = if experts % 2 == 0 { 2 } else { 1 };
     ["none", "drop:score", "reroute:next-best", "expand:local"]
         .into_iter()
         .map(|p| {
             let p: Policy = p.parse().unwrap();
-            let c = RouterConfig::new(k, p).with_ranks(2);
+            let c = RouterConfig::new(k, p).with_ranks(ranks);
             if p.has_capacity() {
                 c.with_capacity_factor(1.0)
             } else {
@@ -153,54 +155,65 @@ fn host_weights_upload_interleaved() {
 }
 
 /// Every runnable variant (for both GEMMs), and the default choice, against
-/// the twin on every case and policy.
+/// the twin on every case and policy, at a small shape and at an odd one
+/// (n and k below one tile, 3 experts).
 #[test]
 fn ffn_matches_the_twin_for_every_variant() {
     let Some(g) = gpu() else { return };
-    let twin = ExpertFfnRef::random(SHAPE, 9).unwrap();
-    let base = ExpertFfn::random(&g, SHAPE, 9).unwrap();
-    let mut variants: Vec<Option<&str>> = vec![None];
-    variants.extend(base.variants().into_iter().map(Some));
-    eprintln!("variants on this GPU: {:?}", base.variants());
-    let h = SHAPE.hidden;
     let mut checked = 0;
-    for v in variants {
-        let ffn = match v {
-            Some(name) => ExpertFfn::random(&g, SHAPE, 9)
-                .unwrap()
-                .with_variants(name, name)
-                .unwrap(),
-            None => ExpertFfn::random(&g, SHAPE, 9).unwrap(),
-        };
-        for case in cases(SHAPE.experts) {
-            let x = activations(case.tokens, h, 3);
-            let xd = g
-                .stream()
-                .clone_htod(&if x.is_empty() { vec![0u16] } else { x.clone() })
-                .unwrap();
-            let logits = Logits::new(&case.logits, case.tokens, SHAPE.experts).unwrap();
-            for cfg in policies(case.k) {
-                let what = format!("{} {} variant {v:?}", case.name, cfg.policy);
-                let plan_h = route(&logits, &cfg).unwrap();
-                let layout = DispatchLayout::new(&plan_h, 1).unwrap();
-                let want = twin.forward(&layout, &gather(&layout, &x, h)).unwrap();
-                let router = GpuRouter::new(&g, cfg.clone())
+    for shape in [
+        SHAPE,
+        FfnShape {
+            experts: 3,
+            hidden: 24,
+            intermediate: 40,
+        },
+    ] {
+        let twin = ExpertFfnRef::random(shape, 9).unwrap();
+        let base = ExpertFfn::random(&g, shape, 9).unwrap();
+        let mut variants: Vec<Option<&str>> = vec![None];
+        variants.extend(base.variants().into_iter().map(Some));
+        eprintln!("variants on this GPU: {:?}", base.variants());
+        let (h, e) = (shape.hidden, shape.experts);
+        for v in variants {
+            let ffn = match v {
+                Some(name) => ExpertFfn::random(&g, shape, 9)
                     .unwrap()
-                    .with_max_rounds(64 * SHAPE.experts);
-                // Never a zero-byte upload (T = 0).
-                let ld = g
+                    .with_variants(name, name)
+                    .unwrap(),
+                None => ExpertFfn::random(&g, shape, 9).unwrap(),
+            };
+            for case in cases(e) {
+                let x = activations(case.tokens, h, 3);
+                let xd = g
                     .stream()
-                    .clone_htod(&[case.logits.as_slice(), &[0.0]].concat())
+                    .clone_htod(&if x.is_empty() { vec![0u16] } else { x.clone() })
                     .unwrap();
-                let plan = router.route(&ld, case.tokens, SHAPE.experts).unwrap();
-                assert_eq!(plan.to_host().unwrap(), plan_h, "{what}: plan");
-                let d = plan.dispatch(1).unwrap();
-                let rows = plan.gather_bf16(&d, &xd, h).unwrap();
-                let y = ffn.forward(&plan, &d, &rows).unwrap();
-                let mut got = g.stream().clone_dtoh(&y).unwrap();
-                got.truncate(layout.rows() * h);
-                compare_served(&layout, h, &got, &want).unwrap_or_else(|e| panic!("{what}: {e}"));
-                checked += 1;
+                let logits = Logits::new(&case.logits, case.tokens, e).unwrap();
+                for cfg in policies(case.k, e) {
+                    let what = format!("{shape:?} {} {} variant {v:?}", case.name, cfg.policy);
+                    let plan_h = route(&logits, &cfg).unwrap();
+                    let layout = DispatchLayout::new(&plan_h, 1).unwrap();
+                    let want = twin.forward(&layout, &gather(&layout, &x, h)).unwrap();
+                    let router = GpuRouter::new(&g, cfg.clone())
+                        .unwrap()
+                        .with_max_rounds(64 * e);
+                    // Never a zero-byte upload (T = 0).
+                    let ld = g
+                        .stream()
+                        .clone_htod(&[case.logits.as_slice(), &[0.0]].concat())
+                        .unwrap();
+                    let plan = router.route(&ld, case.tokens, e).unwrap();
+                    assert_eq!(plan.to_host().unwrap(), plan_h, "{what}: plan");
+                    let d = plan.dispatch(1).unwrap();
+                    let rows = plan.gather_bf16(&d, &xd, h).unwrap();
+                    let y = ffn.forward(&plan, &d, &rows).unwrap();
+                    let mut got = g.stream().clone_dtoh(&y).unwrap();
+                    got.truncate(layout.rows() * h);
+                    compare_served(&layout, h, &got, &want)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    checked += 1;
+                }
             }
         }
     }
@@ -253,7 +266,7 @@ fn moe_layer_matches_route_reference_and_combine() {
     let twin = ExpertFfnRef::random(SHAPE, 2).unwrap();
     let h = SHAPE.hidden;
     for case in cases(SHAPE.experts).into_iter().filter(|c| c.tokens > 0) {
-        for cfg in policies(case.k) {
+        for cfg in policies(case.k, SHAPE.experts) {
             let what = format!("{} {}", case.name, cfg.policy);
             let layer = MoeLayer::new(
                 GpuRouter::new(&g, cfg.clone())
