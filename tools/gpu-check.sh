@@ -11,12 +11,19 @@
 #   --benches REGEX  bench targets to run (default: all but the CPU-only ones in SKIP_BENCHES)
 #   --budget SECS    time run.sh may spend before it skips the remaining binaries (default 300)
 #   --measure SECS   criterion --measurement-time per benchmark (default 2; warm-up is a quarter)
+#   --peers SECS     seconds kept out of the budget for tools/peers/ffn_peers.py, which runs after
+#                    the binaries (torch peers and ceilings of the expert-FFN report; default 90;
+#                    0 skips it). Its own measurement budget is this minus 30 s of set-up.
 #
 # On the device (no Rust, no network; CUDA 13 driver; $OUT set) the call is:
 #   command: bash .gpu-check/run.sh     carry: [".gpu-check"]     timeout_s: budget + 60
+# The binaries travel xz-compressed (.gpu-check/bins.tar.xz: test binaries share the CUTLASS
+# kernels, which compress well across files); run.sh unpacks them into a temp dir on the device.
 # run.sh records `nvidia-smi -L` and the driver first, runs each test binary with
-# --test-threads=1 --nocapture, then each bench binary, and writes $OUT/report.md,
-# $OUT/report.json and $OUT/log.txt; it exits non-zero if a test (or a bench binary) failed.
+# --test-threads=1 --nocapture, then each bench binary, then the peers script (if python3 is
+# there; it records "torch not available" without torch), and writes $OUT/report.md,
+# $OUT/report.json, $OUT/peers.json and $OUT/log.txt; it exits non-zero if a test, a bench
+# binary or the peers script failed.
 #
 # Committing a report: a kernel counts as verified only when a committed report shows its
 # GPU-vs-oracle tests passing. Copy the markdown with the commit it measured:
@@ -27,7 +34,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-rehearse=0 all_tests=0 budget=300 measure=2 benches=""
+rehearse=0 all_tests=0 budget=300 measure=2 benches="" peers=90
 SKIP_BENCHES="${SKIP_BENCHES:-routing}" # CPU-oracle benches: nothing to learn on the GPU machine
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,7 +43,8 @@ while [ $# -gt 0 ]; do
     --benches) benches="$2"; shift ;;
     --budget) budget="$2"; shift ;;
     --measure) measure="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --peers) peers="$2"; shift ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,8 +64,9 @@ echo "== building bench binaries (cargo bench --features cuda --no-run, release)
 cargo bench --features cuda --no-run --message-format=json >"$tmp/benches.json"
 
 rm -rf "$pack"
-mkdir -p "$pack/bin"
-# manifest.txt: kind|name|file|args   (one binary per line, run in this order)
+mkdir -p "$pack" "$tmp/bin"
+# manifest.txt: kind|name|file|args   (one binary per line, run in this order; file is relative
+# to the folder bins.tar.xz unpacks into)
 python3 - "$tmp" "$pack" "$all_tests" "$benches" "$SKIP_BENCHES" <<'PY'
 import json, os, re, shutil, subprocess, sys
 tmp, pack, all_tests, bench_re, skip = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5].split(",")
@@ -92,13 +101,20 @@ with open(os.path.join(pack, "manifest.txt"), "w") as f:
         if name in seen:
             continue
         seen.add(name)
-        dest = os.path.join(pack, "bin", name)
+        dest = os.path.join(tmp, "bin", name)
         shutil.copy2(exe, dest)
         subprocess.run(["strip", "--strip-debug", dest], check=False)
         f.write(f"{kind}|{name}|bin/{name}|{args}\n")
         print(f"  {kind:5} {name:32} {os.path.getsize(dest) / 2**20:6.1f} MiB", file=sys.stderr)
 PY
+raw=$(du -sb "$tmp/bin" | cut -f1)
+echo "== compressing $((raw / 1048576)) MiB of binaries (xz, one 256 MiB window)" >&2
+# One window over the whole tar (no multi-threaded blocks): every binary embeds the same CUTLASS
+# fatbins, and a match back into the previous binary is what makes the pack small.
+tar -C "$tmp" -cf - bin | xz -T1 --lzma2=preset=6,dict=256MiB >"$pack/bins.tar.xz"
 cp tools/gpu-check-report.py "$pack/report.py"
+mkdir -p "$pack/peers"
+cp tools/peers/ffn_peers.py "$pack/peers/"
 commit="$(git rev-parse --short=12 HEAD)"
 dirty=0; git diff --quiet HEAD -- . ':!ptx' 2>/dev/null || dirty=1
 cat >"$pack/meta.txt" <<EOF
@@ -108,6 +124,8 @@ built=$(date -u +%FT%TZ)
 host=$(uname -m)
 archs=${CAPMOE_CUDA_ARCHS:-80;90a}
 budget_s=$budget
+peers_s=$peers
+binaries_mib=$((raw / 1048576))
 build_root=$root
 EOF
 
@@ -120,9 +138,19 @@ root="$(dirname "$here")"
 : "${OUT:?OUT must name the folder for the report}"
 mkdir -p "$OUT"
 budget="${GPU_CHECK_BUDGET_S:-@BUDGET@}" measure="${GPU_CHECK_MEASURE_S:-@MEASURE@}"
+peers="${GPU_CHECK_PEERS_S:-@PEERS@}"
+command -v python3 >/dev/null || peers=0
 work="$(mktemp -d)"
 start=$(date +%s)
 cp "$here/meta.txt" "$work/meta.txt"
+# The binaries, unpacked next to the logs (tar with xz, else Python's lzma).
+bins="$work/unpacked"
+mkdir -p "$bins"
+if ! { command -v xz >/dev/null && tar -C "$bins" -xJf "$here/bins.tar.xz"; }; then
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
+    "$here/bins.tar.xz" "$bins" || { echo "gpu-check: cannot unpack $here/bins.tar.xz"; exit 1; }
+fi
+echo "unpacked the binaries in $(( $(date +%s) - start ))s"
 echo "date=$(date -u +%F)" >>"$work/meta.txt"
 {
   if command -v nvidia-smi >/dev/null; then
@@ -146,18 +174,18 @@ while IFS='|' read -r kind name file args; do
   [ -n "$kind" ] || continue
   log="$work/$kind-$name.log"
   used=$(( $(date +%s) - start ))
-  left=$(( budget - used ))
+  left=$(( budget - peers - used ))  # the peers' share is kept for them
   if [ "$left" -lt 10 ]; then
-    echo "$kind|$name|-1|0|$log|skipped: budget of ${budget}s spent" >>"$work/results.txt"
+    echo "$kind|$name|-1|0|$log|skipped: budget of ${budget}s spent (${peers}s kept for the peers)" >>"$work/results.txt"
     : >"$log"; continue
   fi
   echo "== $kind $name (${left}s of budget left)"
   t0=$(date +%s.%N)
   if [ "$kind" = test ]; then
     # shellcheck disable=SC2086
-    timeout "$left" "$here/$file" $args >"$log" 2>&1
+    timeout "$left" "$bins/$file" $args >"$log" 2>&1
   else
-    timeout "$left" "$here/$file" --bench --noplot --warm-up-time "$warm" --measurement-time "$measure" >"$log" 2>&1
+    timeout "$left" "$bins/$file" --bench --noplot --warm-up-time "$warm" --measurement-time "$measure" >"$log" 2>&1
   fi
   rc=$?
   secs=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")
@@ -165,6 +193,21 @@ while IFS='|' read -r kind name file args; do
   echo "$kind|$name|$rc|$secs|$log|$note" >>"$work/results.txt"
   tail -n 3 "$log"
 done <"$here/manifest.txt"
+rm -rf "$bins"
+# Peers (torch._grouped_mm, the HF Mixtral block) and the ceilings, on the GPU the binaries left.
+if [ "$peers" -gt 0 ]; then
+  left=$(( budget - ($(date +%s) - start) ))
+  pb=$(( (left < peers ? left : peers) - 30 )); [ "$pb" -lt 15 ] && pb=15
+  log="$work/peer-ffn_peers.log"
+  echo "== peer ffn_peers (${pb}s of measurements, ${left}s of budget left)"
+  t0=$(date +%s.%N)
+  timeout $(( pb + 60 )) python3 "$here/peers/ffn_peers.py" --out "$OUT" --budget "$pb" >"$log" 2>&1
+  rc=$?
+  secs=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")
+  note=""; [ "$rc" = 124 ] && note="timed out"
+  echo "peer|ffn_peers|$rc|$secs|$log|$note" >>"$work/results.txt"
+  tail -n 3 "$log"
+fi
 echo "wall_s=$(( $(date +%s) - start ))" >>"$work/meta.txt"
 for f in "$work"/*.log; do [ -e "$f" ] && { echo "===== $(basename "$f")"; tail -c 2000000 "$f"; }; done >"$OUT/log.txt"
 if command -v python3 >/dev/null && python3 "$here/report.py" "$work" "$OUT"; then
@@ -179,13 +222,13 @@ if awk -F'|' '$3 != 0 {bad=1} END {exit !bad}' "$work/results.txt"; then
 fi
 echo "gpu-check: all binaries passed"
 RUN
-sed -i "s/@BUDGET@/$budget/; s/@MEASURE@/$measure/" "$pack/run.sh"
+sed -i "s/@BUDGET@/$budget/; s/@MEASURE@/$measure/; s/@PEERS@/$peers/" "$pack/run.sh"
 chmod +x "$pack/run.sh"
 
 size=$(du -sb "$pack" | cut -f1)
-echo "== packed $(wc -l <"$pack/manifest.txt") binaries into .gpu-check/ ($((size / 1048576)) MiB)" >&2
+echo "== packed $(wc -l <"$pack/manifest.txt") binaries ($((raw / 1048576)) MiB) into .gpu-check/ ($((size / 1048576)) MiB compressed)" >&2
 if [ "$size" -gt $((48 * 1048576)) ]; then
-  echo "gpu-check: .gpu-check/ is over 48 MiB; the device call carries at most 64 MiB with the tree" >&2
+  echo "gpu-check: .gpu-check/ is over 48 MiB (compressed); the device call carries at most 64 MiB with the tree" >&2
   exit 1
 fi
 
