@@ -15,9 +15,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The end-to-end expert-parallel straggler benchmark: speedup and fidelity of every policy x gamma.
+    /// The expert-parallel straggler benchmark: speedup of every policy x gamma, end to end on the CPU model (and fidelity) or one MoE layer on the GPU (--device cuda).
     #[command(after_long_help = cli::bench::BENCH_HELP)]
-    Bench(cli::bench::BenchArgs),
+    Bench(Box<cli::bench::BenchArgs>),
     /// Route a trace of router logits under a capacity policy and report the plan.
     #[command(after_long_help = policy_help())]
     Route(cli::route::RouteArgs),

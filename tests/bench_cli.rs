@@ -202,6 +202,42 @@ fn table_output_names_every_case() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--device cuda` runs the GPU MoE-layer benchmark: without the `cuda`
+/// feature it says how to rebuild, without a GPU it says there is none.
+#[test]
+fn device_cuda_says_what_it_needs() {
+    let dir = out_dir("cuda");
+    let (code, _, err) = capmoe(&[
+        "bench",
+        "--device",
+        "cuda",
+        "--config",
+        "tiny",
+        "--tokens",
+        "16",
+        "--ep",
+        "2",
+        "--iters",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let want = if cfg!(feature = "cuda") {
+        "CUDA driver"
+    } else {
+        "--features cuda"
+    };
+    if code == 0 {
+        // Only a build with the feature, on a host with a GPU, gets here.
+        assert_eq!(want, "CUDA driver", "ran without the feature: {err}");
+    } else {
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "`{err}` lacks `{want}`");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn bad_flags_are_typed_errors() {
     let dir = out_dir("bad");
@@ -217,7 +253,8 @@ fn bad_flags_are_typed_errors() {
         (&["--iters", "0"], "--iters"),
         (&["--batch", "0"], "--batch"),
         (&["--a2a-gbps", "0"], "bandwidth"),
-        (&["--device", "cuda"], "CUDA backend"),
+        (&["--device", "cuda"], "--seq-len is only for --device cpu"),
+        (&["--tokens", "64"], "--tokens is only for --device cuda"),
         (&["--load-layer", "9"], "layer 9"),
         (&["--skew", "mixtral"], "out of reach"),
     ];

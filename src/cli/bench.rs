@@ -1,8 +1,10 @@
-//! `capmoe bench`: the end-to-end expert-parallel straggler benchmark.
+//! `capmoe bench`: the expert-parallel straggler benchmark, end to end on
+//! the CPU model or one MoE layer on the GPU (`--device cuda`).
 
 use super::model_args::check_random_size;
 use super::CliError;
 use crate::backend::CpuBackend;
+use crate::ep::gpu::{GpuBenchSetup, LayerShape};
 use crate::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
 use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
 use crate::routing::Policy;
@@ -12,12 +14,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Where the model runs.
+/// Where the benchmark runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Device {
-    /// The CPU backend (gemm + rayon over every core).
+    /// The whole Mixtral model on the CPU backend (gemm + rayon over every core).
     Cpu,
-    /// The CUDA backend (not built for the model yet: a clear error).
+    /// One MoE layer on the GPU: real CUTLASS expert kernels timed per EP
+    /// rank with CUDA events, NVML telemetry (needs the `cuda` feature).
     Cuda,
 }
 
@@ -28,38 +31,58 @@ pub const DEFAULT_POLICIES: &str =
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A Hugging Face Mixtral checkpoint directory (instead of --config).
+    /// Where the benchmark runs: `cpu` (the whole model) or `cuda` (one MoE
+    /// layer on the GPU; see below).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// [cpu] A Hugging Face Mixtral checkpoint directory (instead of --config).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "layers"])]
     pub model: Option<PathBuf>,
-    /// A built-in shape with seeded random weights: tiny, small, mixtral-8x7b
-    /// (too large for random weights on the CPU).
-    #[arg(long, value_name = "NAME", default_value = "small")]
-    pub config: String,
-    /// Decoder layers of the built-in shape (default: 2 for `small`, so that
-    /// the default run fits in 2 minutes on 2 cores; the config's own count
-    /// otherwise).
+    /// A built-in shape: tiny, small, mixtral-8x7b. cpu: the model, with
+    /// seeded random weights (default small; mixtral-8x7b is too large for
+    /// random weights on the CPU). cuda: the MoE layer's shape (default
+    /// mixtral-8x7b: 8 experts top-2, hidden 4096, intermediate 14336).
+    #[arg(long, value_name = "NAME")]
+    pub config: Option<String>,
+    /// [cpu] Decoder layers of the built-in shape (default: 2 for `small`,
+    /// so that the default run fits in 2 minutes on 2 cores; the config's
+    /// own count otherwise).
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
-    /// Sequences in the batch.
-    #[arg(long, default_value_t = 4, value_name = "B")]
-    pub batch: usize,
-    /// Tokens per sequence; the batch prefills T = batch * seq-len tokens,
-    /// and every MoE layer routes all T together (C = ceil(gamma T k / E)).
-    #[arg(long, default_value_t = 64, value_name = "S")]
-    pub seq_len: usize,
-    /// Expert-parallel ranks (divides E). Default: one expert per rank.
-    #[arg(long, value_name = "R")]
-    pub ranks: Option<usize>,
-    /// Experts per rank (the other way to give the EP size: R = E / this).
+    /// [cpu] Sequences in the batch [default: 4].
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// [cpu] Tokens per sequence [default: 64]; the batch prefills
+    /// T = batch * seq-len tokens, and every MoE layer routes all T together
+    /// (C = ceil(gamma T k / E)).
+    #[arg(long, value_name = "S")]
+    pub seq_len: Option<usize>,
+    /// [cuda] Batch sizes T, comma-separated: tokens routed together through
+    /// the layer [default: 4096,64 (a prefill chunk and a decode batch)].
+    #[arg(long, value_delimiter = ',', value_name = "T,T,...")]
+    pub tokens: Vec<usize>,
+    /// Expert-parallel ranks (each divides E). cpu: one value, default one
+    /// expert per rank. cuda: a comma list [default: 8,4 = EP-8 with one
+    /// expert per rank and EP-4 with two, on Mixtral's 8 experts].
+    #[arg(
+        long,
+        visible_alias = "ep",
+        value_delimiter = ',',
+        value_name = "R,R,..."
+    )]
+    pub ranks: Vec<usize>,
+    /// Experts per rank (the other way to give one EP size: R = E / this).
     #[arg(long, value_name = "N")]
     pub experts_per_rank: Option<usize>,
     /// Synthetic router skew (busiest expert over the mean under plain
-    /// top-k): uniform, mixtral (~2.75x), olmoe (~7x) or a ratio >= 1.
-    /// Applies to checkpoints too.
-    #[arg(long, default_value = "mixtral", value_name = "SKEW")]
-    pub skew: Skew,
+    /// top-k): uniform, mixtral (~2.75x), olmoe (~7x, needs E/k > 7) or a
+    /// ratio >= 1 (below E/k). cpu: one value [default: mixtral], applied to
+    /// checkpoints too. cuda: a comma list [default: uniform,mixtral,3.5].
+    #[arg(long, value_delimiter = ',', value_name = "SKEW")]
+    pub skew: Vec<Skew>,
     /// Policies, comma-separated (see `capmoe route --help`); `none` is the
-    /// baseline and always runs.
+    /// baseline and always runs. On cuda, reroute:optimal (CPU-only so far)
+    /// is reported as skipped.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_POLICIES, value_name = "P,P,...")]
     pub policies: Vec<Policy>,
     /// Capacity factors (gamma) every capacity policy runs at, comma-separated.
@@ -70,27 +93,60 @@ pub struct BenchArgs {
         value_name = "G,G,..."
     )]
     pub capacity_factors: Vec<f64>,
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: Device,
-    /// Folder for report.json, report.md and the PNG figures.
-    #[arg(long, default_value = "bench/out", value_name = "DIR")]
-    pub out: PathBuf,
+    /// Folder for report.json, report.md and the PNG figures [default:
+    /// bench/out, bench/out-gpu with --device cuda].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Seed of the random weights and of the prompt ids.
+    /// Seed of the random weights, prompt ids (cpu), activations and router
+    /// logits (cuda).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Modelled all-to-all bandwidth per rank and direction, GB/s.
-    #[arg(long, default_value_t = 25.0, value_name = "GBPS")]
-    pub a2a_gbps: f64,
-    /// Timed repetitions of each rank's expert work (the median is kept).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub iters: usize,
-    /// Layer whose per-expert load load.png shows.
-    #[arg(long, default_value_t = 0, value_name = "L")]
-    pub load_layer: usize,
+    /// Modelled all-to-all bandwidth per rank and direction, GB/s [default:
+    /// 25 on cpu; 150 on cuda, about what EP all-to-all kernels reach over
+    /// NVLink within a node (DeepEP: 150-160 GB/s on H800); H100/H200 NVLink
+    /// peaks at 450 GB/s per direction].
+    #[arg(long, value_name = "GBPS")]
+    pub a2a_gbps: Option<f64>,
+    /// Timed repetitions. cpu: of each rank's expert work, the median kept
+    /// [default: 3]. cuda: iterations per case, at least [default: 30].
+    #[arg(long, value_name = "N")]
+    pub iters: Option<usize>,
+    /// [cpu] Layer whose per-expert load load.png shows [default: 0].
+    #[arg(long, value_name = "L")]
+    pub load_layer: Option<usize>,
+    /// [cuda] Untimed iterations before each timed block [default: 2].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
+    /// [cuda] Each case's rank iterations run for at least this much GPU
+    /// time (more iterations for P99 and telemetry samples) [default: 200].
+    #[arg(long, value_name = "MS")]
+    pub min_case_ms: Option<f64>,
+    /// [cuda] NVML sampling period, ms [default: 10].
+    #[arg(long, value_name = "MS")]
+    pub telemetry_ms: Option<f64>,
+    /// [cuda] Autotune the FFN's grouped-GEMM variants at every T first
+    /// (`capmoe tune`; uses and updates the tuning cache).
+    #[arg(long)]
+    pub tune: bool,
+    /// [cuda] Fix the grouped-GEMM variants (GEMM1,GEMM2 by name) instead of
+    /// the per-T choice (`capmoe tune --help` lists them).
+    #[arg(long, value_delimiter = ',', value_name = "G1,G2")]
+    pub gemm_variants: Vec<String>,
+    /// [cuda] Override the layer's expert count.
+    #[arg(long, value_name = "E")]
+    pub experts: Option<usize>,
+    /// [cuda] Override the layer's hidden size (a multiple of 8).
+    #[arg(long, value_name = "H")]
+    pub hidden: Option<usize>,
+    /// [cuda] Override the layer's intermediate size (a multiple of 8).
+    #[arg(long, value_name = "I")]
+    pub intermediate: Option<usize>,
+    /// [cuda] Override the layer's top-k.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
 }
 
 /// Layers of the default `small` run.
@@ -99,8 +155,27 @@ pub const DEFAULT_SMALL_LAYERS: usize = 2;
 /// Bytes per activation element on the all-to-all wire (bf16, as deployed).
 pub const WIRE_ELEM_BYTES: usize = 2;
 
+/// Defaults that differ between the devices.
+const CPU_CONFIG: &str = "small";
+const CPU_BATCH: usize = 4;
+const CPU_SEQ_LEN: usize = 64;
+const CPU_ITERS: usize = 3;
+const CPU_A2A_GBPS: f64 = 25.0;
+const CPU_OUT: &str = "bench/out";
+const GPU_CONFIG: &str = "mixtral-8x7b";
+const GPU_TOKENS: [usize; 2] = [4096, 64];
+const GPU_RANKS: [usize; 2] = [8, 4];
+const GPU_SKEWS: [Skew; 3] = [Skew::Uniform, Skew::Mixtral, Skew::Ratio(3.5)];
+const GPU_ITERS: usize = 30;
+const GPU_WARMUP: usize = 2;
+const GPU_MIN_CASE_MS: f64 = 200.0;
+const GPU_TELEMETRY_MS: f64 = 10.0;
+const GPU_A2A_GBPS: f64 = 150.0;
+#[cfg(feature = "cuda")]
+const GPU_OUT: &str = "bench/out-gpu";
+
 pub const BENCH_HELP: &str = "\
-What is measured:
+--device cpu (default): the whole model, end to end
   One batch (T = batch x seq-len tokens) is prefilled through the whole model for `none` and for every
   capacity policy at every gamma; every MoE layer routes all T tokens under the policy. For each layer,
   each EP rank's expert FFN work (its experts on the rows the plan gives them) is replayed and timed on
@@ -129,14 +204,38 @@ Default run: the `small` shape (hidden 1024, intermediate 3584, 8 experts top-2,
   3 iterations: about a minute on a 2-core CPU, model build included. Fewer layers keep the run short;
   each layer adds the same work.
 
-Output: a table on stdout (--json: the report as JSON), and report.json, report.md, load.png,
-  speedup.png, fidelity.png under --out. A progress bar shows on stderr when it is a terminal.
+--device cuda: one MoE layer on the GPU (build with --features cuda)
+  Mixtral-8x7B's MoE layer by default (8 experts top-2, hidden 4096, intermediate 14336; bf16 weights
+  2.8 GB drawn on the device from --seed), for every batch size in --tokens, skew in --skew, EP size in
+  --ranks and policy x gamma. The batch is routed on the GPU (GpuRouter). Each rank's expert work
+  (GEMM1 + SwiGLU + GEMM2 on the rows the plan sends to its experts, the real CUTLASS kernels) is run
+  alone and timed with CUDA events, one rank after another: the rank's rows form a sub-batch routed with
+  one-hot logits, which gives the grouped GEMMs exactly the rank's per-expert row counts (and no tiles for
+  the other experts). Launches are queued behind a gate so the events time the GPU, not the host.
+  Per iteration: layer latency = slowest rank + a2a (the model above); P50 and P99 over iterations.
+  Reported per case: speedup vs none (P50, P99, and without a2a), ideal = busiest rank's rows (none) /
+  busiest rank's rows (policy), speedup / ideal (bar: >= 95%), the whole layer's time on one GPU (the
+  split's cross-check, TFLOP/s, weight GB/s), routing time, gate mass kept, dropped/rerouted shares, and
+  NVML telemetry over the rank iterations: GPU utilisation, SM and memory clocks, power, energy per
+  token (from the energy counter). Without NVML telemetry is marked unavailable. KL and top-1 need the
+  model on the GPU, which is not built yet. reroute:optimal is skipped (CPU only); skews out of reach
+  for E and k (olmoe needs E/k > 7) are skipped with the reason.
+  Default run: T in {4096, 64} x 3 skews x EP {8, 4} x (none + 5 policies x 4 gammas): 252 cases,
+  estimated at 1.5-2 minutes on an H200. Flags marked [cpu] or [cuda] belong to one device; giving one to the other is an error.
+
+Output: a table on stdout (--json: the report as JSON), and under --out report.json, report.md and
+  figures: cpu load.png, speedup.png, fidelity.png; cuda gpu-speedup-T<T>.png (speedup P50 and ideal
+  vs gamma per policy, a panel per EP size x skew) and gpu-latency-T<T>.png (P50 and P99). A progress
+  bar shows on stderr when it is a terminal.
 
 Examples:
   capmoe bench
   capmoe bench --config small --layers 4 --batch 8 --seq-len 64 --iters 5 --out bench/results/ep-cpu
   capmoe bench --config tiny --policies none,drop:score --capacity-factors 1.0,1.5 --ranks 2 --json
   capmoe bench --model path/to/mixtral --skew uniform --ranks 8 --a2a-gbps 50
+  capmoe bench --device cuda --out bench/results/ep-gpu
+  capmoe bench --device cuda --tokens 4096 --ep 8 --skew mixtral --policies none,drop:score --iters 50
+  capmoe bench --device cuda --config small --tokens 256 --ep 8 --iters 5 --min-case-ms 0   # short, for nsight
 ";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EpError + '_ {
@@ -146,22 +245,27 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EpError + '_ {
     }
 }
 
+fn check_builtin(name: &str) -> Result<(), CliError> {
+    if BUILTIN_NAMES.contains(&name) {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "--config `{name}` is not a built-in shape; expected one of {} (or --model DIR for a checkpoint)",
+        BUILTIN_NAMES.join(", ")
+    )))
+}
+
 /// Loads or builds the model, with the skew applied.
-fn load_model(args: &BenchArgs) -> Result<(Model<CpuBackend>, String), CliError> {
+fn load_model(args: &BenchArgs, skew: Skew) -> Result<(Model<CpuBackend>, String), CliError> {
     if let Some(dir) = &args.model {
         let mut m = Model::load(CpuBackend, dir)?;
-        m.apply_skew(args.skew, args.seed)?;
+        m.apply_skew(skew, args.seed)?;
         return Ok((m, dir.display().to_string()));
     }
-    if !BUILTIN_NAMES.contains(&args.config.as_str()) {
-        return Err(CliError::Usage(format!(
-            "--config `{}` is not a built-in shape; expected one of {} (or --model DIR for a checkpoint)",
-            args.config,
-            BUILTIN_NAMES.join(", ")
-        )));
-    }
-    let mut cfg = MixtralConfig::builtin(&args.config)?;
-    let layers = match (args.layers, args.config.as_str()) {
+    let name = args.config.as_deref().unwrap_or(CPU_CONFIG);
+    check_builtin(name)?;
+    let mut cfg = MixtralConfig::builtin(name)?;
+    let layers = match (args.layers, name) {
         (Some(0), _) => {
             return Err(EpError::Zero { what: "--layers" }.into());
         }
@@ -171,22 +275,26 @@ fn load_model(args: &BenchArgs) -> Result<(Model<CpuBackend>, String), CliError>
     };
     cfg.num_hidden_layers = layers;
     check_random_size(
-        &args.config,
+        name,
         &cfg,
         "use fewer --layers, a smaller shape or a checkpoint",
     )?;
-    let label = if layers == MixtralConfig::builtin(&args.config)?.num_hidden_layers {
-        args.config.clone()
+    let label = if layers == MixtralConfig::builtin(name)?.num_hidden_layers {
+        name.to_string()
     } else {
-        format!("{} ({layers} layers)", args.config)
+        format!("{name} ({layers} layers)")
     };
-    let opts = InitOptions::new(args.seed).with_skew(args.skew);
+    let opts = InitOptions::new(args.seed).with_skew(skew);
     Ok((Model::random(CpuBackend, cfg, &opts)?, label))
 }
 
-/// The EP size from --ranks / --experts-per-rank.
-fn ranks(args: &BenchArgs, experts: usize) -> Result<usize, EpError> {
-    match (args.ranks, args.experts_per_rank) {
+/// One EP size from --ranks / --experts-per-rank.
+fn ranks(
+    ranks: Option<usize>,
+    experts_per_rank: Option<usize>,
+    experts: usize,
+) -> Result<usize, EpError> {
+    match (ranks, experts_per_rank) {
         (None, None) => Ok(experts),
         (Some(r), None) => Ok(r),
         (None, Some(0)) | (Some(_), Some(0)) => Err(EpError::Zero {
@@ -203,6 +311,156 @@ fn ranks(args: &BenchArgs, experts: usize) -> Result<usize, EpError> {
     }
 }
 
+/// The flags of one device given to the other: a usage error naming them.
+fn refuse_flags(args: &BenchArgs) -> Result<(), CliError> {
+    let (device, other, given): (&str, &str, Vec<&str>) = match args.device {
+        Device::Cpu => (
+            "cpu",
+            "cuda",
+            [
+                (!args.tokens.is_empty(), "--tokens"),
+                (args.warmup.is_some(), "--warmup"),
+                (args.min_case_ms.is_some(), "--min-case-ms"),
+                (args.telemetry_ms.is_some(), "--telemetry-ms"),
+                (args.tune, "--tune"),
+                (!args.gemm_variants.is_empty(), "--gemm-variants"),
+                (args.experts.is_some(), "--experts"),
+                (args.hidden.is_some(), "--hidden"),
+                (args.intermediate.is_some(), "--intermediate"),
+                (args.top_k.is_some(), "--top-k"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f)
+            .collect(),
+        ),
+        Device::Cuda => (
+            "cuda",
+            "cpu",
+            [
+                (args.model.is_some(), "--model"),
+                (args.layers.is_some(), "--layers"),
+                (args.batch.is_some(), "--batch"),
+                (args.seq_len.is_some(), "--seq-len"),
+                (args.load_layer.is_some(), "--load-layer"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f)
+            .collect(),
+        ),
+    };
+    if given.is_empty() {
+        return Ok(());
+    }
+    let hint = match args.device {
+        Device::Cpu => "add --device cuda for the GPU MoE-layer benchmark",
+        Device::Cuda => "the GPU benchmark runs one MoE layer: give its batch sizes with --tokens and its shape with --config or --experts/--hidden/--intermediate/--top-k",
+    };
+    Err(CliError::Usage(format!(
+        "{} {} only for --device {other}, not --device {device}; {hint}",
+        given.join(", "),
+        if given.len() == 1 { "is" } else { "are" },
+    )))
+}
+
+/// The GPU benchmark's setup from the flags (no GPU needed: checked here,
+/// before anything is built).
+pub fn gpu_setup(args: &BenchArgs) -> Result<GpuBenchSetup, CliError> {
+    refuse_flags(args)?;
+    let name = args.config.as_deref().unwrap_or(GPU_CONFIG);
+    check_builtin(name)?;
+    let cfg = MixtralConfig::builtin(name)?;
+    let shape = LayerShape {
+        experts: args.experts.unwrap_or(cfg.num_local_experts),
+        hidden: args.hidden.unwrap_or(cfg.hidden_size),
+        intermediate: args.intermediate.unwrap_or(cfg.intermediate_size),
+        top_k: args.top_k.unwrap_or(cfg.num_experts_per_tok),
+    };
+    let overridden = args.experts.is_some()
+        || args.hidden.is_some()
+        || args.intermediate.is_some()
+        || args.top_k.is_some();
+    let label = if overridden {
+        format!(
+            "{name} (E {}, H {}, I {}, k {})",
+            shape.experts, shape.hidden, shape.intermediate, shape.top_k
+        )
+    } else {
+        name.to_string()
+    };
+    if shape.top_k > shape.experts {
+        return Err(CliError::Usage(format!(
+            "--top-k {} is more than the layer's {} experts",
+            shape.top_k, shape.experts
+        )));
+    }
+    for (what, v) in [
+        ("--hidden", shape.hidden),
+        ("--intermediate", shape.intermediate),
+    ] {
+        if v % 8 != 0 {
+            return Err(CliError::Usage(format!(
+                "{what} {v} is not a multiple of 8 (the grouped GEMMs read 16-byte bf16 rows)"
+            )));
+        }
+    }
+    let ranks = match (args.ranks.as_slice(), args.experts_per_rank) {
+        ([], None) => GPU_RANKS
+            .iter()
+            .copied()
+            .filter(|r| shape.experts % r == 0)
+            .collect::<Vec<_>>(),
+        ([], per) => vec![ranks(None, per, shape.experts)?],
+        ([r], per) => vec![ranks(Some(*r), per, shape.experts)?],
+        (list, None) => list.to_vec(),
+        (_, Some(_)) => {
+            return Err(CliError::Usage(
+                "--experts-per-rank gives one EP size; with a --ranks list, leave it out".into(),
+            ))
+        }
+    };
+    let variants = match args.gemm_variants.as_slice() {
+        [] => None,
+        [a, b] => Some((a.clone(), b.clone())),
+        [a] => Some((a.clone(), a.clone())),
+        v => {
+            return Err(CliError::Usage(format!(
+                "--gemm-variants takes one name or two (GEMM1,GEMM2), got {}",
+                v.len()
+            )))
+        }
+    };
+    let setup = GpuBenchSetup {
+        label,
+        shape,
+        tokens: if args.tokens.is_empty() {
+            GPU_TOKENS.to_vec()
+        } else {
+            args.tokens.clone()
+        },
+        ranks: if ranks.is_empty() { vec![1] } else { ranks },
+        skews: if args.skew.is_empty() {
+            GPU_SKEWS.to_vec()
+        } else {
+            args.skew.clone()
+        },
+        policies: args.policies.clone(),
+        capacity_factors: args.capacity_factors.clone(),
+        iters: args.iters.unwrap_or(GPU_ITERS),
+        warmup: args.warmup.unwrap_or(GPU_WARMUP),
+        min_case_ms: args.min_case_ms.unwrap_or(GPU_MIN_CASE_MS),
+        a2a_gbps: args.a2a_gbps.unwrap_or(GPU_A2A_GBPS),
+        elem_bytes: WIRE_ELEM_BYTES,
+        seed: args.seed,
+        telemetry_ms: args.telemetry_ms.unwrap_or(GPU_TELEMETRY_MS),
+        tune: args.tune,
+        variants,
+    };
+    setup.validate()?;
+    Ok(setup)
+}
+
 fn progress_bar(len_hint: u64) -> ProgressBar {
     // Hidden unless stderr is a terminal.
     let pb = ProgressBar::with_draw_target(Some(len_hint), ProgressDrawTarget::stderr());
@@ -214,13 +472,13 @@ fn progress_bar(len_hint: u64) -> ProgressBar {
     pb
 }
 
-/// Runs the benchmark; returns the report (also written under --out).
+/// Runs the CPU benchmark; returns the report (also written under --out).
 pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
+    refuse_flags(args)?;
     if args.device == Device::Cuda {
-        return Err(EpError::DeviceNotBuilt {
-            device: "CUDA".into(),
-        }
-        .into());
+        return Err(CliError::Usage(
+            "bench() runs the CPU benchmark; --device cuda goes through bench_gpu()".into(),
+        ));
     }
     // Cheap checks before the model is built.
     if let Some(&g) = args
@@ -230,40 +488,110 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
     {
         return Err(EpError::InvalidCapacityFactor(g).into());
     }
-    let (model, label) = load_model(args)?;
+    let skew = match args.skew.as_slice() {
+        [] => Skew::Mixtral,
+        [s] => *s,
+        _ => {
+            return Err(CliError::Usage(
+                "the CPU benchmark runs one --skew; a list is for --device cuda".into(),
+            ))
+        }
+    };
+    let one_rank = match args.ranks.as_slice() {
+        [] => None,
+        [r] => Some(*r),
+        _ => {
+            return Err(CliError::Usage(
+                "the CPU benchmark runs one EP size (--ranks R); a list is for --device cuda"
+                    .into(),
+            ))
+        }
+    };
+    let (model, label) = load_model(args, skew)?;
     let cfg = model.config();
+    let load_layer = args.load_layer.unwrap_or(0);
     let setup = BenchSetup {
-        batch: args.batch,
-        seq_len: args.seq_len,
-        ranks: ranks(args, cfg.num_local_experts)?,
+        batch: args.batch.unwrap_or(CPU_BATCH),
+        seq_len: args.seq_len.unwrap_or(CPU_SEQ_LEN),
+        ranks: ranks(one_rank, args.experts_per_rank, cfg.num_local_experts)?,
         policies: args.policies.clone(),
         capacity_factors: args.capacity_factors.clone(),
-        iters: args.iters,
-        a2a_gbps: args.a2a_gbps,
+        iters: args.iters.unwrap_or(CPU_ITERS),
+        a2a_gbps: args.a2a_gbps.unwrap_or(CPU_A2A_GBPS),
         elem_bytes: WIRE_ELEM_BYTES,
         seed: args.seed,
-        load_layer: args.load_layer,
+        load_layer,
         model_label: label,
-        skew_label: args.skew.to_string(),
+        skew_label: skew.to_string(),
     };
     setup.validate(cfg.num_local_experts, cfg.num_hidden_layers)?;
-    std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
+    let out_dir = args.out.clone().unwrap_or_else(|| CPU_OUT.into());
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
     let pb = progress_bar(1);
     let mut rep = ep::run(&model, &setup, &pb)?;
     pb.finish_and_clear();
-    let figs = plot::write_figures(&args.out, &rep, args.load_layer)?;
+    let figs = plot::write_figures(&out_dir, &rep, load_layer)?;
     rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
-    let json_path = args.out.join("report.json");
-    let text = serde_json::to_string_pretty(&rep)?;
+    write_reports(&out_dir, &rep, &mut |md| report::write_markdown(md, &rep))?;
+    Ok(rep)
+}
+
+/// Writes `report.json` and `report.md` (by `markdown`) into `dir`.
+fn write_reports<R: serde::Serialize>(
+    dir: &Path,
+    rep: &R,
+    markdown: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    let json_path = dir.join("report.json");
+    let text = serde_json::to_string_pretty(rep)?;
     std::fs::write(&json_path, text + "\n").map_err(io_err(&json_path))?;
-    let md_path = args.out.join("report.md");
+    let md_path = dir.join("report.md");
     let mut md = Vec::new();
-    report::write_markdown(&mut md, &rep)?;
+    markdown(&mut md)?;
     std::fs::write(&md_path, md).map_err(io_err(&md_path))?;
+    Ok(())
+}
+
+/// Runs the GPU MoE-layer benchmark; returns the report (also written under
+/// --out).
+#[cfg(feature = "cuda")]
+pub fn bench_gpu(args: &BenchArgs) -> Result<crate::ep::gpu::GpuBenchReport, CliError> {
+    use crate::cuda::GpuContext;
+    use crate::ep::gpu;
+    let setup = gpu_setup(args)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| GPU_OUT.into());
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let gpu = GpuContext::new(0).map_err(EpError::from)?;
+    let pb = progress_bar(1);
+    let mut rep = gpu::run(&setup, &gpu, &pb)?;
+    pb.finish_and_clear();
+    let figs = gpu::plot::write_figures(&out_dir, &rep)?;
+    rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
+    write_reports(&out_dir, &rep, &mut |md| {
+        gpu::report::write_markdown(md, &rep)
+    })?;
     Ok(rep)
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.device == Device::Cuda {
+        // Flags are checked with or without the feature, so a mistake shows
+        // before a rebuild does.
+        gpu_setup(args)?;
+        #[cfg(feature = "cuda")]
+        {
+            let rep = bench_gpu(args)?;
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &rep)?;
+                writeln!(out)?;
+            } else {
+                crate::ep::gpu::report::write_table(out, &rep)?;
+            }
+            return Ok(());
+        }
+        #[cfg(not(feature = "cuda"))]
+        return Err(EpError::CudaNotCompiled.into());
+    }
     let rep = bench(args)?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &rep)?;
@@ -272,4 +600,116 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         report::write_table(out, &rep)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(a: &[&str]) -> BenchArgs {
+        let mut v = vec!["bench"];
+        v.extend_from_slice(a);
+        Cli::try_parse_from(v).unwrap().args
+    }
+
+    #[test]
+    fn gpu_defaults_are_mixtral_ep8_and_ep4_over_three_skews() {
+        let s = gpu_setup(&parse(&["--device", "cuda"])).unwrap();
+        assert_eq!(s.shape, LayerShape::MIXTRAL_8X7B);
+        assert_eq!(s.tokens, vec![4096, 64]);
+        assert_eq!(s.ranks, vec![8, 4]);
+        assert_eq!(s.skews.len(), 3);
+        assert_eq!(s.capacity_factors, vec![1.0, 1.25, 1.5, 2.0]);
+        assert_eq!(s.a2a_gbps, GPU_A2A_GBPS);
+        assert_eq!(s.iters, GPU_ITERS);
+        assert_eq!(s.variants, None);
+        assert!(s.policies.contains(&"reroute:optimal".parse().unwrap()));
+    }
+
+    #[test]
+    fn gpu_flags_parse_lists_and_overrides() {
+        let s = gpu_setup(&parse(&[
+            "--device",
+            "cuda",
+            "--config",
+            "small",
+            "--tokens",
+            "256,8",
+            "--ep",
+            "8,2",
+            "--skew",
+            "uniform,2.5",
+            "--hidden",
+            "256",
+            "--intermediate",
+            "512",
+            "--iters",
+            "2",
+            "--gemm-variants",
+            "a,b",
+            "--a2a-gbps",
+            "400",
+        ]))
+        .unwrap();
+        assert_eq!(s.tokens, vec![256, 8]);
+        assert_eq!(s.ranks, vec![8, 2]);
+        assert_eq!(s.skews, vec![Skew::Uniform, Skew::Ratio(2.5)]);
+        assert_eq!(
+            (s.shape.experts, s.shape.hidden, s.shape.intermediate),
+            (8, 256, 512)
+        );
+        assert!(s.label.contains("H 256"));
+        assert_eq!(s.variants, Some(("a".into(), "b".into())));
+        assert_eq!(s.a2a_gbps, 400.0);
+        let s = gpu_setup(&parse(&["--device", "cuda", "--experts-per-rank", "2"])).unwrap();
+        assert_eq!(s.ranks, vec![4]);
+    }
+
+    #[test]
+    fn flags_of_the_other_device_are_usage_errors() {
+        let err = |a: &[&str]| match gpu_setup(&parse(a)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{a:?} should fail"),
+        };
+        assert!(
+            err(&["--device", "cuda", "--batch", "4"]).contains("--batch is only for --device cpu")
+        );
+        assert!(err(&["--device", "cuda", "--ranks", "3"]).contains("divisor"));
+        assert!(err(&["--device", "cuda", "--tokens", "0"]).contains("--tokens"));
+        assert!(err(&["--device", "cuda", "--hidden", "100"]).contains("multiple of 8"));
+        assert!(err(&["--device", "cuda", "--top-k", "9"]).contains("more than"));
+        assert!(err(&["--device", "cuda", "--config", "nope"]).contains("not a built-in"));
+        assert!(err(&["--device", "cuda", "--gemm-variants", "a,b,c"]).contains("one name or two"));
+        assert!(err(&[
+            "--device",
+            "cuda",
+            "--ranks",
+            "8,4",
+            "--experts-per-rank",
+            "2"
+        ])
+        .contains("one EP size"));
+        let e = refuse_flags(&parse(&["--tokens", "64", "--tune"])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--tokens, --tune are only for --device cuda"),
+            "{e}"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_rebuild() {
+        let mut out = Vec::new();
+        let e = run(&parse(&["--device", "cuda"]), &mut out).unwrap_err();
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+        assert!(out.is_empty());
+    }
 }

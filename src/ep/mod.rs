@@ -13,6 +13,7 @@
 //! Written against [`Backend`], so the CUDA backend runs it unchanged.
 
 mod fidelity;
+pub mod gpu;
 mod latency;
 pub mod plot;
 pub mod report;
@@ -56,8 +57,17 @@ pub enum EpError {
     },
     #[error("layer {layer} does not exist for the load figure; the model has {layers} layers")]
     NoSuchLayer { layer: usize, layers: usize },
-    #[error("the {device} backend for the model is not built yet (only the routing kernels run on CUDA so far); use --device cpu")]
-    DeviceNotBuilt { device: String },
+    #[error("this capmoe was built without CUDA; rebuild with `cargo build --release --features cuda` to run `capmoe bench --device cuda` (the GPU MoE-layer benchmark)")]
+    CudaNotCompiled,
+    #[error("{what} is empty; expected a comma list")]
+    EmptyList { what: &'static str },
+    #[error("{what} = {value} is not valid; expected a finite number >= 0")]
+    InvalidNumber { what: &'static str, value: f64 },
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] crate::cuda::GpuError),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]

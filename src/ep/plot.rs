@@ -11,19 +11,19 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 static REGISTER: Once = Once::new();
 
-fn fonts() {
+pub(crate) fn fonts() {
     REGISTER.call_once(|| {
         // The bytes are a valid TrueType font; a failure only loses text.
         let _ = register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR);
     });
 }
 
-type Res = Result<(), Box<dyn Error>>;
+pub(crate) type Res = Result<(), Box<dyn Error>>;
 
-fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     const C: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -52,7 +52,7 @@ fn by_policy(r: &BenchReport) -> Vec<(String, Vec<&CaseReport>)> {
     out
 }
 
-fn range(vals: impl Iterator<Item = f64>, floor: Option<f64>) -> (f64, f64) {
+pub(crate) fn range(vals: impl Iterator<Item = f64>, floor: Option<f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in vals.filter(|v| v.is_finite()) {
         lo = lo.min(v);

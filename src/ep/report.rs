@@ -112,7 +112,11 @@ fn header_lines(r: &BenchReport) -> Vec<String> {
     ]
 }
 
-fn text_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+pub(crate) fn text_table(
+    out: &mut dyn Write,
+    head: &[&str],
+    rows: &[Vec<String>],
+) -> io::Result<()> {
     let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -146,7 +150,7 @@ fn text_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> io::R
     Ok(())
 }
 
-fn md_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+pub(crate) fn md_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
     writeln!(out, "| {} |", head.join(" | "))?;
     writeln!(
         out,

@@ -1,0 +1,565 @@
+//! The GPU benchmark's measurement loop (feature `cuda`). See the parent
+//! module for the method.
+
+use super::gate::Gate;
+use super::subbatch::{gather_rows, one_hot_logits, rank_rows, RankRows};
+use super::telemetry::Telemetry;
+use super::{
+    assemble_group, bar_rows, method_lines, nvml_uuid, CaseMeasurement, DeviceInfo, GpuBenchReport,
+    GpuBenchSetup, GpuSetupInfo, Skipped, WindowSummary, FIDELITY_NOTE,
+};
+use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter};
+use crate::ep::{a2a_traffic, EpError, LatencyModel};
+use crate::routing::{Placement, Policy, RouterConfig};
+use crate::trace::synthetic_logits;
+use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut};
+use indicatif::ProgressBar;
+use std::time::{Duration, Instant};
+
+/// At most this many FFN forwards are queued behind one shut gate: each is
+/// several dozen stream operations (allocations, argument kernels, the
+/// GEMMs, frees, cudarc's event tracking), and a shut stream must never hold
+/// more than its launch queue takes (about a thousand).
+const FORWARDS_PER_GATE: usize = 4;
+/// Routing calls per gate (`reroute:next-best` launches every round).
+const ROUTES_PER_GATE: usize = 2;
+/// Upper bound on timed iterations per block, whatever `min_case_ms` asks.
+const MAX_ITERS: usize = 1000;
+/// Set (non-empty) to time without the launch gate: under Nsight Compute,
+/// which serialises every launch, the gate would only wait for its watchdog.
+pub const NO_GATE_ENV: &str = "CAPMOE_NO_GATE";
+/// Activations are uniform in (-1, 1).
+const X_SCALE: f32 = 1.0;
+
+/// Why a case did not run: a reason to report, or an error that stops the
+/// benchmark.
+enum CaseError {
+    Skip(String),
+    Fatal(EpError),
+}
+
+impl From<GpuError> for CaseError {
+    fn from(e: GpuError) -> Self {
+        match e {
+            GpuError::Unsupported(_) | GpuError::NotConverged { .. } => Self::Skip(e.to_string()),
+            e => Self::Fatal(e.into()),
+        }
+    }
+}
+
+impl From<EpError> for CaseError {
+    fn from(e: EpError) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+impl From<crate::RoutingError> for CaseError {
+    fn from(e: crate::RoutingError) -> Self {
+        Self::Fatal(e.into())
+    }
+}
+
+/// Per-iteration, per-part times of one timed block.
+struct Timed {
+    /// `ms[i][p]`.
+    ms: Vec<Vec<f64>>,
+    /// Mean host time to enqueue one part (measured in the warm-up), us.
+    host_us: f64,
+    telemetry: Option<WindowSummary>,
+}
+
+/// Times blocks of work with CUDA events on the context's stream.
+struct Timer<'a> {
+    gpu: &'a GpuContext,
+    gate: Option<Gate>,
+    /// Why the gate is off, when it is.
+    gate_note: Option<String>,
+    /// Watchdog openings over the run (the gate is dropped after the first).
+    gate_timeouts: usize,
+    telemetry: &'a Telemetry,
+}
+
+/// What one timed block runs.
+struct Block {
+    /// Work items per iteration, each timed between two events.
+    parts: usize,
+    warmup: usize,
+    iters: usize,
+    /// Run more iterations until the timed ones cover this much GPU time.
+    min_ms: f64,
+    /// Calls queued behind one shut gate, at most.
+    per_gate: usize,
+    /// Collect a telemetry window over the timed iterations.
+    telemetry: bool,
+}
+
+impl Timer<'_> {
+    /// Watchdog openings so far.
+    fn timeouts(&self) -> usize {
+        self.gate_timeouts + self.gate.as_ref().map_or(0, Gate::timeouts)
+    }
+
+    fn events(&self, n: usize) -> Result<Vec<CudaEvent>, GpuError> {
+        let ctx = self.gpu.context();
+        (0..n)
+            .map(|_| Ok(ctx.new_event(Some(CU_EVENT_DEFAULT))?))
+            .collect()
+    }
+
+    /// Enqueues `iters` iterations of `parts` calls of `work`, each between
+    /// its own start and end events, at most `per_gate` calls behind one shut
+    /// gate (the gate opens as soon as its calls are queued; the stream is
+    /// never synchronised in between), then waits for them all.
+    fn enqueue(
+        &mut self,
+        iters: usize,
+        parts: usize,
+        per_gate: usize,
+        work: &mut dyn FnMut(usize) -> Result<(), GpuError>,
+    ) -> Result<(Vec<Vec<f64>>, f64), GpuError> {
+        let st = self.gpu.stream().clone();
+        let calls = iters * parts;
+        let ev = self.events(2 * calls)?;
+        let per_gate = per_gate.max(1);
+        let mut host = Duration::ZERO;
+        for start in (0..calls).step_by(per_gate) {
+            if let Some(g) = &mut self.gate {
+                g.shut(&st)?;
+            }
+            for c in start..(start + per_gate).min(calls) {
+                ev[2 * c].record(&st)?;
+                let t0 = Instant::now();
+                work(c % parts)?;
+                host += t0.elapsed();
+                ev[2 * c + 1].record(&st)?;
+            }
+            if let Some(g) = &mut self.gate {
+                g.open()?;
+            }
+        }
+        st.synchronize()?;
+        // A watchdog that fired means something in the calls waits on the
+        // host or the queue overflowed: time the rest without the gate.
+        let fired = self.gate.as_ref().map_or(0, Gate::timeouts);
+        if fired > 0 {
+            self.gate_note = Some(format!(
+                "the gate's watchdog fired ({fired} times); the rest of the run was timed without the gate"
+            ));
+            self.gate_timeouts += fired;
+            self.gate = None;
+        }
+        let mut ms = Vec::with_capacity(iters);
+        for it in ev.chunks_exact(2 * parts.max(1)) {
+            let row = it
+                .chunks_exact(2)
+                .map(|p| Ok(f64::from(p[0].elapsed_ms(&p[1])?)))
+                .collect::<Result<Vec<f64>, GpuError>>()?;
+            ms.push(row);
+        }
+        let host_us = host.as_secs_f64() * 1e6 / calls.max(1) as f64;
+        Ok((ms, host_us))
+    }
+
+    fn time(
+        &mut self,
+        b: &Block,
+        work: &mut dyn FnMut(usize) -> Result<(), GpuError>,
+    ) -> Result<Timed, GpuError> {
+        let (warm, host_us) = self.enqueue(b.warmup.max(1), b.parts, b.per_gate, work)?;
+        let per_iter =
+            warm.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / warm.len().max(1) as f64;
+        let iters = if b.min_ms > 0.0 && per_iter > 0.0 {
+            ((b.min_ms / per_iter).ceil() as usize).clamp(b.iters, MAX_ITERS.max(b.iters))
+        } else {
+            b.iters
+        };
+        let t0 = self.telemetry.now();
+        let e0 = if b.telemetry {
+            self.telemetry.energy_mj()
+        } else {
+            None
+        };
+        let (ms, _) = self.enqueue(iters, b.parts, b.per_gate, work)?;
+        let e1 = if b.telemetry {
+            self.telemetry.energy_mj()
+        } else {
+            None
+        };
+        let t1 = self.telemetry.now();
+        let telemetry = if b.telemetry {
+            self.telemetry.window(t0, t1, e0, e1)
+        } else {
+            None
+        };
+        Ok(Timed {
+            ms,
+            host_us,
+            telemetry,
+        })
+    }
+}
+
+/// One rank's rows, routed and gathered on the device.
+struct RankBatch {
+    plan: GpuPlan,
+    d: GpuDispatch,
+    rows: CudaSlice<u16>,
+}
+
+/// Uploads rank `r`'s rows as a sub-batch routed with one-hot logits
+/// (`none`, k = 1) and checks that its per-expert load is the rank's.
+fn rank_batch(
+    gpu: &GpuContext,
+    one_hot: &GpuRouter,
+    r: &RankRows,
+    x: &[u16],
+    hidden: usize,
+    experts: usize,
+) -> Result<Option<RankBatch>, GpuError> {
+    if r.rows() == 0 {
+        return Ok(None);
+    }
+    let st = gpu.stream();
+    let xs = st.clone_htod(&gather_rows(x, hidden, &r.tokens))?;
+    let logits = st.clone_htod(&one_hot_logits(&r.owner, experts))?;
+    let plan = one_hot.route(&logits, r.rows(), experts)?;
+    let d = plan.dispatch(1)?;
+    let rows = plan.gather_bf16(&d, &xs, hidden)?;
+    let load: Vec<u64> = plan.load_host()?.into_iter().map(u64::from).collect();
+    if load != r.load {
+        return Err(GpuError::Shape {
+            what: "rank sub-batch load (one-hot routing)",
+            got: format!("{load:?}"),
+            expected: format!("{:?}", r.load),
+        });
+    }
+    Ok(Some(RankBatch { plan, d, rows }))
+}
+
+/// Everything a case needs that does not change across cases of a group.
+struct Group<'a> {
+    gpu: &'a GpuContext,
+    ffn: &'a ExpertFfn,
+    one_hot: &'a GpuRouter,
+    setup: &'a GpuBenchSetup,
+    tokens: usize,
+    ranks: usize,
+    placement: &'a Placement,
+    logits: &'a CudaSlice<f32>,
+    x: &'a CudaSlice<u16>,
+    x_host: &'a [u16],
+}
+
+fn measure_case(
+    g: &Group<'_>,
+    timer: &mut Timer<'_>,
+    policy: Policy,
+    gamma: Option<f64>,
+) -> Result<CaseMeasurement, CaseError> {
+    let sh = g.setup.shape;
+    let mut cfg = RouterConfig::new(sh.top_k, policy).with_ranks(g.ranks);
+    cfg.capacity_factor = gamma;
+    let router = GpuRouter::new(g.gpu, cfg)?;
+    let plan = router.route(g.logits, g.tokens, sh.experts)?;
+    let host = plan.to_host()?;
+    let stats = host.stats();
+    let traffic = a2a_traffic(&host, g.placement);
+    let timeouts0 = timer.timeouts();
+
+    // Routing of the whole batch.
+    let routing = timer.time(
+        &Block {
+            parts: 1,
+            warmup: g.setup.warmup,
+            iters: g.setup.iters,
+            min_ms: 0.0,
+            per_gate: ROUTES_PER_GATE,
+            telemetry: false,
+        },
+        &mut |_| {
+            let p = router.route(g.logits, g.tokens, sh.experts)?;
+            let _d = p.dispatch(1)?;
+            Ok(())
+        },
+    )?;
+
+    // The whole layer on one GPU: the cross-check of the split.
+    let d = plan.dispatch(1)?;
+    let rows = plan.gather_bf16(&d, g.x, sh.hidden)?;
+    let full = timer.time(
+        &Block {
+            parts: 1,
+            warmup: g.setup.warmup,
+            iters: g.setup.iters,
+            min_ms: 0.0,
+            per_gate: FORWARDS_PER_GATE,
+            telemetry: false,
+        },
+        &mut |_| {
+            let _y = g.ffn.forward(&plan, &d, &rows)?;
+            Ok(())
+        },
+    )?;
+    drop((rows, d));
+
+    // Each rank alone.
+    let batches = rank_rows(&host, g.placement)
+        .iter()
+        .map(|r| rank_batch(g.gpu, g.one_hot, r, g.x_host, sh.hidden, sh.experts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ranks = timer.time(
+        &Block {
+            parts: g.ranks,
+            warmup: g.setup.warmup,
+            iters: g.setup.iters,
+            min_ms: g.setup.min_case_ms,
+            per_gate: FORWARDS_PER_GATE,
+            telemetry: true,
+        },
+        &mut |r| {
+            if let Some(b) = &batches[r] {
+                let _y = g.ffn.forward(&b.plan, &b.d, &b.rows)?;
+            }
+            Ok(())
+        },
+    )?;
+
+    Ok(CaseMeasurement {
+        policy: policy.to_string(),
+        capacity_factor: gamma,
+        capacity: host.capacity().map(|c| c.per_expert),
+        load: stats.load.clone(),
+        dropped: stats.dropped,
+        rerouted: stats.rerouted,
+        gate_mass_kept: stats.gate_mass_kept,
+        traffic,
+        rank_ms: ranks.ms,
+        full_ms: full.ms.into_iter().map(|r| r[0]).collect(),
+        routing_ms: routing.ms.into_iter().map(|r| r[0]).collect(),
+        host_enqueue_us: ranks.host_us,
+        telemetry: ranks.telemetry,
+        gate_timeouts: timer.timeouts() - timeouts0,
+    })
+}
+
+/// Hashed uniform bf16 activations `[tokens, hidden]`, on the device and
+/// copied back for the rank sub-batches.
+fn activations(
+    gpu: &GpuContext,
+    tokens: usize,
+    hidden: usize,
+    seed: u32,
+) -> Result<(CudaSlice<u16>, Vec<u16>), GpuError> {
+    let n = tokens * hidden;
+    if n as u64 >= u64::from(u32::MAX) {
+        return Err(GpuError::TooLarge {
+            what: "activations (tokens * hidden)",
+            value: n,
+        });
+    }
+    let st = gpu.stream();
+    // SAFETY: filled in full by the hash kernel below.
+    let mut x = unsafe { st.alloc::<u16>(n.max(1)) }?;
+    {
+        let (p, _g) = x.device_ptr_mut(st);
+        // SAFETY: `p` holds at least `n` bf16 of this context, alive past the launch.
+        unsafe {
+            crate::cuda::launch::fill_hash_bf16(p, n as u64, seed, X_SCALE, st.cu_stream() as _)?
+        };
+    }
+    let host = st.clone_dtoh(&x)?;
+    Ok((x, host))
+}
+
+/// Runs the benchmark on `gpu`. `progress` ticks once per case.
+pub fn run(
+    setup: &GpuBenchSetup,
+    gpu: &GpuContext,
+    progress: &ProgressBar,
+) -> Result<GpuBenchReport, EpError> {
+    setup.validate()?;
+    let sh = setup.shape;
+    let (major, minor) = gpu.compute_capability()?;
+    let shape = FfnShape::new(sh.experts, sh.hidden, sh.intermediate).map_err(GpuError::from)?;
+    let mut ffn = ExpertFfn::random(gpu, shape, setup.seed as u32)?;
+    let device = DeviceInfo {
+        name: gpu.name()?,
+        compute_capability: format!("{major}{minor}"),
+        sm_count: gpu.sm_count()?,
+        variants: ffn.variants().iter().map(|s| s.to_string()).collect(),
+    };
+
+    let uuid = gpu
+        .context()
+        .uuid()
+        .ok()
+        .map(|u| nvml_uuid(&u.bytes.map(|b| b as u8)));
+    let mut telemetry = Telemetry::start(uuid, Duration::from_secs_f64(setup.telemetry_ms / 1e3));
+    gpu.synchronize()?;
+    telemetry.measure_idle(Duration::from_millis(300));
+
+    // The GEMM variants of every batch size, decided before any is fixed.
+    let mut picks = Vec::with_capacity(setup.tokens.len());
+    for &t in &setup.tokens {
+        if let Some((a, b)) = &setup.variants {
+            picks.push((a.clone(), b.clone()));
+            continue;
+        }
+        if setup.tune {
+            progress.set_message(format!("autotuning the FFN at T = {t}"));
+            ffn.tune(t, sh.top_k, false, &mut |_| progress.tick())?;
+        }
+        let p = ffn.variants_for(t, sh.top_k);
+        picks.push((
+            p.gemm1.variant.name.to_string(),
+            p.gemm2.variant.name.to_string(),
+        ));
+    }
+
+    let (gate, gate_note) = if std::env::var_os(NO_GATE_ENV).is_some_and(|v| !v.is_empty()) {
+        (None, Some(format!("turned off by {NO_GATE_ENV}")))
+    } else {
+        match Gate::new(gpu) {
+            Ok(g) => (Some(g), None),
+            Err(e) => (
+                None,
+                Some(format!("stream memory operations unavailable: {e}")),
+            ),
+        }
+    };
+    let mut timer = Timer {
+        gpu,
+        gate,
+        gate_note,
+        gate_timeouts: 0,
+        telemetry: &telemetry,
+    };
+    let one_hot = GpuRouter::new(gpu, RouterConfig::new(1, Policy::None))?;
+    let lat = LatencyModel {
+        a2a_gbps: setup.a2a_gbps,
+        elem_bytes: setup.elem_bytes,
+        hidden: sh.hidden,
+    };
+    let cases = setup.cases();
+    progress.set_length(
+        (setup.tokens.len() * setup.skews.len() * setup.ranks.len() * cases.len()) as u64,
+    );
+    let mut groups = Vec::new();
+    let mut skipped = Vec::new();
+    for (&t, (g1, g2)) in setup.tokens.iter().zip(&picks) {
+        ffn = ffn.with_variants(g1, g2)?;
+        let (x, x_host) = activations(gpu, t, sh.hidden, (setup.seed as u32) ^ 0xA11C_E5ED)?;
+        for skew in &setup.skews {
+            let host_logits = match synthetic_logits(
+                t,
+                sh.experts,
+                sh.top_k,
+                *skew,
+                setup.seed.wrapping_add(t as u64),
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    skipped.push(Skipped {
+                        tokens: Some(t),
+                        skew: Some(skew.to_string()),
+                        ranks: None,
+                        policy: None,
+                        capacity_factor: None,
+                        reason: e.to_string(),
+                    });
+                    progress.inc((setup.ranks.len() * cases.len()) as u64);
+                    continue;
+                }
+            };
+            let logits = gpu
+                .stream()
+                .clone_htod(&host_logits)
+                .map_err(GpuError::from)?;
+            for &ranks in &setup.ranks {
+                let placement = Placement::new(ranks, sh.experts, t)?;
+                let group = Group {
+                    gpu,
+                    ffn: &ffn,
+                    one_hot: &one_hot,
+                    setup,
+                    tokens: t,
+                    ranks,
+                    placement: &placement,
+                    logits: &logits,
+                    x: &x,
+                    x_host: &x_host,
+                };
+                let mut measured = Vec::with_capacity(cases.len());
+                for &(policy, gamma) in &cases {
+                    progress.set_message(format!(
+                        "T {t} skew {skew} EP {ranks}: {policy}{}",
+                        gamma.map_or(String::new(), |g| format!(" gamma {g}"))
+                    ));
+                    match measure_case(&group, &mut timer, policy, gamma) {
+                        Ok(m) => measured.push(m),
+                        Err(CaseError::Skip(reason)) => skipped.push(Skipped {
+                            tokens: Some(t),
+                            skew: Some(skew.to_string()),
+                            ranks: Some(ranks),
+                            policy: Some(policy.to_string()),
+                            capacity_factor: gamma,
+                            reason,
+                        }),
+                        Err(CaseError::Fatal(e)) => return Err(e),
+                    }
+                    progress.inc(1);
+                }
+                groups.push(assemble_group(
+                    t,
+                    skew.to_string(),
+                    ranks,
+                    &sh,
+                    &lat,
+                    (g1.clone(), g2.clone()),
+                    &measured,
+                ));
+            }
+        }
+    }
+    let gated = timer.gate.is_some();
+    let gate_note = timer.gate_note.take();
+    drop(timer);
+
+    let mut policies: Vec<String> = vec!["none".into()];
+    for p in &setup.policies {
+        let s = p.to_string();
+        if !policies.contains(&s) {
+            policies.push(s);
+        }
+    }
+    Ok(GpuBenchReport {
+        label: setup.label.clone(),
+        shape: sh,
+        device,
+        setup: GpuSetupInfo {
+            tokens: setup.tokens.clone(),
+            ranks: setup.ranks.clone(),
+            skews: setup.skews.iter().map(|s| s.to_string()).collect(),
+            policies,
+            capacity_factors: setup.capacity_factors.clone(),
+            iters: setup.iters,
+            warmup: setup.warmup,
+            min_case_ms: setup.min_case_ms,
+            a2a_gbps: setup.a2a_gbps,
+            elem_bytes: setup.elem_bytes,
+            seed: setup.seed,
+            tuned: setup.tune,
+            gated,
+            gate_note,
+        },
+        latency_model: lat,
+        method: method_lines(),
+        fidelity_note: FIDELITY_NOTE.into(),
+        telemetry: telemetry.info(),
+        bar: bar_rows(&groups, &setup.capacity_factors),
+        groups,
+        skipped,
+        figures: Vec::new(),
+    })
+}

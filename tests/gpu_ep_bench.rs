@@ -1,0 +1,325 @@
+//! The GPU MoE-layer EP benchmark (`capmoe bench --device cuda`) on a tiny
+//! layer (E = 8, H = 256, I = 512, T = 256, 2 iterations): the report's
+//! invariants, the per-rank timing method (a rank's one-hot sub-batch gives
+//! the same expert outputs as the whole layer's forward), telemetry without
+//! NVML, and the CLI. No timing assertions beyond "positive and finite".
+//! Without a GPU every GPU test prints why and passes as skipped.
+//!
+//! `CAPMOE_GPU_BENCH_ARGS` runs a full benchmark from this binary (the
+//! gpu-check pack carries test binaries, not `capmoe`): its value is the
+//! flags after `capmoe bench`, e.g.
+//! `CAPMOE_GPU_BENCH_ARGS="--device cuda --out $OUT/ep-gpu" bash .gpu-check/run.sh`.
+#![cfg(feature = "cuda")]
+
+use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter};
+use capmoe::ep::gpu::subbatch::{gather_rows, one_hot_logits, rank_rows};
+use capmoe::ep::gpu::telemetry::Telemetry;
+use capmoe::ep::gpu::{self, GpuBenchSetup, LayerShape};
+use capmoe::expert::compare;
+use capmoe::routing::{Placement, Policy, RouterConfig};
+use capmoe::trace::{synthetic_logits, Skew};
+use std::time::Duration;
+
+fn gpu() -> Option<GpuContext> {
+    match GpuContext::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+const SHAPE: LayerShape = LayerShape {
+    experts: 8,
+    hidden: 256,
+    intermediate: 512,
+    top_k: 2,
+};
+
+fn tiny_setup() -> GpuBenchSetup {
+    GpuBenchSetup {
+        label: "tiny".into(),
+        shape: SHAPE,
+        tokens: vec![256],
+        ranks: vec![8, 4],
+        skews: vec![Skew::Mixtral, Skew::Olmoe],
+        policies: [
+            "none",
+            "drop:score",
+            "drop:order",
+            "reroute:next-best",
+            "reroute:optimal",
+            "expand:local",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect(),
+        capacity_factors: vec![1.0, 1.5],
+        iters: 2,
+        warmup: 1,
+        min_case_ms: 0.0,
+        a2a_gbps: 150.0,
+        elem_bytes: 2,
+        seed: 5,
+        telemetry_ms: 10.0,
+        tune: false,
+        variants: None,
+    }
+}
+
+#[test]
+fn telemetry_without_nvml_is_unavailable_not_an_error() {
+    let t = Telemetry::start(None, Duration::from_millis(5));
+    let info = t.info();
+    if !t.available() {
+        assert!(!info.available);
+        let why = info.reason.clone().unwrap_or_default();
+        assert!(!why.is_empty());
+        assert_eq!(t.energy_mj(), None);
+        assert_eq!(t.window(0.0, 1.0, None, None), None);
+        eprintln!("telemetry unavailable here (expected without a driver): {why}");
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(60));
+    let now = t.now();
+    let w = t.window(0.0, now, None, None).unwrap();
+    assert!(w.samples >= 2, "{w:?}");
+    assert!(w.power_mean_w.unwrap_or(1.0) > 0.0);
+    eprintln!("telemetry: {:?}", t.info());
+}
+
+#[test]
+fn tiny_layer_report_keeps_its_invariants() {
+    let Some(gpu) = gpu() else { return };
+    let setup = tiny_setup();
+    let rep = gpu::run(&setup, &gpu, &indicatif::ProgressBar::hidden()).unwrap();
+    // olmoe (7x) is out of reach at E = 8, k = 2; reroute:optimal is CPU-only.
+    assert!(rep
+        .skipped
+        .iter()
+        .any(|s| s.skew.as_deref() == Some("olmoe") && s.ranks.is_none()));
+    let optimal: Vec<_> = rep
+        .skipped
+        .iter()
+        .filter(|s| s.policy.as_deref() == Some("reroute:optimal"))
+        .collect();
+    assert_eq!(optimal.len(), 2 * 2, "{:?}", rep.skipped);
+    assert!(optimal[0].reason.contains("not implemented on the GPU"));
+    assert_eq!(rep.groups.len(), 2);
+    for g in &rep.groups {
+        // none + 4 GPU policies x 2 gammas.
+        assert_eq!(g.cases.len(), 1 + 4 * 2, "EP {}", g.ranks);
+        let none = g.case("none", None).unwrap();
+        assert!(none.latency_ms.p50 > 0.0 && none.latency_ms.p99 >= none.latency_ms.p50);
+        assert!((none.gate_mass_kept - 1.0).abs() < 1e-12);
+        for c in &g.cases {
+            let what = format!("EP {} {} {:?}", g.ranks, c.policy, c.capacity_factor);
+            assert_eq!(c.iterations, 2, "{what}");
+            assert_eq!(c.rank_ms_p50.len(), g.ranks, "{what}");
+            assert_eq!(c.rank_load.iter().sum::<u64>(), c.load.iter().sum::<u64>());
+            for (r, &ms) in c.rank_ms_p50.iter().enumerate() {
+                assert!(ms.is_finite() && ms >= 0.0, "{what} rank {r}");
+                if c.rank_load[r] > 0 {
+                    assert!(ms > 0.0, "{what} rank {r} has rows but took no time");
+                }
+            }
+            let s = c.speedup_p50.unwrap();
+            assert!(s.is_finite() && s > 0.0, "{what}");
+            assert!(c.speedup_p99.unwrap().is_finite());
+            let ideal = c.ideal.unwrap();
+            assert!(ideal.is_finite() && ideal > 0.0, "{what}");
+            if c.policy.starts_with("drop:") {
+                assert!(
+                    ideal >= 1.0,
+                    "{what}: dropping cannot raise the busiest rank"
+                );
+                assert!(c.gate_mass_kept <= 1.0);
+            }
+            assert!(c.full_layer_ms.p50 > 0.0, "{what}");
+            assert!(c.split_overhead.unwrap().is_finite());
+            assert!(c.latency_ms.p50 >= c.a2a_ms);
+            assert_eq!(
+                c.gate_timeouts, 0,
+                "{what}: the launch gate's watchdog fired"
+            );
+            if let Some(cap) = c.capacity {
+                assert!(c.load.iter().all(|&l| l <= cap), "{what}: over capacity");
+            }
+        }
+    }
+    assert!(rep.setup.gated, "launch gate: {:?}", rep.setup.gate_note);
+    // The report serialises and renders.
+    let j = serde_json::to_string(&rep).unwrap();
+    assert!(j.contains("\"bar\""));
+    let dir = std::env::temp_dir().join(format!("capmoe-gpu-ep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let figs = gpu::plot::write_figures(&dir, &rep).unwrap();
+    assert_eq!(figs.len(), 2);
+    let mut md = Vec::new();
+    gpu::report::write_markdown(&mut md, &rep).unwrap();
+    let md = String::from_utf8(md).unwrap();
+    assert!(md.contains("drop:score") && md.contains("## Skipped"));
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!(
+        "{}",
+        String::from_utf8({
+            let mut t = Vec::new();
+            gpu::report::write_table(&mut t, &rep).unwrap();
+            t
+        })
+        .unwrap()
+    );
+}
+
+/// The method: a rank's rows routed as a one-hot sub-batch give the same
+/// expert outputs as the whole layer's forward gives those rows.
+#[test]
+fn rank_subbatch_matches_the_whole_layer_rows() {
+    let Some(gpu) = gpu() else { return };
+    let (t, e, h, i) = (256usize, 8usize, 256usize, 512usize);
+    let ffn = ExpertFfn::random(&gpu, FfnShape::new(e, h, i).unwrap(), 3).unwrap();
+    let st = gpu.stream();
+    let logits = synthetic_logits(t, e, 2, Skew::Mixtral, 1).unwrap();
+    let x_host: Vec<u16> = (0..t * h)
+        .map(|j| half::bf16::from_f32(((j * 7919 % 1000) as f32 / 500.0) - 1.0).to_bits())
+        .collect();
+    let x = st.clone_htod(&x_host).unwrap();
+    let cfg = RouterConfig::new(2, "drop:score".parse().unwrap()).with_capacity_factor(1.25);
+    let router = GpuRouter::new(&gpu, cfg).unwrap();
+    let plan = router
+        .route(&st.clone_htod(&logits).unwrap(), t, e)
+        .unwrap();
+    let host = plan.to_host().unwrap();
+    let d = plan.dispatch(1).unwrap();
+    let rows = plan.gather_bf16(&d, &x, h).unwrap();
+    let y = st
+        .clone_dtoh(&ffn.forward(&plan, &d, &rows).unwrap())
+        .unwrap();
+    let full = d.to_host(&plan).unwrap();
+    let one_hot = GpuRouter::new(&gpu, RouterConfig::new(1, Policy::None)).unwrap();
+    for ranks in [8, 4] {
+        for r in rank_rows(&host, &Placement::new(ranks, e, t).unwrap()) {
+            if r.rows() == 0 {
+                continue;
+            }
+            let xs = st.clone_htod(&gather_rows(&x_host, h, &r.tokens)).unwrap();
+            let l = st.clone_htod(&one_hot_logits(&r.owner, e)).unwrap();
+            let sub = one_hot.route(&l, r.rows(), e).unwrap();
+            let sd = sub.dispatch(1).unwrap();
+            let srows = sub.gather_bf16(&sd, &xs, h).unwrap();
+            let sy = st
+                .clone_dtoh(&ffn.forward(&sub, &sd, &srows).unwrap())
+                .unwrap();
+            let sub_host = sd.to_host(&sub).unwrap();
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            for ex in r.experts.clone() {
+                let (a, b) = (full.offsets[ex] as usize, full.offsets[ex + 1] as usize);
+                let (c, dd) = (
+                    sub_host.offsets[ex] as usize,
+                    sub_host.offsets[ex + 1] as usize,
+                );
+                assert_eq!(
+                    b - a,
+                    dd - c,
+                    "EP {ranks} rank {} expert {ex}: rows",
+                    r.rank
+                );
+                want.extend_from_slice(&y[a * h..b * h]);
+                got.extend_from_slice(&sy[c * h..dd * h]);
+            }
+            if let Err(m) = compare(&got, &want) {
+                panic!("EP {ranks} rank {}: {m}", r.rank);
+            }
+            let exact = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            eprintln!(
+                "EP {ranks} rank {}: {} rows, {exact}/{} bf16 outputs bit-identical",
+                r.rank,
+                r.rows(),
+                want.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_runs_the_gpu_bench_or_says_why_not() {
+    let dir = std::env::temp_dir().join(format!("capmoe-gpu-ep-cli-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capmoe"))
+        .args([
+            "bench",
+            "--device",
+            "cuda",
+            "--config",
+            "small",
+            "--hidden",
+            "256",
+            "--intermediate",
+            "512",
+            "--tokens",
+            "64",
+            "--ep",
+            "8",
+            "--skew",
+            "mixtral",
+            "--policies",
+            "none,drop:score",
+            "--capacity-factors",
+            "1.5",
+            "--iters",
+            "2",
+            "--min-case-ms",
+            "0",
+            "--json",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if GpuContext::unavailable().is_some() {
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("CUDA driver"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("skipped the run (no GPU): {err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(v["groups"][0]["cases"].as_array().unwrap().len(), 2);
+    for f in [
+        "report.json",
+        "report.md",
+        "gpu-speedup-T64.png",
+        "gpu-latency-T64.png",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A full benchmark run when `CAPMOE_GPU_BENCH_ARGS` gives its flags.
+#[test]
+fn full_bench_from_env() {
+    let Ok(flags) = std::env::var("CAPMOE_GPU_BENCH_ARGS") else {
+        eprintln!("skipped: set CAPMOE_GPU_BENCH_ARGS to the flags of `capmoe bench` to run a full benchmark");
+        return;
+    };
+    if gpu().is_none() {
+        return;
+    }
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: capmoe::cli::bench::BenchArgs,
+    }
+    let mut argv = vec!["bench".to_string()];
+    argv.extend(flags.split_whitespace().map(String::from));
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("CAPMOE_GPU_BENCH_ARGS: {e}"));
+    let mut out = Vec::new();
+    capmoe::cli::bench::run(&cli.args, &mut out).unwrap();
+    println!("{}", String::from_utf8_lossy(&out));
+}
