@@ -351,3 +351,90 @@ fn bad_inputs_are_typed_errors() {
         Err(GpuError::Shape { .. })
     ));
 }
+
+/// `forward_layout` (host-made layout, one EP rank's experts) gives the same
+/// rows as `forward` for the experts in range, bit for bit (same kernels,
+/// same variant), and the twin's rows within tolerance.
+#[test]
+fn forward_layout_matches_forward_per_rank() {
+    let Some(g) = gpu() else { return };
+    let twin = ExpertFfnRef::random(SHAPE, 4).unwrap();
+    let h = SHAPE.hidden;
+    let v = ExpertFfn::random(&g, SHAPE, 4).unwrap().variants()[0];
+    let ffn = ExpertFfn::random(&g, SHAPE, 4)
+        .unwrap()
+        .with_variants(v, v)
+        .unwrap();
+    for case in cases(SHAPE.experts).into_iter().filter(|c| c.tokens > 0) {
+        let cfg =
+            RouterConfig::new(case.k, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+        let plan_h = route(
+            &Logits::new(&case.logits, case.tokens, SHAPE.experts).unwrap(),
+            &cfg,
+        )
+        .unwrap();
+        let layout = DispatchLayout::new(&plan_h, 1).unwrap();
+        let x = activations(case.tokens, h, 6);
+        let rows_h = gather(&layout, &x, h);
+        let want = twin.forward(&layout, &rows_h).unwrap();
+        let plan = GpuRouter::new(&g, cfg)
+            .unwrap()
+            .route(
+                &g.stream().clone_htod(&case.logits).unwrap(),
+                case.tokens,
+                SHAPE.experts,
+            )
+            .unwrap();
+        let d = plan.dispatch(1).unwrap();
+        let rows = plan
+            .gather_bf16(&d, &g.stream().clone_htod(&x).unwrap(), h)
+            .unwrap();
+        let mut full = g
+            .stream()
+            .clone_dtoh(&ffn.forward(&plan, &d, &rows).unwrap())
+            .unwrap();
+        full.truncate(layout.rows() * h);
+        let rows_d = g
+            .stream()
+            .clone_htod(&[rows_h.as_slice(), &[0]].concat())
+            .unwrap();
+        for r in 0..4 {
+            let experts = 2 * r..2 * r + 2;
+            let got = g
+                .stream()
+                .clone_dtoh(
+                    &ffn.forward_layout(&layout, &rows_d, experts.clone())
+                        .unwrap(),
+                )
+                .unwrap();
+            let span = layout.offsets()[experts.start] as usize * h
+                ..layout.offsets()[experts.end] as usize * h;
+            assert_eq!(
+                got[span.clone()],
+                full[span.clone()],
+                "{} rank {r}",
+                case.name
+            );
+            let mut mine = vec![0u16; layout.rows() * h];
+            mine[span.clone()].copy_from_slice(&got[span.clone()]);
+            let mut theirs = vec![0u16; layout.rows() * h];
+            theirs[span.clone()].copy_from_slice(&want[span]);
+            compare(&mine, &theirs).unwrap_or_else(|e| panic!("{} rank {r}: {e}", case.name));
+        }
+    }
+    assert!(ffn
+        .forward_layout(
+            &DispatchLayout::new(
+                &route(
+                    &Logits::new(&[0.0; 8], 1, 8).unwrap(),
+                    &RouterConfig::new(2, Policy::None)
+                )
+                .unwrap(),
+                1
+            )
+            .unwrap(),
+            &g.stream().alloc_zeros::<u16>(2 * h).unwrap(),
+            3..9
+        )
+        .is_err());
+}

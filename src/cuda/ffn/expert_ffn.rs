@@ -45,8 +45,8 @@ pub struct ExpertFfn {
     pub(super) runnable: Vec<&'static CompiledVariant>,
     fixed: Option<VariantPair>,
     pub(super) tuned: RwLock<TuneCache>,
-    w13: CudaSlice<u16>,
-    w2: CudaSlice<u16>,
+    pub(super) w13: CudaSlice<u16>,
+    pub(super) w2: CudaSlice<u16>,
     /// Per-group leading dimensions (lda, ldb, ldd) of GEMM1 and GEMM2.
     ld: [[CudaSlice<i64>; 3]; 2],
     pub(super) workspace: CudaSlice<u8>,
@@ -332,6 +332,26 @@ impl ExpertFfn {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
+        self.run_groups(v, args, which, self.shape.experts, n, k)
+    }
+
+    /// [`Self::run`] over the first `groups` entries of `args` (at most E).
+    pub(super) fn run_groups(
+        &self,
+        v: &CompiledVariant,
+        args: &crate::cuda::GpuGemmArgs,
+        which: usize,
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        if groups == 0 || groups > self.shape.experts || args.problems.len() < 3 * groups {
+            return Err(GpuError::Shape {
+                what: "grouped GEMM groups",
+                got: groups.to_string(),
+                expected: format!("1..={} with arguments for each", self.shape.experts),
+            });
+        }
         let st = self.gpu.stream();
         let (problems, _g0) = args.problems.device_ptr(st);
         let [pa, pb, pd] = &args.ptrs;
@@ -344,7 +364,7 @@ impl ExpertFfn {
         let (ldd, _g6) = ld.device_ptr(st);
         let (ws, _g7) = self.workspace.device_ptr(st);
         let call = GroupedCall {
-            groups: to_i32("experts", self.shape.experts)?,
+            groups: to_i32("groups", groups)?,
             problems,
             max_n: to_i32("GEMM n", n)?,
             max_k: to_i32("GEMM k", k)?,
@@ -358,10 +378,12 @@ impl ExpertFfn {
             workspace_bytes: self.workspace.len(),
             sm_count: self.sm_count as i32,
         };
-        // SAFETY: `args` was made by `GpuDispatch::gemm_args` for E groups of
-        // (n, k) over buffers sized for the dispatch's max_rows; the ld arrays
-        // hold E entries matching the dense layouts; the workspace was sized for
-        // every runnable variant at E groups and this SM count; `v` is runnable.
+        // SAFETY: `args` holds (at least) `groups` problems of (n, k) and
+        // pointers into buffers sized for them (made by `GpuDispatch::gemm_args`
+        // or `forward_layout` from the same layout); the ld arrays hold E >=
+        // groups entries matching the dense layouts; the workspace was sized for
+        // every runnable variant at E groups and this SM count (it does not grow
+        // with fewer groups); `v` is runnable.
         unsafe { gemm::grouped_gemm(v, &call, st.cu_stream() as _) }
     }
 }

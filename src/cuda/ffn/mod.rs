@@ -8,6 +8,7 @@
 
 mod expert_ffn;
 mod gemm;
+mod host_layout;
 mod moe_layer;
 mod select;
 mod tune;
