@@ -9,7 +9,10 @@ fn tune(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("capmoe runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
