@@ -9,10 +9,10 @@
 #   --all-tests      every test binary with every test (default: integration tests whose target
 #                    name contains gpu or cuda, plus the unit tests under a `cuda` path of the lib)
 #   --benches REGEX  bench targets to run (default: all but the CPU-only ones in SKIP_BENCHES)
-#   --budget SECS    time run.sh may spend before it skips the remaining binaries (default 300)
-#   --measure SECS   criterion --measurement-time per benchmark (default 2; warm-up is a quarter)
+#   --budget SECS    time run.sh may spend before it skips the remaining binaries (default 420)
+#   --measure SECS   criterion --measurement-time per benchmark (default 1; warm-up is a quarter)
 #   --peers SECS     seconds kept out of the budget for tools/peers/ffn_peers.py, which runs after
-#                    the binaries (torch peers and ceilings of the expert-FFN report; default 90;
+#                    the binaries (torch peers and ceilings of the expert-FFN report; default 75;
 #                    0 skips it). Its own measurement budget is this minus 30 s of set-up.
 #
 # On the device (no Rust, no network; CUDA 13 driver; $OUT set) the call is:
@@ -34,7 +34,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-rehearse=0 all_tests=0 budget=300 measure=2 benches="" peers=90
+rehearse=0 all_tests=0 budget=420 measure=1 benches="" peers=75
 SKIP_BENCHES="${SKIP_BENCHES:-routing}" # CPU-oracle benches: nothing to learn on the GPU machine
 while [ $# -gt 0 ]; do
   case "$1" in
