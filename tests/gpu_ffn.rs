@@ -415,11 +415,10 @@ fn forward_layout_matches_forward_per_rank() {
                 "{} rank {r}",
                 case.name
             );
-            let mut mine = vec![0u16; layout.rows() * h];
-            mine[span.clone()].copy_from_slice(&got[span.clone()]);
-            let mut theirs = vec![0u16; layout.rows() * h];
-            theirs[span.clone()].copy_from_slice(&want[span]);
-            compare(&mine, &theirs).unwrap_or_else(|e| panic!("{} rank {r}: {e}", case.name));
+            // Over the span alone: zeros around it would shrink rms(ref), and
+            // with it the tolerance, by the square root of the span's share.
+            compare(&got[span.clone()], &want[span])
+                .unwrap_or_else(|e| panic!("{} rank {r}: {e}", case.name));
         }
     }
     assert!(ffn

@@ -106,7 +106,8 @@ fn scratch<T: DeviceRepr>(s: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>,
     // topk_sum in full, select and next-best write every served slot, cub and
     // the launchers write their workspace before reading it, the plan, dispatch
     // and combine outputs are read only up to the counts the kernels wrote
-    // (offsets[T], total_rows, T * hidden), and clear_rows fills every row.
+    // (offsets[T], total_rows, T * hidden), clear_rows fills every row, and
+    // gemm_args writes all 3E problem sizes and E pointers of each array.
     Ok(unsafe { s.alloc::<T>(n.max(1)) }?)
 }
 
@@ -632,7 +633,9 @@ impl GpuPlan {
             }
             .into());
         }
-        if x.len() != self.tokens() * hidden {
+        // T = 0 may pass a one-element buffer (cudarc cannot allocate zero
+        // bytes), as `route` allows for its logits.
+        if x.len() != self.tokens() * hidden && !(self.tokens() == 0 && x.len() <= 1) {
             return Err(crate::RoutingError::ShapeMismatch {
                 what: "token activations",
                 len: x.len(),
@@ -713,12 +716,14 @@ impl GpuDispatch {
         }
         let st = &plan.stream;
         let experts = plan.shape.experts as usize;
+        // Not zeroed: the kernel writes every entry (a thread per expert), and
+        // four memsets per GEMM would be fixed cost in every timed forward.
         let mut args = GpuGemmArgs {
-            problems: alloc(st, 3 * experts)?,
+            problems: scratch(st, 3 * experts)?,
             ptrs: [
-                alloc(st, experts)?,
-                alloc(st, experts)?,
-                alloc(st, experts)?,
+                scratch(st, experts)?,
+                scratch(st, experts)?,
+                scratch(st, experts)?,
             ],
         };
         let (pd, _g1) = self.padded.device_ptr(st);
