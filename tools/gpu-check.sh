@@ -152,6 +152,8 @@ if ! { command -v xz >/dev/null && tar -C "$bins" -xJf "$here/bins.tar.xz"; }; t
 fi
 echo "unpacked the binaries in $(( $(date +%s) - start ))s"
 echo "date=$(date -u +%F)" >>"$work/meta.txt"
+have_gpu=0
+command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q "^GPU " && have_gpu=1
 {
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi -L
@@ -190,6 +192,11 @@ while IFS='|' read -r kind name file args; do
   rc=$?
   secs=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")
   note=""; [ "$rc" = 124 ] && note="timed out"
+  # On a machine with a GPU, a test that skipped because it could not open the device passed
+  # without testing anything: count it as a failure.
+  if [ "$rc" = 0 ] && [ "$have_gpu" = 1 ] && grep -qE "skipped: (no CUDA driver|CUDA driver call failed)" "$log"; then
+    rc=3; note="GPU present but tests skipped: the device could not be opened"
+  fi
   echo "$kind|$name|$rc|$secs|$log|$note" >>"$work/results.txt"
   tail -n 3 "$log"
 done <"$here/manifest.txt"
@@ -205,6 +212,11 @@ if [ "$peers" -gt 0 ]; then
   rc=$?
   secs=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")
   note=""; [ "$rc" = 124 ] && note="timed out"
+  # On a machine with a GPU, a test that skipped because it could not open the device passed
+  # without testing anything: count it as a failure.
+  if [ "$rc" = 0 ] && [ "$have_gpu" = 1 ] && grep -qE "skipped: (no CUDA driver|CUDA driver call failed)" "$log"; then
+    rc=3; note="GPU present but tests skipped: the device could not be opened"
+  fi
   echo "peer|ffn_peers|$rc|$secs|$log|$note" >>"$work/results.txt"
   tail -n 3 "$log"
 fi
