@@ -1,7 +1,7 @@
 //! Compute backends: the tensor operations and the MoE layer the model is
-//! written against (design.md §2). The CPU backend implements them now; a
-//! CUDA backend implements the same trait later, so the model has no
-//! per-device branches.
+//! written against (design.md §2). The CPU backend (f32) and the CUDA
+//! backend (`cuda::backend`, bf16, feature `cuda`) implement them, so the
+//! model has no per-device branches.
 //!
 //! Dependencies point down: model -> backend -> routing contract.
 
@@ -41,6 +41,9 @@ pub enum BackendError {
     },
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// A device call failed (the CUDA backend's errors, as text).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// Attention geometry of one layer.
@@ -89,6 +92,11 @@ pub trait Backend: Send + Sync + Sized {
     type Vector: Send + Sync;
     type Act: Send + Sync;
     type Kv: Send;
+    /// One MoE layer's experts in the form this backend runs them, prepared
+    /// once from the host weights by [`Backend::experts`] (the CPU keeps the
+    /// per-expert host tensors; CUDA stacks them into one bf16 grouped-GEMM
+    /// operand).
+    type Experts: Send + Sync;
 
     /// A short name for reports ("cpu", "cuda").
     fn name(&self) -> &'static str;
@@ -99,6 +107,11 @@ pub trait Backend: Send + Sync + Sized {
     fn mat_shape(&self, m: &Self::Mat) -> (usize, usize);
     /// Takes a 1-D host weight.
     fn vector(&self, t: HostTensor) -> Result<Self::Vector, BackendError>;
+    /// Takes one layer's experts, as host tensors `[out, in]` (shapes
+    /// checked by the loader).
+    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<Self::Experts, BackendError>;
+    /// Number of experts in a prepared set.
+    fn num_experts(experts: &Self::Experts) -> usize;
 
     /// Copies host values `[rows, cols]` to the device.
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act, BackendError>;
@@ -118,6 +131,12 @@ pub trait Backend: Send + Sync + Sized {
     ) -> Result<Self::Act, BackendError>;
     /// `x W^T`: `[rows, in] x [out, in]^T -> [rows, out]`.
     fn linear(&self, x: &Self::Act, w: &Self::Mat) -> Result<Self::Act, BackendError>;
+    /// `x W^T` copied to the host as f32 (the router and LM-head logits).
+    /// Backends with low-precision activations override it to keep the
+    /// GEMM's f32 accumulator instead of rounding it first.
+    fn linear_to_host(&self, x: &Self::Act, w: &Self::Mat) -> Result<Vec<f32>, BackendError> {
+        self.download(&self.linear(x, w)?)
+    }
     /// `x += y`.
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), BackendError>;
     /// The listed rows of `x`, in that order.
@@ -163,7 +182,7 @@ pub trait Backend: Send + Sync + Sized {
         &self,
         rows: &Self::Act,
         layout: &DispatchLayout,
-        experts: &[ExpertWeights<Self>],
+        experts: &Self::Experts,
         range: Range<usize>,
     ) -> Result<Self::Act, BackendError>;
     /// The weighted gather of expert outputs back to token order

@@ -6,7 +6,9 @@ use crate::routing::{route_gate, DispatchLayout, Gate, Logits, RouterConfig, Rou
 use std::ops::Range;
 
 /// One expert's SwiGLU weights, each `[out, in]`: `w1`, `w3` are
-/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`.
+/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`. As
+/// `ExpertWeights<CpuBackend>` (host tensors) this is also what
+/// [`Backend::experts`] takes.
 pub struct ExpertWeights<B: Backend> {
     pub w1: B::Mat,
     pub w2: B::Mat,
@@ -17,7 +19,8 @@ pub struct ExpertWeights<B: Backend> {
 pub struct MoeWeights<B: Backend> {
     /// Router `[experts, hidden]`.
     pub gate: B::Mat,
-    pub experts: Vec<ExpertWeights<B>>,
+    /// The experts, prepared by [`Backend::experts`].
+    pub experts: B::Experts,
     /// Optional per-expert logit bias added to the router logits before
     /// routing (synthetic router skew; see `model::init`).
     pub router_bias: Option<Vec<f32>>,
@@ -64,13 +67,12 @@ pub fn rank_experts(
 
 impl<B: Backend> MoeWeights<B> {
     pub fn num_experts(&self) -> usize {
-        self.experts.len()
+        B::num_experts(&self.experts)
     }
 
     /// Router logits `[tokens, experts]` on the host, bias included.
     pub fn router_logits(&self, backend: &B, x: &B::Act) -> Result<Vec<f32>, BackendError> {
-        let logits = backend.linear(x, &self.gate)?;
-        let mut host = backend.download(&logits)?;
+        let mut host = backend.linear_to_host(x, &self.gate)?;
         if let Some(bias) = &self.router_bias {
             let e = bias.len();
             if e != self.num_experts() {

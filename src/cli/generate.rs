@@ -1,9 +1,10 @@
 //! `capmoe generate`: greedy generation with a Mixtral model.
 
-use super::model_args::ModelArgs;
+use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use crate::model::GenerateOptions;
+use crate::backend::Backend;
+use crate::model::{GenerateOptions, Model};
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;
@@ -33,20 +34,30 @@ struct GeneratedJson<'a> {
     generated: &'a [u32],
 }
 
+/// Greedy generation on a model of any backend.
+struct Run<'a>(&'a GenerateArgs);
+
+impl ModelTask for Run<'_> {
+    type Output = Vec<u32>;
+    fn run<B: Backend>(self, model: Model<B>) -> Result<Vec<u32>, CliError> {
+        let args = self.0;
+        let opts = GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            eos: if args.ignore_eos {
+                Vec::new()
+            } else {
+                model.config().eos_token_ids.clone()
+            },
+            router: args
+                .router
+                .config(Some(model.config().num_experts_per_tok))?,
+        };
+        Ok(model.generate(&args.ids, &opts)?)
+    }
+}
+
 pub fn run(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let model = args.model.load()?;
-    let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        eos: if args.ignore_eos {
-            Vec::new()
-        } else {
-            model.config().eos_token_ids.clone()
-        },
-        router: args
-            .router
-            .config(Some(model.config().num_experts_per_tok))?,
-    };
-    let generated = model.generate(&args.ids, &opts)?;
+    let generated = with_model(&args.model, Run(args))?;
     if args.json {
         serde_json::to_writer(
             &mut *out,

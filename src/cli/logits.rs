@@ -1,10 +1,12 @@
 //! `capmoe logits`: run a prompt through a Mixtral model and print the
 //! logits of every position.
 
-use super::model_args::ModelArgs;
+use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use crate::model::argmax;
+use crate::backend::Backend;
+use crate::model::{argmax, Model};
+use crate::routing::RouterConfig;
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;
@@ -28,12 +30,23 @@ struct LogitsJson<'a> {
     logits: &'a [Vec<f32>],
 }
 
+/// The logits of the prompt, the vocabulary size and the router used.
+struct Run<'a>(&'a LogitsArgs);
+
+impl ModelTask for Run<'_> {
+    type Output = (Vec<Vec<f32>>, usize, RouterConfig);
+    fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
+        let router = self
+            .0
+            .router
+            .config(Some(model.config().num_experts_per_tok))?;
+        let logits = model.logits(&self.0.ids, &router)?;
+        Ok((logits, model.config().vocab_size, router))
+    }
+}
+
 pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let model = args.model.load()?;
-    let router = args
-        .router
-        .config(Some(model.config().num_experts_per_tok))?;
-    let logits = model.logits(&args.ids, &router)?;
+    let (logits, vocab, router) = with_model(&args.model, Run(args))?;
     if args.json {
         serde_json::to_writer(&mut *out, &LogitsJson { logits: &logits })?;
         writeln!(out)?;
@@ -43,7 +56,7 @@ pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
         out,
         "{} positions x {} logits (policy {})",
         logits.len(),
-        model.config().vocab_size,
+        vocab,
         router.policy
     )?;
     for (p, (row, id)) in logits.iter().zip(&args.ids).enumerate() {

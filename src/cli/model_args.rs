@@ -1,10 +1,10 @@
 //! Which model the model subcommands (`logits`, `generate`) run.
 
 use super::CliError;
-use crate::backend::CpuBackend;
+use crate::backend::{Backend, CpuBackend};
 use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
 use crate::trace::Skew;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::path::Path;
 
 /// Largest random model the CLI builds in host memory (f32 weights).
@@ -27,6 +27,37 @@ pub struct ModelArgs {
     /// checkpoints too.
     #[arg(long, default_value = "uniform", value_name = "SKEW")]
     pub skew: Skew,
+    /// Where the model runs: `cpu` (f32) or `cuda` (bf16 on GPU 0; needs a
+    /// build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: ModelDevice,
+}
+
+/// The backend of the model subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelDevice {
+    Cpu,
+    Cuda,
+}
+
+/// Runs `f` on the model of `args`, on the backend `args.device` names.
+/// Without the `cuda` feature, `--device cuda` is a usage error.
+pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<R, CliError> {
+    match args.device {
+        ModelDevice::Cpu => f.run(args.load_on(CpuBackend)?),
+        #[cfg(feature = "cuda")]
+        ModelDevice::Cuda => f.run(args.load_on(crate::cuda::CudaBackend::open()?)?),
+        #[cfg(not(feature = "cuda"))]
+        ModelDevice::Cuda => Err(CliError::Usage(
+            "--device cuda needs a capmoe built with `--features cuda`; this build has the CPU backend only".into(),
+        )),
+    }
+}
+
+/// A subcommand's work on a model of any backend.
+pub trait ModelTask {
+    type Output;
+    fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError>;
 }
 
 /// Refuses random f32 weights beyond [`MAX_RANDOM_BYTES`], naming the model,
@@ -45,16 +76,22 @@ pub fn check_random_size(name: &str, cfg: &MixtralConfig, instead: &str) -> Resu
 }
 
 impl ModelArgs {
-    /// Loads the checkpoint directory, or builds the named random model.
+    /// Loads the checkpoint directory, or builds the named random model, on
+    /// the CPU.
     pub fn load(&self) -> Result<Model<CpuBackend>, CliError> {
+        self.load_on(CpuBackend)
+    }
+
+    /// As [`ModelArgs::load`], on `backend`.
+    pub fn load_on<B: Backend>(&self, backend: B) -> Result<Model<B>, CliError> {
         let path = Path::new(&self.model);
         if path.is_dir() {
             if self.skew != Skew::Uniform {
-                let mut m = Model::load(CpuBackend, path)?;
+                let mut m = Model::load(backend, path)?;
                 m.apply_skew(self.skew, self.seed)?;
                 return Ok(m);
             }
-            return Ok(Model::load(CpuBackend, path)?);
+            return Ok(Model::load(backend, path)?);
         }
         if !BUILTIN_NAMES.contains(&self.model.as_str()) {
             return Err(CliError::Usage(format!(
@@ -66,6 +103,6 @@ impl ModelArgs {
         let cfg = MixtralConfig::builtin(&self.model)?;
         check_random_size(&self.model, &cfg, "use a smaller built-in or a checkpoint")?;
         let opts = InitOptions::new(self.seed).with_skew(self.skew);
-        Ok(Model::random(CpuBackend, cfg, &opts)?)
+        Ok(Model::random(backend, cfg, &opts)?)
     }
 }

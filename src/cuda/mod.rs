@@ -6,13 +6,17 @@
 //! safe API (safe). Kernels are compile-checked in CI; see
 //! bench/results/ for device reports.
 
+pub mod backend;
 mod context;
 mod error;
 pub mod ffi;
 pub mod ffn;
 pub mod launch;
+pub mod model_ffi;
+pub mod model_launch;
 mod router;
 
+pub use backend::CudaBackend;
 pub use context::GpuContext;
 pub use error::GpuError;
 pub use ffn::{ExpertFfn, FfnShape, MoeLayer, TuneOutcome, VariantPair};

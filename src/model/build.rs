@@ -4,7 +4,7 @@ use super::config::MixtralConfig;
 use super::init::{self, InitOptions};
 use super::weights::{WeightError, WeightFiles};
 use super::{names, ModelError};
-use crate::backend::{AttnGeom, Backend, ExpertWeights, HostTensor, MoeWeights, Rope};
+use crate::backend::{AttnGeom, Backend, CpuBackend, ExpertWeights, HostTensor, MoeWeights, Rope};
 use crate::routing::{Policy, RouterConfig};
 use std::path::Path;
 
@@ -61,31 +61,30 @@ impl<B: Backend> Model<B> {
             }
             Ok(t)
         };
-        let mut mat = |name: &str, shape: &[usize]| -> Result<B::Mat, ModelError> {
-            Ok(backend.mat(take(name, shape)?)?)
-        };
-        let embed = mat(names::EMBED, &[v, h])?;
+        let mat = |t: HostTensor| -> Result<B::Mat, ModelError> { Ok(backend.mat(t)?) };
+        let embed = mat(take(names::EMBED, &[v, h])?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            let q_proj = mat(&names::attn(l, "q_proj"), &[q, h])?;
-            let k_proj = mat(&names::attn(l, "k_proj"), &[kv, h])?;
-            let v_proj = mat(&names::attn(l, "v_proj"), &[kv, h])?;
-            let o_proj = mat(&names::attn(l, "o_proj"), &[h, q])?;
-            let gate = mat(&names::gate(l), &[e, h])?;
-            let mut experts = Vec::with_capacity(e);
+            let q_proj = mat(take(&names::attn(l, "q_proj"), &[q, h])?)?;
+            let k_proj = mat(take(&names::attn(l, "k_proj"), &[kv, h])?)?;
+            let v_proj = mat(take(&names::attn(l, "v_proj"), &[kv, h])?)?;
+            let o_proj = mat(take(&names::attn(l, "o_proj"), &[h, q])?)?;
+            let gate = mat(take(&names::gate(l), &[e, h])?)?;
+            let mut host = Vec::with_capacity(e);
             for j in 0..e {
-                experts.push(ExpertWeights {
-                    w1: mat(&names::expert(l, j, "w1"), &[i, h])?,
-                    w2: mat(&names::expert(l, j, "w2"), &[h, i])?,
-                    w3: mat(&names::expert(l, j, "w3"), &[i, h])?,
+                host.push(ExpertWeights::<CpuBackend> {
+                    w1: CpuBackend.mat(take(&names::expert(l, j, "w1"), &[i, h])?)?,
+                    w2: CpuBackend.mat(take(&names::expert(l, j, "w2"), &[h, i])?)?,
+                    w3: CpuBackend.mat(take(&names::expert(l, j, "w3"), &[i, h])?)?,
                 });
             }
+            let experts = backend.experts(host)?;
             layers.push((q_proj, k_proj, v_proj, o_proj, gate, experts));
         }
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(mat(names::LM_HEAD, &[v, h])?)
+            Some(mat(take(names::LM_HEAD, &[v, h])?)?)
         };
         let mut vector = |name: &str| -> Result<B::Vector, ModelError> {
             Ok(backend.vector(take(name, &[h])?)?)

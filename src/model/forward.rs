@@ -197,7 +197,7 @@ impl<B: Backend> Model<B> {
                 be.select_rows(&x, &rows)?
             };
             let n = be.rms_norm(&sel, &self.norm, eps)?;
-            be.download(&be.linear(&n, self.lm_head.as_ref().unwrap_or(&self.embed))?)?
+            be.linear_to_host(&n, self.lm_head.as_ref().unwrap_or(&self.embed))?
         };
         Ok(ForwardOutput {
             logits,

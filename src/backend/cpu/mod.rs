@@ -38,6 +38,7 @@ impl Backend for CpuBackend {
     type Vector = HostTensor;
     type Act = CpuTensor;
     type Kv = CpuKv;
+    type Experts = Vec<ExpertWeights<CpuBackend>>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -65,6 +66,15 @@ impl Backend for CpuBackend {
             ));
         }
         Ok(t)
+    }
+    fn experts(
+        &self,
+        host: Vec<ExpertWeights<CpuBackend>>,
+    ) -> Result<Vec<ExpertWeights<CpuBackend>>, BackendError> {
+        Ok(host)
+    }
+    fn num_experts(experts: &Vec<ExpertWeights<CpuBackend>>) -> usize {
+        experts.len()
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor, BackendError> {
@@ -281,7 +291,7 @@ impl Backend for CpuBackend {
         &self,
         rows: &CpuTensor,
         layout: &DispatchLayout,
-        experts: &[ExpertWeights<Self>],
+        experts: &Vec<ExpertWeights<Self>>,
         range: Range<usize>,
     ) -> Result<CpuTensor, BackendError> {
         let n_experts = layout.counts().len();

@@ -1,0 +1,519 @@
+//! [`CudaBackend`]: the model's [`Backend`] on one GPU, so that
+//! `Model<CudaBackend>` runs prefill, decode with the KV cache and
+//! generation unchanged.
+//!
+//! Activations and weight matrices are bf16 on the device (weights rounded
+//! once at upload from the loader's host tensors); every kernel computes in
+//! f32 and rounds its output once. Dense projections and the LM head go
+//! through cuBLAS (`cublasGemmEx`, bf16 x bf16 -> f32 compute); the router
+//! and LM-head logits leave the device as f32 straight from the GEMM
+//! ([`Backend::linear_to_host`]). The hand-written kernels are in
+//! cuda/model/ (twins: the CPU backend's ops); the MoE block reuses the
+//! routing gather and combine kernels and [`crate::cuda::ExpertFfn::forward_layout`]
+//! over the host-made plan (the routing contract makes it bit-identical to
+//! the device router's).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capmoe::cuda::{CudaBackend, GpuContext};
+//! use capmoe::model::{InitOptions, MixtralConfig, Model};
+//! let be = CudaBackend::new(&GpuContext::new(0)?)?;
+//! let model = Model::random(be, MixtralConfig::builtin("tiny")?, &InitOptions::new(7))?;
+//! let logits = model.logits(&[1, 2, 3], &model.default_router())?; // 3 rows of f32
+//! # Ok(()) }
+//! ```
+
+mod attention;
+mod blas;
+mod moe;
+mod tensor;
+
+pub use moe::CudaExperts;
+pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
+
+use crate::backend::{
+    AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, HostTensor, Rope,
+};
+use crate::cuda::{model_launch, GpuContext, GpuError};
+use crate::routing::{DispatchLayout, RoutingPlan};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use std::ops::Range;
+use std::sync::Arc;
+
+impl From<GpuError> for BackendError {
+    fn from(e: GpuError) -> Self {
+        BackendError::Device(e.to_string())
+    }
+}
+
+impl From<cudarc::driver::DriverError> for BackendError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        GpuError::from(e).into()
+    }
+}
+
+/// The CUDA backend: one GPU context and stream, and a cuBLAS handle on it.
+/// Every operation is stream-ordered; only `download` (and the host-side
+/// routing, which downloads the router logits) synchronise.
+#[derive(Clone)]
+pub struct CudaBackend {
+    gpu: GpuContext,
+    blas: Arc<CudaBlas>,
+}
+
+fn shape_err(what: &'static str, got: Vec<usize>, expected: Vec<usize>) -> BackendError {
+    BackendError::Shape {
+        what,
+        got,
+        expected,
+    }
+}
+
+fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
+}
+
+fn bf16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_bits())
+        .collect()
+}
+
+impl CudaBackend {
+    /// A backend on `gpu`'s stream (cuBLAS is loaded here).
+    pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Launch {
+            launcher: "cublasCreate",
+            code: e.0 as i32,
+            message: format!("{e:?} (is libcublas on the library path?)"),
+        })?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            blas: Arc::new(blas),
+        })
+    }
+
+    /// Device 0.
+    pub fn open() -> Result<Self, GpuError> {
+        Self::new(&GpuContext::new(0)?)
+    }
+
+    pub fn gpu(&self) -> &GpuContext {
+        &self.gpu
+    }
+
+    /// A `[rows, cols]` activation from bf16 bits already on the host.
+    fn upload_bits(&self, bits: &[u16], rows: usize, cols: usize) -> Result<CudaAct, GpuError> {
+        let data = if bits.is_empty() {
+            self.gpu.stream().alloc_zeros::<u16>(1)?
+        } else {
+            self.gpu.stream().clone_htod(bits)?
+        };
+        Ok(CudaAct { data, rows, cols })
+    }
+
+    /// An activation's buffer with room for `n` elements, contents unset.
+    fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
+        // SAFETY: every caller launches a kernel that writes all n elements
+        // before anything reads them.
+        Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
+    }
+
+    fn raw(&self) -> crate::cuda::ffi::Stream {
+        self.gpu.stream().cu_stream() as _
+    }
+}
+
+impl Backend for CudaBackend {
+    type Mat = CudaMat;
+    type Vector = CudaVector;
+    type Act = CudaAct;
+    type Kv = CudaKv;
+    type Experts = CudaExperts;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn mat(&self, t: HostTensor) -> Result<CudaMat, BackendError> {
+        if t.shape().len() != 2 || t.is_empty() {
+            return Err(shape_err(
+                "matrix weight (2-D, non-empty)",
+                t.shape().to_vec(),
+                vec![0, 0],
+            ));
+        }
+        let (out, inp) = (t.shape()[0], t.shape()[1]);
+        let data = self.gpu.stream().clone_htod(&bf16_bits(t.data()))?;
+        Ok(CudaMat { data, out, inp })
+    }
+    fn mat_shape(&self, m: &CudaMat) -> (usize, usize) {
+        (m.out, m.inp)
+    }
+    fn vector(&self, t: HostTensor) -> Result<CudaVector, BackendError> {
+        if t.shape().len() != 1 || t.is_empty() {
+            return Err(shape_err(
+                "vector weight (1-D, non-empty)",
+                t.shape().to_vec(),
+                vec![0],
+            ));
+        }
+        let data = self.gpu.stream().clone_htod(t.data())?;
+        Ok(CudaVector { data, len: t.len() })
+    }
+    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<CudaExperts, BackendError> {
+        Ok(CudaExperts::from_host(&self.gpu, &host)?)
+    }
+    fn num_experts(experts: &CudaExperts) -> usize {
+        experts.ffn.shape().experts
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaAct, BackendError> {
+        if data.len() != rows * cols {
+            return Err(shape_err("upload", vec![data.len()], vec![rows, cols]));
+        }
+        Ok(self.upload_bits(&bf16_bits(data), rows, cols)?)
+    }
+    fn download(&self, x: &CudaAct) -> Result<Vec<f32>, BackendError> {
+        if x.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bits = self.gpu.stream().clone_dtoh(&x.data.slice(..x.len()))?;
+        Ok(bits
+            .into_iter()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect())
+    }
+    fn act_shape(&self, x: &CudaAct) -> (usize, usize) {
+        (x.rows, x.cols)
+    }
+
+    fn embed(&self, table: &CudaMat, ids: &[u32]) -> Result<CudaAct, BackendError> {
+        let (vocab, hidden) = (table.out, table.inp);
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &i)| i as usize >= vocab) {
+            return Err(BackendError::TokenOutOfRange {
+                id,
+                position,
+                vocab,
+            });
+        }
+        let st = self.gpu.stream();
+        let mut out = self.alloc(ids.len() * hidden)?;
+        if !ids.is_empty() {
+            let ids_d = st.clone_htod(ids)?;
+            let (t, _g1) = table.data.device_ptr(st);
+            let (i, _g2) = ids_d.device_ptr(st);
+            let (o, _g3) = out.device_ptr_mut(st);
+            // SAFETY: table holds vocab * hidden, ids rows u32, out rows * hidden.
+            unsafe {
+                model_launch::embed(
+                    t,
+                    i,
+                    i32_of("tokens", ids.len())?,
+                    i32_of("vocab", vocab)?,
+                    i32_of("hidden", hidden)?,
+                    o,
+                    self.raw(),
+                )?
+            };
+        }
+        Ok(CudaAct {
+            data: out,
+            rows: ids.len(),
+            cols: hidden,
+        })
+    }
+
+    fn rms_norm(&self, x: &CudaAct, w: &CudaVector, eps: f32) -> Result<CudaAct, BackendError> {
+        if w.len != x.cols {
+            return Err(shape_err("rms_norm weight", vec![w.len], vec![x.cols]));
+        }
+        let st = self.gpu.stream();
+        let mut out = self.alloc(x.len())?;
+        if x.rows > 0 {
+            let (xp, _g1) = x.data.device_ptr(st);
+            let (wp, _g2) = w.data.device_ptr(st);
+            let (op, _g3) = out.device_ptr_mut(st);
+            // SAFETY: x and out hold rows * cols bf16 (distinct buffers), w cols f32.
+            unsafe {
+                model_launch::rmsnorm(
+                    xp,
+                    wp,
+                    i32_of("rows", x.rows)?,
+                    i32_of("cols", x.cols)?,
+                    eps,
+                    op,
+                    self.raw(),
+                )?
+            };
+        }
+        Ok(CudaAct {
+            data: out,
+            rows: x.rows,
+            cols: x.cols,
+        })
+    }
+
+    fn linear(&self, x: &CudaAct, w: &CudaMat) -> Result<CudaAct, BackendError> {
+        if w.inp != x.cols {
+            return Err(shape_err(
+                "linear input",
+                vec![x.rows, x.cols],
+                vec![x.rows, w.inp],
+            ));
+        }
+        let data = if x.rows == 0 {
+            self.alloc(0)?
+        } else {
+            blas::linear::<u16>(&self.blas, self.gpu.stream(), x, w)?
+        };
+        Ok(CudaAct {
+            data,
+            rows: x.rows,
+            cols: w.out,
+        })
+    }
+
+    fn linear_to_host(&self, x: &CudaAct, w: &CudaMat) -> Result<Vec<f32>, BackendError> {
+        if w.inp != x.cols {
+            return Err(shape_err(
+                "linear input",
+                vec![x.rows, x.cols],
+                vec![x.rows, w.inp],
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let y = blas::linear::<f32>(&self.blas, self.gpu.stream(), x, w)?;
+        Ok(self.gpu.stream().clone_dtoh(&y)?)
+    }
+
+    fn add_assign(&self, x: &mut CudaAct, y: &CudaAct) -> Result<(), BackendError> {
+        if (x.rows, x.cols) != (y.rows, y.cols) {
+            return Err(shape_err("add", vec![y.rows, y.cols], vec![x.rows, x.cols]));
+        }
+        let st = self.gpu.stream();
+        let n = x.len();
+        if n > 0 {
+            let (yp, _g1) = y.data.device_ptr(st);
+            let (xp, _g2) = x.data.device_ptr_mut(st);
+            // SAFETY: both hold n bf16 (same shape); distinct buffers (&mut x, &y).
+            unsafe { model_launch::add(xp, yp, n as i64, self.raw())? };
+        }
+        Ok(())
+    }
+
+    fn select_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct, BackendError> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(shape_err("select_rows index", vec![r], vec![x.rows]));
+        }
+        let st = self.gpu.stream();
+        let mut out = self.alloc(rows.len() * x.cols)?;
+        if !rows.is_empty() {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let idx = st.clone_htod(&idx)?;
+            let (xp, _g1) = x.data.device_ptr(st);
+            let (ip, _g2) = idx.device_ptr(st);
+            let (op, _g3) = out.device_ptr_mut(st);
+            // SAFETY: idx holds rows.len() indices below x.rows; out rows.len() * cols.
+            unsafe {
+                model_launch::gather_rows(
+                    xp,
+                    ip,
+                    i32_of("rows", rows.len())?,
+                    i32_of("source rows", x.rows)?,
+                    i32_of("cols", x.cols)?,
+                    op,
+                    self.raw(),
+                )?
+            };
+        }
+        Ok(CudaAct {
+            data: out,
+            rows: rows.len(),
+            cols: x.cols,
+        })
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaAct,
+        heads: usize,
+        positions: &[usize],
+        rope: &Rope,
+    ) -> Result<(), BackendError> {
+        let hd = x.cols.checked_div(heads).unwrap_or(0);
+        if heads == 0 || hd * heads != x.cols || hd != 2 * rope.inv_freq.len() || hd == 0 {
+            return Err(shape_err(
+                "rope heads x head_dim",
+                vec![x.cols],
+                vec![heads, 2 * rope.inv_freq.len()],
+            ));
+        }
+        if positions.len() != x.rows {
+            return Err(shape_err(
+                "rope positions",
+                vec![positions.len()],
+                vec![x.rows],
+            ));
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let st = self.gpu.stream();
+        let pos = positions
+            .iter()
+            .map(|&p| i32_of("position", p))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let pos = st.clone_htod(&pos)?;
+        let inv = st.clone_htod(&rope.inv_freq)?;
+        let (pp, _g1) = pos.device_ptr(st);
+        let (ip, _g2) = inv.device_ptr(st);
+        let (xp, _g3) = x.data.device_ptr_mut(st);
+        // SAFETY: x holds rows * heads * hd bf16, pos rows i32, inv hd / 2 f32.
+        unsafe {
+            model_launch::rope(
+                xp,
+                pp,
+                ip,
+                i32_of("rows", x.rows)?,
+                i32_of("heads", heads)?,
+                i32_of("half head dim", hd / 2)?,
+                self.raw(),
+            )?
+        };
+        Ok(())
+    }
+
+    fn new_kv(&self, kv_heads: usize, head_dim: usize) -> CudaKv {
+        CudaKv::new(kv_heads, head_dim)
+    }
+    fn kv_len(&self, kv: &CudaKv) -> usize {
+        kv.len
+    }
+
+    fn attention(
+        &self,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        caches: &mut [&mut CudaKv],
+        spans: &[Range<usize>],
+        geom: &AttnGeom,
+    ) -> Result<CudaAct, BackendError> {
+        let (qw, kw) = (geom.heads * geom.head_dim, geom.kv_heads * geom.head_dim);
+        if geom.kv_heads == 0 || geom.heads % geom.kv_heads != 0 || geom.head_dim == 0 {
+            return Err(shape_err(
+                "attention heads / kv heads",
+                vec![geom.heads, geom.kv_heads],
+                vec![geom.kv_heads.max(1) * (geom.heads / geom.kv_heads.max(1)).max(1)],
+            ));
+        }
+        if geom.head_dim > 256 {
+            return Err(shape_err(
+                "attention head_dim (at most 256 on the GPU)",
+                vec![geom.head_dim],
+                vec![256],
+            ));
+        }
+        if q.cols != qw || k.cols != kw || v.cols != kw || k.rows != q.rows || v.rows != q.rows {
+            return Err(shape_err(
+                "attention q/k/v",
+                vec![q.rows, q.cols, k.rows, k.cols, v.rows, v.cols],
+                vec![q.rows, qw, q.rows, kw, q.rows, kw],
+            ));
+        }
+        if caches.len() != spans.len() {
+            return Err(shape_err(
+                "attention caches vs spans",
+                vec![caches.len()],
+                vec![spans.len()],
+            ));
+        }
+        let mut next = 0;
+        for s in spans {
+            if s.start != next || s.end < s.start || s.end > q.rows {
+                return Err(shape_err(
+                    "attention spans (contiguous, covering every row)",
+                    vec![s.start, s.end],
+                    vec![next, q.rows],
+                ));
+            }
+            next = s.end;
+        }
+        if next != q.rows {
+            return Err(shape_err(
+                "attention spans (contiguous, covering every row)",
+                vec![next],
+                vec![q.rows],
+            ));
+        }
+        if let Some(c) = caches
+            .iter()
+            .find(|c| c.kv_heads != geom.kv_heads || c.head_dim != geom.head_dim)
+        {
+            return Err(shape_err(
+                "attention cache heads x head_dim",
+                vec![c.kv_heads, c.head_dim],
+                vec![geom.kv_heads, geom.head_dim],
+            ));
+        }
+        Ok(attention::attention(
+            self.gpu.stream(),
+            q,
+            k,
+            v,
+            caches,
+            spans,
+            geom,
+        )?)
+    }
+
+    fn dispatch(&self, x: &CudaAct, layout: &DispatchLayout) -> Result<CudaAct, BackendError> {
+        Ok(moe::dispatch(&self.gpu, x, layout)?)
+    }
+
+    fn expert_ffn(
+        &self,
+        rows: &CudaAct,
+        layout: &DispatchLayout,
+        experts: &CudaExperts,
+        range: Range<usize>,
+    ) -> Result<CudaAct, BackendError> {
+        let n_experts = layout.counts().len();
+        let have = Self::num_experts(experts);
+        if range.start > range.end || range.end > n_experts || have != n_experts {
+            return Err(BackendError::ExpertRange {
+                start: range.start,
+                end: range.end,
+                experts: have.min(n_experts),
+            });
+        }
+        if rows.rows != layout.rows() || rows.cols != experts.ffn.shape().hidden {
+            return Err(shape_err(
+                "dispatched rows",
+                vec![rows.rows, rows.cols],
+                vec![layout.rows(), experts.ffn.shape().hidden],
+            ));
+        }
+        Ok(moe::expert_ffn(&self.gpu, rows, layout, experts, range)?)
+    }
+
+    fn combine(
+        &self,
+        plan: &RoutingPlan,
+        layout: &DispatchLayout,
+        expert_out: &CudaAct,
+    ) -> Result<CudaAct, BackendError> {
+        if expert_out.rows != layout.rows() || plan.len() != layout.assignment_rows().len() {
+            return Err(shape_err(
+                "combine: expert rows / assignments",
+                vec![expert_out.rows, layout.assignment_rows().len()],
+                vec![layout.rows(), plan.len()],
+            ));
+        }
+        Ok(moe::combine(&self.gpu, plan, layout, expert_out)?)
+    }
+}

@@ -1,0 +1,186 @@
+//! The MoE primitives of the CUDA backend over a host-made plan and layout:
+//! dispatch through the routing gather (`capmoe_gather_bf16`), the experts
+//! through [`ExpertFfn::forward_layout`] (CUTLASS grouped GEMMs around
+//! SwiGLU), combine through `capmoe_combine_bf16`. The host arrays each
+//! kernel needs are uploaded, stream-ordered.
+
+use super::tensor::CudaAct;
+use crate::backend::{CpuBackend, ExpertWeights};
+use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError};
+use crate::routing::{DispatchLayout, RoutingPlan, PAD};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// One layer's experts on the device: bf16 `W13`/`W2` behind the grouped
+/// GEMMs.
+pub struct CudaExperts {
+    pub(crate) ffn: ExpertFfn,
+}
+
+impl CudaExperts {
+    pub(super) fn from_host(
+        gpu: &GpuContext,
+        host: &[ExpertWeights<CpuBackend>],
+    ) -> Result<Self, GpuError> {
+        Ok(Self {
+            ffn: ExpertFfn::from_host(gpu, host)?,
+        })
+    }
+
+    pub fn ffn(&self) -> &ExpertFfn {
+        &self.ffn
+    }
+}
+
+fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
+}
+
+/// Uploads `v`, or one `fill` when it is empty (CUDA allocations are never
+/// empty; a plan may serve no assignment at all).
+fn upload<T: DeviceRepr + Copy>(
+    st: &Arc<CudaStream>,
+    v: &[T],
+    fill: T,
+) -> Result<CudaSlice<T>, GpuError> {
+    Ok(if v.is_empty() {
+        st.clone_htod(&[fill])?
+    } else {
+        st.clone_htod(v)?
+    })
+}
+
+/// Token rows into the layout's rows (padding rows zero).
+pub(super) fn dispatch(
+    gpu: &GpuContext,
+    x: &CudaAct,
+    layout: &DispatchLayout,
+) -> Result<CudaAct, GpuError> {
+    let st = gpu.stream();
+    let rows = layout.rows();
+    // SAFETY: the gather writes every one of the `rows` rows (zeros for padding).
+    let mut out = unsafe { st.alloc::<u16>((rows * x.cols).max(1)) }?;
+    if rows > 0 {
+        let row_token = st.clone_htod(layout.row_tokens())?;
+        let total = st.clone_htod(&[i32_of("layout rows", rows)?])?;
+        let (xp, _g1) = x.data.device_ptr(st);
+        let (rt, _g2) = row_token.device_ptr(st);
+        let (tr, _g3) = total.device_ptr(st);
+        let (op, _g4) = out.device_ptr_mut(st);
+        // SAFETY: x holds tokens * cols, row_token/total `rows` rows of this
+        // layout (its tokens index x), out rows * cols; cols % 8 == 0 is
+        // checked by the launcher.
+        unsafe {
+            launch::gather_bf16(
+                xp,
+                rt,
+                tr,
+                rows as i64,
+                i32_of("hidden", x.cols)?,
+                op,
+                st.cu_stream() as _,
+            )?
+        };
+    }
+    Ok(CudaAct {
+        data: out,
+        rows,
+        cols: x.cols,
+    })
+}
+
+/// Experts `range` on their rows; returns rows `offsets[range.start] ..
+/// offsets[range.end]` (padding zero), as `Backend::expert_ffn`.
+pub(super) fn expert_ffn(
+    gpu: &GpuContext,
+    rows: &CudaAct,
+    layout: &DispatchLayout,
+    experts: &CudaExperts,
+    range: Range<usize>,
+) -> Result<CudaAct, GpuError> {
+    let st = gpu.stream();
+    let hidden = rows.cols;
+    let y = experts
+        .ffn
+        .forward_layout(layout, &rows.data, range.clone())?;
+    let offs = layout.offsets();
+    let (first, last) = (offs[range.start] as usize, offs[range.end] as usize);
+    let n = last - first;
+    // The range's rows, padding zeroed (forward_layout leaves padding and
+    // other experts' rows unwritten): a row gather with PAD for padding.
+    let idx: Vec<u32> = layout.row_tokens()[first..last]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if t == PAD { PAD } else { (first + i) as u32 })
+        .collect();
+    // SAFETY: the gather writes all n rows.
+    let mut out = unsafe { st.alloc::<u16>((n * hidden).max(1)) }?;
+    if n > 0 {
+        let idx = st.clone_htod(&idx)?;
+        let (yp, _g1) = y.device_ptr(st);
+        let (ip, _g2) = idx.device_ptr(st);
+        let (op, _g3) = out.device_ptr_mut(st);
+        // SAFETY: y holds layout.rows() * hidden, idx n entries below that, out n * hidden.
+        unsafe {
+            crate::cuda::model_launch::gather_rows(
+                yp,
+                ip,
+                i32_of("rows", n)?,
+                i32_of("layout rows", layout.rows())?,
+                i32_of("hidden", hidden)?,
+                op,
+                st.cu_stream() as _,
+            )?
+        };
+    }
+    Ok(CudaAct {
+        data: out,
+        rows: n,
+        cols: hidden,
+    })
+}
+
+/// Weighted gather back to token order (`routing::combine`'s semantics, f32
+/// accumulation, one bf16 rounding).
+pub(super) fn combine(
+    gpu: &GpuContext,
+    plan: &RoutingPlan,
+    layout: &DispatchLayout,
+    y: &CudaAct,
+) -> Result<CudaAct, GpuError> {
+    let st = gpu.stream();
+    let (t, hidden) = (plan.tokens(), y.cols);
+    // SAFETY: combine writes every token row.
+    let mut out = unsafe { st.alloc::<u16>((t * hidden).max(1)) }?;
+    if t > 0 {
+        let offsets = st.clone_htod(plan.offsets())?;
+        let weights = upload(st, plan.weights(), 0.0)?;
+        let arows = upload(st, layout.assignment_rows(), 0)?;
+        let (o, _g1) = offsets.device_ptr(st);
+        let (w, _g2) = weights.device_ptr(st);
+        let (a, _g3) = arows.device_ptr(st);
+        let (yp, _g4) = y.data.device_ptr(st);
+        let (op, _g5) = out.device_ptr_mut(st);
+        // SAFETY: offsets holds tokens + 1 entries, weights and assignment
+        // rows one per assignment, each row below y's rows (the layout of this
+        // plan), out tokens * hidden.
+        unsafe {
+            launch::combine_bf16(
+                o,
+                w,
+                a,
+                yp,
+                i32_of("tokens", t)?,
+                i32_of("hidden", hidden)?,
+                op,
+                st.cu_stream() as _,
+            )?
+        };
+    }
+    Ok(CudaAct {
+        data: out,
+        rows: t,
+        cols: hidden,
+    })
+}

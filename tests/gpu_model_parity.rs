@@ -1,0 +1,401 @@
+//! The CUDA backend against the CPU backend (its twin): every op on random
+//! inputs, then the whole Mixtral forward pass (prefill and KV-cache decode)
+//! on the tiny-mixtral fixture and on a random `tiny` model with router
+//! skew, under `none` and a capacity policy. Skips with a printed reason
+//! where no GPU can be opened.
+//!
+//! Inputs are rounded to bf16 before both backends see them, so op-level
+//! differences come from the GPU's bf16 outputs (and f32 summation order):
+//! - embed, select_rows: exact;
+//! - add, RMSNorm, RoPE: one bf16 rounding of an f32 result, so within
+//!   `2^-8 |want| + 1e-6` (half an ulp is 2^-9 relative; RMSNorm's sum and
+//!   RoPE's cos/sin agree to f32 rounding, far below that);
+//! - linear (cuBLAS, f32 compute): `2^-8 |want| + 1e-3 max|want|` (one
+//!   rounding plus f32 summation order);
+//! - attention: `1e-2 max|want|` (scores and probabilities in f32, the
+//!   output rounded once; the online softmax reorders the sums).
+//!
+//! Model logits tolerance: `|gpu - cpu| <= 0.03 max|cpu|` (0.14 on the
+//! fixture, whose logits reach 4.8). Justification: the GPU rounds every
+//! activation to bf16 (relative error up to 2^-9 = 0.2% per rounding), about
+//! a dozen roundings per layer on the residual path (norm, q/k/v, RoPE,
+//! attention, o_proj, add, norm, gather, GEMM1, SwiGLU, GEMM2, combine, add)
+//! over 2 layers plus the final norm: some 25 roundings, which as a random
+//! walk give ~1% of the activation scale and at worst (all aligned) ~5%;
+//! 3% sits between. Weights are bf16 on both sides for the fixture (its bf16
+//! checkpoint); for the random model the CPU keeps f32 weights, adding
+//! 2^-9 relative per weight (averaged out in the dot products). Routing
+//! must agree exactly: the router logits leave the GPU as f32 straight from
+//! cuBLAS's accumulator, and the test checks every layer's served experts
+//! equal the CPU's (a flip would be a near-tie at bf16 precision, which the
+//! failure message reports with the CPU's probabilities).
+#![cfg(feature = "cuda")]
+
+use capmoe::backend::{AttnGeom, Backend, CpuBackend, HostTensor, Rope};
+use capmoe::cuda::{CudaBackend, GpuContext};
+use capmoe::model::{ForwardOptions, InitOptions, Model, Sequence};
+use capmoe::routing::{Policy, RouterConfig, RoutingPlan};
+use capmoe::trace::Skew;
+use std::path::PathBuf;
+
+fn gpu() -> Option<CudaBackend> {
+    if let Some(why) = GpuContext::unavailable() {
+        eprintln!("skipped: no GPU ({why})");
+        return None;
+    }
+    Some(CudaBackend::open().expect("the GPU opened, so the CUDA backend must"))
+}
+
+/// Deterministic values in [-scale, scale], rounded to bf16.
+fn rand(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            half::bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
+        })
+        .collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// Asserts `|got - want| <= rel |want| + abs` elementwise.
+fn close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(
+            d <= rel * w.abs() + abs,
+            "{what}: element {i}: gpu {g} vs cpu {w} (|d| = {d}, allowed {})",
+            rel * w.abs() + abs
+        );
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    eprintln!("{what}: max |gpu - cpu| = {} at {}", worst.0, worst.1);
+}
+
+const BF16_REL: f32 = 1.0 / 256.0;
+
+#[test]
+fn embed_select_add_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    let (vocab, hidden) = (50, 24);
+    let table = HostTensor::owned("t", vec![vocab, hidden], rand(vocab * hidden, 1, 1.0));
+    let ids = [3u32, 0, 49, 3, 17];
+    let want = cpu.embed(&cpu.mat(table.clone()).unwrap(), &ids).unwrap();
+    let got = g.embed(&g.mat(table.clone()).unwrap(), &ids).unwrap();
+    assert_eq!(g.download(&got).unwrap(), want.data, "embed is a copy");
+    assert!(g.embed(&g.mat(table).unwrap(), &[50]).is_err());
+
+    let sel = [4usize, 0, 2, 2];
+    let want_s = cpu.select_rows(&want, &sel).unwrap();
+    let got_s = g.select_rows(&got, &sel).unwrap();
+    assert_eq!(g.download(&got_s).unwrap(), want_s.data);
+
+    let y = rand(ids.len() * hidden, 2, 1.0);
+    let (mut xc, yc) = (want.clone(), cpu.upload(&y, ids.len(), hidden).unwrap());
+    cpu.add_assign(&mut xc, &yc).unwrap();
+    let mut xg = got;
+    g.add_assign(&mut xg, &g.upload(&y, ids.len(), hidden).unwrap())
+        .unwrap();
+    close("add", &g.download(&xg).unwrap(), &xc.data, BF16_REL, 1e-6);
+}
+
+#[test]
+fn rmsnorm_and_linear_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    for (rows, cols, out) in [(7, 32, 48), (3, 1000, 129), (1, 4096, 8)] {
+        let x = rand(rows * cols, cols as u64, 2.0);
+        let w = rand(cols, 5, 1.5);
+        let wt = HostTensor::owned("w", vec![cols], w);
+        let want = cpu
+            .rms_norm(
+                &cpu.upload(&x, rows, cols).unwrap(),
+                &cpu.vector(wt.clone()).unwrap(),
+                1e-5,
+            )
+            .unwrap();
+        let xg = g.upload(&x, rows, cols).unwrap();
+        let got = g.rms_norm(&xg, &g.vector(wt).unwrap(), 1e-5).unwrap();
+        close(
+            &format!("rmsnorm {rows}x{cols}"),
+            &g.download(&got).unwrap(),
+            &want.data,
+            BF16_REL,
+            1e-6,
+        );
+
+        let m = HostTensor::owned("m", vec![out, cols], rand(out * cols, 9, 0.1));
+        let want = cpu
+            .linear(
+                &cpu.upload(&x, rows, cols).unwrap(),
+                &cpu.mat(m.clone()).unwrap(),
+            )
+            .unwrap();
+        let gm = g.mat(m).unwrap();
+        let got = g.download(&g.linear(&xg, &gm).unwrap()).unwrap();
+        let scale = max_abs(&want.data);
+        close(
+            &format!("linear {rows}x{cols}->{out}"),
+            &got,
+            &want.data,
+            BF16_REL,
+            1e-3 * scale,
+        );
+        let got32 = g.linear_to_host(&xg, &gm).unwrap();
+        close(
+            &format!("linear_to_host {rows}x{cols}->{out}"),
+            &got32,
+            &want.data,
+            0.0,
+            1e-3 * scale,
+        );
+    }
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    for (heads, hd, theta) in [(4, 8, 1e6), (3, 128, 1e4)] {
+        let rope = Rope::new(hd, theta);
+        let positions = [0usize, 1, 7, 300, 4095, 32767];
+        let rows = positions.len();
+        let x = rand(rows * heads * hd, hd as u64, 1.0);
+        let mut want = cpu.upload(&x, rows, heads * hd).unwrap();
+        cpu.rope(&mut want, heads, &positions, &rope).unwrap();
+        let mut got = g.upload(&x, rows, heads * hd).unwrap();
+        g.rope(&mut got, heads, &positions, &rope).unwrap();
+        close(
+            &format!("rope {heads}x{hd}"),
+            &g.download(&got).unwrap(),
+            &want.data,
+            BF16_REL,
+            1e-6,
+        );
+    }
+}
+
+/// Prefill of two sequences, then two decode steps, with and without a
+/// window, GQA; the caches grow across calls.
+#[test]
+fn attention_prefill_and_decode_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend;
+    for (heads, kvh, hd, window) in [
+        (4, 2, 8, None),
+        (4, 2, 8, Some(5)),
+        (8, 2, 128, Some(100)),
+        (2, 1, 64, None),
+    ] {
+        let geom = AttnGeom {
+            heads,
+            kv_heads: kvh,
+            head_dim: hd,
+            window,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let mut cc = [cpu.new_kv(kvh, hd), cpu.new_kv(kvh, hd)];
+        let mut gc = [g.new_kv(kvh, hd), g.new_kv(kvh, hd)];
+        let steps: [&[usize]; 3] = [&[13, 300], &[1, 1], &[1, 0]];
+        for (step, lens) in steps.iter().enumerate() {
+            let mut spans = Vec::new();
+            let mut at = 0;
+            let mut idx = Vec::new();
+            for (s, &n) in lens.iter().enumerate() {
+                if n > 0 {
+                    spans.push(at..at + n);
+                    idx.push(s);
+                    at += n;
+                }
+            }
+            let rows = at;
+            let seed = (step * 100 + hd) as u64;
+            let (q, k, v) = (
+                rand(rows * heads * hd, seed, 1.0),
+                rand(rows * kvh * hd, seed + 1, 1.0),
+                rand(rows * kvh * hd, seed + 2, 1.0),
+            );
+            let (cq, ck, cv) = (
+                cpu.upload(&q, rows, heads * hd).unwrap(),
+                cpu.upload(&k, rows, kvh * hd).unwrap(),
+                cpu.upload(&v, rows, kvh * hd).unwrap(),
+            );
+            let (gq, gk, gv) = (
+                g.upload(&q, rows, heads * hd).unwrap(),
+                g.upload(&k, rows, kvh * hd).unwrap(),
+                g.upload(&v, rows, kvh * hd).unwrap(),
+            );
+            let want = {
+                let mut refs: Vec<&mut _> = cc
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| idx.contains(i))
+                    .map(|(_, c)| c)
+                    .collect();
+                cpu.attention(&cq, &ck, &cv, &mut refs, &spans, &geom)
+                    .unwrap()
+            };
+            let got = {
+                let mut refs: Vec<&mut _> = gc
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| idx.contains(i))
+                    .map(|(_, c)| c)
+                    .collect();
+                g.attention(&gq, &gk, &gv, &mut refs, &spans, &geom)
+                    .unwrap()
+            };
+            for (c, k) in cc.iter().zip(&gc) {
+                assert_eq!(cpu.kv_len(c), g.kv_len(k));
+            }
+            let scale = max_abs(&want.data);
+            close(
+                &format!("attention h{heads}/{kvh} d{hd} window {window:?} step {step}"),
+                &g.download(&got).unwrap(),
+                &want.data,
+                0.0,
+                1e-2 * scale,
+            );
+        }
+    }
+}
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mixtral/bf16")
+}
+
+fn served(plan: &RoutingPlan) -> Vec<Vec<u32>> {
+    (0..plan.tokens())
+        .map(|t| {
+            let mut e: Vec<u32> = plan.assignments(t).map(|a| a.expert).collect();
+            e.sort_unstable();
+            e
+        })
+        .collect()
+}
+
+fn same_plans(what: &str, cpu: &[RoutingPlan], gpu: &[RoutingPlan]) {
+    assert_eq!(cpu.len(), gpu.len());
+    for (l, (c, g)) in cpu.iter().zip(gpu).enumerate() {
+        let (sc, sg) = (served(c), served(g));
+        for t in 0..sc.len() {
+            assert_eq!(
+                sc[t],
+                sg[t],
+                "{what}: layer {l} token {t}: served experts differ (cpu probs {:?})",
+                c.assignments(t).map(|a| a.prob).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// Prefill of two prompts, then `steps` batched decode steps (greedy on the
+/// CPU's logits, fed to both), comparing logits and plans at every call.
+fn compare_models(
+    what: &str,
+    cpu: &Model<CpuBackend>,
+    gpu: &Model<CudaBackend>,
+    router: &RouterConfig,
+    steps: usize,
+) {
+    let prompts: [&[u32]; 2] = [&[1, 5, 9, 13, 2, 7, 11, 3, 8, 4, 6, 10, 12], &[2, 4, 6]];
+    let opts = ForwardOptions::new(router.clone());
+    let (mut cs, co) = cpu.prefill(&prompts, &opts).unwrap();
+    let (mut gs, go) = gpu.prefill(&prompts, &opts).unwrap();
+    let check = |tag: String,
+                 c: &capmoe::model::ForwardOutput<CpuBackend>,
+                 g: &capmoe::model::ForwardOutput<CudaBackend>| {
+        let cp: Vec<RoutingPlan> = c.layers.iter().map(|r| r.plan.clone()).collect();
+        let gp: Vec<RoutingPlan> = g.layers.iter().map(|r| r.plan.clone()).collect();
+        same_plans(&tag, &cp, &gp);
+        let scale = max_abs(&c.logits);
+        assert!(scale > 0.0);
+        close(&tag, &g.logits, &c.logits, 0.0, 0.03 * scale);
+    };
+    check(format!("{what} prefill"), &co, &go);
+    let mut last: Vec<u32> = co
+        .spans
+        .iter()
+        .map(|s| capmoe::model::argmax(co.row(s.end - 1).unwrap()).unwrap() as u32)
+        .collect();
+    for step in 0..steps {
+        let toks: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
+        let mut cr: Vec<&mut Sequence<CpuBackend>> = cs.iter_mut().collect();
+        let mut gr: Vec<&mut Sequence<CudaBackend>> = gs.iter_mut().collect();
+        let co = cpu.forward(&mut cr, &tok_refs, &opts).unwrap();
+        let go = gpu.forward(&mut gr, &tok_refs, &opts).unwrap();
+        check(format!("{what} decode {step}"), &co, &go);
+        last = (0..co.rows)
+            .map(|r| capmoe::model::argmax(co.row(r).unwrap()).unwrap() as u32)
+            .collect();
+    }
+}
+
+fn routers(k: usize) -> Vec<RouterConfig> {
+    vec![
+        RouterConfig::new(k, Policy::None),
+        RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0),
+    ]
+}
+
+#[test]
+fn fixture_model_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = Model::load(CpuBackend, &fixture()).unwrap();
+    let gm = Model::load(g, &fixture()).unwrap();
+    for r in routers(cpu.config().num_experts_per_tok) {
+        compare_models(&format!("tiny-mixtral {}", r.policy), &cpu, &gm, &r, 4);
+    }
+    // Generation (prefill + KV-cache decode through Model::generate) runs end
+    // to end on the GPU; the ids are printed for the report (the logits of
+    // such steps are compared above, where near-ties cannot flip the input).
+    let opts = capmoe::model::GenerateOptions {
+        max_new_tokens: 6,
+        eos: vec![],
+        router: cpu.default_router(),
+    };
+    let prompt = [1u32, 5, 9, 13, 2, 7];
+    let (a, b) = (
+        cpu.generate(&prompt, &opts).unwrap(),
+        gm.generate(&prompt, &opts).unwrap(),
+    );
+    eprintln!("greedy ids: cpu {a:?}, gpu {b:?}");
+    assert_eq!(a.len(), b.len());
+}
+
+#[test]
+fn random_skewed_model_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let opts = InitOptions::new(11).with_skew(Skew::Mixtral);
+    let cpu = Model::random(CpuBackend, cfg.clone(), &opts).unwrap();
+    let gm = Model::random(g, cfg, &opts).unwrap();
+    for (c, gl) in cpu.layers().iter().zip(gm.layers()) {
+        assert_eq!(
+            c.moe.router_bias, gl.moe.router_bias,
+            "skew bias applied identically"
+        );
+        assert!(c.moe.router_bias.is_some());
+    }
+    for r in routers(2) {
+        compare_models(
+            &format!("tiny random skewed {}", r.policy),
+            &cpu,
+            &gm,
+            &r,
+            3,
+        );
+    }
+}
