@@ -170,6 +170,9 @@ if [ -n "$build_root" ] && [ ! -e "$build_root" ] && [ "$build_root" != "$root" 
 fi
 cd "$root"
 export CARGO_MANIFEST_DIR="$root" RUST_BACKTRACE=1 CRITERION_HOME="$work/criterion" NO_COLOR=1
+# The headline EP run (test-gpu_ep_bench's full_bench_from_env): Mixtral-8x7B experts, EP-8, the
+# mixtral skew, gamma 1.5, prefill and decode batch sizes. Set CAPMOE_GPU_BENCH_ARGS to change it.
+export CAPMOE_GPU_BENCH_ARGS="${CAPMOE_GPU_BENCH_ARGS:---device cuda --tokens 4096,64 --ep 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,drop:order,reroute:next-best,expand:local --iters 20 --out $OUT/ep-gpu}"
 : >"$work/results.txt"
 warm=$(awk "BEGIN{print $measure/4}")
 while IFS='|' read -r kind name file args; do
