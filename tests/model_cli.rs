@@ -106,3 +106,37 @@ fn builtin_models_and_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("--ranks"), "{err}");
 }
+
+/// Without the `cuda` feature `--device cuda` is a usage error that says what
+/// it needs; `--device cpu` is the default's behaviour.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_is_a_clear_error() {
+    for cmd in ["logits", "generate"] {
+        let (code, _, err) = capmoe(&[cmd, "--model", "tiny", "--ids", "1,2", "--device", "cuda"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    let (code, out, err) = capmoe(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--ids",
+        "1,2",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, want, _) = capmoe(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--ids",
+        "1,2",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_eq!(out, want);
+}
