@@ -154,22 +154,28 @@ impl BenchSetup {
         Ok(())
     }
 
-    /// The runs in order: `none` first, then each capacity policy at each
-    /// gamma (duplicates removed).
+    /// The runs in order: see [`cases`].
     pub fn cases(&self) -> Vec<(Policy, Option<f64>)> {
-        let mut out = vec![(Policy::None, None)];
-        for &p in &self.policies {
-            if !p.has_capacity() {
-                continue;
-            }
-            for &g in &self.capacity_factors {
-                if !out.contains(&(p, Some(g))) {
-                    out.push((p, Some(g)));
-                }
+        cases(&self.policies, &self.capacity_factors)
+    }
+}
+
+/// The runs of a benchmark in order: `none` first, then each capacity policy
+/// at each gamma (duplicates removed; policies without capacity other than
+/// `none` have nothing to vary and are skipped).
+pub fn cases(policies: &[Policy], capacity_factors: &[f64]) -> Vec<(Policy, Option<f64>)> {
+    let mut out = vec![(Policy::None, None)];
+    for &p in policies {
+        if !p.has_capacity() {
+            continue;
+        }
+        for &g in capacity_factors {
+            if !out.contains(&(p, Some(g))) {
+                out.push((p, Some(g)));
             }
         }
-        out
     }
+    out
 }
 
 /// The model the benchmark ran.

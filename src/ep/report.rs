@@ -204,13 +204,23 @@ pub fn write_markdown(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
     writeln!(out, "\n## Per layer\n")?;
     let rows: Vec<Vec<String>> = r.cases.iter().flat_map(layer_rows).collect();
     md_table(out, &LAYER_HEAD, &rows)?;
+    method_and_figures(out, &r.method, &r.figures)
+}
+
+/// The Markdown tail both benchmark reports share: the method notes and the
+/// figures (linked by file name, next to the report).
+pub(crate) fn method_and_figures(
+    out: &mut dyn std::io::Write,
+    method: &[String],
+    figures: &[String],
+) -> std::io::Result<()> {
     writeln!(out, "\n## Method\n")?;
-    for m in &r.method {
+    for m in method {
         writeln!(out, "- {m}")?;
     }
-    if !r.figures.is_empty() {
+    if !figures.is_empty() {
         writeln!(out, "\n## Figures\n")?;
-        for f in &r.figures {
+        for f in figures {
             let name = std::path::Path::new(f)
                 .file_name()
                 .map_or(f.clone(), |n| n.to_string_lossy().into_owned());

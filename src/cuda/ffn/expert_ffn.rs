@@ -243,11 +243,7 @@ impl ExpertFfn {
         d: &GpuDispatch,
         rows: &CudaSlice<u16>,
     ) -> Result<CudaSlice<u16>, GpuError> {
-        let FfnShape {
-            experts,
-            hidden,
-            intermediate: inter,
-        } = self.shape;
+        let (experts, hidden) = (self.shape.experts, self.shape.hidden);
         if plan.experts() != experts {
             return Err(GpuError::Shape {
                 what: "plan's experts",
@@ -264,50 +260,81 @@ impl ExpertFfn {
             });
         }
         let max_rows = d.max_rows();
-        if rows.len() < max_rows * hidden {
+        self.check_rows(rows, max_rows)?;
+        if plan.tokens() == 0 {
+            // SAFETY: nothing reads an output without rows.
+            return Ok(unsafe { self.gpu.stream().alloc::<u16>((max_rows * hidden).max(1)) }?);
+        }
+        let pick = self.variants_for(plan.tokens(), plan.config().top_k);
+        self.pipeline(
+            rows,
+            max_rows,
+            pick,
+            experts,
+            (d.row_token(), d.total_rows()),
+            &|n, k, abc| d.gemm_args(plan, n, k, 2, abc),
+        )
+    }
+
+    /// Checks that `rows` holds `n_rows` rows of H.
+    pub(super) fn check_rows(&self, rows: &CudaSlice<u16>, n_rows: usize) -> Result<(), GpuError> {
+        let hidden = self.shape.hidden;
+        if rows.len() < n_rows * hidden {
             return Err(GpuError::Shape {
                 what: "routed rows (elements)",
                 got: rows.len().to_string(),
-                expected: format!("at least max_rows * hidden = {max_rows} * {hidden}"),
+                expected: format!("at least rows * hidden = {n_rows} * {hidden}"),
             });
         }
+        Ok(())
+    }
+
+    /// GEMM1 -> SwiGLU -> GEMM2 over `n_rows` routed rows, `groups` groups
+    /// per GEMM. `make_args(n, k, [a, b, d])` makes a GEMM's device arguments
+    /// over those base addresses; `live` (row tokens, PAD for rows to skip,
+    /// and the row count on the device) tells SwiGLU which rows are real.
+    pub(super) fn pipeline(
+        &self,
+        rows: &CudaSlice<u16>,
+        n_rows: usize,
+        pick: VariantPair,
+        groups: usize,
+        live: (&CudaSlice<u32>, &CudaSlice<i32>),
+        make_args: &dyn Fn(usize, usize, [u64; 3]) -> Result<crate::cuda::GpuGemmArgs, GpuError>,
+    ) -> Result<CudaSlice<u16>, GpuError> {
+        let (hidden, inter) = (self.shape.hidden, self.shape.intermediate);
         let st = self.gpu.stream();
         // SAFETY (all three): GEMM1 writes every real row of h13, SwiGLU every
-        // real row of h, GEMM2 every real row of y; padding rows are never read
+        // real row of h, GEMM2 every real row of y; other rows are never read
         // (GEMM2 and combine read real rows only).
-        let mut h13 = unsafe { st.alloc::<u16>((max_rows * 2 * inter).max(1)) }?;
-        let mut h = unsafe { st.alloc::<u16>((max_rows * inter).max(1)) }?;
-        let mut y = unsafe { st.alloc::<u16>((max_rows * hidden).max(1)) }?;
-        if plan.tokens() == 0 {
-            return Ok(y);
-        }
-        let pick = self.variants_for(plan.tokens(), plan.config().top_k);
-        let raw = st.cu_stream() as crate::cuda::ffi::Stream;
+        let mut h13 = unsafe { st.alloc::<u16>((n_rows * 2 * inter).max(1)) }?;
+        let mut h = unsafe { st.alloc::<u16>((n_rows * inter).max(1)) }?;
+        let mut y = unsafe { st.alloc::<u16>((n_rows * hidden).max(1)) }?;
 
         // GEMM1: h13 = rows W13^T.
         let (a, _ga) = rows.device_ptr(st);
         let (b, _gb) = self.w13.device_ptr(st);
         let (c, _gc) = h13.device_ptr_mut(st);
-        let args1 = d.gemm_args(plan, 2 * inter, hidden, 2, [a, b, c])?;
-        self.run(pick.gemm1, &args1, 0, 2 * inter, hidden)?;
+        let args1 = make_args(2 * inter, hidden, [a, b, c])?;
+        self.run_groups(pick.gemm1, &args1, 0, groups, 2 * inter, hidden)?;
         drop((_ga, _gb, _gc));
 
         // SwiGLU: h = silu(h13[:, 0::2]) * h13[:, 1::2] on the real rows.
         let (src, _g1) = h13.device_ptr(st);
-        let (rt, _g2) = d.row_token().device_ptr(st);
-        let (tr, _g3) = d.total_rows().device_ptr(st);
+        let (rt, _g2) = live.0.device_ptr(st);
+        let (tr, _g3) = live.1.device_ptr(st);
         let (dst, _g4) = h.device_ptr_mut(st);
-        // SAFETY: h13 holds max_rows * 2I, h max_rows * I; row_token/total_rows
-        // come from `d`, sized for max_rows; I % 8 == 0 (FfnShape::check).
+        // SAFETY: h13 holds n_rows * 2I, h n_rows * I; the live arrays are
+        // sized for n_rows rows (callers' contract); I % 8 == 0 (FfnShape).
         unsafe {
             launch::swiglu_bf16(
                 src,
                 rt,
                 tr,
-                max_rows as i64,
+                n_rows as i64,
                 to_i32("intermediate", inter)?,
                 dst,
-                raw,
+                st.cu_stream() as _,
             )?
         };
         drop((_g1, _g2, _g3, _g4));
@@ -316,8 +343,8 @@ impl ExpertFfn {
         let (a, _ga) = h.device_ptr(st);
         let (b, _gb) = self.w2.device_ptr(st);
         let (c, _gc) = y.device_ptr_mut(st);
-        let args2 = d.gemm_args(plan, hidden, inter, 2, [a, b, c])?;
-        self.run(pick.gemm2, &args2, 1, hidden, inter)?;
+        let args2 = make_args(hidden, inter, [a, b, c])?;
+        self.run_groups(pick.gemm2, &args2, 1, groups, hidden, inter)?;
         drop((_ga, _gb, _gc));
         Ok(y)
     }

@@ -178,21 +178,9 @@ impl GpuBenchSetup {
         Ok(())
     }
 
-    /// The runs of one group in order: `none` first, then each capacity
-    /// policy at each gamma (duplicates removed).
+    /// The runs of one group in order (see [`crate::ep::cases`]).
     pub fn cases(&self) -> Vec<(Policy, Option<f64>)> {
-        let mut out = vec![(Policy::None, None)];
-        for &p in &self.policies {
-            if !p.has_capacity() {
-                continue;
-            }
-            for &g in &self.capacity_factors {
-                if !out.contains(&(p, Some(g))) {
-                    out.push((p, Some(g)));
-                }
-            }
-        }
-        out
+        crate::ep::cases(&self.policies, &self.capacity_factors)
     }
 }
 

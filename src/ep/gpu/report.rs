@@ -288,18 +288,5 @@ pub fn write_markdown(out: &mut dyn Write, r: &GpuBenchReport) -> io::Result<()>
             writeln!(out, "- {s}")?;
         }
     }
-    writeln!(out, "\n## Method\n")?;
-    for m in &r.method {
-        writeln!(out, "- {m}")?;
-    }
-    if !r.figures.is_empty() {
-        writeln!(out, "\n## Figures\n")?;
-        for f in &r.figures {
-            let name = std::path::Path::new(f)
-                .file_name()
-                .map_or(f.clone(), |n| n.to_string_lossy().into_owned());
-            writeln!(out, "![{name}]({name})")?;
-        }
-    }
-    Ok(())
+    crate::ep::report::method_and_figures(out, &r.method, &r.figures)
 }
