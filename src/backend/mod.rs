@@ -8,14 +8,17 @@
 pub mod cpu;
 mod host;
 pub mod moe;
+mod random;
 
 pub use cpu::CpuBackend;
 pub use host::{HostTensor, Storage};
 pub use moe::{rank_experts, ExpertWeights, MoeOutput, MoeWeights};
+pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
 use crate::error::RoutingError;
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
+use std::time::Instant;
 use thiserror::Error;
 
 /// Errors from a backend operation.
@@ -83,6 +86,15 @@ impl Rope {
     }
 }
 
+/// The shape of one MoE layer's experts (every expert's `w1`, `w3` are
+/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertsShape {
+    pub experts: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+}
+
 /// A compute backend. `Act` is a row-major activation matrix on the device,
 /// `Mat` a weight matrix `[out, in]` (as stored by PyTorch's `nn.Linear`),
 /// `Vector` a 1-D weight and `Kv` one sequence's key/value cache for one
@@ -112,6 +124,58 @@ pub trait Backend: Send + Sync + Sized {
     fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<Self::Experts, BackendError>;
     /// Number of experts in a prepared set.
     fn num_experts(experts: &Self::Experts) -> usize;
+
+    /// A seeded random weight matrix `name` of `shape` `[out, in]`
+    /// (`Model::random`). The default draws it on the host
+    /// ([`random_host_tensor`]) and takes it with [`Backend::mat`]; a device
+    /// backend may draw on the device instead, with other values (see
+    /// the `random` module's note: random models differ between backends).
+    fn random_mat(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        init: &RandomInit,
+    ) -> Result<Self::Mat, BackendError> {
+        self.mat(random_host_tensor(name, &shape, init))
+    }
+    /// Seeded random experts of layer `layer`; `name(j, m)` is the weight
+    /// name of expert `j`'s matrix `m` ("w1", "w2", "w3"). The default draws
+    /// every expert's matrices on the host by name, as a checkpoint would
+    /// hold them, and takes them with [`Backend::experts`].
+    fn random_experts(
+        &self,
+        layer: usize,
+        shape: ExpertsShape,
+        name: &dyn Fn(usize, &str) -> String,
+        init: &RandomInit,
+    ) -> Result<Self::Experts, BackendError> {
+        let _ = layer;
+        let (h, i) = (shape.hidden, shape.intermediate);
+        let host = (0..shape.experts)
+            .map(|j| {
+                Ok(ExpertWeights::<CpuBackend> {
+                    w1: CpuBackend.mat(random_host_tensor(&name(j, "w1"), &[i, h], init))?,
+                    w2: CpuBackend.mat(random_host_tensor(&name(j, "w2"), &[h, i], init))?,
+                    w3: CpuBackend.mat(random_host_tensor(&name(j, "w3"), &[i, h], init))?,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        self.experts(host)
+    }
+
+    /// Runs `f` and returns its value with the time it took, ms. The default
+    /// is host wall time, right for a backend whose operations are done when
+    /// they return (the CPU). A device backend waits for the work queued
+    /// before, then times what `f` queued to its end (CUDA: events on its
+    /// stream, then a sync).
+    fn timed<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, f64), E> {
+        let t0 = Instant::now();
+        let v = f()?;
+        Ok((v, t0.elapsed().as_secs_f64() * 1e3))
+    }
 
     /// Copies host values `[rows, cols]` to the device.
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act, BackendError>;

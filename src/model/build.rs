@@ -1,11 +1,15 @@
 //! The model's weights and its constructors (checkpoint or random).
 
 use super::config::MixtralConfig;
-use super::init::{self, InitOptions};
+use super::init::InitOptions;
 use super::weights::{WeightError, WeightFiles};
 use super::{names, ModelError};
-use crate::backend::{AttnGeom, Backend, CpuBackend, ExpertWeights, HostTensor, MoeWeights, Rope};
+use crate::backend::{
+    AttnGeom, Backend, CpuBackend, ExpertWeights, ExpertsShape, HostTensor, MoeWeights, RandomInit,
+    Rope,
+};
 use crate::routing::{Policy, RouterConfig};
+use indicatif::ProgressBar;
 use std::path::Path;
 
 /// One decoder layer's weights.
@@ -37,7 +41,23 @@ impl<B: Backend> Model<B> {
     pub fn from_source(
         backend: B,
         config: MixtralConfig,
-        mut source: impl FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>,
+        source: impl FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>,
+    ) -> Result<Self, ModelError> {
+        Self::build(
+            backend,
+            config,
+            &mut HostSource(source),
+            &ProgressBar::hidden(),
+        )
+    }
+
+    /// Builds the model from `source` (every weight by name and shape, in
+    /// the same order for every source); `progress` ticks once per layer.
+    fn build(
+        backend: B,
+        config: MixtralConfig,
+        source: &mut dyn WeightSource<B>,
+        progress: &ProgressBar,
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let c = &config;
@@ -45,61 +65,46 @@ impl<B: Backend> Model<B> {
         let q = c.num_attention_heads * c.head_dim;
         let kv = c.num_key_value_heads * c.head_dim;
         let e = c.num_local_experts;
-        let mut take = |name: &str, shape: &[usize]| -> Result<HostTensor, ModelError> {
-            let t = source(name, shape)?;
-            if t.shape() != shape || t.len() != shape.iter().product::<usize>() {
-                return Err(WeightError::Shape {
-                    name: name.to_string(),
-                    found: if t.shape() != shape {
-                        t.shape().to_vec()
-                    } else {
-                        vec![t.len()]
-                    },
-                    expected: shape.to_vec(),
-                }
-                .into());
-            }
-            Ok(t)
-        };
-        let mat = |t: HostTensor| -> Result<B::Mat, ModelError> { Ok(backend.mat(t)?) };
-        let embed = mat(take(names::EMBED, &[v, h])?)?;
+        let be = &backend;
+        progress.set_length(c.num_hidden_layers as u64);
+        let embed = source.mat(be, names::EMBED, [v, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            let q_proj = mat(take(&names::attn(l, "q_proj"), &[q, h])?)?;
-            let k_proj = mat(take(&names::attn(l, "k_proj"), &[kv, h])?)?;
-            let v_proj = mat(take(&names::attn(l, "v_proj"), &[kv, h])?)?;
-            let o_proj = mat(take(&names::attn(l, "o_proj"), &[h, q])?)?;
-            let gate = mat(take(&names::gate(l), &[e, h])?)?;
-            let mut host = Vec::with_capacity(e);
-            for j in 0..e {
-                host.push(ExpertWeights::<CpuBackend> {
-                    w1: CpuBackend.mat(take(&names::expert(l, j, "w1"), &[i, h])?)?,
-                    w2: CpuBackend.mat(take(&names::expert(l, j, "w2"), &[h, i])?)?,
-                    w3: CpuBackend.mat(take(&names::expert(l, j, "w3"), &[i, h])?)?,
-                });
-            }
-            let experts = backend.experts(host)?;
+            progress.set_message(format!(
+                "weights of layer {}/{}",
+                l + 1,
+                c.num_hidden_layers
+            ));
+            let q_proj = source.mat(be, &names::attn(l, "q_proj"), [q, h])?;
+            let k_proj = source.mat(be, &names::attn(l, "k_proj"), [kv, h])?;
+            let v_proj = source.mat(be, &names::attn(l, "v_proj"), [kv, h])?;
+            let o_proj = source.mat(be, &names::attn(l, "o_proj"), [h, q])?;
+            let gate = source.mat(be, &names::gate(l), [e, h])?;
+            let shape = ExpertsShape {
+                experts: e,
+                hidden: h,
+                intermediate: i,
+            };
+            let experts = source.experts(be, l, shape)?;
             layers.push((q_proj, k_proj, v_proj, o_proj, gate, experts));
+            progress.inc(1);
         }
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(mat(take(names::LM_HEAD, &[v, h])?)?)
-        };
-        let mut vector = |name: &str| -> Result<B::Vector, ModelError> {
-            Ok(backend.vector(take(name, &[h])?)?)
+            Some(source.mat(be, names::LM_HEAD, [v, h])?)
         };
         let layers = layers
             .into_iter()
             .enumerate()
             .map(|(l, (q_proj, k_proj, v_proj, o_proj, gate, experts))| {
                 Ok(Layer {
-                    input_norm: vector(&names::input_norm(l))?,
+                    input_norm: source.vector(be, &names::input_norm(l), h)?,
                     q_proj,
                     k_proj,
                     v_proj,
                     o_proj,
-                    post_norm: vector(&names::post_norm(l))?,
+                    post_norm: source.vector(be, &names::post_norm(l), h)?,
                     moe: MoeWeights {
                         gate,
                         experts,
@@ -108,7 +113,7 @@ impl<B: Backend> Model<B> {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let norm = vector(names::NORM)?;
+        let norm = source.vector(be, names::NORM, h)?;
         let rope = Rope::new(config.head_dim, config.rope_theta);
         Ok(Self {
             backend,
@@ -133,15 +138,43 @@ impl<B: Backend> Model<B> {
     }
 
     /// Seeded random weights for any config (see [`InitOptions`]), with the
-    /// optional router skew applied.
+    /// optional router skew applied. Matrices are drawn by the backend
+    /// ([`Backend::random_mat`], [`Backend::random_experts`]): on the host by
+    /// default (the CPU), on the device for CUDA, whose values differ from
+    /// the CPU's. The skew is applied the same way on every backend.
     pub fn random(
         backend: B,
         config: MixtralConfig,
         opts: &InitOptions,
     ) -> Result<Self, ModelError> {
+        Self::random_with_progress(backend, config, opts, &ProgressBar::hidden())
+    }
+
+    /// Seeded random weights drawn on the host for every backend (then
+    /// taken as a checkpoint's would be), skew applied: the same model on
+    /// every backend up to the backend's weight precision, for parity tests
+    /// on random models. On the CPU it is [`Model::random`], bit for bit.
+    pub fn random_host(
+        backend: B,
+        config: MixtralConfig,
+        opts: &InitOptions,
+    ) -> Result<Self, ModelError> {
         let mut model = Self::from_source(backend, config, |name, shape| {
-            Ok(init::random_tensor(name, shape, opts))
+            Ok(super::init::random_tensor(name, shape, opts))
         })?;
+        model.apply_skew(opts.skew, opts.seed)?;
+        Ok(model)
+    }
+
+    /// [`Model::random`], ticking `progress` once per decoder layer drawn.
+    pub fn random_with_progress(
+        backend: B,
+        config: MixtralConfig,
+        opts: &InitOptions,
+        progress: &ProgressBar,
+    ) -> Result<Self, ModelError> {
+        let mut source = RandomSource(opts.random_init());
+        let mut model = Self::build(backend, config, &mut source, progress)?;
         model.apply_skew(opts.skew, opts.seed)?;
         Ok(model)
     }
@@ -172,5 +205,78 @@ impl<B: Backend> Model<B> {
             window: c.sliding_window,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         }
+    }
+}
+
+/// Where [`Model::build`] takes the weights from.
+trait WeightSource<B: Backend> {
+    fn mat(&mut self, be: &B, name: &str, shape: [usize; 2]) -> Result<B::Mat, ModelError>;
+    fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError>;
+    fn experts(
+        &mut self,
+        be: &B,
+        layer: usize,
+        shape: ExpertsShape,
+    ) -> Result<B::Experts, ModelError>;
+}
+
+/// Host tensors by name and shape (a checkpoint, or a test's source); each
+/// is checked against the shape it was asked for.
+struct HostSource<F>(F);
+
+impl<F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> HostSource<F> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
+        let t = (self.0)(name, shape)?;
+        if t.shape() != shape || t.len() != shape.iter().product::<usize>() {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                found: if t.shape() != shape {
+                    t.shape().to_vec()
+                } else {
+                    vec![t.len()]
+                },
+                expected: shape.to_vec(),
+            }
+            .into());
+        }
+        Ok(t)
+    }
+}
+
+impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> WeightSource<B>
+    for HostSource<F>
+{
+    fn mat(&mut self, be: &B, name: &str, shape: [usize; 2]) -> Result<B::Mat, ModelError> {
+        Ok(be.mat(self.take(name, &shape)?)?)
+    }
+    fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError> {
+        Ok(be.vector(self.take(name, &[len])?)?)
+    }
+    fn experts(&mut self, be: &B, l: usize, s: ExpertsShape) -> Result<B::Experts, ModelError> {
+        let (h, i) = (s.hidden, s.intermediate);
+        let mut host = Vec::with_capacity(s.experts);
+        for j in 0..s.experts {
+            host.push(ExpertWeights::<CpuBackend> {
+                w1: CpuBackend.mat(self.take(&names::expert(l, j, "w1"), &[i, h])?)?,
+                w2: CpuBackend.mat(self.take(&names::expert(l, j, "w2"), &[h, i])?)?,
+                w3: CpuBackend.mat(self.take(&names::expert(l, j, "w3"), &[i, h])?)?,
+            });
+        }
+        Ok(be.experts(host)?)
+    }
+}
+
+/// Seeded random weights, drawn by the backend.
+struct RandomSource(RandomInit);
+
+impl<B: Backend> WeightSource<B> for RandomSource {
+    fn mat(&mut self, be: &B, name: &str, shape: [usize; 2]) -> Result<B::Mat, ModelError> {
+        Ok(be.random_mat(name, shape, &self.0)?)
+    }
+    fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError> {
+        Ok(be.vector(crate::backend::random_host_tensor(name, &[len], &self.0))?)
+    }
+    fn experts(&mut self, be: &B, l: usize, s: ExpertsShape) -> Result<B::Experts, ModelError> {
+        Ok(be.random_experts(l, s, &|j, m| names::expert(l, j, m), &self.0)?)
     }
 }

@@ -2,10 +2,9 @@
 
 use super::build::Model;
 use super::ModelError;
-use crate::backend::{Backend, HostTensor};
+use crate::backend::{random_host_tensor, Backend, HostTensor, RandomInit};
 use crate::routing::numerics::splitmix64;
 use crate::trace::{expert_bias, Rng, Skew};
-use rayon::prelude::*;
 
 /// How to initialise random weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,40 +30,20 @@ impl InitOptions {
         self.skew = skew;
         self
     }
-}
-
-fn name_seed(seed: u64, name: &str) -> u64 {
-    // FNV-1a of the name, mixed with the seed: each tensor's values depend on
-    // its name and the seed only, not on load order or thread count.
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in name.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    /// The seed and standard deviation the backends draw with.
+    pub fn random_init(&self) -> RandomInit {
+        RandomInit {
+            seed: self.seed,
+            std: self.std,
+        }
     }
-    splitmix64(h ^ splitmix64(seed))
 }
-
-const CHUNK: usize = 1 << 16;
 
 /// A random tensor: norm weights (1-D) are ones, matrices uniform with the
 /// options' standard deviation, generated in parallel chunks each with its
-/// own seeded stream.
+/// own seeded stream (the host draw, [`crate::backend::random_host_tensor`]).
 pub fn random_tensor(name: &str, shape: &[usize], opts: &InitOptions) -> HostTensor {
-    let n: usize = shape.iter().product();
-    if shape.len() == 1 {
-        return HostTensor::owned(name, shape.to_vec(), vec![1.0; n]);
-    }
-    let a = opts.std as f64 * 3f64.sqrt();
-    let base = name_seed(opts.seed, name);
-    let mut data = vec![0.0f32; n];
-    data.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut rng = Rng::new(splitmix64(base ^ c as u64));
-            for v in chunk {
-                *v = ((rng.uniform() * 2.0 - 1.0) * a) as f32;
-            }
-        });
-    HostTensor::owned(name, shape.to_vec(), data)
+    random_host_tensor(name, shape, &opts.random_init())
 }
 
 impl<B: Backend> Model<B> {

@@ -32,11 +32,14 @@ pub use moe::CudaExperts;
 pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
 use crate::backend::{
-    AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, HostTensor, Rope,
+    name_seed32, AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, ExpertsShape,
+    HostTensor, RandomInit, Rope,
 };
+use crate::cuda::{launch, ExpertFfn, FfnShape};
 use crate::cuda::{model_launch, GpuContext, GpuError};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use std::ops::Range;
 use std::sync::Arc;
@@ -167,6 +170,91 @@ impl Backend for CudaBackend {
     }
     fn num_experts(experts: &CudaExperts) -> usize {
         experts.ffn.shape().experts
+    }
+
+    /// Drawn on the device in bf16 with the hashed uniform init
+    /// (`launch::fill_hash_bf16`, `U(-std sqrt 3, std sqrt 3)`, seeded by the
+    /// name and the seed): not the CPU backend's values (see
+    /// `backend::random`), and no host copy, so that a full Mixtral-8x7B
+    /// (~94 GB in bf16) can be drawn on one GPU.
+    fn random_mat(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        init: &RandomInit,
+    ) -> Result<CudaMat, BackendError> {
+        let [out, inp] = shape;
+        let n = out * inp;
+        if n == 0 {
+            return Err(shape_err(
+                "matrix weight (2-D, non-empty)",
+                shape.to_vec(),
+                vec![0, 0],
+            ));
+        }
+        if n as u64 > u64::from(u32::MAX) {
+            return Err(GpuError::TooLarge {
+                what: "elements of a random matrix (the hashed init indexes with 32 bits)",
+                value: n,
+            }
+            .into());
+        }
+        let st = self.gpu.stream();
+        let mut data = self.alloc(n)?;
+        {
+            let (ptr, _g) = data.device_ptr_mut(st);
+            // SAFETY: `data` holds n bf16 of this context, alive past the launch.
+            unsafe {
+                launch::fill_hash_bf16(
+                    ptr,
+                    n as u64,
+                    name_seed32(init.seed, name),
+                    init.bound() as f32,
+                    self.raw(),
+                )?
+            };
+        }
+        Ok(CudaMat { data, out, inp })
+    }
+
+    /// [`ExpertFfn::random_scaled`] on the device, seeded per layer from the
+    /// seed and the layer's first expert name (`W13`/`W2` drawn whole, not
+    /// per expert name: the CPU backend's values differ).
+    fn random_experts(
+        &self,
+        layer: usize,
+        shape: ExpertsShape,
+        name: &dyn Fn(usize, &str) -> String,
+        init: &RandomInit,
+    ) -> Result<CudaExperts, BackendError> {
+        let _ = layer;
+        let ffn_shape = FfnShape::new(shape.experts, shape.hidden, shape.intermediate)
+            .map_err(GpuError::from)?;
+        let ffn = ExpertFfn::random_scaled(
+            &self.gpu,
+            ffn_shape,
+            name_seed32(init.seed, &name(0, "w13")),
+            init.bound() as f32,
+        )?;
+        Ok(CudaExperts { ffn })
+    }
+
+    /// CUDA events around what `f` queues on the backend's stream, after a
+    /// sync so that earlier work is not counted; host work inside `f` that
+    /// leaves the GPU idle is counted (the end event is queued after it).
+    fn timed<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, f64), E> {
+        let ev = |e: cudarc::driver::DriverError| E::from(BackendError::from(e));
+        let st = self.gpu.stream();
+        st.synchronize().map_err(ev)?;
+        let start = st.record_event(Some(CU_EVENT_DEFAULT)).map_err(ev)?;
+        let v = f()?;
+        let end = st.record_event(Some(CU_EVENT_DEFAULT)).map_err(ev)?;
+        end.synchronize().map_err(ev)?;
+        let ms = start.elapsed_ms(&end).map_err(ev)?;
+        Ok((v, f64::from(ms)))
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaAct, BackendError> {

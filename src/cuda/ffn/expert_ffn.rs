@@ -106,6 +106,17 @@ impl ExpertFfn {
     /// run on the same weights): W13 from `init::w13_seed(seed)`, W2 from
     /// `init::w2_seed(seed)`, both `U(-INIT_SCALE, INIT_SCALE)`.
     pub fn random(gpu: &GpuContext, shape: FfnShape, seed: u32) -> Result<Self, GpuError> {
+        Self::random_scaled(gpu, shape, seed, init::INIT_SCALE)
+    }
+
+    /// [`ExpertFfn::random`] with values `U(-scale, scale)` (the model's
+    /// random init: `std * sqrt(3)`).
+    pub fn random_scaled(
+        gpu: &GpuContext,
+        shape: FfnShape,
+        seed: u32,
+        scale: f32,
+    ) -> Result<Self, GpuError> {
         shape.check()?;
         let n = (shape.experts * shape.hidden * shape.intermediate) as u64;
         if 2 * n > u64::from(u32::MAX) {
@@ -125,9 +136,7 @@ impl ExpertFfn {
             let len = buf.len() as u64;
             let (ptr, _g) = buf.device_ptr_mut(st);
             // SAFETY: `ptr` holds `len` bf16 of this context, alive past the launch (owned here).
-            unsafe {
-                launch::fill_hash_bf16(ptr, len, seed, init::INIT_SCALE, st.cu_stream() as _)?
-            };
+            unsafe { launch::fill_hash_bf16(ptr, len, seed, scale, st.cu_stream() as _)? };
         }
         Self::with_weights(gpu, shape, w13, w2)
     }
