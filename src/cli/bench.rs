@@ -3,7 +3,7 @@
 
 use super::model_args::check_random_size;
 use super::CliError;
-use crate::backend::CpuBackend;
+use crate::backend::{Backend, CpuBackend};
 use crate::ep::gpu::{GpuBenchSetup, LayerShape};
 use crate::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
 use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 pub enum Device {
     /// The whole Mixtral model on the CPU backend (gemm + rayon over every core).
     Cpu,
-    /// One MoE layer on the GPU: real CUTLASS expert kernels timed per EP
-    /// rank with CUDA events, NVML telemetry (needs the `cuda` feature).
+    /// The GPU (needs the `cuda` feature): one MoE layer with real CUTLASS
+    /// expert kernels timed per EP rank with CUDA events and NVML telemetry,
+    /// or with --e2e the whole model as on the CPU.
     Cuda,
 }
 
@@ -32,27 +33,39 @@ pub const DEFAULT_POLICIES: &str =
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Where the benchmark runs: `cpu` (the whole model) or `cuda` (one MoE
-    /// layer on the GPU; see below).
+    /// layer on the GPU, or the whole model with --e2e; see below).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
-    /// [cpu] A Hugging Face Mixtral checkpoint directory (instead of --config).
+    /// [cuda] The whole model end to end on the GPU (the CPU benchmark's
+    /// method and report, with bf16 weights drawn on the device; default
+    /// Mixtral-8x7B, 32 layers, ~94 GB) instead of one MoE layer. Takes the
+    /// [cpu] flags too.
+    #[arg(long)]
+    pub e2e: bool,
+    /// [cpu, cuda --e2e] Time every case's own prefill and this many greedy
+    /// decode steps after it: prefill and decode tokens/s per case [default:
+    /// 0 = off on cpu, 8 with --e2e].
+    #[arg(long, value_name = "N")]
+    pub decode_steps: Option<usize>,
+    /// [cpu, --e2e] A Hugging Face Mixtral checkpoint directory (instead of --config).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "layers"])]
     pub model: Option<PathBuf>,
     /// A built-in shape: tiny, small, mixtral-8x7b. cpu: the model, with
     /// seeded random weights (default small; mixtral-8x7b is too large for
     /// random weights on the CPU). cuda: the MoE layer's shape (default
-    /// mixtral-8x7b: 8 experts top-2, hidden 4096, intermediate 14336).
+    /// mixtral-8x7b: 8 experts top-2, hidden 4096, intermediate 14336);
+    /// with --e2e the model (default mixtral-8x7b, drawn on the device).
     #[arg(long, value_name = "NAME")]
     pub config: Option<String>,
-    /// [cpu] Decoder layers of the built-in shape (default: 2 for `small`,
-    /// so that the default run fits in 2 minutes on 2 cores; the config's
-    /// own count otherwise).
+    /// [cpu, --e2e] Decoder layers of the built-in shape (default: 2 for
+    /// `small` on the CPU, so that the default run fits in 2 minutes on 2
+    /// cores; the config's own count otherwise).
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
-    /// [cpu] Sequences in the batch [default: 4].
+    /// [cpu, --e2e] Sequences in the batch [default: 4].
     #[arg(long, value_name = "B")]
     pub batch: Option<usize>,
-    /// [cpu] Tokens per sequence [default: 64]; the batch prefills
+    /// [cpu, --e2e] Tokens per sequence [default: 64; 1024 with --e2e]; the batch prefills
     /// T = batch * seq-len tokens, and every MoE layer routes all T together
     /// (C = ceil(gamma T k / E)).
     #[arg(long, value_name = "S")]
@@ -114,7 +127,7 @@ pub struct BenchArgs {
     /// [default: 3]. cuda: iterations per case, at least [default: 30].
     #[arg(long, value_name = "N")]
     pub iters: Option<usize>,
-    /// [cpu] Layer whose per-expert load load.png shows [default: 0].
+    /// [cpu, --e2e] Layer whose per-expert load load.png shows [default: 0].
     #[arg(long, value_name = "L")]
     pub load_layer: Option<usize>,
     /// [cuda] Untimed iterations before each timed block [default: 2].
@@ -218,13 +231,25 @@ Default run: the `small` shape (hidden 1024, intermediate 3584, 8 experts top-2,
   split's cross-check, TFLOP/s, weight GB/s), routing time, gate mass kept, dropped/rerouted shares, and
   NVML telemetry over the rank iterations: GPU utilisation, SM and memory clocks, power, energy per
   token (from the energy counter). Without NVML telemetry is marked unavailable. KL and top-1 need the
-  model on the GPU, which is not built yet. reroute:optimal is skipped (CPU only); skews out of reach
+  whole model: --e2e below. reroute:optimal is skipped (CPU only); skews out of reach
   for E and k (olmoe needs E/k > 7) are skipped with the reason.
   Default run: T in {4096, 64} x 3 skews x EP {8, 4} x (none + 5 policies x 4 gammas): 252 cases,
   estimated at 1.5-2 minutes on an H200. Flags marked [cpu] or [cuda] belong to one device; giving one to the other is an error.
 
+--device cuda --e2e: the whole model on the GPU, end to end (build with --features cuda)
+  The --device cpu benchmark above, run unchanged on the CUDA backend, with the [cpu] flags: by default the
+  whole Mixtral-8x7B (32 layers; bf16 weights, ~94 GB, drawn at random on the device from --seed with a
+  progress bar; GPU random weights are not the CPU's), batch 4 x 1024 (T = 4096), EP 8, mixtral skew,
+  3 rounds. Every time (prefill, decode step, routing, each rank's replay) is taken with CUDA events
+  around the work; a rank's replay runs ExpertFfn::forward_layout over its own experts only (the grouped
+  GEMMs on its rows alone). Besides the CPU report, each case's own prefill and --decode-steps greedy
+  decode steps (default 8) after it are timed: prefill and decode tokens/s on the one GPU, and the
+  modelled EP prefill's tokens/s. Cases are timed one after another, each right after its forward pass,
+  so that only one case's recorded MoE inputs sit next to the weights. Layer-only flags ([cuda]) are
+  errors here. A short run: --config mixtral-8x7b --layers 4 --batch 4 --seq-len 512 --iters 3.
+
 Output: a table on stdout (--json: the report as JSON), and under --out report.json, report.md and
-  figures: cpu load.png, speedup.png, fidelity.png; cuda gpu-speedup-T<T>.png (speedup P50 and ideal
+  figures: cpu and cuda --e2e load.png, speedup.png, fidelity.png; cuda gpu-speedup-T<T>.png (speedup P50 and ideal
   vs gamma per policy, a panel per EP size x skew) and gpu-latency-T<T>.png (P50 and P99). A progress
   bar shows on stderr when it is a terminal.
 
@@ -236,6 +261,8 @@ Examples:
   capmoe bench --device cuda --out bench/results/ep-gpu
   capmoe bench --device cuda --tokens 4096 --ep 8 --skew mixtral --policies none,drop:score --iters 50
   capmoe bench --device cuda --config small --tokens 256 --ep 8 --iters 5 --min-case-ms 0   # short, for nsight
+  capmoe bench --device cuda --e2e --out bench/results/ep-gpu-e2e      # whole Mixtral-8x7B on one GPU
+  capmoe bench --device cuda --e2e --config mixtral-8x7b --layers 4 --batch 4 --seq-len 512 --iters 3
 ";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EpError + '_ {
@@ -255,37 +282,99 @@ fn check_builtin(name: &str) -> Result<(), CliError> {
     )))
 }
 
-/// Loads or builds the model, with the skew applied.
-fn load_model(args: &BenchArgs, skew: Skew) -> Result<(Model<CpuBackend>, String), CliError> {
+/// The defaults of a whole-model run that differ between the devices.
+struct E2eDefaults {
+    config: &'static str,
+    /// Layers of the `small` shape when --layers is not given (`None`: the
+    /// config's own count).
+    small_layers: Option<usize>,
+    batch: usize,
+    seq_len: usize,
+    iters: usize,
+    a2a_gbps: f64,
+    decode_steps: usize,
+    /// Time every case's prefill and decode even without --decode-steps.
+    throughput: bool,
+    /// See [`BenchSetup::interleave`].
+    interleave: bool,
+    /// Refuse random models too large for host memory as f32 (the CPU).
+    host_size_limit: bool,
+    out: &'static str,
+}
+
+const CPU_E2E: E2eDefaults = E2eDefaults {
+    config: CPU_CONFIG,
+    small_layers: Some(DEFAULT_SMALL_LAYERS),
+    batch: CPU_BATCH,
+    seq_len: CPU_SEQ_LEN,
+    iters: CPU_ITERS,
+    a2a_gbps: CPU_A2A_GBPS,
+    decode_steps: 0,
+    throughput: false,
+    interleave: true,
+    host_size_limit: true,
+    out: CPU_OUT,
+};
+
+/// `--device cuda --e2e`: Mixtral-8x7B whole (32 layers, bf16 weights drawn
+/// on the device), T = 4 x 1024 = 4096, EP-8, 8 decode steps, 3 rounds.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const GPU_E2E: E2eDefaults = E2eDefaults {
+    config: GPU_CONFIG,
+    small_layers: None,
+    batch: 4,
+    seq_len: 1024,
+    iters: 3,
+    a2a_gbps: GPU_A2A_GBPS,
+    decode_steps: 8,
+    throughput: true,
+    interleave: false,
+    host_size_limit: false,
+    out: "bench/out-gpu-e2e",
+};
+
+/// Loads or builds the model on `backend`, with the skew applied; random
+/// weights tick a progress bar over the layers on stderr.
+fn load_model<B: Backend>(
+    args: &BenchArgs,
+    skew: Skew,
+    backend: B,
+    d: &E2eDefaults,
+) -> Result<(Model<B>, String), CliError> {
     if let Some(dir) = &args.model {
-        let mut m = Model::load(CpuBackend, dir)?;
+        let mut m = Model::load(backend, dir)?;
         m.apply_skew(skew, args.seed)?;
         return Ok((m, dir.display().to_string()));
     }
-    let name = args.config.as_deref().unwrap_or(CPU_CONFIG);
+    let name = args.config.as_deref().unwrap_or(d.config);
     check_builtin(name)?;
     let mut cfg = MixtralConfig::builtin(name)?;
-    let layers = match (args.layers, name) {
-        (Some(0), _) => {
+    let layers = match (args.layers, name, d.small_layers) {
+        (Some(0), _, _) => {
             return Err(EpError::Zero { what: "--layers" }.into());
         }
-        (Some(n), _) => n,
-        (None, "small") => DEFAULT_SMALL_LAYERS,
-        (None, _) => cfg.num_hidden_layers,
+        (Some(n), _, _) => n,
+        (None, "small", Some(n)) => n,
+        (None, _, _) => cfg.num_hidden_layers,
     };
     cfg.num_hidden_layers = layers;
-    check_random_size(
-        name,
-        &cfg,
-        "use fewer --layers, a smaller shape or a checkpoint",
-    )?;
+    if d.host_size_limit {
+        check_random_size(
+            name,
+            &cfg,
+            "use fewer --layers, a smaller shape or a checkpoint",
+        )?;
+    }
     let label = if layers == MixtralConfig::builtin(name)?.num_hidden_layers {
         name.to_string()
     } else {
         format!("{name} ({layers} layers)")
     };
     let opts = InitOptions::new(args.seed).with_skew(skew);
-    Ok((Model::random(CpuBackend, cfg, &opts)?, label))
+    let pb = progress_bar(layers as u64);
+    let model = Model::random_with_progress(backend, cfg, &opts, &pb)?;
+    pb.finish_and_clear();
+    Ok((model, label))
 }
 
 /// One EP size from --ranks / --experts-per-rank.
@@ -311,54 +400,78 @@ fn ranks(
     }
 }
 
-/// The flags of one device given to the other: a usage error naming them.
+/// Which benchmark the flags ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Cpu,
+    GpuLayer,
+    GpuE2e,
+}
+
+fn mode(args: &BenchArgs) -> Mode {
+    match (args.device, args.e2e) {
+        (Device::Cpu, _) => Mode::Cpu,
+        (Device::Cuda, false) => Mode::GpuLayer,
+        (Device::Cuda, true) => Mode::GpuE2e,
+    }
+}
+
+/// The flags of one benchmark given to another: a usage error naming them.
 fn refuse_flags(args: &BenchArgs) -> Result<(), CliError> {
-    let (device, other, given): (&str, &str, Vec<&str>) = match args.device {
-        Device::Cpu => (
-            "cpu",
-            "cuda",
-            [
-                (!args.tokens.is_empty(), "--tokens"),
-                (args.warmup.is_some(), "--warmup"),
-                (args.min_case_ms.is_some(), "--min-case-ms"),
-                (args.telemetry_ms.is_some(), "--telemetry-ms"),
-                (args.tune, "--tune"),
-                (!args.gemm_variants.is_empty(), "--gemm-variants"),
-                (args.experts.is_some(), "--experts"),
-                (args.hidden.is_some(), "--hidden"),
-                (args.intermediate.is_some(), "--intermediate"),
-                (args.top_k.is_some(), "--top-k"),
-            ]
+    let layer_only = [
+        (!args.tokens.is_empty(), "--tokens"),
+        (args.warmup.is_some(), "--warmup"),
+        (args.min_case_ms.is_some(), "--min-case-ms"),
+        (args.telemetry_ms.is_some(), "--telemetry-ms"),
+        (args.tune, "--tune"),
+        (!args.gemm_variants.is_empty(), "--gemm-variants"),
+        (args.experts.is_some(), "--experts"),
+        (args.hidden.is_some(), "--hidden"),
+        (args.intermediate.is_some(), "--intermediate"),
+        (args.top_k.is_some(), "--top-k"),
+    ];
+    let model_only = [
+        (args.model.is_some(), "--model"),
+        (args.layers.is_some(), "--layers"),
+        (args.batch.is_some(), "--batch"),
+        (args.seq_len.is_some(), "--seq-len"),
+        (args.load_layer.is_some(), "--load-layer"),
+        (args.decode_steps.is_some(), "--decode-steps"),
+    ];
+    let names = |flags: &[(bool, &'static str)]| -> Vec<&'static str> {
+        flags
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, f)| *f)
-            .collect(),
+            .collect()
+    };
+    if args.e2e && args.device == Device::Cpu {
+        return Err(CliError::Usage(
+            "--e2e is only for --device cuda (the CPU benchmark is always the whole model)".into(),
+        ));
+    }
+    let (given, place, hint) = match mode(args) {
+        Mode::Cpu => (
+            names(&layer_only),
+            "--device cuda, not --device cpu",
+            "add --device cuda for the GPU MoE-layer benchmark",
         ),
-        Device::Cuda => (
-            "cuda",
-            "cpu",
-            [
-                (args.model.is_some(), "--model"),
-                (args.layers.is_some(), "--layers"),
-                (args.batch.is_some(), "--batch"),
-                (args.seq_len.is_some(), "--seq-len"),
-                (args.load_layer.is_some(), "--load-layer"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, f)| *f)
-            .collect(),
+        Mode::GpuLayer => (
+            names(&model_only),
+            "--device cpu (or --device cuda --e2e), not the GPU MoE-layer benchmark",
+            "it runs one MoE layer: give its batch sizes with --tokens and its shape with --config or --experts/--hidden/--intermediate/--top-k; add --e2e for the whole model",
+        ),
+        Mode::GpuE2e => (
+            names(&layer_only),
+            "the GPU MoE-layer benchmark (--device cuda without --e2e)",
+            "--device cuda --e2e runs the whole model: give its batch with --batch and --seq-len",
         ),
     };
     if given.is_empty() {
         return Ok(());
     }
-    let hint = match args.device {
-        Device::Cpu => "add --device cuda for the GPU MoE-layer benchmark",
-        Device::Cuda => "the GPU benchmark runs one MoE layer: give its batch sizes with --tokens and its shape with --config or --experts/--hidden/--intermediate/--top-k",
-    };
     Err(CliError::Usage(format!(
-        "{} {} only for --device {other}, not --device {device}; {hint}",
+        "{} {} only for {place}; {hint}",
         given.join(", "),
         if given.len() == 1 { "is" } else { "are" },
     )))
@@ -477,10 +590,15 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
     refuse_flags(args)?;
     if args.device == Device::Cuda {
         return Err(CliError::Usage(
-            "bench() runs the CPU benchmark; --device cuda goes through bench_gpu()".into(),
+            "bench() runs the CPU benchmark; --device cuda goes through bench_gpu() or bench_gpu_e2e()".into(),
         ));
     }
-    // Cheap checks before the model is built.
+    whole_model(args, CpuBackend, &CPU_E2E)
+}
+
+/// The skew and the one EP size of a whole-model run, checked before the
+/// model is built.
+fn e2e_flags(args: &BenchArgs) -> Result<(Skew, Option<usize>), CliError> {
     if let Some(&g) = args
         .capacity_factors
         .iter()
@@ -491,41 +609,58 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
     let skew = match args.skew.as_slice() {
         [] => Skew::Mixtral,
         [s] => *s,
-        _ => {
-            return Err(CliError::Usage(
-                "the CPU benchmark runs one --skew; a list is for --device cuda".into(),
-            ))
-        }
+        _ => return Err(CliError::Usage(
+            "the whole-model benchmark runs one --skew; a list is for the GPU MoE-layer benchmark"
+                .into(),
+        )),
     };
     let one_rank = match args.ranks.as_slice() {
         [] => None,
         [r] => Some(*r),
         _ => {
             return Err(CliError::Usage(
-                "the CPU benchmark runs one EP size (--ranks R); a list is for --device cuda"
+                "the whole-model benchmark runs one EP size (--ranks R); a list is for the GPU MoE-layer benchmark"
                     .into(),
             ))
         }
     };
-    let (model, label) = load_model(args, skew)?;
+    for (what, v) in [("--batch", args.batch), ("--seq-len", args.seq_len)] {
+        if v == Some(0) {
+            return Err(EpError::Zero { what }.into());
+        }
+    }
+    Ok((skew, one_rank))
+}
+
+/// The whole-model benchmark ([`ep::run`]) on `backend`.
+fn whole_model<B: Backend>(
+    args: &BenchArgs,
+    backend: B,
+    d: &E2eDefaults,
+) -> Result<BenchReport, CliError> {
+    let (skew, one_rank) = e2e_flags(args)?;
+    let (model, label) = load_model(args, skew, backend, d)?;
     let cfg = model.config();
     let load_layer = args.load_layer.unwrap_or(0);
     let setup = BenchSetup {
-        batch: args.batch.unwrap_or(CPU_BATCH),
-        seq_len: args.seq_len.unwrap_or(CPU_SEQ_LEN),
+        batch: args.batch.unwrap_or(d.batch),
+        seq_len: args.seq_len.unwrap_or(d.seq_len),
         ranks: ranks(one_rank, args.experts_per_rank, cfg.num_local_experts)?,
         policies: args.policies.clone(),
         capacity_factors: args.capacity_factors.clone(),
-        iters: args.iters.unwrap_or(CPU_ITERS),
-        a2a_gbps: args.a2a_gbps.unwrap_or(CPU_A2A_GBPS),
+        iters: args.iters.unwrap_or(d.iters),
+        a2a_gbps: args.a2a_gbps.unwrap_or(d.a2a_gbps),
         elem_bytes: WIRE_ELEM_BYTES,
         seed: args.seed,
         load_layer,
         model_label: label,
         skew_label: skew.to_string(),
+        throughput: d.throughput || args.decode_steps.is_some(),
+        decode_steps: args.decode_steps.unwrap_or(d.decode_steps),
+        interleave: d.interleave,
     };
     setup.validate(cfg.num_local_experts, cfg.num_hidden_layers)?;
-    let out_dir = args.out.clone().unwrap_or_else(|| CPU_OUT.into());
+    let out_dir = args.out.clone().unwrap_or_else(|| d.out.into());
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
     let pb = progress_bar(1);
     let mut rep = ep::run(&model, &setup, &pb)?;
@@ -534,6 +669,24 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
     rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
     write_reports(&out_dir, &rep, &mut |md| report::write_markdown(md, &rep))?;
     Ok(rep)
+}
+
+/// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
+/// the CPU benchmark's method on [`crate::cuda::CudaBackend`]; returns the
+/// report (also written under --out).
+#[cfg(feature = "cuda")]
+pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
+    use crate::cuda::{CudaBackend, GpuContext};
+    refuse_flags(args)?;
+    if mode(args) != Mode::GpuE2e {
+        return Err(CliError::Usage(
+            "bench_gpu_e2e() runs --device cuda --e2e".into(),
+        ));
+    }
+    e2e_flags(args)?;
+    let gpu = GpuContext::new(0).map_err(EpError::from)?;
+    let backend = CudaBackend::new(&gpu).map_err(EpError::from)?;
+    whole_model(args, backend, &GPU_E2E)
 }
 
 /// Writes `report.json` and `report.md` (by `markdown`) into `dir`.
@@ -574,30 +727,59 @@ pub fn bench_gpu(args: &BenchArgs) -> Result<crate::ep::gpu::GpuBenchReport, Cli
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    if args.device == Device::Cuda {
-        // Flags are checked with or without the feature, so a mistake shows
-        // before a rebuild does.
-        gpu_setup(args)?;
-        #[cfg(feature = "cuda")]
-        {
-            let rep = bench_gpu(args)?;
-            if args.json {
-                serde_json::to_writer_pretty(&mut *out, &rep)?;
-                writeln!(out)?;
-            } else {
-                crate::ep::gpu::report::write_table(out, &rep)?;
-            }
-            return Ok(());
+    // Flags are checked with or without the feature, so a mistake shows
+    // before a rebuild does.
+    match mode(args) {
+        Mode::GpuLayer => {
+            gpu_setup(args)?;
+            run_gpu_layer(args, out)
         }
-        #[cfg(not(feature = "cuda"))]
-        return Err(EpError::CudaNotCompiled.into());
+        Mode::GpuE2e => {
+            refuse_flags(args)?;
+            e2e_flags(args)?;
+            run_gpu_e2e(args, out)
+        }
+        Mode::Cpu => {
+            let rep = bench(args)?;
+            write_e2e(out, args, &rep)
+        }
     }
-    let rep = bench(args)?;
+}
+
+#[cfg(feature = "cuda")]
+fn run_gpu_layer(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let rep = bench_gpu(args)?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &rep)?;
         writeln!(out)?;
     } else {
-        report::write_table(out, &rep)?;
+        crate::ep::gpu::report::write_table(out, &rep)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_gpu_e2e(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let rep = bench_gpu_e2e(args)?;
+    write_e2e(out, args, &rep)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_gpu_layer(_: &BenchArgs, _: &mut dyn Write) -> Result<(), CliError> {
+    Err(EpError::CudaNotCompiled.into())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_gpu_e2e(_: &BenchArgs, _: &mut dyn Write) -> Result<(), CliError> {
+    Err(EpError::CudaNotCompiled.into())
+}
+
+fn write_e2e(out: &mut dyn Write, args: &BenchArgs, rep: &BenchReport) -> Result<(), CliError> {
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, rep)?;
+        writeln!(out)?;
+    } else {
+        report::write_table(out, rep)?;
     }
     Ok(())
 }
@@ -702,6 +884,58 @@ mod tests {
                 .contains("--tokens, --tune are only for --device cuda"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn e2e_flags_belong_to_the_whole_model_runs() {
+        let err = |a: &[&str]| match refuse_flags(&parse(a))
+            .and_then(|_| e2e_flags(&parse(a)).map(|_| ()))
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{a:?} should fail"),
+        };
+        assert!(err(&["--e2e"]).contains("--e2e is only for --device cuda"));
+        assert!(err(&["--device", "cuda", "--e2e", "--tokens", "64"])
+            .contains("--tokens is only for the GPU MoE-layer benchmark"));
+        assert!(err(&["--device", "cuda", "--decode-steps", "2"])
+            .contains("--decode-steps is only for --device cpu (or --device cuda --e2e)"));
+        assert!(
+            err(&["--device", "cuda", "--e2e", "--skew", "uniform,mixtral"]).contains("one --skew")
+        );
+        assert!(err(&["--device", "cuda", "--e2e", "--ranks", "8,4"]).contains("one EP size"));
+        assert!(err(&["--device", "cuda", "--e2e", "--batch", "0"]).contains("--batch"));
+        // The model flags are fine with --e2e.
+        let a = parse(&[
+            "--device",
+            "cuda",
+            "--e2e",
+            "--config",
+            "small",
+            "--layers",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "8",
+            "--decode-steps",
+            "3",
+            "--load-layer",
+            "1",
+        ]);
+        assert!(refuse_flags(&a).is_ok());
+        assert_eq!(mode(&a), Mode::GpuE2e);
+        let d = &GPU_E2E;
+        assert!(d.throughput && !d.interleave && !d.host_size_limit);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_e2e_without_the_feature_says_how_to_rebuild() {
+        let mut out = Vec::new();
+        let a = parse(&["--device", "cuda", "--e2e", "--config", "tiny"]);
+        let e = run(&a, &mut out).unwrap_err();
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+        assert!(out.is_empty());
     }
 
     #[cfg(not(feature = "cuda"))]

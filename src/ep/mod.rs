@@ -22,12 +22,11 @@ pub use fidelity::{Fidelity, LogProbs};
 pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
 
 use crate::backend::Backend;
-use crate::model::{ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
+use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError, Sequence};
 use crate::routing::{Placement, Policy, RouterConfig, RoutingError};
 use crate::trace::Rng;
 use indicatif::ProgressBar;
 use serde::Serialize;
-use std::time::Instant;
 use thiserror::Error;
 
 /// Errors from setting up or running the benchmark.
@@ -57,7 +56,7 @@ pub enum EpError {
     },
     #[error("layer {layer} does not exist for the load figure; the model has {layers} layers")]
     NoSuchLayer { layer: usize, layers: usize },
-    #[error("this capmoe was built without CUDA; rebuild with `cargo build --release --features cuda` to run `capmoe bench --device cuda` (the GPU MoE-layer benchmark)")]
+    #[error("this capmoe was built without CUDA; rebuild with `cargo build --release --features cuda` to run `capmoe bench --device cuda` (the GPU benchmarks: one MoE layer, or the whole model with --e2e)")]
     CudaNotCompiled,
     #[error("{what} is empty; expected a comma list")]
     EmptyList { what: &'static str },
@@ -107,6 +106,20 @@ pub struct BenchSetup {
     /// Labels for the report.
     pub model_label: String,
     pub skew_label: String,
+    /// Time every case's own prefill (one batch, logits at the last
+    /// positions) and `decode_steps` greedy decode steps after it, on the
+    /// one device: prefill and decode tokens/s ([`Throughput`]). Off, only
+    /// the baseline's prefill is timed.
+    pub throughput: bool,
+    /// Decode steps timed after each timed prefill (with `throughput`).
+    pub decode_steps: usize,
+    /// Interleave the timing rounds over all cases (every case's forward
+    /// pass first, its records kept until the end), so that load from other
+    /// processes hits all cases alike: right on a shared CPU. Off, each case
+    /// is timed right after its forward pass and its records dropped, so
+    /// one case's MoE inputs are held at a time: right on a GPU, where a
+    /// full model leaves little room.
+    pub interleave: bool,
 }
 
 impl BenchSetup {
@@ -265,6 +278,25 @@ pub struct LayerReport {
     pub routing_ms: f64,
 }
 
+/// One case's own speed on the one device that ran the benchmark (measured,
+/// not modelled; the whole model, no EP split).
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Median wall time of the case's prefill of the batch, ms.
+    pub prefill_ms: f64,
+    /// `T / prefill_ms`, tokens/s.
+    pub prefill_tok_s: f64,
+    /// Decode steps timed after each prefill (one token per sequence each).
+    pub decode_steps: usize,
+    /// Median time of one decode step of the whole batch, ms (`None`
+    /// without decode steps).
+    pub decode_step_ms: Option<f64>,
+    /// `batch / decode_step_ms`, tokens/s.
+    pub decode_tok_s: Option<f64>,
+    /// `T / ep_prefill_ms`: the modelled EP prefill's tokens/s.
+    pub ep_prefill_tok_s: f64,
+}
+
 /// One case's totals (sums over layers, or means where stated).
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseSummary {
@@ -294,6 +326,8 @@ pub struct CaseSummary {
     /// Sum over layers of the routing time, ms.
     pub routing_ms: f64,
     pub fidelity: Fidelity,
+    /// Measured prefill and decode speed (when the setup asks for it).
+    pub throughput: Option<Throughput>,
 }
 
 /// One policy at one gamma.
@@ -399,17 +433,22 @@ pub fn run<B: Backend>(
     let cases = setup.cases();
     progress.set_length((cases.len() * (1 + setup.iters)) as u64);
 
-    // Phase 1: one forward pass per case.
+    let round = |m: &Measured<B>, t: &mut CaseTimes, ci: usize| -> Result<(), EpError> {
+        time_round(model, m, &prompts, setup, ci == 0, t)
+    };
+    // Phase 1: one forward pass per case (timed at once unless interleaved).
     let mut measured: Vec<Measured<B>> = Vec::with_capacity(cases.len());
+    let mut times: Vec<CaseTimes> = Vec::with_capacity(cases.len());
     let mut base_logprobs: Option<LogProbs> = None;
-    for &(policy, gamma) in &cases {
-        progress.set_message(match gamma {
-            Some(g) => format!("forward {policy} gamma {g}"),
-            None => format!("forward {policy}"),
-        });
+    for (ci, &(policy, gamma)) in cases.iter().enumerate() {
+        let label = match gamma {
+            Some(g) => format!("{policy} gamma {g}"),
+            None => format!("{policy}"),
+        };
+        progress.set_message(format!("forward {label}"));
         let mut router = RouterConfig::new(cfg.num_experts_per_tok, policy).with_ranks(ranks);
         router.capacity_factor = gamma;
-        let m = forward_case(
+        let mut m = forward_case(
             model,
             &prompts,
             &router,
@@ -418,51 +457,41 @@ pub fn run<B: Backend>(
             setup.iters,
             &mut base_logprobs,
         )?;
-        measured.push(m);
+        let mut t = CaseTimes::new(layers, ranks);
         progress.inc(1);
+        if !setup.interleave {
+            warm_up(model, &m, &prompts, ranks)?;
+            for r in 0..setup.iters {
+                progress.set_message(format!("timing {label}: round {}/{}", r + 1, setup.iters));
+                round(&m, &mut t, ci)?;
+                progress.inc(1);
+            }
+            m.records.clear();
+        }
+        measured.push(m);
+        times.push(t);
     }
 
-    // Phase 2: interleaved timing rounds, after one untimed warm-up of the
-    // baseline prefill and of the first rank's work.
-    let base_opts = ForwardOptions::new(model.default_router()).with_logits(LogitsMode::Last);
-    let _ = model.prefill(&prompts, &base_opts)?;
-    if let Some(rec) = measured[0].records.first() {
-        let _ = model.run_rank_work(&model.rank_work(0, rec, 0, ranks)?)?;
-    }
-    let mut prefill = Vec::with_capacity(setup.iters);
-    // times[case][layer][rank] over the rounds.
-    let mut times = vec![vec![vec![Vec::with_capacity(setup.iters); ranks]; layers]; cases.len()];
-    for round in 0..setup.iters {
-        progress.set_message(format!(
-            "timing round {}/{}: baseline prefill",
-            round + 1,
-            setup.iters
-        ));
-        let t0 = Instant::now();
-        let _ = model.prefill(&prompts, &base_opts)?;
-        prefill.push(t0.elapsed().as_secs_f64() * 1e3);
-        for (ci, m) in measured.iter().enumerate() {
-            progress.set_message(format!(
-                "timing round {}/{}: {}{}",
-                round + 1,
-                setup.iters,
-                m.policy,
-                m.gamma.map_or(String::new(), |g| format!(" gamma {g}"))
-            ));
-            for (l, rec) in m.records.iter().enumerate() {
-                for (r, t) in times[ci][l].iter_mut().enumerate() {
-                    let work = model.rank_work(l, rec, r, ranks)?;
-                    let t0 = Instant::now();
-                    let y = model.run_rank_work(&work)?;
-                    t.push(t0.elapsed().as_secs_f64() * 1e3);
-                    drop(y);
-                }
+    // Phase 2 (interleaved): timing rounds over every case, after one
+    // untimed warm-up of the baseline prefill and of the first rank's work.
+    if setup.interleave {
+        warm_up(model, &measured[0], &prompts, ranks)?;
+        for r in 0..setup.iters {
+            for (ci, (m, t)) in measured.iter().zip(times.iter_mut()).enumerate() {
+                progress.set_message(format!(
+                    "timing round {}/{}: {}{}",
+                    r + 1,
+                    setup.iters,
+                    m.policy,
+                    m.gamma.map_or(String::new(), |g| format!(" gamma {g}"))
+                ));
+                round(m, t, ci)?;
+                progress.inc(1);
             }
-            progress.inc(1);
         }
     }
-    for (m, case_times) in measured.iter_mut().zip(&times) {
-        for (lr, layer_times) in m.layers.iter_mut().zip(case_times) {
+    for (m, t) in measured.iter_mut().zip(&times) {
+        for (lr, layer_times) in m.layers.iter_mut().zip(&t.rank) {
             lr.rank_ms = layer_times.iter().map(|t| median(t)).collect();
             lr.slowest_rank = (0..ranks)
                 .max_by(|&a, &b| lr.rank_ms[a].total_cmp(&lr.rank_ms[b]).then(b.cmp(&a)))
@@ -474,7 +503,7 @@ pub fn run<B: Backend>(
 
     let base = &measured[0];
     let expert_ms: f64 = base.layers.iter().flat_map(|l| l.rank_ms.iter()).sum();
-    let prefill_ms = median(&prefill);
+    let prefill_ms = median(&times[0].prefill);
     let non_moe_ms = (prefill_ms - expert_ms).max(0.0);
     let baseline = Baseline {
         prefill_ms,
@@ -491,7 +520,8 @@ pub fn run<B: Backend>(
     let base_e2e = baseline.non_moe_per_rank_ms + base_moe;
     let report_cases = measured
         .iter()
-        .map(|m| {
+        .zip(&times)
+        .map(|(m, t)| {
             let n = m.layers.len().max(1) as f64;
             let slots = (tokens * cfg.num_experts_per_tok * m.layers.len()) as f64;
             let expert_ms: f64 = m.layers.iter().map(|l| l.rank_ms[l.slowest_rank]).sum();
@@ -540,6 +570,9 @@ pub fn run<B: Backend>(
                 ideal_speedup: ratio(base_rank_max as f64, rank_max as f64),
                 routing_ms: m.layers.iter().map(|l| l.routing_ms).sum(),
                 fidelity: m.fidelity,
+                throughput: setup
+                    .throughput
+                    .then(|| t.throughput(setup, tokens, ep_prefill_ms)),
             };
             CaseReport {
                 policy: m.policy.to_string(),
@@ -593,6 +626,106 @@ pub fn run<B: Backend>(
     })
 }
 
+/// One case's timings over the rounds.
+struct CaseTimes {
+    /// `[layer][rank]`: the rank's expert work, ms.
+    rank: Vec<Vec<Vec<f64>>>,
+    /// The case's prefill (the baseline's always; others with throughput), ms.
+    prefill: Vec<f64>,
+    /// One decode step each, ms.
+    decode: Vec<f64>,
+}
+
+impl CaseTimes {
+    fn new(layers: usize, ranks: usize) -> Self {
+        Self {
+            rank: vec![vec![Vec::new(); ranks]; layers],
+            prefill: Vec::new(),
+            decode: Vec::new(),
+        }
+    }
+
+    fn throughput(&self, setup: &BenchSetup, tokens: usize, ep_prefill_ms: f64) -> Throughput {
+        let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 / ms * 1e3 } else { 0.0 };
+        let prefill_ms = median(&self.prefill);
+        let step = (!self.decode.is_empty()).then(|| median(&self.decode));
+        Throughput {
+            prefill_ms,
+            prefill_tok_s: per_s(tokens, prefill_ms),
+            decode_steps: setup.decode_steps,
+            decode_step_ms: step,
+            decode_tok_s: step.map(|ms| per_s(setup.batch, ms)),
+            ep_prefill_tok_s: per_s(tokens, ep_prefill_ms),
+        }
+    }
+}
+
+/// One untimed run of the baseline prefill and of the first rank's work.
+fn warm_up<B: Backend>(
+    model: &Model<B>,
+    m: &Measured<B>,
+    prompts: &[&[u32]],
+    ranks: usize,
+) -> Result<(), EpError> {
+    let opts = ForwardOptions::new(model.default_router()).with_logits(LogitsMode::Last);
+    let _ = model.prefill(prompts, &opts)?;
+    if let Some(rec) = m.records.first() {
+        let _ = model.run_rank_work(&model.rank_work(0, rec, 0, ranks)?)?;
+    }
+    Ok(())
+}
+
+/// One timing round of one case: its prefill (when `baseline` or with
+/// throughput) and decode steps, then every layer's rank work, one rank at a
+/// time, each timed alone by the backend ([`Backend::timed`]).
+fn time_round<B: Backend>(
+    model: &Model<B>,
+    m: &Measured<B>,
+    prompts: &[&[u32]],
+    setup: &BenchSetup,
+    baseline: bool,
+    t: &mut CaseTimes,
+) -> Result<(), EpError> {
+    let be = model.backend();
+    if baseline || setup.throughput {
+        let mut router =
+            RouterConfig::new(model.config().num_experts_per_tok, m.policy).with_ranks(setup.ranks);
+        router.capacity_factor = m.gamma;
+        let opts = ForwardOptions::new(router).with_logits(LogitsMode::Last);
+        let ((mut seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
+        t.prefill.push(ms);
+        if setup.throughput && setup.decode_steps > 0 {
+            let mut next = next_tokens(&out.logits, out.vocab);
+            drop(out);
+            for _ in 0..setup.decode_steps {
+                let toks: Vec<[u32; 1]> = next.iter().map(|&id| [id]).collect();
+                let tok_refs: Vec<&[u32]> = toks.iter().map(|x| &x[..]).collect();
+                let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
+                let (step, ms) = be.timed(|| model.forward(&mut refs, &tok_refs, &opts))?;
+                t.decode.push(ms);
+                next = next_tokens(&step.logits, step.vocab);
+            }
+        }
+    }
+    for (l, rec) in m.records.iter().enumerate() {
+        for (r, times) in t.rank[l].iter_mut().enumerate() {
+            let work = model.rank_work(l, rec, r, setup.ranks)?;
+            let (y, ms) = be.timed(|| model.run_rank_work(&work))?;
+            times.push(ms);
+            drop(y);
+        }
+    }
+    Ok(())
+}
+
+/// The greedy next token of every logits row.
+fn next_tokens(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks(vocab.max(1))
+        .map(|row| argmax(row).unwrap_or(0) as u32)
+        .collect()
+}
+
 /// Prefills the batch under `router`: plans, statistics, all-to-all traffic,
 /// routing time and fidelity (the first case, `none`, sets the baseline
 /// distributions). Rank times are filled in by the timing rounds.
@@ -636,11 +769,11 @@ fn forward_case<B: Backend>(
                 let moe = &model.layers()[l].moe;
                 let mut times = Vec::with_capacity(iters);
                 for _ in 0..iters {
-                    let t0 = Instant::now();
-                    let p = moe
-                        .route(model.backend(), x, router)
-                        .map_err(ModelError::from)?;
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    let (p, ms) = model.backend().timed(|| {
+                        moe.route(model.backend(), x, router)
+                            .map_err(ModelError::from)
+                    })?;
+                    times.push(ms);
                     drop(p);
                 }
                 median(&times)
@@ -699,6 +832,9 @@ mod tests {
             load_layer: 0,
             model_label: "tiny".into(),
             skew_label: "uniform".into(),
+            throughput: false,
+            decode_steps: 0,
+            interleave: true,
         }
     }
 
@@ -749,5 +885,82 @@ mod tests {
             .validate(4, 2),
             Err(EpError::InvalidBandwidth(_))
         ));
+    }
+
+    #[test]
+    fn next_tokens_take_each_rows_argmax() {
+        assert_eq!(next_tokens(&[0.1, 0.9, 0.0, 2.0, 1.0, 3.0], 3), vec![1, 2]);
+        assert!(next_tokens(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn throughput_is_tokens_over_median_time() {
+        let s = BenchSetup {
+            batch: 4,
+            decode_steps: 2,
+            throughput: true,
+            ..setup()
+        };
+        let t = CaseTimes {
+            rank: Vec::new(),
+            prefill: vec![30.0, 10.0, 20.0],
+            decode: vec![2.0, 2.0, 4.0],
+        };
+        let th = t.throughput(&s, 32, 8.0);
+        assert_eq!(th.prefill_ms, 20.0);
+        assert!((th.prefill_tok_s - 1600.0).abs() < 1e-9);
+        assert_eq!(th.decode_step_ms, Some(2.0));
+        assert!((th.decode_tok_s.unwrap() - 2000.0).abs() < 1e-9);
+        assert!((th.ep_prefill_tok_s - 4000.0).abs() < 1e-9);
+        let none = CaseTimes {
+            decode: Vec::new(),
+            ..t
+        };
+        assert_eq!(none.throughput(&s, 32, 8.0).decode_tok_s, None);
+    }
+
+    /// Timing each case right after its forward pass (the GPU's order)
+    /// gives the same plans and fidelity as the interleaved rounds, and
+    /// throughput fills every case.
+    #[test]
+    fn per_case_timing_matches_interleaved_and_reports_throughput() {
+        use crate::backend::CpuBackend;
+        use crate::model::{InitOptions, MixtralConfig};
+        let cfg = MixtralConfig::builtin("tiny").unwrap();
+        let model = Model::random(
+            CpuBackend,
+            cfg,
+            &InitOptions::new(2).with_skew(crate::trace::Skew::Ratio(1.6)),
+        )
+        .unwrap();
+        let a = run(&model, &setup(), &ProgressBar::hidden()).unwrap();
+        let s = BenchSetup {
+            throughput: true,
+            decode_steps: 2,
+            interleave: false,
+            ..setup()
+        };
+        let b = run(&model, &s, &ProgressBar::hidden()).unwrap();
+        assert_eq!(a.cases.len(), b.cases.len());
+        for (x, y) in a.cases.iter().zip(&b.cases) {
+            assert!(x.summary.throughput.is_none());
+            let t = y.summary.throughput.as_ref().unwrap();
+            assert!(t.prefill_tok_s > 0.0 && t.decode_tok_s.unwrap() > 0.0);
+            assert_eq!(t.decode_steps, 2);
+            assert_eq!(x.summary.fidelity.kl, y.summary.fidelity.kl);
+            assert_eq!(x.summary.fidelity.top1, y.summary.fidelity.top1);
+            for (lx, ly) in x.layers.iter().zip(&y.layers) {
+                assert_eq!(lx.load, ly.load);
+                assert_eq!(lx.dropped, ly.dropped);
+                assert!(ly.rank_ms.iter().all(|v| v.is_finite() && *v >= 0.0));
+            }
+        }
+        let mut md = Vec::new();
+        report::write_markdown(&mut md, &b).unwrap();
+        let md = String::from_utf8(md).unwrap();
+        assert!(md.contains("## Throughput"), "{md}");
+        let mut md = Vec::new();
+        report::write_markdown(&mut md, &a).unwrap();
+        assert!(!String::from_utf8(md).unwrap().contains("## Throughput"));
     }
 }

@@ -88,6 +88,39 @@ fn layer_rows(c: &CaseReport) -> Vec<Vec<String>> {
         .collect()
 }
 
+const THROUGHPUT_HEAD: [&str; 8] = [
+    "policy",
+    "gamma",
+    "prefill ms",
+    "prefill tok/s",
+    "decode ms/step",
+    "decode tok/s",
+    "EP prefill ms",
+    "EP prefill tok/s",
+];
+
+/// The measured speed on the one device (cases with throughput only).
+fn throughput_rows(r: &BenchReport) -> Vec<Vec<String>> {
+    r.cases
+        .iter()
+        .filter_map(|c| {
+            let t = c.summary.throughput.as_ref()?;
+            Some(vec![
+                c.policy.clone(),
+                gamma(c),
+                format!("{:.1}", t.prefill_ms),
+                format!("{:.0}", t.prefill_tok_s),
+                t.decode_step_ms.map_or("-".into(), |v| format!("{v:.2}")),
+                t.decode_tok_s.map_or("-".into(), |v| format!("{v:.1}")),
+                format!("{:.1}", c.summary.ep_prefill_ms),
+                format!("{:.0}", t.ep_prefill_tok_s),
+            ])
+        })
+        .collect()
+}
+
+const THROUGHPUT_NOTE: &str = "throughput: measured on the one device, whole model (prefill of the batch, logits at the last positions; decode: one token per sequence per step, greedy); EP prefill: the modelled EP-R time above";
+
 fn header_lines(r: &BenchReport) -> Vec<String> {
     let m = &r.model;
     let s = &r.setup;
@@ -174,6 +207,12 @@ pub fn write_table(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
     writeln!(out)?;
     let rows: Vec<Vec<String>> = r.cases.iter().map(summary_row).collect();
     text_table(out, &SUMMARY_HEAD, &rows)?;
+    let rows = throughput_rows(r);
+    if !rows.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{THROUGHPUT_NOTE}:")?;
+        text_table(out, &THROUGHPUT_HEAD, &rows)?;
+    }
     writeln!(out)?;
     writeln!(out, "per layer:")?;
     let rows: Vec<Vec<String>> = r.cases.iter().flat_map(layer_rows).collect();
@@ -201,6 +240,11 @@ pub fn write_markdown(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
     )?;
     let rows: Vec<Vec<String>> = r.cases.iter().map(summary_row).collect();
     md_table(out, &SUMMARY_HEAD, &rows)?;
+    let rows = throughput_rows(r);
+    if !rows.is_empty() {
+        writeln!(out, "\n## Throughput\n\n{THROUGHPUT_NOTE}.\n")?;
+        md_table(out, &THROUGHPUT_HEAD, &rows)?;
+    }
     writeln!(out, "\n## Per layer\n")?;
     let rows: Vec<Vec<String>> = r.cases.iter().flat_map(layer_rows).collect();
     md_table(out, &LAYER_HEAD, &rows)?;
