@@ -10,7 +10,9 @@
 //!   (routing, gather and combine excluded), after the autotuner has picked
 //!   the variants of T's bucket (`CAPMOE_FFN_NO_TUNE=1`: the shape heuristic);
 //! - `gpu_moe/T*`: [`MoeLayer::forward`] end to end from device logits
-//!   (route, dispatch, gather, FFN, combine).
+//!   (route, dispatch, gather, FFN, combine), and the same layer replayed as
+//!   a CUDA graph ([`MoeLayerGraph`], `CAPMOE_MOE_GRAPH|...`: the gain of
+//!   capture is the ratio of the two).
 //!
 //! For the report (tools/gpu-check-report.py) every measured case also prints
 //! `CAPMOE_FFN|T|load|micros|tflops|gbps_weights` (or `CAPMOE_MOE|...`): the
@@ -20,7 +22,7 @@
 //! at T = 64 that tools/peers/ffn_peers.py recomputes with torch on the same
 //! hashed weights and inputs (the report compares them).
 
-use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuError, GpuRouter, MoeLayer};
+use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuError, GpuRouter, MoeLayer, MoeLayerGraph};
 use capmoe::expert::init::{fill_bf16, from_bf16};
 use capmoe::routing::{Policy, RouterConfig, PAD};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -334,6 +336,27 @@ fn benches(c: &mut Criterion) {
                 })
             });
             report("CAPMOE_MOE", shape, &b, &samples);
+            // The same layer replayed as one CUDA graph (the gain of capture).
+            // SAFETY: this benchmark is the only user of its GPU context.
+            let mut graph = match unsafe { MoeLayerGraph::capture(&layer, tokens) } {
+                Ok(graph) => graph,
+                Err(e) => {
+                    println!("CAPMOE_MOE_GRAPH_ERROR|{tokens}|{}|{e}", load.name());
+                    continue;
+                }
+            };
+            let (ld, xd) = graph.inputs_mut();
+            gpu.stream().memcpy_dtod(&b.logits, ld).expect("logits");
+            gpu.stream().memcpy_dtod(&b.x, xd).expect("x");
+            let samples = Samples::default();
+            g.bench_function(BenchmarkId::new("graph", load.name()), |bench| {
+                bench.iter_custom(|iters| {
+                    timed(&gpu, iters, &samples, || {
+                        graph.launch().expect("graph launch")
+                    })
+                })
+            });
+            report("CAPMOE_MOE_GRAPH", shape, &b, &samples);
         }
         g.finish();
     }

@@ -437,3 +437,63 @@ fn forward_layout_matches_forward_per_rank() {
         )
         .is_err());
 }
+
+/// The captured layer (`MoeLayerGraph`) replays exactly what the eager layer
+/// computes, for fresh inputs written between launches too.
+#[test]
+fn captured_layer_replays_the_eager_layer() {
+    let Some(g) = gpu() else { return };
+    let h = SHAPE.hidden;
+    for policy in ["none", "drop:score", "reroute:next-best", "expand:local"] {
+        let p: Policy = policy.parse().unwrap();
+        let mut cfg = RouterConfig::new(2, p).with_ranks(2);
+        if p.has_capacity() {
+            cfg = cfg.with_capacity_factor(1.0);
+        }
+        let layer = MoeLayer::new(
+            GpuRouter::new(&g, cfg)
+                .unwrap()
+                .with_max_rounds(64 * SHAPE.experts),
+            ExpertFfn::random(&g, SHAPE, 3).unwrap(),
+        )
+        .unwrap();
+        for tokens in [1usize, 37, 300] {
+            // SAFETY: this test's GpuContext is used by this thread only.
+            let mut graph =
+                unsafe { capmoe::cuda::MoeLayerGraph::capture(&layer, tokens) }.unwrap();
+            for seed in [1u32, 2] {
+                let mut rng = Rng::new(u64::from(seed) * 1000 + tokens as u64);
+                let logits: Vec<f32> = (0..tokens * SHAPE.experts)
+                    .map(|_| rng.normal() as f32 * 2.0)
+                    .collect();
+                let x = activations(tokens, h, seed);
+                let (ld, xd) = graph.inputs_mut();
+                g.stream().memcpy_htod(&logits, ld).unwrap();
+                g.stream().memcpy_htod(&x, xd).unwrap();
+                graph.launch().unwrap();
+                let got = g.stream().clone_dtoh(graph.output()).unwrap();
+                let load = g.stream().clone_dtoh(graph.load()).unwrap();
+                let (want, plan) = layer
+                    .forward(
+                        &g.stream().clone_htod(&logits).unwrap(),
+                        &g.stream().clone_htod(&x).unwrap(),
+                        tokens,
+                    )
+                    .unwrap();
+                let what = format!("{policy} T{tokens} inputs {seed}");
+                assert_eq!(got, g.stream().clone_dtoh(&want).unwrap(), "{what}: output");
+                assert_eq!(load, plan.load_host().unwrap(), "{what}: load");
+            }
+        }
+    }
+    let layer = MoeLayer::new(
+        GpuRouter::new(&g, RouterConfig::new(2, Policy::None)).unwrap(),
+        ExpertFfn::random(&g, SHAPE, 3).unwrap(),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    assert!(matches!(
+        unsafe { capmoe::cuda::MoeLayerGraph::capture(&layer, 0) },
+        Err(GpuError::Shape { .. })
+    ));
+}

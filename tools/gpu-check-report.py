@@ -71,12 +71,13 @@ BARS = {"matmul_t": 4096, "matmul_pct": 70.0, "copy_t_max": 64, "copy_pct": 85.0
 
 
 def parse_ffn_lines(text):
-    d = {"ffn": {}, "moe": {}, "checks": {}, "rows": {}, "variants": {}, "skips": []}
+    d = {"ffn": {}, "moe": {}, "graph": {}, "checks": {}, "rows": {}, "variants": {}, "skips": []}
+    tables = {"CAPMOE_FFN": "ffn", "CAPMOE_MOE": "moe", "CAPMOE_MOE_GRAPH": "graph"}
     for line in text.splitlines():
         f = line.strip().split("|")
         try:
-            if f[0] in ("CAPMOE_FFN", "CAPMOE_MOE") and len(f) == 6:
-                d["ffn" if f[0] == "CAPMOE_FFN" else "moe"][(int(f[1]), f[2])] = {
+            if f[0] in tables and len(f) == 6:
+                d[tables[f[0]]][(int(f[1]), f[2])] = {
                     "micros": float(f[3]), "tflops": float(f[4]), "gbps": float(f[5])}
             elif f[0] == "CAPMOE_FFN_CHECK" and len(f) >= 7:
                 d["checks"][(int(f[1]), f[2])] = {"rows": int(f[3]), "sum": float(f[4]),
@@ -164,7 +165,7 @@ def cross_checks(ffn, peers):
 
 
 def ffn_section(rows, out):
-    ffn = {"ffn": {}, "moe": {}, "checks": {}, "rows": {}, "variants": {}, "skips": []}
+    ffn = {"ffn": {}, "moe": {}, "graph": {}, "checks": {}, "rows": {}, "variants": {}, "skips": []}
     for r in rows:
         if r["kind"] == "bench":
             d = parse_ffn_lines(read(r["log"]))
@@ -231,6 +232,13 @@ def ffn_section(rows, out):
             if t == BARS["matmul_t"]:
                 summary["rate"].append((f"layer T={t} {load}", pct(tf, mm)))
             summary["hf"].append((f"T={t} {load}", ratio(us, hf)))
+    tg = ["### MoeLayer as a CUDA graph (MoeLayerGraph) vs eager launches", "",
+          "| T | load | eager µs | graph µs | gain (eager / graph) |", "| --- | --- | --- | --- | --- |"]
+    for t in tokens:
+        for load in loads:
+            m, gr = ffn["moe"].get((t, load)), ffn["graph"].get((t, load))
+            if m and gr:
+                tg.append(f"| {t} | {load} | {m['micros']:.1f} | {gr['micros']:.1f} | {fx(ratio(gr['micros'], m['micros']))} |")
     t3 = ["### Skewed load (expert 0 at 3x the mean) vs balanced, same total rows: time ratio", "",
           "| T | capmoe FFN skewed / balanced | capmoe layer | grouped_mm | HF block |", "| --- | --- | --- | --- | --- |"]
     for t in tokens:
@@ -242,7 +250,7 @@ def ffn_section(rows, out):
                  sk(lambda l: pt.get(("grouped_mm", t, l))), sk(lambda l: pt.get(("hf_block", t, l)))]
         if any(c is not None for c in cells):
             t3.append(f"| {t} | " + " | ".join(fx(c) for c in cells) + " |")
-    for table in (t1, t2, t3):
+    for table in (t1, t2, tg, t3):
         if len(table) > 4:
             md += table + [""]
     if all(len(table) == 4 for table in (t1, t2, t3)):
@@ -283,6 +291,7 @@ def ffn_section(rows, out):
         {"T": k[0], "load": k[1], "what": w, "ok": ok, "detail": d} for k, w, ok, d in checks]}
     return md, {"capmoe": {"ffn": {f"{k[0]}|{k[1]}": v for k, v in ffn["ffn"].items()},
                            "moe": {f"{k[0]}|{k[1]}": v for k, v in ffn["moe"].items()},
+                           "graph": {f"{k[0]}|{k[1]}": v for k, v in ffn["graph"].items()},
                            "variants": ffn["variants"]},
                 "peers": peers, "verdicts": verdicts}
 

@@ -19,5 +19,5 @@ mod router;
 pub use backend::CudaBackend;
 pub use context::GpuContext;
 pub use error::GpuError;
-pub use ffn::{ExpertFfn, FfnShape, MoeLayer, TuneOutcome, VariantPair};
+pub use ffn::{ExpertFfn, FfnShape, MoeLayer, MoeLayerGraph, TuneOutcome, VariantPair};
 pub use router::{GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch};

@@ -451,6 +451,11 @@ impl GpuPlan {
         )?)
     }
 
+    /// Per-expert served counts on the device (at least E u32).
+    pub(crate) fn load(&self) -> &CudaSlice<u32> {
+        &self.load
+    }
+
     /// Per-expert served counts (synchronises).
     pub fn load_host(&self) -> Result<Vec<u32>, GpuError> {
         let mut v = self.stream.clone_dtoh(&self.load)?;

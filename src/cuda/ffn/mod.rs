@@ -8,6 +8,7 @@
 
 mod expert_ffn;
 mod gemm;
+mod graph;
 mod host_layout;
 mod moe_layer;
 mod select;
@@ -16,6 +17,7 @@ pub mod variants;
 
 pub use crate::expert::FfnShape;
 pub use expert_ffn::ExpertFfn;
+pub use graph::MoeLayerGraph;
 pub use moe_layer::MoeLayer;
 pub use select::VariantPair;
 pub use tune::TuneOutcome;
