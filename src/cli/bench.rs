@@ -1,5 +1,6 @@
 //! `capmoe bench`: the expert-parallel straggler benchmark, end to end on
-//! the CPU model or one MoE layer on the GPU (`--device cuda`).
+//! the CPU model, end to end on the GPU (`--device cuda --e2e`, the same
+//! `ep::run` on `CudaBackend`), or one MoE layer on the GPU (`--device cuda`).
 
 use super::model_args::check_random_size;
 use super::CliError;

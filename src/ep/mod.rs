@@ -410,7 +410,11 @@ struct Measured<B: Backend> {
 /// First every case's forward pass runs once (plans, statistics, fidelity
 /// against `none`); then `iters` timing rounds each replay every case's
 /// rank work once, and time one baseline prefill, so that load from other
-/// processes spreads over all cases alike instead of skewing one. `progress`
+/// processes spreads over all cases alike instead of skewing one. Without
+/// [`BenchSetup::interleave`] each case's rounds run right after its forward
+/// pass instead (one case's MoE inputs held at a time). With
+/// [`BenchSetup::throughput`] every round also times the case's own prefill
+/// and decode steps. Every time is taken by [`Backend::timed`]. `progress`
 /// ticks once per case in each phase; pass `ProgressBar::hidden()` for none.
 pub fn run<B: Backend>(
     model: &Model<B>,
