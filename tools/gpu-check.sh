@@ -58,8 +58,10 @@ fi
 pack="$root/.gpu-check"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-echo "== building test binaries (cargo test --features cuda --no-run)" >&2
-cargo test --features cuda --no-run --message-format=json >"$tmp/tests.json"
+# Release test binaries: the EP and e2e runs inside them time real work, and host code in a debug
+# build would add launch gaps; assert! still holds (only debug_assert! and overflow checks go).
+echo "== building test binaries (cargo test --release --features cuda --no-run)" >&2
+cargo test --release --features cuda --no-run --message-format=json >"$tmp/tests.json"
 echo "== building bench binaries (cargo bench --features cuda --no-run, release)" >&2
 cargo bench --features cuda --no-run --message-format=json >"$tmp/benches.json"
 
