@@ -190,20 +190,10 @@ fn e2e_bench_from_env() {
     if backend().is_none() {
         return;
     }
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: capmoe::cli::bench::BenchArgs,
-    }
-    let mut argv = vec!["bench".to_string()];
-    argv.extend(flags.split_whitespace().map(String::from));
-    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("CAPMOE_GPU_E2E_ARGS: {e}"));
-    assert!(
-        cli.args.e2e,
-        "CAPMOE_GPU_E2E_ARGS needs --device cuda --e2e"
-    );
+    let args = capmoe::cli::bench::parse_flags(&flags)
+        .unwrap_or_else(|e| panic!("CAPMOE_GPU_E2E_ARGS: {e}"));
+    assert!(args.e2e, "CAPMOE_GPU_E2E_ARGS needs --device cuda --e2e");
     let mut out = Vec::new();
-    capmoe::cli::bench::run(&cli.args, &mut out).unwrap();
+    capmoe::cli::bench::run(&args, &mut out).unwrap();
     println!("{}", String::from_utf8_lossy(&out));
 }

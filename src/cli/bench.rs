@@ -727,6 +727,22 @@ pub fn bench_gpu(args: &BenchArgs) -> Result<crate::ep::gpu::GpuBenchReport, Cli
     Ok(rep)
 }
 
+/// Parses `flags` (whitespace-separated, as after `capmoe bench`) into
+/// [`BenchArgs`]. The GPU tests run the benchmark configurations gpu-check
+/// passes in environment variables through this.
+pub fn parse_flags(flags: &str) -> Result<BenchArgs, CliError> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+    let argv = std::iter::once("bench").chain(flags.split_whitespace());
+    Cli::try_parse_from(argv)
+        .map(|c| c.args)
+        .map_err(|e| CliError::Usage(e.to_string()))
+}
+
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     // Flags are checked with or without the feature, so a mistake shows
     // before a rebuild does.

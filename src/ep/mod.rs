@@ -145,19 +145,7 @@ impl BenchSetup {
                 experts,
             });
         }
-        if self.policies.iter().any(Policy::has_capacity) && self.capacity_factors.is_empty() {
-            return Err(EpError::NoCapacityFactors);
-        }
-        if let Some(&g) = self
-            .capacity_factors
-            .iter()
-            .find(|g| !(g.is_finite() && **g > 0.0))
-        {
-            return Err(EpError::InvalidCapacityFactor(g));
-        }
-        if !(self.a2a_gbps.is_finite() && self.a2a_gbps > 0.0) {
-            return Err(EpError::InvalidBandwidth(self.a2a_gbps));
-        }
+        check_policy_numbers(&self.policies, &self.capacity_factors, self.a2a_gbps)?;
         if self.load_layer >= layers {
             return Err(EpError::NoSuchLayer {
                 layer: self.load_layer,
@@ -171,6 +159,28 @@ impl BenchSetup {
     pub fn cases(&self) -> Vec<(Policy, Option<f64>)> {
         cases(&self.policies, &self.capacity_factors)
     }
+}
+
+/// Checks what both benchmarks share: capacity policies need gammas, every
+/// gamma is finite and positive, and so is the all-to-all bandwidth.
+pub(crate) fn check_policy_numbers(
+    policies: &[Policy],
+    capacity_factors: &[f64],
+    a2a_gbps: f64,
+) -> Result<(), EpError> {
+    if policies.iter().any(Policy::has_capacity) && capacity_factors.is_empty() {
+        return Err(EpError::NoCapacityFactors);
+    }
+    if let Some(&g) = capacity_factors
+        .iter()
+        .find(|g| !(g.is_finite() && **g > 0.0))
+    {
+        return Err(EpError::InvalidCapacityFactor(g));
+    }
+    if !(a2a_gbps.is_finite() && a2a_gbps > 0.0) {
+        return Err(EpError::InvalidBandwidth(a2a_gbps));
+    }
+    Ok(())
 }
 
 /// The runs of a benchmark in order: `none` first, then each capacity policy

@@ -154,19 +154,7 @@ impl GpuBenchSetup {
                 experts: s.experts,
             });
         }
-        if self.policies.iter().any(Policy::has_capacity) && self.capacity_factors.is_empty() {
-            return Err(EpError::NoCapacityFactors);
-        }
-        if let Some(&g) = self
-            .capacity_factors
-            .iter()
-            .find(|g| !(g.is_finite() && **g > 0.0))
-        {
-            return Err(EpError::InvalidCapacityFactor(g));
-        }
-        if !(self.a2a_gbps.is_finite() && self.a2a_gbps > 0.0) {
-            return Err(EpError::InvalidBandwidth(self.a2a_gbps));
-        }
+        crate::ep::check_policy_numbers(&self.policies, &self.capacity_factors, self.a2a_gbps)?;
         for (what, v) in [
             ("--min-case-ms", self.min_case_ms),
             ("--telemetry-ms", self.telemetry_ms),
