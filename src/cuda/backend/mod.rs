@@ -86,6 +86,18 @@ fn bf16_bits(v: &[f32]) -> Vec<u16> {
 impl CudaBackend {
     /// A backend on `gpu`'s stream (cuBLAS is loaded here).
     pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
+        // cudarc panics on the first cuBLAS call when libcublas cannot be
+        // loaded (the driver alone does not bring it): an error instead.
+        // SAFETY: only tries to dlopen libcublas; no CUDA state is touched.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(GpuError::Launch {
+                launcher: "cublasCreate",
+                code: -1,
+                message: "libcublas could not be loaded (not on the library path; \
+                          the CUDA driver does not ship it)"
+                    .into(),
+            });
+        }
         let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Launch {
             launcher: "cublasCreate",
             code: e.0 as i32,
