@@ -45,14 +45,17 @@ pub struct MoeLayerGraph {
 }
 
 /// Turns cudarc's cross-stream event tracking back on when dropped (also
-/// when the capture fails half way).
-struct TrackingOff<'a>(&'a Arc<cudarc::driver::CudaContext>);
+/// when the capture fails half way), if it was on before.
+struct TrackingOff<'a>(&'a Arc<cudarc::driver::CudaContext>, bool);
 
 impl Drop for TrackingOff<'_> {
     fn drop(&mut self) {
-        // SAFETY: restores the default; slices made while it was off are the
-        // graph's own temporaries, already freed inside the capture.
-        unsafe { self.0.enable_event_tracking() };
+        if self.1 {
+            // SAFETY: restores the previous state; slices made while it was
+            // off are the graph's own temporaries, already freed inside the
+            // capture.
+            unsafe { self.0.enable_event_tracking() };
+        }
     }
 }
 
@@ -86,8 +89,8 @@ impl MoeLayerGraph {
         stream.synchronize()?;
 
         let ctx = stream.context().clone();
+        let tracking = TrackingOff(&ctx, ctx.is_event_tracking());
         ctx.disable_event_tracking();
-        let tracking = TrackingOff(&ctx);
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
         let captured = (|| -> Result<(), GpuError> {
             let (tmp, plan) = layer.forward(&logits, &x, tokens)?;
