@@ -309,13 +309,16 @@ fn compare_models(
     router: &RouterConfig,
     steps: usize,
 ) {
-    // Chosen on the CPU for clear routing: on both models, over the prefill
-    // and the decode steps, every token's k-th router logit leads the
-    // (k+1)-th by >= 2% of the layer's max |logit| (the first prompts tried,
-    // 1, 5, 9, ..., had a 0.37% gap: a flip at bf16 activation precision).
+    // Chosen on the CPU (the best of 400 random prompt pairs) for clear
+    // routing decisions on both models, prefill and decode: the k-th router
+    // logit leads the (k+1)-th by >= 0.5% of the layer's max |logit| (the
+    // first prompts, 1, 5, 9, ..., had 0.37% on the fixture, about one bf16
+    // activation error), and under drop:score the capacity cut's scores
+    // differ by about 0.003 or more. Still not a wide margin: a failure naming a
+    // near-tie is a precision flip, not a kernel bug.
     let prompts: [&[u32]; 2] = [
-        &[16, 123, 125, 1, 8, 1, 56, 26, 75, 112, 20, 53, 30],
-        &[35, 40, 23],
+        &[66, 99, 29, 55, 33, 99, 47, 98, 123, 13, 15, 101, 109],
+        &[116, 12, 4],
     ];
     let opts = ForwardOptions::new(router.clone());
     let (mut cs, co) = cpu.prefill(&prompts, &opts).unwrap();
