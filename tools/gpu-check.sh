@@ -156,10 +156,22 @@ echo "unpacked the binaries in $(( $(date +%s) - start ))s"
 echo "date=$(date -u +%F)" >>"$work/meta.txt"
 have_gpu=0
 command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q "^GPU " && have_gpu=1
+# cuBLAS for the GPU model (cudarc loads it at run time): the CUDA toolkit's, or the one of
+# PyTorch's pip wheels, wherever this machine keeps it; the folders found go on LD_LIBRARY_PATH.
+cublas_dirs="$( { ls -d "${CUDA_HOME:-/usr/local/cuda}"/lib64 /usr/local/cuda/targets/*/lib 2>/dev/null
+  python3 -c 'import glob, os, nvidia
+for p in nvidia.__path__:
+    for f in glob.glob(os.path.join(p, "**", "libcublas.so*"), recursive=True):
+        print(os.path.dirname(f))' 2>/dev/null; } | sort -u)"
+for d in $cublas_dirs; do
+  ls "$d"/libcublas.so* >/dev/null 2>&1 && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 {
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    echo "LD_LIBRARY_PATH (cuBLAS search): ${LD_LIBRARY_PATH:-<empty>}"
   else
     echo "nvidia-smi not found: no NVIDIA driver here (GPU tests should skip)"
   fi
