@@ -95,6 +95,79 @@ pub struct ExpertsShape {
     pub intermediate: usize,
 }
 
+/// `BackendError::Shape` with what was given and what was expected.
+pub(crate) fn shape_err(what: &'static str, got: Vec<usize>, expected: Vec<usize>) -> BackendError {
+    BackendError::Shape {
+        what,
+        got,
+        expected,
+    }
+}
+
+/// The argument checks every backend's [`Backend::attention`] makes: `q`,
+/// `k`, `v` as `(rows, cols)` with the widths `geom` implies, one cache
+/// `(kv_heads, head_dim)` per span, and spans contiguous over every row.
+pub(crate) fn check_attention(
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+    caches: &[(usize, usize)],
+    spans: &[Range<usize>],
+    geom: &AttnGeom,
+) -> Result<(), BackendError> {
+    let (qw, kw) = (geom.heads * geom.head_dim, geom.kv_heads * geom.head_dim);
+    if geom.kv_heads == 0 || geom.heads % geom.kv_heads != 0 || geom.head_dim == 0 {
+        return Err(shape_err(
+            "attention heads / kv heads (heads a multiple of kv heads, head_dim >= 1)",
+            vec![geom.heads, geom.kv_heads, geom.head_dim],
+            vec![geom.kv_heads.max(1) * (geom.heads / geom.kv_heads.max(1)).max(1)],
+        ));
+    }
+    if q.1 != qw || k.1 != kw || v.1 != kw || k.0 != q.0 || v.0 != q.0 {
+        return Err(shape_err(
+            "attention q/k/v",
+            vec![q.0, q.1, k.0, k.1, v.0, v.1],
+            vec![q.0, qw, q.0, kw, q.0, kw],
+        ));
+    }
+    if caches.len() != spans.len() {
+        return Err(shape_err(
+            "attention caches vs spans",
+            vec![caches.len()],
+            vec![spans.len()],
+        ));
+    }
+    let mut next = 0;
+    for s in spans {
+        if s.start != next || s.end < s.start || s.end > q.0 {
+            return Err(shape_err(
+                "attention spans (contiguous, covering every row)",
+                vec![s.start, s.end],
+                vec![next, q.0],
+            ));
+        }
+        next = s.end;
+    }
+    if next != q.0 {
+        return Err(shape_err(
+            "attention spans (contiguous, covering every row)",
+            vec![next],
+            vec![q.0],
+        ));
+    }
+    if let Some(c) = caches
+        .iter()
+        .find(|c| **c != (geom.kv_heads, geom.head_dim))
+    {
+        return Err(shape_err(
+            "attention cache kv heads x head_dim",
+            vec![c.0, c.1],
+            vec![geom.kv_heads, geom.head_dim],
+        ));
+    }
+    Ok(())
+}
+
 /// A compute backend. `Act` is a row-major activation matrix on the device,
 /// `Mat` a weight matrix `[out, in]` (as stored by PyTorch's `nn.Linear`),
 /// `Vector` a 1-D weight and `Kv` one sequence's key/value cache for one

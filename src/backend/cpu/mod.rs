@@ -25,13 +25,7 @@ pub struct CpuTensor {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
 
-fn shape_err(what: &'static str, got: Vec<usize>, expected: Vec<usize>) -> BackendError {
-    BackendError::Shape {
-        what,
-        got,
-        expected,
-    }
-}
+use crate::backend::shape_err;
 
 impl Backend for CpuBackend {
     type Mat = HostTensor;
@@ -210,52 +204,17 @@ impl Backend for CpuBackend {
         spans: &[Range<usize>],
         geom: &AttnGeom,
     ) -> Result<CpuTensor, BackendError> {
-        let qw = geom.heads * geom.head_dim;
-        let kw = geom.kv_heads * geom.head_dim;
-        if geom.kv_heads == 0 || geom.heads % geom.kv_heads != 0 {
-            return Err(shape_err(
-                "attention heads",
-                vec![geom.heads],
-                vec![geom.kv_heads],
-            ));
-        }
-        if q.cols != qw || k.cols != kw || v.cols != kw || k.rows != q.rows || v.rows != q.rows {
-            return Err(shape_err(
-                "attention q/k/v",
-                vec![q.rows, q.cols, k.rows, k.cols, v.rows, v.cols],
-                vec![q.rows, qw, q.rows, kw, q.rows, kw],
-            ));
-        }
-        if caches.len() != spans.len() {
-            return Err(shape_err(
-                "attention caches",
-                vec![caches.len()],
-                vec![spans.len()],
-            ));
-        }
-        let mut next = 0;
-        for s in spans {
-            if s.start != next || s.end < s.start {
-                return Err(shape_err(
-                    "attention spans",
-                    vec![s.start, s.end],
-                    vec![next],
-                ));
-            }
-            next = s.end;
-        }
-        if next != q.rows {
-            return Err(shape_err("attention spans", vec![next], vec![q.rows]));
-        }
-        for c in caches.iter() {
-            if c.k.len() != geom.kv_heads || c.head_dim != geom.head_dim {
-                return Err(shape_err(
-                    "kv cache",
-                    vec![c.k.len(), c.head_dim],
-                    vec![geom.kv_heads, geom.head_dim],
-                ));
-            }
-        }
+        let cache_shapes: Vec<(usize, usize)> =
+            caches.iter().map(|c| (c.k.len(), c.head_dim)).collect();
+        crate::backend::check_attention(
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            &cache_shapes,
+            spans,
+            geom,
+        )?;
+        let (qw, kw) = (geom.heads * geom.head_dim, geom.kv_heads * geom.head_dim);
         let mut out = vec![0.0f32; q.rows * qw];
         for (cache, s) in caches.iter_mut().zip(spans) {
             let n = s.len();

@@ -65,13 +65,7 @@ pub struct CudaBackend {
     blas: Arc<CudaBlas>,
 }
 
-fn shape_err(what: &'static str, got: Vec<usize>, expected: Vec<usize>) -> BackendError {
-    BackendError::Shape {
-        what,
-        got,
-        expected,
-    }
-}
+use crate::backend::shape_err;
 
 fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
     i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
@@ -503,14 +497,6 @@ impl Backend for CudaBackend {
         spans: &[Range<usize>],
         geom: &AttnGeom,
     ) -> Result<CudaAct, BackendError> {
-        let (qw, kw) = (geom.heads * geom.head_dim, geom.kv_heads * geom.head_dim);
-        if geom.kv_heads == 0 || geom.heads % geom.kv_heads != 0 || geom.head_dim == 0 {
-            return Err(shape_err(
-                "attention heads / kv heads",
-                vec![geom.heads, geom.kv_heads],
-                vec![geom.kv_heads.max(1) * (geom.heads / geom.kv_heads.max(1)).max(1)],
-            ));
-        }
         if geom.head_dim > 256 {
             return Err(shape_err(
                 "attention head_dim (at most 256 on the GPU)",
@@ -518,48 +504,16 @@ impl Backend for CudaBackend {
                 vec![256],
             ));
         }
-        if q.cols != qw || k.cols != kw || v.cols != kw || k.rows != q.rows || v.rows != q.rows {
-            return Err(shape_err(
-                "attention q/k/v",
-                vec![q.rows, q.cols, k.rows, k.cols, v.rows, v.cols],
-                vec![q.rows, qw, q.rows, kw, q.rows, kw],
-            ));
-        }
-        if caches.len() != spans.len() {
-            return Err(shape_err(
-                "attention caches vs spans",
-                vec![caches.len()],
-                vec![spans.len()],
-            ));
-        }
-        let mut next = 0;
-        for s in spans {
-            if s.start != next || s.end < s.start || s.end > q.rows {
-                return Err(shape_err(
-                    "attention spans (contiguous, covering every row)",
-                    vec![s.start, s.end],
-                    vec![next, q.rows],
-                ));
-            }
-            next = s.end;
-        }
-        if next != q.rows {
-            return Err(shape_err(
-                "attention spans (contiguous, covering every row)",
-                vec![next],
-                vec![q.rows],
-            ));
-        }
-        if let Some(c) = caches
-            .iter()
-            .find(|c| c.kv_heads != geom.kv_heads || c.head_dim != geom.head_dim)
-        {
-            return Err(shape_err(
-                "attention cache heads x head_dim",
-                vec![c.kv_heads, c.head_dim],
-                vec![geom.kv_heads, geom.head_dim],
-            ));
-        }
+        let cache_shapes: Vec<(usize, usize)> =
+            caches.iter().map(|c| (c.kv_heads, c.head_dim)).collect();
+        crate::backend::check_attention(
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            &cache_shapes,
+            spans,
+            geom,
+        )?;
         Ok(attention::attention(
             self.gpu.stream(),
             q,
