@@ -62,7 +62,7 @@ impl Variant {
 /// Every variant capmoe builds. Small M tiles and pingpong serve decode
 /// (a few rows per expert, bound by reading the weights); large tiles and
 /// clusters serve prefill (bound by tensor-core rate). Each SM90 entry costs
-/// about 100 s of nvcc on a 2-core machine (design.md §4), so the set is
+/// 45-70 s of nvcc and ~3.4 GB on a 2-core machine, so the set is
 /// kept to what the autotuner has reason to pick.
 pub const VARIANTS: &[Variant] = &[
     Variant {
@@ -91,6 +91,16 @@ pub const VARIANTS: &[Variant] = &[
         arch: Arch::Sm90,
         tile: [64, 256, 64],
         cluster: [1, 2],
+        schedule: Schedule::Pingpong,
+    },
+    // Decode GEMM2 (n = H = 4096): 64-wide n tiles double the CTAs per
+    // expert, so a few active experts still cover the SMs; deep k tiles keep
+    // each load large.
+    Variant {
+        name: "sm90_pp_64x64x128_c1x1",
+        arch: Arch::Sm90,
+        tile: [64, 64, 128],
+        cluster: [1, 1],
         schedule: Schedule::Pingpong,
     },
     Variant {
