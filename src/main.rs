@@ -30,7 +30,7 @@ enum Command {
     #[command(after_long_help = MODEL_HELP)]
     Generate(cli::generate::GenerateArgs),
     /// Time the expert FFN's grouped-GEMM variants on this GPU and cache the fastest per token bucket (needs the `cuda` feature).
-    #[command(after_long_help = cli::tune::TUNE_HELP)]
+    #[command(after_long_help = cli::tune::tune_help())]
     Tune(cli::tune::TuneArgs),
 }
 

@@ -43,3 +43,16 @@ fn without_a_gpu_it_fails_cleanly() {
     let (ok, err) = tune(&["--tokens", "1"]);
     assert!(!ok && err.starts_with("error: "), "{err}");
 }
+
+#[test]
+fn help_lists_every_declared_variant() {
+    let out = Command::new(env!("CARGO_BIN_EXE_capmoe"))
+        .args(["tune", "--help"])
+        .output()
+        .expect("capmoe runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for v in capmoe::expert::variants::VARIANTS {
+        assert!(help.contains(v.name), "{} missing from:\n{help}", v.name);
+    }
+}

@@ -7,13 +7,36 @@ use super::CliError;
 use clap::Args;
 use std::io::Write;
 
-pub const TUNE_HELP: &str = "\
+/// `capmoe tune --help`'s closing text: where the cache lives, how timing
+/// works, the declared variants and examples.
+pub fn tune_help() -> String {
+    use crate::expert::variants::{Schedule, VARIANTS};
+    let mut s = String::from(TUNE_HELP_HEAD);
+    s.push_str("\nDeclared grouped-GEMM variants (a build compiles those its archs can run; CAPMOE_FFN_VARIANTS narrows it):\n");
+    for v in VARIANTS {
+        let kind = match v.schedule {
+            Schedule::Cooperative => "cooperative".to_string(),
+            Schedule::Pingpong => "pingpong".to_string(),
+            Schedule::Multistage { stages, .. } => format!("{stages}-stage"),
+        };
+        let [m, n, k] = v.tile;
+        s.push_str(&format!(
+            "  {:<28} {:?}, tile {m}x{n}x{k}, cluster {}x{}, {kind}\n",
+            v.name, v.arch, v.cluster[0], v.cluster[1]
+        ));
+    }
+    s.push_str(TUNE_HELP_EXAMPLES);
+    s
+}
+
+const TUNE_HELP_HEAD: &str = "\
 The cache file is $CAPMOE_TUNE_CACHE if set, else $XDG_CACHE_HOME/capmoe/ or ~/.cache/capmoe/, named \
 tune-<gpu>-<version>.json. ExpertFfn reads it at construction; a batch uses the entry of its token \
 bucket (T rounded up to a power of two) and falls back to a shape heuristic when there is none.\n\n\
 Each timing is the mean of 10 runs after 3 warm-up runs, on a balanced load of ceil(T k / E) rows \
-per expert, with CUDA events.\n\n\
-Examples:\n  capmoe tune                                  # Mixtral-8x7B experts, T = 1 .. 16384\n  \
+per expert, with CUDA events.\n";
+
+const TUNE_HELP_EXAMPLES: &str = "\nExamples:\n  capmoe tune                                  # Mixtral-8x7B experts, T = 1 .. 16384\n  \
 capmoe tune --tokens 1,64,4096 --json\n  \
 capmoe tune --hidden 2048 --intermediate 5632 --experts 64 --top-k 6\n";
 
