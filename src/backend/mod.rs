@@ -104,6 +104,34 @@ pub(crate) fn shape_err(what: &'static str, got: Vec<usize>, expected: Vec<usize
     }
 }
 
+/// The argument checks every backend's [`Backend::rope`] makes on
+/// `x = [rows, cols]`: `cols = heads * head_dim` with `head_dim = 2 *
+/// inv_freq.len() >= 2`, and one position per row.
+pub(crate) fn check_rope(
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    positions: &[usize],
+    rope: &Rope,
+) -> Result<(), BackendError> {
+    let hd = cols.checked_div(heads).unwrap_or(0);
+    if heads == 0 || hd == 0 || hd * heads != cols || hd != 2 * rope.inv_freq.len() {
+        return Err(shape_err(
+            "rope heads x head_dim",
+            vec![cols],
+            vec![heads, 2 * rope.inv_freq.len()],
+        ));
+    }
+    if positions.len() != rows {
+        return Err(shape_err(
+            "rope positions",
+            vec![positions.len()],
+            vec![rows],
+        ));
+    }
+    Ok(())
+}
+
 /// The argument checks every backend's [`Backend::attention`] makes: `q`,
 /// `k`, `v` as `(rows, cols)` with the widths `geom` implies, one cache
 /// `(kv_heads, head_dim)` per span, and spans contiguous over every row.

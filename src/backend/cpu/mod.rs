@@ -169,21 +169,7 @@ impl Backend for CpuBackend {
         positions: &[usize],
         rope: &Rope,
     ) -> Result<(), BackendError> {
-        let hd = x.cols.checked_div(heads).unwrap_or(0);
-        if heads == 0 || hd * heads != x.cols || hd != 2 * rope.inv_freq.len() {
-            return Err(shape_err(
-                "rope heads x head_dim",
-                vec![x.cols],
-                vec![heads, 2 * rope.inv_freq.len()],
-            ));
-        }
-        if positions.len() != x.rows {
-            return Err(shape_err(
-                "rope positions",
-                vec![positions.len()],
-                vec![x.rows],
-            ));
-        }
+        crate::backend::check_rope(x.rows, x.cols, heads, positions, rope)?;
         ops::rope(&mut x.data, x.cols, heads, positions, rope);
         Ok(())
     }

@@ -438,21 +438,7 @@ impl Backend for CudaBackend {
         positions: &[usize],
         rope: &Rope,
     ) -> Result<(), BackendError> {
-        let hd = x.cols.checked_div(heads).unwrap_or(0);
-        if heads == 0 || hd * heads != x.cols || hd != 2 * rope.inv_freq.len() || hd == 0 {
-            return Err(shape_err(
-                "rope heads x head_dim",
-                vec![x.cols],
-                vec![heads, 2 * rope.inv_freq.len()],
-            ));
-        }
-        if positions.len() != x.rows {
-            return Err(shape_err(
-                "rope positions",
-                vec![positions.len()],
-                vec![x.rows],
-            ));
-        }
+        crate::backend::check_rope(x.rows, x.cols, heads, positions, rope)?;
         if x.rows == 0 {
             return Ok(());
         }
@@ -474,7 +460,7 @@ impl Backend for CudaBackend {
                 ip,
                 i32_of("rows", x.rows)?,
                 i32_of("heads", heads)?,
-                i32_of("half head dim", hd / 2)?,
+                i32_of("half head dim", rope.inv_freq.len())?,
                 self.raw(),
             )?
         };
