@@ -70,7 +70,13 @@ impl ExpertFfn {
                 expected: "at least one expert".into(),
             });
         };
-        let (inter, hidden) = (first.w1.shape()[0], first.w1.shape()[1]);
+        let &[inter, hidden] = first.w1.shape() else {
+            return Err(GpuError::Shape {
+                what: "expert weight",
+                got: format!("{} of expert 0: {:?}", first.w1.name(), first.w1.shape()),
+                expected: "a 2-D [intermediate, hidden] matrix".into(),
+            });
+        };
         let shape = FfnShape::new(experts.len(), hidden, inter)?;
         let mut w13 = Vec::with_capacity(experts.len() * 2 * inter * hidden);
         let mut w2 = Vec::with_capacity(experts.len() * hidden * inter);
