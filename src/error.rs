@@ -7,6 +7,7 @@ pub const MAX_EXPERTS: usize = 512;
 
 /// Errors from validating or routing a batch.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum RoutingError {
     #[error("router logits hold {len} values, expected tokens x experts = {tokens} x {experts} = {expected}", expected = tokens * experts)]
     LogitsLength {

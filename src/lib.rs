@@ -8,13 +8,13 @@
 //! [`routing`] is the contract every backend implements and its CPU oracle.
 //! [`io`] reads router traces.
 
-pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ep;
 pub mod error;
 pub mod expert;
 pub mod io;
+pub mod progress;
 pub mod routing;
 pub mod trace;
 

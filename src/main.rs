@@ -1,8 +1,10 @@
 //! `capmoe`: capacity-aware MoE routing and benchmarks.
 
-use capmoe::cli::{self, CliError};
+mod cli;
+
 use capmoe::routing::POLICY_HELP;
 use clap::{Parser, Subcommand};
+use cli::CliError;
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -87,6 +87,7 @@ impl Rng {
 
 /// Errors from building a skewed trace.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TraceError {
     #[error("skew {target}x is out of reach with {experts} experts and top-{top_k}: max/mean load is below E/k = {limit}; pick a ratio in [1, {limit})", limit = *experts as f64 / *top_k as f64)]
     Unreachable {

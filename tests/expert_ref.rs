@@ -287,7 +287,7 @@ fn reference_agrees_with_the_f32_cpu_backend() {
         let n = shape.iter().product::<usize>() as u32;
         let scale = 3.0 / (fan_in as f32).sqrt();
         let data = (0..n).map(|i| hash_uniform(i, seed, scale)).collect();
-        HostTensor::owned(name, shape, data)
+        HostTensor::new(name, shape, data).unwrap()
     };
     let weights: Vec<ExpertWeights<CpuBackend>> = (0..experts as u32)
         .map(|e| ExpertWeights {

@@ -15,9 +15,9 @@ use capmoe::backend::Backend;
 use capmoe::cuda::{CudaBackend, GpuContext};
 use capmoe::ep::{self, BenchSetup};
 use capmoe::model::{InitOptions, MixtralConfig, Model};
+use capmoe::progress::NoProgress;
 use capmoe::routing::Policy;
 use capmoe::trace::Skew;
-use indicatif::ProgressBar;
 
 fn backend() -> Option<CudaBackend> {
     match GpuContext::new(0).and_then(|g| CudaBackend::new(&g)) {
@@ -82,7 +82,7 @@ fn tiny_model_end_to_end_report_keeps_its_invariants() {
     let model = Model::random(be, cfg, &InitOptions::new(3).with_skew(Skew::Ratio(1.6))).unwrap();
     assert_eq!(model.backend().name(), "cuda");
     let s = setup();
-    let rep = ep::run(&model, &s, &ProgressBar::hidden()).unwrap();
+    let rep = ep::run(&model, &s, &NoProgress).unwrap();
     assert_eq!(rep.setup.device, "cuda");
     assert_eq!(rep.cases.len(), 2);
     let base = &rep.cases[0];
@@ -193,10 +193,25 @@ fn e2e_bench_from_env() {
     if backend().is_none() {
         return;
     }
-    let args = capmoe::cli::bench::parse_flags(&flags)
-        .unwrap_or_else(|e| panic!("CAPMOE_GPU_E2E_ARGS: {e}"));
-    assert!(args.e2e, "CAPMOE_GPU_E2E_ARGS needs --device cuda --e2e");
-    let mut out = Vec::new();
-    capmoe::cli::bench::run(&args, &mut out).unwrap();
-    println!("{}", String::from_utf8_lossy(&out));
+    // The CLI is the binary's, not the library's: run it. gpu-check packs it and names it in
+    // CAPMOE_BIN; a cargo build has it at CARGO_BIN_EXE_capmoe.
+    let exe = std::env::var_os("CAPMOE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_capmoe").into());
+    assert!(
+        exe.exists(),
+        "CAPMOE_GPU_E2E_ARGS is set but the capmoe binary is not at {} (set CAPMOE_BIN)",
+        exe.display()
+    );
+    let out = std::process::Command::new(&exe)
+        .arg("bench")
+        .args(flags.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "capmoe bench {flags} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -65,6 +65,8 @@ fn tiny_setup() -> GpuBenchSetup {
         telemetry_ms: 10.0,
         tune: false,
         variants: None,
+        launch_gate: true,
+        tune_cache: None,
     }
 }
 
@@ -93,7 +95,7 @@ fn telemetry_without_nvml_is_unavailable_not_an_error() {
 fn tiny_layer_report_keeps_its_invariants() {
     let Some(gpu) = gpu() else { return };
     let setup = tiny_setup();
-    let rep = gpu::run(&setup, &gpu, &indicatif::ProgressBar::hidden()).unwrap();
+    let rep = gpu::run(&setup, &gpu, &capmoe::progress::NoProgress).unwrap();
     // olmoe (7x) is out of reach at E = 8, k = 2; reroute:optimal is CPU-only.
     assert!(rep
         .skipped
@@ -316,9 +318,25 @@ fn full_bench_from_env() {
     if gpu().is_none() {
         return;
     }
-    let args = capmoe::cli::bench::parse_flags(&flags)
-        .unwrap_or_else(|e| panic!("CAPMOE_GPU_BENCH_ARGS: {e}"));
-    let mut out = Vec::new();
-    capmoe::cli::bench::run(&args, &mut out).unwrap();
-    println!("{}", String::from_utf8_lossy(&out));
+    // The CLI is the binary's, not the library's: run it. gpu-check packs it and names it in
+    // CAPMOE_BIN; a cargo build has it at CARGO_BIN_EXE_capmoe.
+    let exe = std::env::var_os("CAPMOE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_capmoe").into());
+    assert!(
+        exe.exists(),
+        "CAPMOE_GPU_BENCH_ARGS is set but the capmoe binary is not at {} (set CAPMOE_BIN)",
+        exe.display()
+    );
+    let out = std::process::Command::new(&exe)
+        .arg("bench")
+        .args(flags.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "capmoe bench {flags} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -89,7 +89,7 @@ fn embed_select_add_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend;
     let (vocab, hidden) = (50, 24);
-    let table = HostTensor::owned("t", vec![vocab, hidden], rand(vocab * hidden, 1, 1.0));
+    let table = HostTensor::new("t", vec![vocab, hidden], rand(vocab * hidden, 1, 1.0)).unwrap();
     let ids = [3u32, 0, 49, 3, 17];
     let want = cpu.embed(&cpu.mat(table.clone()).unwrap(), &ids).unwrap();
     let got = g.embed(&g.mat(table.clone()).unwrap(), &ids).unwrap();
@@ -117,7 +117,7 @@ fn rmsnorm_and_linear_match_cpu() {
     for (rows, cols, out) in [(7, 32, 48), (3, 1000, 129), (1, 4096, 8)] {
         let x = rand(rows * cols, cols as u64, 2.0);
         let w = rand(cols, 5, 1.5);
-        let wt = HostTensor::owned("w", vec![cols], w);
+        let wt = HostTensor::new("w", vec![cols], w).unwrap();
         let want = cpu
             .rms_norm(
                 &cpu.upload(&x, rows, cols).unwrap(),
@@ -135,7 +135,7 @@ fn rmsnorm_and_linear_match_cpu() {
             1e-6,
         );
 
-        let m = HostTensor::owned("m", vec![out, cols], rand(out * cols, 9, 0.1));
+        let m = HostTensor::new("m", vec![out, cols], rand(out * cols, 9, 0.1)).unwrap();
         let want = cpu
             .linear(
                 &cpu.upload(&x, rows, cols).unwrap(),

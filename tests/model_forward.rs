@@ -350,7 +350,7 @@ fn custom_sources_and_router_bias_are_checked() {
     let cfg = tiny();
     let r = Model::from_source(CpuBackend, cfg.clone(), |name, shape| {
         let n: usize = shape.iter().product();
-        Ok(HostTensor::owned(name, vec![n], vec![0.0; n]))
+        Ok(HostTensor::new(name, vec![n], vec![0.0; n]).unwrap())
     });
     assert!(matches!(
         r,

@@ -2,6 +2,7 @@
 //! safetensors file or owned (converted from bf16/f16, randomly initialised,
 //! or copied because the mapped bytes were not 4-byte aligned).
 
+use super::BackendError;
 use memmap2::Mmap;
 use std::sync::Arc;
 
@@ -29,9 +30,32 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    /// An owned tensor. `data.len()` must equal the product of `shape`
-    /// (checked by the callers that build tensors from files).
-    pub fn owned(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
+    /// An owned tensor, checked: `data.len()` must equal the product of `shape`.
+    ///
+    /// ```
+    /// use capmoe::backend::HostTensor;
+    /// assert!(HostTensor::new("w", vec![2, 3], vec![0.0; 6]).is_ok());
+    /// assert!(HostTensor::new("w", vec![2, 3], vec![0.0; 5]).is_err());
+    /// ```
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> Result<Self, BackendError> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            return Err(BackendError::Shape {
+                what: "host tensor data",
+                got: vec![data.len()],
+                expected: shape,
+            });
+        }
+        Ok(Self::owned(name, shape, data))
+    }
+
+    /// An owned tensor whose length matches `shape` by construction (crate-internal callers
+    /// that computed `data` from `shape`); [`HostTensor::new`] is the checked door.
+    pub(crate) fn owned(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self {
             name: name.into(),

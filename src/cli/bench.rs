@@ -3,15 +3,15 @@
 //! `ep::run` on `CudaBackend`), or one MoE layer on the GPU (`--device cuda`).
 
 use super::model_args::check_random_size;
+use super::progress::Bar;
 use super::CliError;
-use crate::backend::{Backend, CpuBackend};
-use crate::ep::gpu::{GpuBenchSetup, LayerShape};
-use crate::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
-use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
-use crate::routing::Policy;
-use crate::trace::Skew;
+use capmoe::backend::{Backend, CpuBackend};
+use capmoe::ep::gpu::{GpuBenchSetup, LayerShape};
+use capmoe::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
+use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
+use capmoe::routing::Policy;
+use capmoe::trace::Skew;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -570,20 +570,17 @@ pub fn gpu_setup(args: &BenchArgs) -> Result<GpuBenchSetup, CliError> {
         telemetry_ms: args.telemetry_ms.unwrap_or(GPU_TELEMETRY_MS),
         tune: args.tune,
         variants,
+        // Under Nsight Compute, which serialises every launch, the gate would only wait for its
+        // watchdog: CAPMOE_NO_GATE=1 times without it.
+        launch_gate: std::env::var_os("CAPMOE_NO_GATE").is_none_or(|v| v.is_empty()),
+        tune_cache: None,
     };
     setup.validate()?;
     Ok(setup)
 }
 
-fn progress_bar(len_hint: u64) -> ProgressBar {
-    // Hidden unless stderr is a terminal.
-    let pb = ProgressBar::with_draw_target(Some(len_hint), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
+fn progress_bar(len_hint: u64) -> Bar {
+    Bar::new(len_hint)
 }
 
 /// Runs the CPU benchmark; returns the report (also written under --out).
@@ -673,11 +670,11 @@ fn whole_model<B: Backend>(
 }
 
 /// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
-/// the CPU benchmark's method on [`crate::cuda::CudaBackend`]; returns the
+/// the CPU benchmark's method on [`capmoe::cuda::CudaBackend`]; returns the
 /// report (also written under --out).
 #[cfg(feature = "cuda")]
 pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
-    use crate::cuda::{CudaBackend, GpuContext};
+    use capmoe::cuda::{CudaBackend, GpuContext};
     refuse_flags(args)?;
     if mode(args) != Mode::GpuE2e {
         return Err(CliError::Usage(
@@ -709,13 +706,16 @@ fn write_reports<R: serde::Serialize>(
 /// Runs the GPU MoE-layer benchmark; returns the report (also written under
 /// --out).
 #[cfg(feature = "cuda")]
-pub fn bench_gpu(args: &BenchArgs) -> Result<crate::ep::gpu::GpuBenchReport, CliError> {
-    use crate::cuda::GpuContext;
-    use crate::ep::gpu;
-    let setup = gpu_setup(args)?;
+pub fn bench_gpu(args: &BenchArgs) -> Result<capmoe::ep::gpu::GpuBenchReport, CliError> {
+    use capmoe::cuda::GpuContext;
+    use capmoe::ep::gpu;
+    let mut setup = gpu_setup(args)?;
     let out_dir = args.out.clone().unwrap_or_else(|| GPU_OUT.into());
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
     let gpu = GpuContext::new(0).map_err(EpError::from)?;
+    setup.tune_cache = Some(super::tune::open_cache(
+        &gpu.name().map_err(EpError::from)?,
+    )?);
     let pb = progress_bar(1);
     let mut rep = gpu::run(&setup, &gpu, &pb)?;
     pb.finish_and_clear();
@@ -725,22 +725,6 @@ pub fn bench_gpu(args: &BenchArgs) -> Result<crate::ep::gpu::GpuBenchReport, Cli
         gpu::report::write_markdown(md, &rep)
     })?;
     Ok(rep)
-}
-
-/// Parses `flags` (whitespace-separated, as after `capmoe bench`) into
-/// [`BenchArgs`]. The GPU tests run the benchmark configurations gpu-check
-/// passes in environment variables through this.
-pub fn parse_flags(flags: &str) -> Result<BenchArgs, CliError> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: BenchArgs,
-    }
-    let argv = std::iter::once("bench").chain(flags.split_whitespace());
-    Cli::try_parse_from(argv)
-        .map(|c| c.args)
-        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -770,7 +754,7 @@ fn run_gpu_layer(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> 
         serde_json::to_writer_pretty(&mut *out, &rep)?;
         writeln!(out)?;
     } else {
-        crate::ep::gpu::report::write_table(out, &rep)?;
+        capmoe::ep::gpu::report::write_table(out, &rep)?;
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use crate::backend::Backend;
-use crate::model::{GenerateOptions, Model};
+use capmoe::backend::Backend;
+use capmoe::model::{GenerateOptions, Model};
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;

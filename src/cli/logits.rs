@@ -4,9 +4,9 @@
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use crate::backend::Backend;
-use crate::model::{argmax, Model};
-use crate::routing::RouterConfig;
+use capmoe::backend::Backend;
+use capmoe::model::{argmax, Model};
+use capmoe::routing::RouterConfig;
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;

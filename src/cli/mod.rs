@@ -4,6 +4,7 @@ pub mod bench;
 pub mod generate;
 pub mod logits;
 pub mod model_args;
+pub mod progress;
 pub mod route;
 pub mod router_args;
 pub mod table;
@@ -16,22 +17,22 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CliError {
     #[error(transparent)]
-    Routing(#[from] crate::RoutingError),
+    Routing(#[from] capmoe::RoutingError),
     #[error(transparent)]
-    Trace(#[from] crate::trace::TraceError),
+    Trace(#[from] capmoe::trace::TraceError),
     #[error(transparent)]
-    Npy(#[from] crate::io::npy::NpyError),
+    Npy(#[from] capmoe::io::npy::NpyError),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] capmoe::model::ModelError),
     #[error(transparent)]
-    Config(#[from] crate::model::ConfigError),
+    Config(#[from] capmoe::model::ConfigError),
     #[error(transparent)]
-    Bench(#[from] crate::ep::EpError),
+    Bench(#[from] capmoe::ep::EpError),
     #[cfg(feature = "cuda")]
     #[error(transparent)]
-    Gpu(#[from] crate::cuda::GpuError),
+    Gpu(#[from] capmoe::cuda::GpuError),
     #[error(transparent)]
-    Expert(#[from] crate::expert::ExpertError),
+    Expert(#[from] capmoe::expert::ExpertError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]

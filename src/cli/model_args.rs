@@ -1,9 +1,9 @@
 //! Which model the model subcommands (`logits`, `generate`) run.
 
 use super::CliError;
-use crate::backend::{Backend, CpuBackend};
-use crate::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
-use crate::trace::Skew;
+use capmoe::backend::{Backend, CpuBackend};
+use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
+use capmoe::trace::Skew;
 use clap::{Args, ValueEnum};
 use std::path::Path;
 
@@ -46,7 +46,7 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
     match args.device {
         ModelDevice::Cpu => f.run(args.load_on(CpuBackend)?),
         #[cfg(feature = "cuda")]
-        ModelDevice::Cuda => f.run(args.load_on(crate::cuda::CudaBackend::open()?)?),
+        ModelDevice::Cuda => f.run(args.load_on(capmoe::cuda::CudaBackend::open()?)?),
         #[cfg(not(feature = "cuda"))]
         ModelDevice::Cuda => Err(CliError::Usage(
             "--device cuda needs a capmoe built with `--features cuda`; this build has the CPU backend only".into(),
@@ -76,13 +76,7 @@ pub fn check_random_size(name: &str, cfg: &MixtralConfig, instead: &str) -> Resu
 }
 
 impl ModelArgs {
-    /// Loads the checkpoint directory, or builds the named random model, on
-    /// the CPU.
-    pub fn load(&self) -> Result<Model<CpuBackend>, CliError> {
-        self.load_on(CpuBackend)
-    }
-
-    /// As [`ModelArgs::load`], on `backend`.
+    /// Loads the checkpoint directory, or builds the named random model, on `backend`.
     pub fn load_on<B: Backend>(&self, backend: B) -> Result<Model<B>, CliError> {
         let path = Path::new(&self.model);
         if path.is_dir() {

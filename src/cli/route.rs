@@ -2,8 +2,8 @@
 
 use super::router_args::RouterArgs;
 use super::{table, CliError};
-use crate::io::npy;
-use crate::routing::{route, Logits, RoutingPlan};
+use capmoe::io::npy;
+use capmoe::routing::{route, Logits, RoutingPlan};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! Routing flags shared by `route`, `logits` and `generate`.
 
 use super::CliError;
-use crate::routing::{CapacityScope, Policy, RouterConfig};
+use capmoe::routing::{CapacityScope, Policy, RouterConfig};
 use clap::Args;
 
 /// Default gamma for capacity policies: the paper's headline setting.

@@ -1,6 +1,6 @@
 //! The people-facing `--format table` report.
 
-use crate::routing::{CapacityScope, RouterConfig, RoutingPlan};
+use capmoe::routing::{CapacityScope, RouterConfig, RoutingPlan};
 use std::io::{self, Write};
 use std::path::Path;
 

@@ -1,8 +1,8 @@
 //! `capmoe trace`: write a synthetic skewed router trace as .npy.
 
 use super::CliError;
-use crate::io::npy;
-use crate::trace::{synthetic_logits, Skew};
+use capmoe::io::npy;
+use capmoe::trace::{synthetic_logits, Skew};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;

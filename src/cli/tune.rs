@@ -10,7 +10,7 @@ use std::io::Write;
 /// `capmoe tune --help`'s closing text: where the cache lives, how timing
 /// works, the declared variants and examples.
 pub fn tune_help() -> String {
-    use crate::expert::variants::{Schedule, VARIANTS};
+    use capmoe::expert::variants::{Schedule, VARIANTS};
     let mut s = String::from(TUNE_HELP_HEAD);
     s.push_str("\nDeclared grouped-GEMM variants (a build compiles those its archs can run; CAPMOE_FFN_VARIANTS narrows it):\n");
     for v in VARIANTS {
@@ -87,7 +87,7 @@ impl TuneArgs {
                 "--tokens needs at least one batch size, each >= 1".into(),
             ));
         }
-        crate::expert::FfnShape::new(self.experts, self.hidden, self.intermediate)
+        capmoe::expert::FfnShape::new(self.experts, self.hidden, self.intermediate)
             .map_err(|e| CliError::Usage(e.to_string()))?;
         Ok(())
     }
@@ -110,11 +110,11 @@ fn run_checked(_args: &TuneArgs, _out: &mut dyn Write) -> Result<(), CliError> {
 
 #[cfg(feature = "cuda")]
 fn run_checked(args: &TuneArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    use crate::cuda::{ExpertFfn, GpuContext};
+    use capmoe::cuda::{ExpertFfn, GpuContext};
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
     let gpu = GpuContext::new(args.gpu)?;
-    let shape = crate::expert::FfnShape::new(args.experts, args.hidden, args.intermediate)?;
+    let shape = capmoe::expert::FfnShape::new(args.experts, args.hidden, args.intermediate)?;
     eprintln!(
         "capmoe tune: {} (E={} H={} I={} k={}), drawing random weights",
         gpu.name()?,
@@ -123,7 +123,7 @@ fn run_checked(args: &TuneArgs, out: &mut dyn Write) -> Result<(), CliError> {
         shape.intermediate,
         args.top_k
     );
-    let ffn = ExpertFfn::random(&gpu, shape, 0)?;
+    let ffn = ExpertFfn::random(&gpu, shape, 0)?.with_tune_cache(open_cache(&gpu.name()?)?);
     let steps = (args.tokens.len() * 2 * ffn.variants().len()) as u64;
     let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -139,6 +139,7 @@ fn run_checked(args: &TuneArgs, out: &mut dyn Write) -> Result<(), CliError> {
         outcomes.push(o);
     }
     bar.finish_and_clear();
+    ffn.tune_cache().save()?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &outcomes)?;
         writeln!(out)?;
@@ -165,4 +166,31 @@ fn run_checked(args: &TuneArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The tune cache file that the environment names (`capmoe tune --help`), or an in-memory cache
+/// when there is no cache directory. A corrupt file is reported and replaced on the next save.
+#[cfg(feature = "cuda")]
+pub fn open_cache(gpu: &str) -> Result<capmoe::expert::TuneCache, CliError> {
+    use capmoe::expert::{tune::resolve_path, ExpertError, TuneCache};
+    let path = match resolve_path(|k| std::env::var_os(k), gpu) {
+        Ok(p) => p,
+        Err(ExpertError::NoCacheDir) => {
+            eprintln!("capmoe: no cache directory ($CAPMOE_TUNE_CACHE, $XDG_CACHE_HOME, $HOME); tuning results are kept in memory only");
+            return Ok(TuneCache::in_memory(gpu));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let cache = match TuneCache::load(&path, gpu) {
+        Ok(c) => c,
+        Err(e @ ExpertError::CacheCorrupt { .. }) => {
+            eprintln!("capmoe: {e}; starting from an empty cache that replaces it");
+            TuneCache::empty(path, gpu)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(why) = cache.ignored() {
+        eprintln!("capmoe: {why}");
+    }
+    Ok(cache)
 }

@@ -4,6 +4,7 @@ use crate::RoutingError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum GpuError {
     #[error("no CUDA driver found (libcuda.so could not be loaded); the CUDA backend needs an NVIDIA GPU and driver")]
     NoDriver,

@@ -15,6 +15,7 @@
 mod fidelity;
 pub mod gpu;
 mod latency;
+#[cfg(feature = "bench")]
 pub mod plot;
 pub mod report;
 
@@ -23,14 +24,15 @@ pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
 
 use crate::backend::Backend;
 use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError, Sequence};
+use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig, RoutingError};
 use crate::trace::Rng;
-use indicatif::ProgressBar;
 use serde::Serialize;
 use thiserror::Error;
 
 /// Errors from setting up or running the benchmark.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum EpError {
     #[error("{what} is 0; expected at least 1")]
     Zero { what: &'static str },
@@ -62,9 +64,9 @@ pub enum EpError {
     EmptyList { what: &'static str },
     #[error("{what} = {value} is not valid; expected a finite number >= 0")]
     InvalidNumber { what: &'static str, value: f64 },
-    #[cfg(feature = "cuda")]
-    #[error(transparent)]
-    Gpu(#[from] crate::cuda::GpuError),
+    /// A device call failed (with `cuda`: a `capmoe::cuda::GpuError` inside).
+    #[error("device: {0}")]
+    Device(#[source] crate::backend::DeviceError),
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
@@ -78,6 +80,13 @@ pub enum EpError {
         path: String,
         source: std::io::Error,
     },
+}
+
+#[cfg(feature = "cuda")]
+impl From<crate::cuda::GpuError> for EpError {
+    fn from(e: crate::cuda::GpuError) -> Self {
+        EpError::Device(crate::backend::DeviceError::new(e))
+    }
 }
 
 /// What to run.
@@ -425,11 +434,11 @@ struct Measured<B: Backend> {
 /// pass instead (one case's MoE inputs held at a time). With
 /// [`BenchSetup::throughput`] every round also times the case's own prefill
 /// and decode steps. Every time is taken by [`Backend::timed`]. `progress`
-/// ticks once per case in each phase; pass `ProgressBar::hidden()` for none.
+/// ticks once per case in each phase; pass [`NoProgress`](crate::progress::NoProgress) for none.
 pub fn run<B: Backend>(
     model: &Model<B>,
     setup: &BenchSetup,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<BenchReport, EpError> {
     let cfg = model.config().clone();
     let (experts, layers) = (cfg.num_local_experts, cfg.num_hidden_layers);
@@ -459,7 +468,7 @@ pub fn run<B: Backend>(
             Some(g) => format!("{policy} gamma {g}"),
             None => format!("{policy}"),
         };
-        progress.set_message(format!("forward {label}"));
+        progress.set_message(&format!("forward {label}"));
         let mut router = RouterConfig::new(cfg.num_experts_per_tok, policy).with_ranks(ranks);
         router.capacity_factor = gamma;
         let mut m = forward_case(
@@ -476,7 +485,7 @@ pub fn run<B: Backend>(
         if !setup.interleave {
             warm_up(model, &m, &prompts, ranks)?;
             for r in 0..setup.iters {
-                progress.set_message(format!("timing {label}: round {}/{}", r + 1, setup.iters));
+                progress.set_message(&format!("timing {label}: round {}/{}", r + 1, setup.iters));
                 round(&m, &mut t, ci)?;
                 progress.inc(1);
             }
@@ -492,7 +501,7 @@ pub fn run<B: Backend>(
         warm_up(model, &measured[0], &prompts, ranks)?;
         for r in 0..setup.iters {
             for (ci, (m, t)) in measured.iter().zip(times.iter_mut()).enumerate() {
-                progress.set_message(format!(
+                progress.set_message(&format!(
                     "timing round {}/{}: {}{}",
                     r + 1,
                     setup.iters,
@@ -947,14 +956,14 @@ mod tests {
             &InitOptions::new(2).with_skew(crate::trace::Skew::Ratio(1.6)),
         )
         .unwrap();
-        let a = run(&model, &setup(), &ProgressBar::hidden()).unwrap();
+        let a = run(&model, &setup(), &crate::progress::NoProgress).unwrap();
         let s = BenchSetup {
             throughput: true,
             decode_steps: 2,
             interleave: false,
             ..setup()
         };
-        let b = run(&model, &s, &ProgressBar::hidden()).unwrap();
+        let b = run(&model, &s, &crate::progress::NoProgress).unwrap();
         assert_eq!(a.cases.len(), b.cases.len());
         for (x, y) in a.cases.iter().zip(&b.cases) {
             assert!(x.summary.throughput.is_none());

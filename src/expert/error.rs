@@ -6,6 +6,7 @@ use thiserror::Error;
 
 /// Errors from the expert FFN's host-side code (weights, reference, tuning).
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum ExpertError {
     #[error("{what} has {len} values, expected {expected}")]
     Shape {

@@ -174,25 +174,6 @@ pub fn resolve_path(
 }
 
 impl TuneCache {
-    /// The cache of `gpu` at the path the environment names
-    /// ([`resolve_path`] over `std::env::var_os`). With no cache directory
-    /// at all it is kept in memory ([`ignored`](Self::ignored) says so);
-    /// other failures are errors, as for [`load`](Self::load).
-    pub fn open(gpu: &str) -> Result<Self, ExpertError> {
-        match resolve_path(|k| std::env::var_os(k), gpu) {
-            Ok(path) => Self::load(path, gpu),
-            Err(ExpertError::NoCacheDir) => {
-                let mut c = Self::in_memory(gpu);
-                c.ignored = Some(format!(
-                    "{}; tuning results are kept in memory only",
-                    ExpertError::NoCacheDir
-                ));
-                Ok(c)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// An empty cache that [`save`](Self::save)s to `path`.
     pub fn empty(path: impl Into<PathBuf>, gpu: &str) -> Self {
         Self {

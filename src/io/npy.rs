@@ -12,6 +12,7 @@ use thiserror::Error;
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum NpyError {
     #[error("cannot read {path}: {source}")]
     Io {

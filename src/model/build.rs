@@ -8,8 +8,8 @@ use crate::backend::{
     AttnGeom, Backend, CpuBackend, ExpertWeights, ExpertsShape, HostTensor, MoeWeights, RandomInit,
     Rope,
 };
+use crate::progress::Progress;
 use crate::routing::{Policy, RouterConfig};
-use indicatif::ProgressBar;
 use std::path::Path;
 
 /// One decoder layer's weights.
@@ -47,7 +47,7 @@ impl<B: Backend> Model<B> {
             backend,
             config,
             &mut HostSource(source),
-            &ProgressBar::hidden(),
+            &crate::progress::NoProgress,
         )
     }
 
@@ -57,7 +57,7 @@ impl<B: Backend> Model<B> {
         backend: B,
         config: MixtralConfig,
         source: &mut dyn WeightSource<B>,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let c = &config;
@@ -70,7 +70,7 @@ impl<B: Backend> Model<B> {
         let embed = source.mat(be, names::EMBED, [v, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            progress.set_message(format!(
+            progress.set_message(&format!(
                 "weights of layer {}/{}",
                 l + 1,
                 c.num_hidden_layers
@@ -147,7 +147,7 @@ impl<B: Backend> Model<B> {
         config: MixtralConfig,
         opts: &InitOptions,
     ) -> Result<Self, ModelError> {
-        Self::random_with_progress(backend, config, opts, &ProgressBar::hidden())
+        Self::random_with_progress(backend, config, opts, &crate::progress::NoProgress)
     }
 
     /// Seeded random weights drawn on the host for every backend (then
@@ -171,7 +171,7 @@ impl<B: Backend> Model<B> {
         backend: B,
         config: MixtralConfig,
         opts: &InitOptions,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<Self, ModelError> {
         let mut source = RandomSource(opts.random_init());
         let mut model = Self::build(backend, config, &mut source, progress)?;

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 /// Errors reading or validating a configuration.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Io {

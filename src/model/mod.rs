@@ -40,6 +40,7 @@ use thiserror::Error;
 
 /// Errors from building or running a model.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ModelError {
     #[error(transparent)]
     Config(#[from] ConfigError),

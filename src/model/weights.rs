@@ -13,6 +13,7 @@ use thiserror::Error;
 
 /// Errors reading a checkpoint.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum WeightError {
     #[error("cannot read {path}: {source}")]
     Io {

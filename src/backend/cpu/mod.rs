@@ -4,7 +4,7 @@
 
 mod attention;
 mod experts;
-pub mod gemm;
+pub(crate) mod gemm;
 mod ops;
 
 pub use attention::CpuKv;

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 impl From<GpuError> for BackendError {
     fn from(e: GpuError) -> Self {
-        BackendError::Device(e.to_string())
+        BackendError::Device(crate::backend::DeviceError::new(e))
     }
 }
 

@@ -179,9 +179,8 @@ impl ExpertFfn {
             ])
         };
         let gpu_name = gpu.name()?;
-        // Without a cache directory this is an in-memory cache; a corrupt
-        // file is an error that names it.
-        let tuned = TuneCache::open(&gpu_name)?;
+        // In memory: the caller hands in a cache it loaded ([`Self::with_tune_cache`]).
+        let tuned = TuneCache::in_memory(&gpu_name);
         Ok(Self {
             gpu: gpu.clone(),
             shape,
@@ -223,8 +222,26 @@ impl ExpertFfn {
         self.runnable.iter().map(|v| v.variant.name).collect()
     }
 
-    /// Runs GEMM1 with `gemm1` and GEMM2 with `gemm2` (variant names) for
-    /// every batch, instead of the tuned or default choice.
+    /// Starts from the tuning results in `cache` (e.g. one the caller loaded with
+    /// [`TuneCache::load`]); [`Self::tune`] adds to it. The library never reads or writes a
+    /// cache file on its own.
+    pub fn with_tune_cache(self, cache: TuneCache) -> Self {
+        if let Ok(mut t) = self.tuned.write() {
+            *t = cache;
+        }
+        self
+    }
+
+    /// A copy of the tuning results (to save them: [`TuneCache::save`]).
+    pub fn tune_cache(&self) -> TuneCache {
+        match self.tuned.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Fixed GEMM variants (by name, [`Self::variants`]) for every batch, instead of the tuned
+    /// or default choice.
     pub fn with_variants(mut self, gemm1: &str, gemm2: &str) -> Result<Self, GpuError> {
         self.fixed = Some(VariantPair {
             gemm1: select::by_name(&self.runnable, gemm1)?,

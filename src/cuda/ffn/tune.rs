@@ -35,7 +35,7 @@ pub struct TuneOutcome {
     pub rows_per_expert: usize,
     pub gemm1: TunePick,
     pub gemm2: TunePick,
-    /// The cache file written, if any.
+    /// The cache file these results belong to, if any (the caller saves it).
     pub cache: Option<String>,
 }
 
@@ -63,7 +63,8 @@ impl ExpertFfn {
 
     /// Times every runnable variant for GEMM1 and GEMM2 at `tokens` tokens
     /// with top-`top_k` routing (a balanced load of `ceil(T k / E)` rows per
-    /// expert), records the fastest of each in the cache and saves it. With
+    /// expert), records the fastest of each in the cache (in memory: the caller saves
+    /// [`Self::tune_cache`]). With
     /// `force` false a bucket already in the cache is not timed again.
     /// `on_timed` is called after each timing (for progress).
     pub fn tune(
@@ -94,7 +95,6 @@ impl ExpertFfn {
         let gemm2 = self.tune_one(1, rows, self.key(tokens, h, i), h, i, force, on_timed)?;
         let path = {
             let cache = self.tuned.read().map_err(|_| poisoned())?;
-            cache.save()?;
             cache.path().map(|p| p.display().to_string())
         };
         Ok(TuneOutcome {

@@ -31,6 +31,7 @@
 //!
 //! [`GpuRouter`]: crate::cuda::GpuRouter
 
+#[cfg(feature = "bench")]
 pub mod plot;
 pub mod report;
 pub mod stats;
@@ -42,7 +43,7 @@ mod gate;
 #[cfg(feature = "cuda")]
 mod run;
 #[cfg(feature = "cuda")]
-pub use run::{run, NO_GATE_ENV};
+pub use run::run;
 
 pub use stats::{ideal_ratio, percentile, Percentiles};
 pub use telemetry::{TelemetryInfo, WindowSummary};
@@ -116,6 +117,13 @@ pub struct GpuBenchSetup {
     pub tune: bool,
     /// Fixed (GEMM1, GEMM2) variant names instead of the per-`T` choice.
     pub variants: Option<(String, String)>,
+    /// Hold each rank's launches behind a launch gate (stream memory operations) so that they
+    /// start together; off, each launch is timed as it is queued (`capmoe bench` turns it off
+    /// with `CAPMOE_NO_GATE=1`).
+    pub launch_gate: bool,
+    /// Tuning results to start from (the CLI loads its cache file); `None`: an empty in-memory
+    /// cache. The benchmark never writes it.
+    pub tune_cache: Option<crate::expert::TuneCache>,
 }
 
 impl GpuBenchSetup {

@@ -10,11 +10,11 @@ use super::{
 };
 use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter};
 use crate::ep::{a2a_traffic, EpError, LatencyModel};
+use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
 use crate::trace::synthetic_logits;
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut};
-use indicatif::ProgressBar;
 use std::time::{Duration, Instant};
 
 /// At most this many FFN forwards are queued behind one shut gate: each is
@@ -26,9 +26,6 @@ const FORWARDS_PER_GATE: usize = 4;
 const ROUTES_PER_GATE: usize = 2;
 /// Upper bound on timed iterations per block, whatever `min_case_ms` asks.
 const MAX_ITERS: usize = 1000;
-/// Set (non-empty) to time without the launch gate: under Nsight Compute,
-/// which serialises every launch, the gate would only wait for its watchdog.
-pub const NO_GATE_ENV: &str = "CAPMOE_NO_GATE";
 /// Activations are uniform in (-1, 1).
 const X_SCALE: f32 = 1.0;
 
@@ -376,13 +373,16 @@ fn activations(
 pub fn run(
     setup: &GpuBenchSetup,
     gpu: &GpuContext,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<GpuBenchReport, EpError> {
     setup.validate()?;
     let sh = setup.shape;
     let (major, minor) = gpu.compute_capability()?;
     let shape = FfnShape::new(sh.experts, sh.hidden, sh.intermediate).map_err(GpuError::from)?;
     let mut ffn = ExpertFfn::random(gpu, shape, setup.seed as u32)?;
+    if let Some(cache) = &setup.tune_cache {
+        ffn = ffn.with_tune_cache(cache.clone());
+    }
     let device = DeviceInfo {
         name: gpu.name()?,
         compute_capability: format!("{major}{minor}"),
@@ -407,7 +407,7 @@ pub fn run(
             continue;
         }
         if setup.tune {
-            progress.set_message(format!("autotuning the FFN at T = {t}"));
+            progress.set_message(&format!("autotuning the FFN at T = {t}"));
             ffn.tune(t, sh.top_k, false, &mut |_| progress.tick())?;
         }
         let p = ffn.variants_for(t, sh.top_k);
@@ -417,8 +417,11 @@ pub fn run(
         ));
     }
 
-    let (gate, gate_note) = if std::env::var_os(NO_GATE_ENV).is_some_and(|v| !v.is_empty()) {
-        (None, Some(format!("turned off by {NO_GATE_ENV}")))
+    let (gate, gate_note) = if !setup.launch_gate {
+        (
+            None,
+            Some("turned off by the caller (launch_gate = false)".to_string()),
+        )
     } else {
         match Gate::new(gpu) {
             Ok(g) => (Some(g), None),
@@ -492,7 +495,7 @@ pub fn run(
                 };
                 let mut measured = Vec::with_capacity(cases.len());
                 for &(policy, gamma) in &cases {
-                    progress.set_message(format!(
+                    progress.set_message(&format!(
                         "T {t} skew {skew} EP {ranks}: {policy}{}",
                         gamma.map_or(String::new(), |g| format!(" gamma {g}"))
                     ));
