@@ -1,91 +1,27 @@
 //! Compute backends: the tensor operations and the MoE layer the model is
-//! written against (design.md §2). The CPU backend (f32) and the CUDA
-//! backend (`cuda::backend`, bf16, feature `cuda`) implement them, so the
-//! model has no per-device branches.
+//! written against (design.md §2). The CPU backend ([`cpu`], f32) and the
+//! CUDA backend (`cuda`, bf16, feature `cuda`) sit side by side and implement
+//! them, so the model has no per-device branches.
 //!
 //! Dependencies point down: model -> backend -> routing contract.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod error;
 mod host;
 pub mod moe;
 mod random;
 
 pub use cpu::CpuBackend;
+pub use error::{BackendError, DeviceError};
 pub use host::{HostTensor, Storage};
 pub use moe::{rank_experts, ExpertWeights, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
-use crate::error::RoutingError;
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
 use std::time::Instant;
-use thiserror::Error;
-
-/// Errors from a backend operation.
-#[derive(Debug, Clone, PartialEq, Error)]
-#[non_exhaustive]
-pub enum BackendError {
-    #[error("{what}: shape {got:?} does not fit, expected {expected:?}")]
-    Shape {
-        what: &'static str,
-        got: Vec<usize>,
-        expected: Vec<usize>,
-    },
-    #[error("token id {id} at position {position} is out of range; the vocabulary has {vocab} ids (0..{vocab})")]
-    TokenOutOfRange {
-        id: u32,
-        position: usize,
-        vocab: usize,
-    },
-    #[error("expert range {start}..{end} is not inside 0..{experts}")]
-    ExpertRange {
-        start: usize,
-        end: usize,
-        experts: usize,
-    },
-    #[error(transparent)]
-    Routing(#[from] RoutingError),
-    /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
-    #[error("device: {0}")]
-    Device(#[source] DeviceError),
-}
-
-/// A device backend's own error, kept typed behind one variant so that [`BackendError`] is the
-/// same with and without feature `cuda`. `downcast_ref::<capmoe::cuda::GpuError>()` gives the
-/// CUDA backend's error back.
-#[derive(Debug, Clone)]
-pub struct DeviceError(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
-
-impl DeviceError {
-    /// Wraps a backend's error.
-    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self(std::sync::Arc::new(e))
-    }
-
-    /// The backend's error, if it is an `E`.
-    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        self.0.downcast_ref::<E>()
-    }
-}
-
-impl std::fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DeviceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-/// Two device errors are equal when they say the same (the wrapped types need not be `PartialEq`).
-impl PartialEq for DeviceError {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
 
 /// Attention geometry of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -26,16 +26,42 @@ impl GpuContext {
         Ok(Self { ctx, stream })
     }
 
+    /// Runs on a caller's stream (an engine that owns the GPU: candle, mistral.rs, your own
+    /// cudarc code). capmoe enqueues every kernel on `stream` and allocates its temporaries
+    /// stream-ordered there; nothing is copied and no other stream is created. The stream's
+    /// context must be its device's primary context, which every cudarc
+    /// [`CudaContext::new`] is: the kernels' CUDA runtime uses the primary context.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Self {
+        Self {
+            ctx: stream.context().clone(),
+            stream,
+        }
+    }
+
+    /// As [`GpuContext::from_stream`], checking that `stream` belongs to `ctx`.
+    pub fn from_parts(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self, GpuError> {
+        if !Arc::ptr_eq(&ctx, stream.context()) {
+            return Err(GpuError::Shape {
+                what: "caller's CUDA stream",
+                got: "a stream of another context".into(),
+                expected: "a stream created on the given CudaContext".into(),
+            });
+        }
+        Ok(Self { ctx, stream })
+    }
+
     /// Why no GPU can be used here, or `None` when device 0 opens. Tests call
     /// this to skip with a reason.
     pub fn unavailable() -> Option<String> {
         Self::new(0).err().map(|e| e.to_string())
     }
 
+    /// The cudarc context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
 
+    /// The stream every capmoe call on this context is ordered on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -58,6 +84,7 @@ impl GpuContext {
         Ok(self.ctx.attribute(SMS)?.max(1) as u32)
     }
 
+    /// Waits for everything queued on [`Self::stream`].
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream.synchronize()?)
     }

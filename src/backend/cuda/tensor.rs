@@ -13,6 +13,39 @@ pub struct CudaAct {
 }
 
 impl CudaAct {
+    /// Wraps a caller's bf16 device buffer (raw bits as `u16`, row-major `[rows, cols]`)
+    /// without a copy. It must be allocated on the backend's context; at least
+    /// `max(rows * cols, 1)` elements (CUDA allocations are never empty).
+    pub fn from_device(data: CudaSlice<u16>, rows: usize, cols: usize) -> Result<Self, GpuError> {
+        let n = rows.checked_mul(cols).ok_or(GpuError::TooLarge {
+            what: "activation rows * cols",
+            value: usize::MAX,
+        })?;
+        if data.len() < n.max(1) {
+            return Err(GpuError::Shape {
+                what: "caller's activation buffer",
+                got: format!("{} bf16 elements", data.len()),
+                expected: format!("at least {} for [{rows}, {cols}]", n.max(1)),
+            });
+        }
+        Ok(Self { data, rows, cols })
+    }
+
+    /// Hands the buffer back (no copy): the bits, rows and columns.
+    pub fn into_device(self) -> (CudaSlice<u16>, usize, usize) {
+        (self.data, self.rows, self.cols)
+    }
+
+    /// Rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (hidden size).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     /// The raw bf16 buffer (`rows * cols` elements; at least one, as CUDA
     /// allocations are never empty).
     pub fn data(&self) -> &CudaSlice<u16> {
