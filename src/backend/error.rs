@@ -68,4 +68,3 @@ impl PartialEq for DeviceError {
         self.to_string() == other.to_string()
     }
 }
-

@@ -1,0 +1,220 @@
+//! Running each mode and writing its reports and figures.
+
+use super::*;
+use crate::cli::progress::Bar;
+use crate::cli::CliError;
+use capmoe::backend::{Backend, CpuBackend};
+use capmoe::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
+use capmoe::trace::Skew;
+use std::io::Write;
+use std::path::Path;
+
+pub(super) fn progress_bar(len_hint: u64) -> Bar {
+    Bar::new(len_hint)
+}
+
+/// Runs the CPU benchmark; returns the report (also written under --out).
+pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
+    refuse_flags(args)?;
+    if args.device == Device::Cuda {
+        return Err(CliError::Usage(
+            "bench() runs the CPU benchmark; --device cuda goes through bench_gpu() or bench_gpu_e2e()".into(),
+        ));
+    }
+    whole_model(args, CpuBackend, &CPU_E2E)
+}
+
+/// The skew and the one EP size of a whole-model run, checked before the
+/// model is built.
+pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Skew, Option<usize>), CliError> {
+    if let Some(&g) = args
+        .capacity_factors
+        .iter()
+        .find(|g| !(g.is_finite() && **g > 0.0))
+    {
+        return Err(EpError::InvalidCapacityFactor(g).into());
+    }
+    let skew = match args.skew.as_slice() {
+        [] => Skew::Mixtral,
+        [s] => *s,
+        _ => return Err(CliError::Usage(
+            "the whole-model benchmark runs one --skew; a list is for the GPU MoE-layer benchmark"
+                .into(),
+        )),
+    };
+    let one_rank = match args.ranks.as_slice() {
+        [] => None,
+        [r] => Some(*r),
+        _ => {
+            return Err(CliError::Usage(
+                "the whole-model benchmark runs one EP size (--ranks R); a list is for the GPU MoE-layer benchmark"
+                    .into(),
+            ))
+        }
+    };
+    for (what, v) in [("--batch", args.batch), ("--seq-len", args.seq_len)] {
+        if v == Some(0) {
+            return Err(EpError::Zero { what }.into());
+        }
+    }
+    Ok((skew, one_rank))
+}
+
+/// The whole-model benchmark ([`ep::run`]) on `backend`.
+pub(super) fn whole_model<B: Backend>(
+    args: &BenchArgs,
+    backend: B,
+    d: &E2eDefaults,
+) -> Result<BenchReport, CliError> {
+    let (skew, one_rank) = e2e_flags(args)?;
+    let (model, label) = load_model(args, skew, backend, d)?;
+    let cfg = model.config();
+    let load_layer = args.load_layer.unwrap_or(0);
+    let setup = BenchSetup {
+        batch: args.batch.unwrap_or(d.batch),
+        seq_len: args.seq_len.unwrap_or(d.seq_len),
+        ranks: ranks(one_rank, args.experts_per_rank, cfg.num_local_experts)?,
+        policies: args.policies.clone(),
+        capacity_factors: args.capacity_factors.clone(),
+        iters: args.iters.unwrap_or(d.iters),
+        a2a_gbps: args.a2a_gbps.unwrap_or(d.a2a_gbps),
+        elem_bytes: WIRE_ELEM_BYTES,
+        seed: args.seed,
+        load_layer,
+        model_label: label,
+        skew_label: skew.to_string(),
+        throughput: d.throughput || args.decode_steps.is_some(),
+        decode_steps: args.decode_steps.unwrap_or(d.decode_steps),
+        interleave: d.interleave,
+    };
+    setup.validate(cfg.num_local_experts, cfg.num_hidden_layers)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| d.out.into());
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let pb = progress_bar(1);
+    let mut rep = ep::run(&model, &setup, &pb)?;
+    pb.finish_and_clear();
+    let figs = plot::write_figures(&out_dir, &rep, load_layer)?;
+    rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
+    write_reports(&out_dir, &rep, &mut |md| report::write_markdown(md, &rep))?;
+    Ok(rep)
+}
+
+/// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
+/// the CPU benchmark's method on [`capmoe::cuda::CudaBackend`]; returns the
+/// report (also written under --out).
+#[cfg(feature = "cuda")]
+pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
+    use capmoe::cuda::{CudaBackend, GpuContext};
+    refuse_flags(args)?;
+    if mode(args) != Mode::GpuE2e {
+        return Err(CliError::Usage(
+            "bench_gpu_e2e() runs --device cuda --e2e".into(),
+        ));
+    }
+    e2e_flags(args)?;
+    let gpu = GpuContext::new(0).map_err(EpError::from)?;
+    let backend = CudaBackend::new(&gpu).map_err(EpError::from)?;
+    whole_model(args, backend, &GPU_E2E)
+}
+
+/// Writes `report.json` and `report.md` (by `markdown`) into `dir`.
+pub(super) fn write_reports<R: serde::Serialize>(
+    dir: &Path,
+    rep: &R,
+    markdown: &mut dyn FnMut(&mut Vec<u8>) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    let json_path = dir.join("report.json");
+    let text = serde_json::to_string_pretty(rep)?;
+    std::fs::write(&json_path, text + "\n").map_err(io_err(&json_path))?;
+    let md_path = dir.join("report.md");
+    let mut md = Vec::new();
+    markdown(&mut md)?;
+    std::fs::write(&md_path, md).map_err(io_err(&md_path))?;
+    Ok(())
+}
+
+/// Runs the GPU MoE-layer benchmark; returns the report (also written under
+/// --out).
+#[cfg(feature = "cuda")]
+pub fn bench_gpu(args: &BenchArgs) -> Result<capmoe::ep::gpu::GpuBenchReport, CliError> {
+    use capmoe::cuda::GpuContext;
+    use capmoe::ep::gpu;
+    let mut setup = gpu_setup(args)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| GPU_OUT.into());
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let gpu = GpuContext::new(0).map_err(EpError::from)?;
+    setup.tune_cache = Some(crate::cli::tune::open_cache(
+        &gpu.name().map_err(EpError::from)?,
+    )?);
+    let pb = progress_bar(1);
+    let mut rep = gpu::run(&setup, &gpu, &pb)?;
+    pb.finish_and_clear();
+    let figs = gpu::plot::write_figures(&out_dir, &rep)?;
+    rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
+    write_reports(&out_dir, &rep, &mut |md| {
+        gpu::report::write_markdown(md, &rep)
+    })?;
+    Ok(rep)
+}
+
+pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    // Flags are checked with or without the feature, so a mistake shows
+    // before a rebuild does.
+    match mode(args) {
+        Mode::GpuLayer => {
+            gpu_setup(args)?;
+            run_gpu_layer(args, out)
+        }
+        Mode::GpuE2e => {
+            refuse_flags(args)?;
+            e2e_flags(args)?;
+            run_gpu_e2e(args, out)
+        }
+        Mode::Cpu => {
+            let rep = bench(args)?;
+            write_e2e(out, args, &rep)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(super) fn run_gpu_layer(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let rep = bench_gpu(args)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &rep)?;
+        writeln!(out)?;
+    } else {
+        capmoe::ep::gpu::report::write_table(out, &rep)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+pub(super) fn run_gpu_e2e(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let rep = bench_gpu_e2e(args)?;
+    write_e2e(out, args, &rep)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(super) fn run_gpu_layer(_: &BenchArgs, _: &mut dyn Write) -> Result<(), CliError> {
+    Err(EpError::CudaNotCompiled.into())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(super) fn run_gpu_e2e(_: &BenchArgs, _: &mut dyn Write) -> Result<(), CliError> {
+    Err(EpError::CudaNotCompiled.into())
+}
+
+pub(super) fn write_e2e(
+    out: &mut dyn Write,
+    args: &BenchArgs,
+    rep: &BenchReport,
+) -> Result<(), CliError> {
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, rep)?;
+        writeln!(out)?;
+    } else {
+        report::write_table(out, rep)?;
+    }
+    Ok(())
+}

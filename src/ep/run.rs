@@ -1,0 +1,452 @@
+//! Running the benchmark: every case's forward pass, the timing rounds of each rank's
+//! expert work, and the summary against the baseline.
+
+use super::*;
+use crate::backend::Backend;
+use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError, Sequence};
+use crate::progress::Progress;
+use crate::routing::{Placement, Policy, RouterConfig};
+use crate::trace::Rng;
+
+/// Prompt ids: `batch` sequences of `seq_len` ids, uniform over the
+/// vocabulary, from `seed`.
+pub fn prompt_ids(batch: usize, seq_len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed ^ 0xB30C_5EED);
+    (0..batch)
+        .map(|_| {
+            (0..seq_len)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// What one case's forward pass and replay give before the baseline is known.
+struct Measured<B: Backend> {
+    policy: Policy,
+    gamma: Option<f64>,
+    layers: Vec<LayerReport>,
+    /// The forward pass's per-layer plans and MoE inputs, for the replay.
+    records: Vec<LayerRecord<B>>,
+    fidelity: Fidelity,
+    served_mass: f64,
+    topk_mass: f64,
+}
+
+/// Runs the benchmark on `model` (with its router skew already applied).
+///
+/// First every case's forward pass runs once (plans, statistics, fidelity
+/// against `none`); then `iters` timing rounds each replay every case's
+/// rank work once, and time one baseline prefill, so that load from other
+/// processes spreads over all cases alike instead of skewing one. Without
+/// [`BenchSetup::interleave`] each case's rounds run right after its forward
+/// pass instead (one case's MoE inputs held at a time). With
+/// [`BenchSetup::throughput`] every round also times the case's own prefill
+/// and decode steps. Every time is taken by [`Backend::timed`]. `progress`
+/// ticks once per case in each phase; pass [`NoProgress`](crate::progress::NoProgress) for none.
+pub fn run<B: Backend>(
+    model: &Model<B>,
+    setup: &BenchSetup,
+    progress: &dyn Progress,
+) -> Result<BenchReport, EpError> {
+    let cfg = model.config().clone();
+    let (experts, layers) = (cfg.num_local_experts, cfg.num_hidden_layers);
+    setup.validate(experts, layers)?;
+    let tokens = setup.batch * setup.seq_len;
+    let placement = Placement::new(setup.ranks, experts, tokens)?;
+    let ranks = setup.ranks;
+    let lat = LatencyModel {
+        a2a_gbps: setup.a2a_gbps,
+        elem_bytes: setup.elem_bytes,
+        hidden: cfg.hidden_size,
+    };
+    let ids = prompt_ids(setup.batch, setup.seq_len, cfg.vocab_size, setup.seed);
+    let prompts: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let cases = setup.cases();
+    progress.set_length((cases.len() * (1 + setup.iters)) as u64);
+
+    let round = |m: &Measured<B>, t: &mut CaseTimes, ci: usize| -> Result<(), EpError> {
+        time_round(model, m, &prompts, setup, ci == 0, t)
+    };
+    // Phase 1: one forward pass per case (timed at once unless interleaved).
+    let mut measured: Vec<Measured<B>> = Vec::with_capacity(cases.len());
+    let mut times: Vec<CaseTimes> = Vec::with_capacity(cases.len());
+    let mut base_logprobs: Option<LogProbs> = None;
+    for (ci, &(policy, gamma)) in cases.iter().enumerate() {
+        let label = match gamma {
+            Some(g) => format!("{policy} gamma {g}"),
+            None => format!("{policy}"),
+        };
+        progress.set_message(&format!("forward {label}"));
+        let mut router = RouterConfig::new(cfg.num_experts_per_tok, policy).with_ranks(ranks);
+        router.capacity_factor = gamma;
+        let mut m = forward_case(
+            model,
+            &prompts,
+            &router,
+            &placement,
+            &lat,
+            setup.iters,
+            &mut base_logprobs,
+        )?;
+        let mut t = CaseTimes::new(layers, ranks);
+        progress.inc(1);
+        if !setup.interleave {
+            warm_up(model, &m, &prompts, ranks)?;
+            for r in 0..setup.iters {
+                progress.set_message(&format!("timing {label}: round {}/{}", r + 1, setup.iters));
+                round(&m, &mut t, ci)?;
+                progress.inc(1);
+            }
+            m.records.clear();
+        }
+        measured.push(m);
+        times.push(t);
+    }
+
+    // Phase 2 (interleaved): timing rounds over every case, after one
+    // untimed warm-up of the baseline prefill and of the first rank's work.
+    if setup.interleave {
+        warm_up(model, &measured[0], &prompts, ranks)?;
+        for r in 0..setup.iters {
+            for (ci, (m, t)) in measured.iter().zip(times.iter_mut()).enumerate() {
+                progress.set_message(&format!(
+                    "timing round {}/{}: {}{}",
+                    r + 1,
+                    setup.iters,
+                    m.policy,
+                    m.gamma.map_or(String::new(), |g| format!(" gamma {g}"))
+                ));
+                round(m, t, ci)?;
+                progress.inc(1);
+            }
+        }
+    }
+    for (m, t) in measured.iter_mut().zip(&times) {
+        for (lr, layer_times) in m.layers.iter_mut().zip(&t.rank) {
+            lr.rank_ms = layer_times.iter().map(|t| median(t)).collect();
+            lr.slowest_rank = (0..ranks)
+                .max_by(|&a, &b| lr.rank_ms[a].total_cmp(&lr.rank_ms[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            lr.latency_ms = lr.rank_ms[lr.slowest_rank] + lr.a2a_ms;
+        }
+        m.records.clear();
+    }
+
+    let base = &measured[0];
+    let expert_ms: f64 = base.layers.iter().flat_map(|l| l.rank_ms.iter()).sum();
+    let prefill_ms = median(&times[0].prefill);
+    let non_moe_ms = (prefill_ms - expert_ms).max(0.0);
+    let baseline = Baseline {
+        prefill_ms,
+        expert_ms,
+        non_moe_ms,
+        non_moe_per_rank_ms: non_moe_ms / setup.ranks as f64,
+    };
+    let base_moe: f64 = base.layers.iter().map(|l| l.latency_ms).sum();
+    let base_rank_max: u64 = base
+        .layers
+        .iter()
+        .map(|l| l.rank_load.iter().copied().max().unwrap_or(0))
+        .sum();
+    let base_e2e = baseline.non_moe_per_rank_ms + base_moe;
+    let report_cases = measured
+        .iter()
+        .zip(&times)
+        .map(|(m, t)| {
+            let n = m.layers.len().max(1) as f64;
+            let slots = (tokens * cfg.num_experts_per_tok * m.layers.len()) as f64;
+            let expert_ms: f64 = m.layers.iter().map(|l| l.rank_ms[l.slowest_rank]).sum();
+            let a2a_ms: f64 = m.layers.iter().map(|l| l.a2a_ms).sum();
+            let moe_ms: f64 = m.layers.iter().map(|l| l.latency_ms).sum();
+            let rank_max: u64 = m
+                .layers
+                .iter()
+                .map(|l| l.rank_load.iter().copied().max().unwrap_or(0))
+                .sum();
+            let ep_prefill_ms = baseline.non_moe_per_rank_ms + moe_ms;
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            let summary = CaseSummary {
+                imbalance: m.layers.iter().map(|l| l.imbalance).sum::<f64>() / n,
+                rank_imbalance: m
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let total: u64 = l.rank_load.iter().sum();
+                        let mean = total as f64 / l.rank_load.len() as f64;
+                        ratio(l.rank_load.iter().copied().max().unwrap_or(0) as f64, mean)
+                    })
+                    .sum::<f64>()
+                    / n,
+                dropped_pct: 100.0
+                    * ratio(
+                        m.layers.iter().map(|l| l.dropped).sum::<u64>() as f64,
+                        slots,
+                    ),
+                rerouted_pct: 100.0
+                    * ratio(
+                        m.layers.iter().map(|l| l.rerouted).sum::<u64>() as f64,
+                        slots,
+                    ),
+                gate_mass_kept: if m.topk_mass > 0.0 {
+                    m.served_mass / m.topk_mass
+                } else {
+                    1.0
+                },
+                expert_ms,
+                a2a_ms,
+                moe_ms,
+                ep_prefill_ms,
+                speedup_moe: ratio(base_moe, moe_ms),
+                speedup_e2e: ratio(base_e2e, ep_prefill_ms),
+                ideal_speedup: ratio(base_rank_max as f64, rank_max as f64),
+                routing_ms: m.layers.iter().map(|l| l.routing_ms).sum(),
+                fidelity: m.fidelity,
+                throughput: setup
+                    .throughput
+                    .then(|| t.throughput(setup, tokens, ep_prefill_ms)),
+            };
+            CaseReport {
+                policy: m.policy.to_string(),
+                capacity_factor: m.gamma,
+                capacity: m.layers.first().and_then(|l| l.capacity),
+                summary,
+                layers: m.layers.clone(),
+            }
+        })
+        .collect();
+
+    let mut policies: Vec<String> = vec!["none".into()];
+    for p in &setup.policies {
+        let s = p.to_string();
+        if !policies.contains(&s) {
+            policies.push(s);
+        }
+    }
+    Ok(BenchReport {
+        model: ModelInfo {
+            name: setup.model_label.clone(),
+            hidden: cfg.hidden_size,
+            intermediate: cfg.intermediate_size,
+            layers,
+            experts,
+            top_k: cfg.num_experts_per_tok,
+            vocab: cfg.vocab_size,
+            params: cfg.param_count(),
+        },
+        setup: SetupInfo {
+            device: model.backend().name().to_string(),
+            threads: rayon::current_num_threads(),
+            batch: setup.batch,
+            seq_len: setup.seq_len,
+            tokens,
+            ranks: setup.ranks,
+            experts_per_rank: experts / setup.ranks,
+            skew: setup.skew_label.clone(),
+            seed: setup.seed,
+            iters: setup.iters,
+            a2a_gbps: setup.a2a_gbps,
+            elem_bytes: setup.elem_bytes,
+            policies,
+            capacity_factors: setup.capacity_factors.clone(),
+        },
+        latency_model: lat,
+        method: method_lines(),
+        baseline,
+        cases: report_cases,
+        figures: Vec::new(),
+    })
+}
+
+/// One case's timings over the rounds.
+pub(super) struct CaseTimes {
+    /// `[layer][rank]`: the rank's expert work, ms.
+    pub(super) rank: Vec<Vec<Vec<f64>>>,
+    /// The case's prefill (the baseline's always; others with throughput), ms.
+    pub(super) prefill: Vec<f64>,
+    /// One decode step each, ms.
+    pub(super) decode: Vec<f64>,
+}
+
+impl CaseTimes {
+    fn new(layers: usize, ranks: usize) -> Self {
+        Self {
+            rank: vec![vec![Vec::new(); ranks]; layers],
+            prefill: Vec::new(),
+            decode: Vec::new(),
+        }
+    }
+
+    pub(super) fn throughput(
+        &self,
+        setup: &BenchSetup,
+        tokens: usize,
+        ep_prefill_ms: f64,
+    ) -> Throughput {
+        let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 / ms * 1e3 } else { 0.0 };
+        let prefill_ms = median(&self.prefill);
+        let step = (!self.decode.is_empty()).then(|| median(&self.decode));
+        Throughput {
+            prefill_ms,
+            prefill_tok_s: per_s(tokens, prefill_ms),
+            decode_steps: setup.decode_steps,
+            decode_step_ms: step,
+            decode_tok_s: step.map(|ms| per_s(setup.batch, ms)),
+            ep_prefill_tok_s: per_s(tokens, ep_prefill_ms),
+        }
+    }
+}
+
+/// One untimed run of the baseline prefill and of the first rank's work.
+fn warm_up<B: Backend>(
+    model: &Model<B>,
+    m: &Measured<B>,
+    prompts: &[&[u32]],
+    ranks: usize,
+) -> Result<(), EpError> {
+    let opts = ForwardOptions::new(model.default_router()).with_logits(LogitsMode::Last);
+    let _ = model.prefill(prompts, &opts)?;
+    if let Some(rec) = m.records.first() {
+        let _ = model.run_rank_work(&model.rank_work(0, rec, 0, ranks)?)?;
+    }
+    Ok(())
+}
+
+/// One timing round of one case: its prefill (when `baseline` or with
+/// throughput) and decode steps, then every layer's rank work, one rank at a
+/// time, each timed alone by the backend ([`Backend::timed`]).
+fn time_round<B: Backend>(
+    model: &Model<B>,
+    m: &Measured<B>,
+    prompts: &[&[u32]],
+    setup: &BenchSetup,
+    baseline: bool,
+    t: &mut CaseTimes,
+) -> Result<(), EpError> {
+    let be = model.backend();
+    if baseline || setup.throughput {
+        let mut router =
+            RouterConfig::new(model.config().num_experts_per_tok, m.policy).with_ranks(setup.ranks);
+        router.capacity_factor = m.gamma;
+        let opts = ForwardOptions::new(router).with_logits(LogitsMode::Last);
+        let ((mut seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
+        t.prefill.push(ms);
+        if setup.throughput && setup.decode_steps > 0 {
+            let mut next = next_tokens(&out.logits, out.vocab);
+            drop(out);
+            for _ in 0..setup.decode_steps {
+                let toks: Vec<[u32; 1]> = next.iter().map(|&id| [id]).collect();
+                let tok_refs: Vec<&[u32]> = toks.iter().map(|x| &x[..]).collect();
+                let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
+                let (step, ms) = be.timed(|| model.forward(&mut refs, &tok_refs, &opts))?;
+                t.decode.push(ms);
+                next = next_tokens(&step.logits, step.vocab);
+            }
+        }
+    }
+    for (l, rec) in m.records.iter().enumerate() {
+        for (r, times) in t.rank[l].iter_mut().enumerate() {
+            let work = model.rank_work(l, rec, r, setup.ranks)?;
+            let (y, ms) = be.timed(|| model.run_rank_work(&work))?;
+            times.push(ms);
+            drop(y);
+        }
+    }
+    Ok(())
+}
+
+/// The greedy next token of every logits row.
+pub(super) fn next_tokens(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks(vocab.max(1))
+        .map(|row| argmax(row).unwrap_or(0) as u32)
+        .collect()
+}
+
+/// Prefills the batch under `router`: plans, statistics, all-to-all traffic,
+/// routing time and fidelity (the first case, `none`, sets the baseline
+/// distributions). Rank times are filled in by the timing rounds.
+fn forward_case<B: Backend>(
+    model: &Model<B>,
+    prompts: &[&[u32]],
+    router: &RouterConfig,
+    placement: &Placement,
+    lat: &LatencyModel,
+    iters: usize,
+    base_logprobs: &mut Option<LogProbs>,
+) -> Result<Measured<B>, EpError> {
+    let opts = ForwardOptions::new(router.clone())
+        .with_logits(LogitsMode::All)
+        .with_moe_inputs(true);
+    let (_seqs, out) = model.prefill(prompts, &opts)?;
+    let logprobs = LogProbs::new(&out.logits, out.vocab);
+    let fidelity = match base_logprobs {
+        Some(base) => Fidelity::compare(base, &logprobs),
+        None => {
+            let f = Fidelity::compare(&logprobs, &logprobs);
+            *base_logprobs = Some(logprobs);
+            f
+        }
+    };
+    let ranks = placement.ranks();
+    let slots = (prompts.iter().map(|p| p.len()).sum::<usize>() * router.top_k).max(1) as f64;
+    let (mut served_mass, mut topk_mass) = (0.0, 0.0);
+    let mut layers = Vec::with_capacity(out.layers.len());
+    for (l, rec) in out.layers.iter().enumerate() {
+        let plan = &rec.plan;
+        let s = plan.stats();
+        served_mass += s.served_mass;
+        topk_mass += s.topk_mass;
+        let rank_load = (0..ranks)
+            .map(|r| placement.expert_group(r).map(|e| s.load[e]).sum::<u64>())
+            .collect();
+        let traffic = a2a_traffic(plan, placement);
+        let routing_ms = match &rec.moe_input {
+            Some(x) => {
+                let moe = &model.layers()[l].moe;
+                let mut times = Vec::with_capacity(iters);
+                for _ in 0..iters {
+                    let (p, ms) = model.backend().timed(|| {
+                        moe.route(model.backend(), x, router)
+                            .map_err(ModelError::from)
+                    })?;
+                    times.push(ms);
+                    drop(p);
+                }
+                median(&times)
+            }
+            None => 0.0,
+        };
+        let a2a_ms = lat.a2a_seconds(&traffic) * 1e3;
+        layers.push(LayerReport {
+            layer: l,
+            capacity: plan.capacity().map(|c| c.per_expert),
+            load: s.load.clone(),
+            max_load: s.max_load,
+            mean_load: s.mean_load,
+            imbalance: s.imbalance(),
+            rank_load,
+            dropped: s.dropped,
+            dropped_pct: 100.0 * s.dropped as f64 / slots,
+            rerouted: s.rerouted,
+            rerouted_pct: 100.0 * s.rerouted as f64 / slots,
+            gate_mass_kept: s.gate_mass_kept,
+            rank_ms: vec![0.0; ranks],
+            slowest_rank: 0,
+            a2a_rows: traffic.busiest(),
+            a2a_bytes: lat.a2a_bytes(&traffic),
+            a2a_ms,
+            latency_ms: a2a_ms,
+            routing_ms,
+        });
+    }
+    Ok(Measured {
+        policy: router.policy,
+        gamma: router.capacity_factor,
+        layers,
+        records: out.layers,
+        fidelity,
+        served_mass,
+        topk_mass,
+    })
+}

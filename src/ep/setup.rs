@@ -1,0 +1,125 @@
+//! What to run: the benchmark's setup, its checks, and the case list.
+
+use super::*;
+use crate::routing::Policy;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchSetup {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence (all prefilled at once: `T = batch * seq_len`).
+    pub seq_len: usize,
+    /// Expert-parallel ranks (divides E).
+    pub ranks: usize,
+    /// Policies; `none` (the baseline) runs once, first, whether listed or not.
+    pub policies: Vec<Policy>,
+    /// gamma values every capacity policy runs at.
+    pub capacity_factors: Vec<f64>,
+    /// Timed repetitions of each rank's expert work (median taken).
+    pub iters: usize,
+    /// Modelled all-to-all bandwidth per rank and direction, GB/s.
+    pub a2a_gbps: f64,
+    /// Bytes per activation element on the wire.
+    pub elem_bytes: usize,
+    /// Seed of the prompt token ids.
+    pub seed: u64,
+    /// The layer whose per-expert load is drawn.
+    pub load_layer: usize,
+    /// Labels for the report.
+    pub model_label: String,
+    pub skew_label: String,
+    /// Time every case's own prefill (one batch, logits at the last
+    /// positions) and `decode_steps` greedy decode steps after it, on the
+    /// one device: prefill and decode tokens/s ([`Throughput`]). Off, only
+    /// the baseline's prefill is timed.
+    pub throughput: bool,
+    /// Decode steps timed after each timed prefill (with `throughput`).
+    pub decode_steps: usize,
+    /// Interleave the timing rounds over all cases (every case's forward
+    /// pass first, its records kept until the end), so that load from other
+    /// processes hits all cases alike: right on a shared CPU. Off, each case
+    /// is timed right after its forward pass and its records dropped, so
+    /// one case's MoE inputs are held at a time: right on a GPU, where a
+    /// full model leaves little room.
+    pub interleave: bool,
+}
+
+impl BenchSetup {
+    /// Checks the setup against a model with `experts` experts and `layers` layers.
+    pub fn validate(&self, experts: usize, layers: usize) -> Result<(), EpError> {
+        for (what, v) in [
+            ("--batch", self.batch),
+            ("--seq-len", self.seq_len),
+            ("--ranks", self.ranks),
+            ("--iters", self.iters),
+            ("bytes per element", self.elem_bytes),
+        ] {
+            if v == 0 {
+                return Err(EpError::Zero { what });
+            }
+        }
+        if self.policies.is_empty() {
+            return Err(EpError::NoPolicies);
+        }
+        if experts % self.ranks != 0 {
+            return Err(EpError::RanksDoNotDivideExperts {
+                ranks: self.ranks,
+                experts,
+            });
+        }
+        check_policy_numbers(&self.policies, &self.capacity_factors, self.a2a_gbps)?;
+        if self.load_layer >= layers {
+            return Err(EpError::NoSuchLayer {
+                layer: self.load_layer,
+                layers,
+            });
+        }
+        Ok(())
+    }
+
+    /// The runs in order: see [`cases`].
+    pub fn cases(&self) -> Vec<(Policy, Option<f64>)> {
+        cases(&self.policies, &self.capacity_factors)
+    }
+}
+
+/// Checks what both benchmarks share: capacity policies need gammas, every
+/// gamma is finite and positive, and so is the all-to-all bandwidth.
+pub(crate) fn check_policy_numbers(
+    policies: &[Policy],
+    capacity_factors: &[f64],
+    a2a_gbps: f64,
+) -> Result<(), EpError> {
+    if policies.iter().any(Policy::has_capacity) && capacity_factors.is_empty() {
+        return Err(EpError::NoCapacityFactors);
+    }
+    if let Some(&g) = capacity_factors
+        .iter()
+        .find(|g| !(g.is_finite() && **g > 0.0))
+    {
+        return Err(EpError::InvalidCapacityFactor(g));
+    }
+    if !(a2a_gbps.is_finite() && a2a_gbps > 0.0) {
+        return Err(EpError::InvalidBandwidth(a2a_gbps));
+    }
+    Ok(())
+}
+
+/// The runs of a benchmark in order: `none` first, then each capacity policy
+/// at each gamma (duplicates removed; policies without capacity other than
+/// `none` have nothing to vary and are skipped).
+pub fn cases(policies: &[Policy], capacity_factors: &[f64]) -> Vec<(Policy, Option<f64>)> {
+    let mut out = vec![(Policy::None, None)];
+    for &p in policies {
+        if !p.has_capacity() {
+            continue;
+        }
+        for &g in capacity_factors {
+            if !out.contains(&(p, Some(g))) {
+                out.push((p, Some(g)));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,150 @@
+use super::run::{next_tokens, CaseTimes};
+use super::*;
+use crate::model::Model;
+use crate::routing::Policy;
+
+fn setup() -> BenchSetup {
+    BenchSetup {
+        batch: 1,
+        seq_len: 8,
+        ranks: 2,
+        policies: vec![Policy::None, "drop:score".parse().unwrap()],
+        capacity_factors: vec![1.0, 1.0, 2.0],
+        iters: 1,
+        a2a_gbps: 10.0,
+        elem_bytes: 2,
+        seed: 0,
+        load_layer: 0,
+        model_label: "tiny".into(),
+        skew_label: "uniform".into(),
+        throughput: false,
+        decode_steps: 0,
+        interleave: true,
+    }
+}
+
+#[test]
+fn cases_put_none_first_and_drop_duplicates() {
+    let s = BenchSetup {
+        policies: vec!["drop:score".parse().unwrap()],
+        ..setup()
+    };
+    let c = s.cases();
+    assert_eq!(c.len(), 3);
+    assert_eq!(c[0], (Policy::None, None));
+    assert_eq!(c[2].1, Some(2.0));
+}
+
+#[test]
+fn validation_names_the_bad_value() {
+    assert!(setup().validate(4, 2).is_ok());
+    let bad = BenchSetup {
+        capacity_factors: vec![0.0],
+        ..setup()
+    };
+    assert!(matches!(
+        bad.validate(4, 2),
+        Err(EpError::InvalidCapacityFactor(_))
+    ));
+    assert!(matches!(
+        BenchSetup {
+            ranks: 3,
+            ..setup()
+        }
+        .validate(4, 2),
+        Err(EpError::RanksDoNotDivideExperts { .. })
+    ));
+    assert!(matches!(
+        BenchSetup {
+            iters: 0,
+            ..setup()
+        }
+        .validate(4, 2),
+        Err(EpError::Zero { .. })
+    ));
+    assert!(matches!(
+        BenchSetup {
+            a2a_gbps: f64::NAN,
+            ..setup()
+        }
+        .validate(4, 2),
+        Err(EpError::InvalidBandwidth(_))
+    ));
+}
+
+#[test]
+fn next_tokens_take_each_rows_argmax() {
+    assert_eq!(next_tokens(&[0.1, 0.9, 0.0, 2.0, 1.0, 3.0], 3), vec![1, 2]);
+    assert!(next_tokens(&[], 3).is_empty());
+}
+
+#[test]
+fn throughput_is_tokens_over_median_time() {
+    let s = BenchSetup {
+        batch: 4,
+        decode_steps: 2,
+        throughput: true,
+        ..setup()
+    };
+    let t = CaseTimes {
+        rank: Vec::new(),
+        prefill: vec![30.0, 10.0, 20.0],
+        decode: vec![2.0, 2.0, 4.0],
+    };
+    let th = t.throughput(&s, 32, 8.0);
+    assert_eq!(th.prefill_ms, 20.0);
+    assert!((th.prefill_tok_s - 1600.0).abs() < 1e-9);
+    assert_eq!(th.decode_step_ms, Some(2.0));
+    assert!((th.decode_tok_s.unwrap() - 2000.0).abs() < 1e-9);
+    assert!((th.ep_prefill_tok_s - 4000.0).abs() < 1e-9);
+    let none = CaseTimes {
+        decode: Vec::new(),
+        ..t
+    };
+    assert_eq!(none.throughput(&s, 32, 8.0).decode_tok_s, None);
+}
+
+/// Timing each case right after its forward pass (the GPU's order)
+/// gives the same plans and fidelity as the interleaved rounds, and
+/// throughput fills every case.
+#[test]
+fn per_case_timing_matches_interleaved_and_reports_throughput() {
+    use crate::backend::CpuBackend;
+    use crate::model::{InitOptions, MixtralConfig};
+    let cfg = MixtralConfig::builtin("tiny").unwrap();
+    let model = Model::random(
+        CpuBackend,
+        cfg,
+        &InitOptions::new(2).with_skew(crate::trace::Skew::Ratio(1.6)),
+    )
+    .unwrap();
+    let a = run(&model, &setup(), &crate::progress::NoProgress).unwrap();
+    let s = BenchSetup {
+        throughput: true,
+        decode_steps: 2,
+        interleave: false,
+        ..setup()
+    };
+    let b = run(&model, &s, &crate::progress::NoProgress).unwrap();
+    assert_eq!(a.cases.len(), b.cases.len());
+    for (x, y) in a.cases.iter().zip(&b.cases) {
+        assert!(x.summary.throughput.is_none());
+        let t = y.summary.throughput.as_ref().unwrap();
+        assert!(t.prefill_tok_s > 0.0 && t.decode_tok_s.unwrap() > 0.0);
+        assert_eq!(t.decode_steps, 2);
+        assert_eq!(x.summary.fidelity.kl, y.summary.fidelity.kl);
+        assert_eq!(x.summary.fidelity.top1, y.summary.fidelity.top1);
+        for (lx, ly) in x.layers.iter().zip(&y.layers) {
+            assert_eq!(lx.load, ly.load);
+            assert_eq!(lx.dropped, ly.dropped);
+            assert!(ly.rank_ms.iter().all(|v| v.is_finite() && *v >= 0.0));
+        }
+    }
+    let mut md = Vec::new();
+    report::write_markdown(&mut md, &b).unwrap();
+    let md = String::from_utf8(md).unwrap();
+    assert!(md.contains("## Throughput"), "{md}");
+    let mut md = Vec::new();
+    report::write_markdown(&mut md, &a).unwrap();
+    assert!(!String::from_utf8(md).unwrap().contains("## Throughput"));
+}
