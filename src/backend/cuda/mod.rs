@@ -35,8 +35,8 @@ use crate::backend::{
     name_seed32, AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, ExpertsShape,
     HostTensor, RandomInit, Rope,
 };
-use crate::cuda::{launch, ExpertFfn, FfnShape};
 use crate::cuda::{model_launch, GpuContext, GpuError};
+use crate::cuda::{ExpertFfn, FfnShape};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
@@ -206,20 +206,8 @@ impl Backend for CudaBackend {
             .into());
         }
         let st = self.gpu.stream();
-        let mut data = self.alloc(n)?;
-        {
-            let (ptr, _g) = data.device_ptr_mut(st);
-            // SAFETY: `data` holds n bf16 of this context, alive past the launch.
-            unsafe {
-                launch::fill_hash_bf16(
-                    ptr,
-                    n as u64,
-                    name_seed32(init.seed, name),
-                    init.bound() as f32,
-                    self.raw(),
-                )?
-            };
-        }
+        let data =
+            crate::cuda::hashed_bf16(st, n, name_seed32(init.seed, name), init.bound() as f32)?;
         Ok(CudaMat { data, out, inp })
     }
 

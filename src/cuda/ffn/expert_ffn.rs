@@ -132,18 +132,8 @@ impl ExpertFfn {
             });
         }
         let st = gpu.stream();
-        // SAFETY: both buffers are filled in full by the hash kernel below.
-        let mut w13 = unsafe { st.alloc::<u16>(2 * n as usize) }?;
-        let mut w2 = unsafe { st.alloc::<u16>(n as usize) }?;
-        for (buf, seed) in [
-            (&mut w13, init::w13_seed(seed)),
-            (&mut w2, init::w2_seed(seed)),
-        ] {
-            let len = buf.len() as u64;
-            let (ptr, _g) = buf.device_ptr_mut(st);
-            // SAFETY: `ptr` holds `len` bf16 of this context, alive past the launch (owned here).
-            unsafe { launch::fill_hash_bf16(ptr, len, seed, scale, st.cu_stream() as _)? };
-        }
+        let w13 = crate::cuda::hashed_bf16(st, 2 * n as usize, init::w13_seed(seed), scale)?;
+        let w2 = crate::cuda::hashed_bf16(st, n as usize, init::w2_seed(seed), scale)?;
         Self::with_weights(gpu, shape, w13, w2)
     }
 

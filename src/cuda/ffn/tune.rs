@@ -4,11 +4,10 @@
 
 use super::expert_ffn::{to_i32, ExpertFfn};
 use super::variants::CompiledVariant;
-use crate::cuda::launch;
 use crate::cuda::{GpuError, GpuGemmArgs};
 use crate::expert::tune::{self as host, TuneKey};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use serde::Serialize;
 
 const WARMUP: usize = 3;
@@ -188,16 +187,9 @@ impl Bench {
     ) -> Result<Self, GpuError> {
         let st = ffn.gpu.stream();
         let e = ffn.shape.experts;
-        let mut a = unsafe { st.alloc::<u16>(e * rows * k) }?;
-        // SAFETY (above and below): `a` is filled in full right away; `d` is
-        // only written by the GEMMs and never read.
+        let a = crate::cuda::hashed_bf16(st, e * rows * k, 0x7475_6e65, 1.0)?;
+        // SAFETY: `d` is only written by the GEMMs and never read.
         let d = unsafe { st.alloc::<u16>(e * rows * n) }?;
-        {
-            let len = a.len() as u64;
-            let (p, _g) = a.device_ptr_mut(st);
-            // SAFETY: `p` holds `len` bf16, alive past the launch.
-            unsafe { launch::fill_hash_bf16(p, len, 0x7475_6e65, 1.0, st.cu_stream() as _)? };
-        }
         let weights = if which == 0 { ffn.w13() } else { ffn.w2() };
         let (a0, _g1) = a.device_ptr(st);
         let (b0, _g2) = weights.device_ptr(st);

@@ -39,7 +39,6 @@ pub mod subbatch;
 pub mod telemetry;
 
 #[cfg(feature = "cuda")]
-mod gate;
 #[cfg(feature = "cuda")]
 mod run;
 #[cfg(feature = "cuda")]
@@ -396,7 +395,7 @@ pub fn method_lines() -> Vec<String> {
 }
 
 /// What the report says about fidelity.
-pub const FIDELITY_NOTE: &str = "gate mass kept (served sum p over top-k sum p), dropped and rerouted shares are measured on the GPU plans; KL divergence and top-1 agreement of the next-token distributions need the full model on the GPU, which does not exist yet (the CPU bench measures them on the CPU model)";
+pub const FIDELITY_NOTE: &str = "gate mass kept (served sum p over top-k sum p), dropped and rerouted shares are measured on the GPU plans; this one-layer benchmark has no model, so it measures no KL divergence or top-1 agreement: `capmoe bench --device cuda --e2e` measures those on the whole GPU model, and the CPU bench on the CPU model";
 
 /// Serves `a / b` as a finite ratio or nothing.
 fn ratio(a: f64, b: f64) -> Option<f64> {

@@ -1,29 +1,40 @@
 //! The GPU benchmark's measurement loop (feature `cuda`). See the parent
 //! module for the method.
 
-use super::gate::Gate;
 use super::subbatch::{gather_rows, one_hot_logits, rank_rows, RankRows};
 use super::telemetry::Telemetry;
 use super::{
     assemble_group, bar_rows, method_lines, nvml_uuid, CaseMeasurement, DeviceInfo, GpuBenchReport,
     GpuBenchSetup, GpuSetupInfo, Skipped, WindowSummary, FIDELITY_NOTE,
 };
+use crate::cuda::gate::Gate;
 use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter};
 use crate::ep::{a2a_traffic, EpError, LatencyModel};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
 use crate::trace::synthetic_logits;
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-use cudarc::driver::{CudaEvent, CudaSlice, DevicePtrMut};
+use cudarc::driver::{CudaEvent, CudaSlice};
 use std::time::{Duration, Instant};
 
-/// At most this many FFN forwards are queued behind one shut gate: each is
-/// several dozen stream operations (allocations, argument kernels, the
-/// GEMMs, frees, cudarc's event tracking), and a shut stream must never hold
-/// more than its launch queue takes (about a thousand).
-const FORWARDS_PER_GATE: usize = 4;
-/// Routing calls per gate (`reroute:next-best` launches every round).
-const ROUTES_PER_GATE: usize = 2;
+/// Stream operations queued behind one shut gate, at most: a shut stream must never hold more
+/// than its launch queue takes (about a thousand), or the host blocks with the gate shut.
+const GATED_OPS: usize = 512;
+/// Stream operations of one FFN forward (allocations, argument kernels, the GEMMs, frees,
+/// cudarc's event tracking), an upper estimate.
+const FFN_OPS: usize = 96;
+
+/// Stream operations of one route and dispatch, an upper estimate: `reroute:next-best`
+/// launches every one of its `2 E + 16` rounds (about a dozen kernels and sort passes each),
+/// about 800 operations at E = 8, more than a gate may hold.
+fn route_ops(policy: Policy, experts: usize) -> usize {
+    let base = 48;
+    if matches!(policy, Policy::RerouteNextBest) {
+        base + 24 * (2 * experts + 16)
+    } else {
+        base
+    }
+}
 /// Upper bound on timed iterations per block, whatever `min_case_ms` asks.
 const MAX_ITERS: usize = 1000;
 /// Activations are uniform in (-1, 1).
@@ -85,8 +96,8 @@ struct Block {
     iters: usize,
     /// Run more iterations until the timed ones cover this much GPU time.
     min_ms: f64,
-    /// Calls queued behind one shut gate, at most.
-    per_gate: usize,
+    /// Stream operations of one call (sizes the calls per gate: [`GATED_OPS`]).
+    ops_per_call: usize,
     /// Collect a telemetry window over the timed iterations.
     telemetry: bool,
 }
@@ -105,16 +116,24 @@ impl Timer<'_> {
     }
 
     /// Enqueues `iters` iterations of `parts` calls of `work`, each between
-    /// its own start and end events, at most `per_gate` calls behind one shut
+    /// its own start and end events, at most [`GATED_OPS`] stream operations behind one shut
     /// gate (the gate opens as soon as its calls are queued; the stream is
-    /// never synchronised in between), then waits for them all.
+    /// never synchronised in between), then waits for them all. A call bigger than a gate may
+    /// hold runs without the gate.
     fn enqueue(
         &mut self,
         iters: usize,
         parts: usize,
-        per_gate: usize,
+        ops_per_call: usize,
         work: &mut dyn FnMut(usize) -> Result<(), GpuError>,
     ) -> Result<(Vec<Vec<f64>>, f64), GpuError> {
+        let per_gate = GATED_OPS / ops_per_call.max(1);
+        if per_gate == 0 && self.gate.is_some() {
+            let gate = self.gate.take();
+            let r = self.enqueue(iters, parts, ops_per_call, work);
+            self.gate = gate;
+            return r;
+        }
         let st = self.gpu.stream().clone();
         let calls = iters * parts;
         let ev = self.events(2 * calls)?;
@@ -163,7 +182,13 @@ impl Timer<'_> {
         b: &Block,
         work: &mut dyn FnMut(usize) -> Result<(), GpuError>,
     ) -> Result<Timed, GpuError> {
-        let (warm, host_us) = self.enqueue(b.warmup.max(1), b.parts, b.per_gate, work)?;
+        // Warm-up without the gate: CUDA 13 loads a module on its first launch, and a first load
+        // may wait on the shut stream, which would stall until the watchdog. `enqueue` ends
+        // with a synchronize, so every kernel is loaded before the first shut.
+        let gate = self.gate.take();
+        let warm = self.enqueue(b.warmup.max(1), b.parts, b.ops_per_call, work);
+        self.gate = gate;
+        let (warm, host_us) = warm?;
         let per_iter =
             warm.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / warm.len().max(1) as f64;
         let iters = if b.min_ms > 0.0 && per_iter > 0.0 {
@@ -177,7 +202,7 @@ impl Timer<'_> {
         } else {
             None
         };
-        let (ms, _) = self.enqueue(iters, b.parts, b.per_gate, work)?;
+        let (ms, _) = self.enqueue(iters, b.parts, b.ops_per_call, work)?;
         let e1 = if b.telemetry {
             self.telemetry.energy_mj()
         } else {
@@ -271,7 +296,7 @@ fn measure_case(
             warmup: g.setup.warmup,
             iters: g.setup.iters,
             min_ms: 0.0,
-            per_gate: ROUTES_PER_GATE,
+            ops_per_call: route_ops(policy, sh.experts),
             telemetry: false,
         },
         &mut |_| {
@@ -290,7 +315,7 @@ fn measure_case(
             warmup: g.setup.warmup,
             iters: g.setup.iters,
             min_ms: 0.0,
-            per_gate: FORWARDS_PER_GATE,
+            ops_per_call: FFN_OPS,
             telemetry: false,
         },
         &mut |_| {
@@ -311,7 +336,7 @@ fn measure_case(
             warmup: g.setup.warmup,
             iters: g.setup.iters,
             min_ms: g.setup.min_case_ms,
-            per_gate: FORWARDS_PER_GATE,
+            ops_per_call: FFN_OPS,
             telemetry: true,
         },
         &mut |r| {
@@ -356,15 +381,7 @@ fn activations(
         });
     }
     let st = gpu.stream();
-    // SAFETY: filled in full by the hash kernel below.
-    let mut x = unsafe { st.alloc::<u16>(n.max(1)) }?;
-    {
-        let (p, _g) = x.device_ptr_mut(st);
-        // SAFETY: `p` holds at least `n` bf16 of this context, alive past the launch.
-        unsafe {
-            crate::cuda::launch::fill_hash_bf16(p, n as u64, seed, X_SCALE, st.cu_stream() as _)?
-        };
-    }
+    let x = crate::cuda::hashed_bf16(st, n, seed, X_SCALE)?;
     let host = st.clone_dtoh(&x)?;
     Ok((x, host))
 }
