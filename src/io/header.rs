@@ -192,7 +192,7 @@ pub(crate) fn parse_header(text: &[u8]) -> Result<Header, String> {
         p.ws();
         p.expect(b':', "`:`")?;
         p.ws();
-        let val = p.value()?;
+        let val = p.value().map_err(|e| format!("'{key}': {e}"))?;
         let slot_taken = match (key.as_str(), val) {
             ("descr", Val::Str(s)) => descr.replace(s).is_some(),
             ("fortran_order", Val::Bool(b)) => fortran.replace(b).is_some(),

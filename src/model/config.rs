@@ -94,12 +94,13 @@ fn as_usize(v: &Value, key: &'static str) -> Result<usize, ConfigError> {
 }
 
 fn f64_field(v: &Value, key: &'static str) -> Result<f64, ConfigError> {
+    // Used as f32: 1e-50 is 0 there, 1e39 infinite.
     v.as_f64()
-        .filter(|x| x.is_finite() && *x > 0.0)
+        .filter(|&x| (x as f32).is_finite() && x as f32 > 0.0)
         .ok_or_else(|| ConfigError::Invalid {
             field: key,
             value: v.to_string(),
-            expected: "a positive finite number",
+            expected: "a finite number > 0 in float32 (as it is used)",
         })
 }
 
