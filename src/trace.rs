@@ -3,7 +3,7 @@
 
 use crate::routing::numerics::splitmix64;
 use crate::routing::{route, Logits, Policy, RouterConfig};
-use crate::RoutingError;
+use crate::{RoutingError, MAX_EXPERTS};
 use std::fmt;
 use std::str::FromStr;
 
@@ -97,6 +97,45 @@ pub enum TraceError {
     },
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    #[error("a trace of {tokens} tokens needs at least one; expected tokens >= 1")]
+    NoTokens { tokens: usize },
+    #[error("a trace of {tokens} tokens x {experts} experts is more than {limit} values; expected tokens x experts <= {limit} (capmoe's bound on a synthetic trace, {mib} MiB as f32)", limit = MAX_TRACE_VALUES, mib = (MAX_TRACE_VALUES * 4) >> 20)]
+    TooLarge { tokens: usize, experts: usize },
+}
+
+/// Most values (tokens x experts) a synthetic trace may hold: 2^26, 256 MiB
+/// as f32 (e.g. 1M tokens x 64 experts, or 131072 x 512). Checked before
+/// anything is allocated, so a huge count is an error, not an abort, and
+/// a product that would wrap is caught.
+pub const MAX_TRACE_VALUES: usize = 1 << 26;
+
+/// The shape checks of a trace: 1..=[`MAX_EXPERTS`] experts, 1..=experts
+/// top-k, at least one token, tokens x experts at most [`MAX_TRACE_VALUES`].
+pub fn check_trace_shape(tokens: usize, experts: usize, top_k: usize) -> Result<(), TraceError> {
+    check_experts(experts, top_k)?;
+    if tokens == 0 {
+        return Err(TraceError::NoTokens { tokens });
+    }
+    match tokens.checked_mul(experts) {
+        Some(n) if n <= MAX_TRACE_VALUES => Ok(()),
+        _ => Err(TraceError::TooLarge { tokens, experts }),
+    }
+}
+
+fn check_experts(experts: usize, top_k: usize) -> Result<(), RoutingError> {
+    if experts == 0 {
+        return Err(RoutingError::NoExperts);
+    }
+    if experts > MAX_EXPERTS {
+        return Err(RoutingError::TooManyExperts { experts });
+    }
+    if top_k == 0 {
+        return Err(RoutingError::ZeroTopK);
+    }
+    if top_k > experts {
+        return Err(RoutingError::TopKExceedsExperts { k: top_k, experts });
+    }
+    Ok(())
 }
 
 fn noise(tokens: usize, experts: usize, seed: u64) -> Vec<f32> {
@@ -124,8 +163,10 @@ fn imbalance(
 
 /// Per-expert logit bias `b * (1 - e/(E-1))^2` (a graded skew with expert 0
 /// the busiest), with `b` found by bisection so that plain top-k routing of
-/// unit-normal logits reaches the skew's max/mean target.
+/// unit-normal logits reaches the skew's max/mean target. Experts and top-k
+/// are checked first (1..=[`MAX_EXPERTS`], 1..=experts).
 pub fn expert_bias(experts: usize, top_k: usize, skew: Skew) -> Result<Vec<f32>, TraceError> {
+    check_experts(experts, top_k)?;
     let shape = |b: f64| -> Vec<f32> {
         (0..experts)
             .map(|e| {
@@ -141,7 +182,7 @@ pub fn expert_bias(experts: usize, top_k: usize, skew: Skew) -> Result<Vec<f32>,
     let Some(target) = skew.target() else {
         return Ok(vec![0.0; experts]);
     };
-    let limit = experts as f64 / top_k.max(1) as f64;
+    let limit = experts as f64 / top_k as f64;
     if !(target >= 1.0 && target < limit) {
         return Err(TraceError::Unreachable {
             target,
@@ -170,6 +211,7 @@ pub fn expert_bias(experts: usize, top_k: usize, skew: Skew) -> Result<Vec<f32>,
 }
 
 /// `[tokens, experts]` logits: unit normal noise plus [`expert_bias`].
+/// The shape is checked first ([`check_trace_shape`]).
 ///
 /// ```
 /// use capmoe::trace::{synthetic_logits, Skew};
@@ -183,6 +225,7 @@ pub fn synthetic_logits(
     skew: Skew,
     seed: u64,
 ) -> Result<Vec<f32>, TraceError> {
+    check_trace_shape(tokens, experts, top_k)?;
     let bias = expert_bias(experts, top_k, skew)?;
     let mut l = noise(tokens, experts, seed);
     for (i, v) in l.iter_mut().enumerate() {
@@ -206,12 +249,47 @@ mod tests {
     }
 
     #[test]
+    fn bad_shapes_are_typed_errors_before_any_allocation() {
+        use RoutingError::*;
+        let e = |t, x, k| synthetic_logits(t, x, k, Skew::Mixtral, 0).unwrap_err();
+        assert_eq!(e(8, 0, 2), TraceError::Routing(NoExperts));
+        assert_eq!(e(8, 4, 0), TraceError::Routing(ZeroTopK));
+        assert_eq!(
+            e(8, 513, 2),
+            TraceError::Routing(TooManyExperts { experts: 513 })
+        );
+        assert!(matches!(
+            e(8, 4, 5),
+            TraceError::Routing(TopKExceedsExperts { .. })
+        ));
+        assert_eq!(e(0, 8, 2), TraceError::NoTokens { tokens: 0 });
+        // 2^61 x 8 wraps to 0 in 64 bits; 10^12 tokens would abort allocating.
+        for t in [1usize << 61, 1_000_000_000_000, usize::MAX] {
+            let err = e(t, 8, 2);
+            assert_eq!(
+                err,
+                TraceError::TooLarge {
+                    tokens: t,
+                    experts: 8
+                }
+            );
+            assert!(
+                err.to_string().contains("expected tokens x experts <="),
+                "{err}"
+            );
+        }
+        assert!(expert_bias(0, 1, Skew::Uniform).is_err());
+    }
+
+    #[test]
     fn unreachable_skew_is_an_error() {
         assert!(matches!(
             expert_bias(8, 2, Skew::Olmoe),
             Err(TraceError::Unreachable { .. })
         ));
         assert!("0.5".parse::<Skew>().is_err());
+        assert!("NaN".parse::<Skew>().is_err());
+        assert!("inf".parse::<Skew>().is_err());
         assert_eq!("3".parse::<Skew>().unwrap(), Skew::Ratio(3.0));
     }
 }

@@ -4,12 +4,30 @@
 //! for: ml_dtypes (and torch via `.view`) save it as the 2-byte void type
 //! `V2`, which no Rust npy crate maps to bf16. Versions 1-3, either byte
 //! order, C or Fortran order.
+//!
+//! Hostile files: the header is read first, from a bounded prefix
+//! ([`MAX_HEADER_LEN`]), and parsed strictly (exactly the keys `descr`,
+//! `fortran_order`, `shape`, each once). The data is read only once the
+//! header's claim (rows x cols x width, checked, at most [`MAX_VALUES`]
+//! values) agrees with the file's size, so nothing is allocated for data
+//! the file does not hold, and a stream such as `/dev/zero` fails on its
+//! magic after 12 bytes.
 
+use super::header::{parse_header, Dtype, Header};
 use half::{bf16, f16};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-const MAGIC: &[u8] = b"\x93NUMPY";
+pub(crate) const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Longest header accepted, in bytes (numpy writes under 200; it reads at
+/// most 10 000 by default).
+pub const MAX_HEADER_LEN: usize = 65_536;
+
+/// Most values a matrix may hold (2^30, 4 GiB as f32): a documented bound
+/// on what one file may make us allocate, whatever its header says.
+pub const MAX_VALUES: usize = 1 << 30;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -26,6 +44,12 @@ pub enum NpyError {
     Dtype { path: PathBuf, descr: String },
     #[error("{path} has shape {shape:?}; expected a 2-D [tokens, experts] array")]
     Rank { path: PathBuf, shape: Vec<usize> },
+    #[error("{path} has shape {shape:?}, more than {limit} values; expected at most {limit} (capmoe's bound on one matrix)")]
+    TooLarge {
+        path: PathBuf,
+        shape: Vec<usize>,
+        limit: usize,
+    },
     #[error(
         "{path} holds {got} bytes of data; shape {shape:?} of {width}-byte values needs {want}"
     )]
@@ -43,6 +67,15 @@ pub enum NpyError {
         col: usize,
         value: f64,
     },
+    #[error(
+        "cannot write {path}: the data holds {len} values, expected rows x cols = {rows} x {cols}"
+    )]
+    DataLength {
+        path: PathBuf,
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
 }
 
 /// A row-major 2-D f32 matrix.
@@ -55,103 +88,162 @@ pub struct Matrix {
     pub dtype: String,
 }
 
-#[derive(Clone, Copy)]
-enum Dtype {
-    F32,
-    F16,
-    Bf16,
-    F64,
+fn format_err(path: &Path, why: impl Into<String>) -> NpyError {
+    NpyError::Format {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
 }
 
-impl Dtype {
-    fn width(self) -> usize {
-        match self {
-            Dtype::F16 | Dtype::Bf16 => 2,
-            Dtype::F32 => 4,
-            Dtype::F64 => 8,
+/// The header's length and where it starts, from the first bytes (at most
+/// 12) of a file.
+fn preamble(pre: &[u8], path: &Path) -> Result<(usize, usize), NpyError> {
+    if pre.len() < 8 || &pre[..6] != MAGIC {
+        return Err(format_err(path, "missing the \\x93NUMPY magic"));
+    }
+    let (hlen, start) = match (pre[6], pre) {
+        (1, [_, _, _, _, _, _, _, _, a, b, ..]) => (u16::from_le_bytes([*a, *b]) as usize, 10),
+        (2 | 3, [_, _, _, _, _, _, _, _, a, b, c, d, ..]) => {
+            (u32::from_le_bytes([*a, *b, *c, *d]) as usize, 12)
         }
+        (1..=3, _) => return Err(format_err(path, "the file ends inside the preamble")),
+        (v, _) => {
+            return Err(format_err(
+                path,
+                format!("unsupported format version {v}; expected 1, 2 or 3"),
+            ))
+        }
+    };
+    if hlen > MAX_HEADER_LEN {
+        return Err(format_err(
+            path,
+            format!("the header claims {hlen} bytes; expected at most {MAX_HEADER_LEN}"),
+        ));
+    }
+    Ok((hlen, start))
+}
+
+/// The header's checks that need the path: dtype, rank, size.
+fn checked_header(text: &[u8], path: &Path) -> Result<Header, NpyError> {
+    let h = parse_header(text).map_err(|why| format_err(path, why))?;
+    if h.dtype.is_none() {
+        return Err(NpyError::Dtype {
+            path: path.to_path_buf(),
+            descr: h.descr,
+        });
+    }
+    if h.shape.len() != 2 {
+        return Err(NpyError::Rank {
+            path: path.to_path_buf(),
+            shape: h.shape,
+        });
+    }
+    if h.values().is_none_or(|n| n > MAX_VALUES) {
+        return Err(NpyError::TooLarge {
+            path: path.to_path_buf(),
+            shape: h.shape,
+            limit: MAX_VALUES,
+        });
+    }
+    Ok(h)
+}
+
+fn truncated(h: &Header, got: usize, want: usize, path: &Path) -> NpyError {
+    NpyError::Truncated {
+        path: path.to_path_buf(),
+        shape: h.shape.clone(),
+        width: h.width(),
+        got,
+        want,
     }
 }
 
 /// Reads a 2-D float array, converting to f32 (exactly for f16/bf16; f64 is
 /// rounded, and a finite value beyond f32's range is an error).
+///
+/// Header first: at most 12 + [`MAX_HEADER_LEN`] bytes are read before the
+/// header is validated; data is allocated only once the file is known to
+/// hold exactly what the header claims (for a pipe, as it arrives, up to
+/// the claim).
 pub fn read_matrix(path: &Path) -> Result<Matrix, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+    let io = |source| NpyError::Io {
         path: path.to_path_buf(),
         source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    let mut head = Vec::with_capacity(12);
+    (&mut f).take(12).read_to_end(&mut head).map_err(io)?;
+    let (hlen, start) = preamble(&head, path)?;
+    let end = start + hlen;
+    if head.len() < end {
+        let more = (end - head.len()) as u64;
+        (&mut f).take(more).read_to_end(&mut head).map_err(io)?;
+    }
+    if head.len() < end {
+        return Err(format_err(path, "the header runs past the end of the file"));
+    }
+    let h = checked_header(&head[start..end], path)?;
+    let want = h.data_bytes().ok_or_else(|| NpyError::TooLarge {
+        path: path.to_path_buf(),
+        shape: h.shape.clone(),
+        limit: MAX_VALUES,
     })?;
-    parse_matrix(&bytes, path)
+    let mut data = head.split_off(end);
+    if meta.is_file() {
+        let got = meta.len().saturating_sub(end as u64);
+        if got != want as u64 {
+            return Err(truncated(
+                &h,
+                got.try_into().unwrap_or(usize::MAX),
+                want,
+                path,
+            ));
+        }
+        data.reserve_exact(want.saturating_sub(data.len()));
+    }
+    let more = (want + 1).saturating_sub(data.len()) as u64;
+    (&mut f).take(more).read_to_end(&mut data).map_err(io)?;
+    if data.len() != want {
+        return Err(truncated(&h, data.len(), want, path));
+    }
+    decode(&h, &data, path)
 }
 
 /// Parses `.npy` bytes; `path` only names the source in errors.
 pub fn parse_matrix(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
-    let fmt = |why: &str| NpyError::Format {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    };
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err(fmt("missing the \\x93NUMPY magic"));
-    }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(fmt(&format!("unsupported format version {v}"))),
-    };
+    let (hlen, start) = preamble(&bytes[..bytes.len().min(12)], path)?;
     let header = bytes
         .get(start..start + hlen)
-        .ok_or_else(|| fmt("header runs past the end of the file"))?;
-    let header = std::str::from_utf8(header).map_err(|_| fmt("header is not text"))?;
-    let descr = dict_str(header, "descr").ok_or_else(|| fmt("header has no 'descr'"))?;
-    let fortran =
-        dict_raw(header, "fortran_order").ok_or_else(|| fmt("header has no 'fortran_order'"))?;
-    let fortran = match fortran.trim() {
-        "True" => true,
-        "False" => false,
-        _ => return Err(fmt("'fortran_order' is neither True nor False")),
-    };
-    let shape = parse_shape(header).ok_or_else(|| fmt("header has no readable 'shape'"))?;
-    let (dtype, big) = match descr.as_str() {
-        "<f4" | "=f4" => (Dtype::F32, false),
-        ">f4" => (Dtype::F32, true),
-        "<f2" | "=f2" => (Dtype::F16, false),
-        ">f2" => (Dtype::F16, true),
-        "<f8" | "=f8" => (Dtype::F64, false),
-        ">f8" => (Dtype::F64, true),
-        "<V2" | "|V2" | "bfloat16" | "<bfloat16" => (Dtype::Bf16, false),
-        _ => {
-            return Err(NpyError::Dtype {
-                path: path.to_path_buf(),
-                descr,
-            })
-        }
-    };
-    if shape.len() != 2 {
-        return Err(NpyError::Rank {
-            path: path.to_path_buf(),
-            shape,
-        });
-    }
-    let (rows, cols) = (shape[0], shape[1]);
-    let w = dtype.width();
+        .ok_or_else(|| format_err(path, "the header runs past the end of the file"))?;
+    let h = checked_header(header, path)?;
     let data = &bytes[start + hlen..];
-    let want = rows.saturating_mul(cols).saturating_mul(w);
-    if data.len() != want {
-        return Err(NpyError::Truncated {
+    match h.data_bytes() {
+        Some(want) if want == data.len() => decode(&h, data, path),
+        Some(want) => Err(truncated(&h, data.len(), want, path)),
+        None => Err(NpyError::TooLarge {
             path: path.to_path_buf(),
-            shape,
-            width: w,
-            got: data.len(),
-            want,
-        });
+            shape: h.shape,
+            limit: MAX_VALUES,
+        }),
     }
-    let mut out = Vec::with_capacity(rows * cols);
+}
+
+/// Converts `data` (exactly rows x cols x width bytes) to row-major f32.
+fn decode(h: &Header, data: &[u8], path: &Path) -> Result<Matrix, NpyError> {
+    let (rows, cols) = (h.shape[0], h.shape[1]);
+    let Some(dtype) = h.dtype else {
+        return Err(NpyError::Dtype {
+            path: path.to_path_buf(),
+            descr: h.descr.clone(),
+        });
+    };
+    let w = h.width();
+    let mut out = Vec::with_capacity(data.len() / w);
     for (i, c) in data.chunks_exact(w).enumerate() {
         let mut b = [0u8; 8];
         b[..w].copy_from_slice(c);
-        if big {
+        if h.big_endian {
             b[..w].reverse();
         }
         let v = match dtype {
@@ -162,7 +254,7 @@ pub fn parse_matrix(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
                 let v = f64::from_le_bytes(b);
                 let f = v as f32;
                 if v.is_finite() && !f.is_finite() {
-                    let (row, col) = if fortran {
+                    let (row, col) = if h.fortran {
                         (i % rows, i / rows)
                     } else {
                         (i / cols, i % cols)
@@ -179,7 +271,7 @@ pub fn parse_matrix(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
         };
         out.push(v);
     }
-    if fortran {
+    if h.fortran {
         let mut c = vec![0.0f32; out.len()];
         for j in 0..cols {
             for i in 0..rows {
@@ -192,13 +284,21 @@ pub fn parse_matrix(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
         rows,
         cols,
         data: out,
-        dtype: descr,
+        dtype: h.descr.clone(),
     })
 }
 
 /// Serialises a row-major f32 matrix as `.npy` version 1.0.
+///
+/// # Panics
+/// If `data.len()` is not `rows * cols` (a caller's bug, not bad input; see
+/// [`write_matrix`] for the checked form).
 pub fn to_bytes(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(data.len(), rows * cols, "matrix data must be rows * cols");
+    assert_eq!(
+        Some(data.len()),
+        rows.checked_mul(cols),
+        "matrix data must be rows * cols"
+    );
     let mut header =
         format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Pad so that the data starts on a 64-byte boundary, ending in '\n'.
@@ -218,36 +318,21 @@ pub fn to_bytes(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-fn dict_raw<'h>(header: &'h str, key: &str) -> Option<&'h str> {
-    let k = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = &header[k + key.len() + 2..];
-    let rest = rest.trim_start().strip_prefix(':')?;
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
-fn dict_str(header: &str, key: &str) -> Option<String> {
-    let v = dict_raw(header, key)?.trim();
-    let v = v.strip_prefix('\'').or_else(|| v.strip_prefix('"'))?;
-    let v = v.strip_suffix('\'').or_else(|| v.strip_suffix('"'))?;
-    Some(v.to_string())
-}
-
-fn parse_shape(header: &str) -> Option<Vec<usize>> {
-    let k = header
-        .find("'shape'")
-        .or_else(|| header.find("\"shape\""))?;
-    let rest = &header[k..];
-    let open = rest.find('(')?;
-    let close = rest.find(')')?;
-    rest[open + 1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse().ok())
-        .collect()
+/// Writes a row-major f32 matrix to `path` as `.npy`, atomically (see
+/// [`super::atomic::write_atomic`]): a reader sees the old file or the new.
+pub fn write_matrix(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<(), NpyError> {
+    if rows.checked_mul(cols) != Some(data.len()) {
+        return Err(NpyError::DataLength {
+            path: path.to_path_buf(),
+            len: data.len(),
+            rows,
+            cols,
+        });
+    }
+    super::atomic::write_atomic(path, &to_bytes(data, rows, cols)).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -128,10 +128,13 @@ impl<B: Backend> Model<B> {
 
     /// Loads a Hugging Face checkpoint directory: `config.json` plus
     /// `model.safetensors` or sharded `model.safetensors.index.json`.
-    /// Every expected tensor must be present with its shape, and no other.
+    /// Every expected tensor must be present with its shape and a supported
+    /// dtype, and no other (checked before any weight is converted); every
+    /// weight must be finite.
     pub fn load(backend: B, dir: &Path) -> Result<Self, ModelError> {
         let config = MixtralConfig::from_path(dir)?;
         let mut files = WeightFiles::open(dir)?;
+        files.check(&config)?;
         let model = Self::from_source(backend, config, |name, shape| Ok(files.take(name, shape)?))?;
         files.finish()?;
         Ok(model)

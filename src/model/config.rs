@@ -2,6 +2,7 @@
 //! transformers v4 and v5 write it, or taken from a built-in name.
 
 use crate::error::MAX_EXPERTS;
+use crate::io::{file::read_regular_text, json::parse_strict};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -16,7 +17,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config.json is not valid JSON: {0}")]
+    #[error("config.json is not valid JSON (strict: no repeated keys): {0}")]
     Json(#[from] serde_json::Error),
     #[error("config.json must be a JSON object")]
     NotAnObject,
@@ -30,6 +31,14 @@ pub enum ConfigError {
     },
     #[error("inconsistent config: {0}")]
     Inconsistent(String),
+    #[error("config field `{field}` is {value}; expected 1..={max} (capmoe's bound, so that sizes and their products stay bounded)")]
+    TooLarge {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("positions {start}..{end} run past max_position_embeddings = {max}; expected at most {max} positions per sequence (prompt plus generated tokens)")]
+    PositionOutOfRange { start: usize, end: u128, max: usize },
     #[error("unknown built-in config `{0}`; expected one of: {names}", names = BUILTIN_NAMES.join(", "))]
     UnknownBuiltin(String),
 }
@@ -77,7 +86,7 @@ fn usize_field(m: &Map<String, Value>, key: &'static str) -> Result<usize, Confi
 fn as_usize(v: &Value, key: &'static str) -> Result<usize, ConfigError> {
     v.as_u64()
         .filter(|&n| n > 0)
-        .map(|n| n as usize)
+        .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| ConfigError::Invalid {
             field: key,
             value: v.to_string(),
@@ -86,42 +95,89 @@ fn as_usize(v: &Value, key: &'static str) -> Result<usize, ConfigError> {
 }
 
 fn f64_field(v: &Value, key: &'static str) -> Result<f64, ConfigError> {
+    // Used as f32: 1e-50 is 0 there, 1e39 infinite.
     v.as_f64()
-        .filter(|x| x.is_finite() && *x > 0.0)
+        .filter(|&x| (x as f32).is_finite() && x as f32 > 0.0)
         .ok_or_else(|| ConfigError::Invalid {
             field: key,
             value: v.to_string(),
-            expected: "a positive finite number",
+            expected: "a finite number > 0 in float32 (as it is used)",
         })
 }
 
-fn u32_list(v: &Value, key: &'static str) -> Result<Vec<u32>, ConfigError> {
+/// A token id or a non-empty list of them; `single` also refuses lists of
+/// more than one (a sequence has one start).
+fn u32_list(v: &Value, key: &'static str, single: bool) -> Result<Vec<u32>, ConfigError> {
+    let expected = if single {
+        "a token id (a non-negative integer, or a list of exactly one)"
+    } else {
+        "a token id or a non-empty list of token ids (non-negative integers)"
+    };
+    let bad = || ConfigError::Invalid {
+        field: key,
+        value: v.to_string(),
+        expected,
+    };
     let one = |x: &Value| {
         x.as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| ConfigError::Invalid {
-                field: key,
-                value: v.to_string(),
-                expected: "a token id or a list of token ids",
-            })
+            .ok_or_else(bad)
     };
-    match v {
-        Value::Array(a) => a.iter().map(one).collect(),
-        _ => Ok(vec![one(v)?]),
+    let ids = match v {
+        Value::Array(a) => a.iter().map(one).collect::<Result<Vec<_>, _>>()?,
+        _ => vec![one(v)?],
+    };
+    if ids.is_empty() || (single && ids.len() > 1) {
+        return Err(bad());
+    }
+    Ok(ids)
+}
+
+/// `m[key]` as an object when present; anything else but null is an error.
+fn object_field<'a>(
+    m: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
+    match get(m, key) {
+        None => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(v) => Err(ConfigError::Invalid {
+            field: key,
+            value: v.to_string(),
+            expected: "an object (or null)",
+        }),
     }
 }
 
+/// Largest config.json read, in bytes.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 impl MixtralConfig {
+    /// Largest vocabulary (2^24 ids).
+    pub const MAX_VOCAB: usize = 1 << 24;
+    /// Largest hidden_size (65536; the largest released models use 16384).
+    pub const MAX_HIDDEN: usize = 1 << 16;
+    /// Largest intermediate_size (2^18).
+    pub const MAX_INTERMEDIATE: usize = 1 << 18;
+    /// Most decoder layers (1024; released models have under 130).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Most attention (and key/value) heads.
+    pub const MAX_HEADS: usize = 1 << 12;
+    /// Largest head_dim.
+    pub const MAX_HEAD_DIM: usize = 1 << 12;
+    /// Largest max_position_embeddings (2^24 positions).
+    pub const MAX_POSITIONS: usize = 1 << 24;
+
     /// Parses a config.json text.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let v: Value = serde_json::from_str(text)?;
+        let v: Value = parse_strict(text)?;
         let m = v.as_object().ok_or(ConfigError::NotAnObject)?;
-        if let Some(mt) = get(m, "model_type").and_then(Value::as_str) {
-            if mt != "mixtral" && mt != "mistral" {
+        if let Some(mt) = get(m, "model_type") {
+            if !matches!(mt.as_str(), Some("mixtral" | "mistral")) {
                 return Err(ConfigError::Invalid {
                     field: "model_type",
-                    value: format!("\"{mt}\""),
-                    expected: "\"mixtral\"",
+                    value: mt.to_string(),
+                    expected: "\"mixtral\" (or \"mistral\")",
                 });
             }
         }
@@ -142,10 +198,18 @@ impl MixtralConfig {
         };
         let head_dim = match get(m, "head_dim") {
             Some(v) => as_usize(v, "head_dim")?,
+            None if hidden_size % num_attention_heads != 0 => {
+                return Err(ConfigError::Inconsistent(format!(
+                    "hidden_size {hidden_size} is not a multiple of num_attention_heads \
+                     {num_attention_heads}; expected the heads to divide hidden_size \
+                     (or an explicit head_dim)"
+                )))
+            }
             None => hidden_size / num_attention_heads,
         };
         // v4: top-level `rope_theta` (and `rope_scaling`); v5: `rope_parameters`.
-        let rope_params = get(m, "rope_parameters").and_then(Value::as_object);
+        let rope_params = object_field(m, "rope_parameters")?;
+        let rope_scaling = object_field(m, "rope_scaling")?;
         let rope_theta = match (
             rope_params.and_then(|p| get(p, "rope_theta")),
             get(m, "rope_theta"),
@@ -155,7 +219,7 @@ impl MixtralConfig {
         };
         let rope_type = rope_params
             .and_then(|p| get(p, "rope_type"))
-            .or_else(|| get(m, "rope_scaling").and_then(|s| s.get("rope_type").or(s.get("type"))));
+            .or_else(|| rope_scaling.and_then(|s| get(s, "rope_type").or(get(s, "type"))));
         if let Some(t) = rope_type {
             if t.as_str() != Some("default") {
                 return Err(ConfigError::Invalid {
@@ -211,11 +275,12 @@ impl MixtralConfig {
             sliding_window,
             tie_word_embeddings,
             dtype,
-            bos_token_id: get(m, "bos_token_id")
-                .map(|v| u32_list(v, "bos_token_id").map(|l| l[0]))
-                .transpose()?,
+            bos_token_id: match get(m, "bos_token_id") {
+                Some(v) => u32_list(v, "bos_token_id", true)?.first().copied(),
+                None => None,
+            },
             eos_token_ids: match get(m, "eos_token_id") {
-                Some(v) => u32_list(v, "eos_token_id")?,
+                Some(v) => u32_list(v, "eos_token_id", false)?,
                 None => Vec::new(),
             },
         };
@@ -230,30 +295,65 @@ impl MixtralConfig {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
+        let text =
+            read_regular_text(&file, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Io {
+                path: file.display().to_string(),
+                source,
+            })?;
         Self::from_json_str(&text)
     }
 
-    /// Checks the relations between fields.
+    /// Checks every field's range and the relations between fields (in the
+    /// precision each is used in: eps and theta as f32), so that no size or
+    /// product of sizes can overflow and nothing is allocated for an
+    /// absurd shape. The bounds are the `MAX_*` constants.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Inconsistent(s));
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("num_local_experts", self.num_local_experts),
-            ("num_experts_per_tok", self.num_experts_per_tok),
+        for (field, v, max) in [
+            ("vocab_size", self.vocab_size, Self::MAX_VOCAB),
+            ("hidden_size", self.hidden_size, Self::MAX_HIDDEN),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                Self::MAX_INTERMEDIATE,
+            ),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                Self::MAX_LAYERS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                Self::MAX_HEADS,
+            ),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                Self::MAX_HEADS,
+            ),
+            ("head_dim", self.head_dim, Self::MAX_HEAD_DIM),
+            ("num_local_experts", self.num_local_experts, MAX_EXPERTS),
+            ("num_experts_per_tok", self.num_experts_per_tok, MAX_EXPERTS),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                Self::MAX_POSITIONS,
+            ),
         ] {
             if v == 0 {
-                return bad(format!("{name} is 0; expected a positive integer"));
+                return bad(format!("{field} is 0; expected a positive integer"));
             }
+            if v > max {
+                return Err(ConfigError::TooLarge {
+                    field,
+                    value: v as u64,
+                    max: max as u64,
+                });
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window is 0; expected a positive window (or null)".into());
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return bad(format!(
@@ -267,25 +367,80 @@ impl MixtralConfig {
                 self.head_dim
             ));
         }
-        if self.num_local_experts > MAX_EXPERTS {
-            return bad(format!(
-                "num_local_experts {} is above the supported {MAX_EXPERTS}",
-                self.num_local_experts
-            ));
-        }
         if self.num_experts_per_tok > self.num_local_experts {
             return bad(format!(
                 "num_experts_per_tok {} is larger than num_local_experts {}",
                 self.num_experts_per_tok, self.num_local_experts
             ));
         }
-        if u32::try_from(self.vocab_size).is_err() {
-            return bad(format!(
-                "vocab_size {} does not fit token ids (u32)",
-                self.vocab_size
-            ));
+        let eps = self.rms_norm_eps as f32;
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(ConfigError::Invalid {
+                field: "rms_norm_eps",
+                value: self.rms_norm_eps.to_string(),
+                expected: "a finite number > 0 in float32 (e.g. 1e-5)",
+            });
+        }
+        self.check_rope()?;
+        for id in self.bos_token_id.iter().chain(&self.eos_token_ids) {
+            if *id as usize >= self.vocab_size {
+                return bad(format!(
+                    "token id {id} (bos_token_id or eos_token_id) is outside the vocabulary; \
+                     expected ids below vocab_size {}",
+                    self.vocab_size
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// theta in f32, as RoPE uses it: finite and > 0, and every angle
+    /// `position * inv_freq` finite up to max_position_embeddings.
+    fn check_rope(&self) -> Result<(), ConfigError> {
+        let theta = self.rope_theta as f32;
+        let far = self.max_position_embeddings as f32;
+        let ok = theta.is_finite()
+            && theta > 0.0
+            && crate::backend::Rope::new(self.head_dim, self.rope_theta)
+                .inv_freq
+                .iter()
+                .all(|f| f.is_finite() && (f * far).is_finite());
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                field: "rope_theta",
+                value: self.rope_theta.to_string(),
+                expected: "a finite number > 0 in float32 whose RoPE angles stay finite up to max_position_embeddings (e.g. 1e6)",
+            })
+        }
+    }
+
+    /// Checks that a sequence may take positions `start..start + count`:
+    /// all below `max_position_embeddings` (the forward pass calls this
+    /// per sequence before it runs, so generation cannot run past it).
+    pub fn check_positions(&self, start: usize, count: usize) -> Result<(), ConfigError> {
+        let end = start as u128 + count as u128;
+        if end > self.max_position_embeddings as u128 {
+            return Err(ConfigError::PositionOutOfRange {
+                start,
+                end,
+                max: self.max_position_embeddings,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that greedy generation of `max_new_tokens` after a prompt of
+    /// `prompt_len` tokens stays within `max_position_embeddings`: the
+    /// prompt and every generated token but the last are fed forward.
+    pub fn check_generation(
+        &self,
+        prompt_len: usize,
+        max_new_tokens: usize,
+    ) -> Result<(), ConfigError> {
+        self.check_positions(0, prompt_len)?;
+        self.check_positions(prompt_len, max_new_tokens.saturating_sub(1))
     }
 
     /// A built-in shape by name (random weights only):
@@ -326,24 +481,34 @@ impl MixtralConfig {
         }
     }
 
-    /// Parameters in all (embeddings and LM head counted separately unless tied).
+    /// Parameters in all (embeddings and LM head counted separately unless
+    /// tied); saturates at `u64::MAX` (never reached within the bounds
+    /// [`MixtralConfig::validate`] enforces).
     pub fn param_count(&self) -> u64 {
+        self.checked_param_count().unwrap_or(u64::MAX)
+    }
+
+    /// [`MixtralConfig::param_count`], `None` on overflow.
+    pub fn checked_param_count(&self) -> Option<u64> {
+        let u = |x: usize| x as u64;
         let (h, i, v) = (
-            self.hidden_size as u64,
-            self.intermediate_size as u64,
-            self.vocab_size as u64,
+            u(self.hidden_size),
+            u(self.intermediate_size),
+            u(self.vocab_size),
         );
-        let q = (self.num_attention_heads * self.head_dim) as u64;
-        let kv = (self.num_key_value_heads * self.head_dim) as u64;
-        let attn = h * q * 2 + h * kv * 2;
-        let moe = self.num_local_experts as u64 * 3 * h * i + self.num_local_experts as u64 * h;
-        let layer = attn + moe + 2 * h;
-        let heads = if self.tie_word_embeddings {
-            v * h
-        } else {
-            2 * v * h
-        };
-        self.num_hidden_layers as u64 * layer + heads + h
+        let q = u(self.num_attention_heads).checked_mul(u(self.head_dim))?;
+        let kv = u(self.num_key_value_heads).checked_mul(u(self.head_dim))?;
+        let e = u(self.num_local_experts);
+        let attn = (h.checked_mul(q)?.checked_add(h.checked_mul(kv)?)?).checked_mul(2)?;
+        let ffn = e.checked_mul(h.checked_mul(i)?.checked_mul(3)?.checked_add(h)?)?;
+        let layer = attn.checked_add(ffn)?.checked_add(h.checked_mul(2)?)?;
+        let heads = v
+            .checked_mul(h)?
+            .checked_mul(if self.tie_word_embeddings { 1 } else { 2 })?;
+        u(self.num_hidden_layers)
+            .checked_mul(layer)?
+            .checked_add(heads)?
+            .checked_add(h)
     }
 }
 

@@ -27,27 +27,41 @@ pub fn expert(i: usize, j: usize, w: &str) -> String {
 
 /// Every tensor a checkpoint of `cfg` holds, with its shape, in a stable order.
 pub fn expected(cfg: &super::MixtralConfig) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    let _ = visit_expected(cfg, &mut |name, shape| {
+        out.push((name.to_string(), shape.to_vec()));
+        Ok::<(), ()>(())
+    });
+    out
+}
+
+/// Calls `f` on every tensor of [`expected`], in its order, without building
+/// the list; stops at the first error.
+pub fn visit_expected<E, F: FnMut(&str, &[usize]) -> Result<(), E>>(
+    cfg: &super::MixtralConfig,
+    f: &mut F,
+) -> Result<(), E> {
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let mut out = vec![(EMBED.to_string(), vec![v, h])];
+    f(EMBED, &[v, h])?;
     for l in 0..cfg.num_hidden_layers {
-        out.push((input_norm(l), vec![h]));
-        out.push((attn(l, "q_proj"), vec![q, h]));
-        out.push((attn(l, "k_proj"), vec![kv, h]));
-        out.push((attn(l, "v_proj"), vec![kv, h]));
-        out.push((attn(l, "o_proj"), vec![h, q]));
-        out.push((post_norm(l), vec![h]));
-        out.push((gate(l), vec![cfg.num_local_experts, h]));
+        f(&input_norm(l), &[h])?;
+        f(&attn(l, "q_proj"), &[q, h])?;
+        f(&attn(l, "k_proj"), &[kv, h])?;
+        f(&attn(l, "v_proj"), &[kv, h])?;
+        f(&attn(l, "o_proj"), &[h, q])?;
+        f(&post_norm(l), &[h])?;
+        f(&gate(l), &[cfg.num_local_experts, h])?;
         for j in 0..cfg.num_local_experts {
-            out.push((expert(l, j, "w1"), vec![i, h]));
-            out.push((expert(l, j, "w2"), vec![h, i]));
-            out.push((expert(l, j, "w3"), vec![i, h]));
+            f(&expert(l, j, "w1"), &[i, h])?;
+            f(&expert(l, j, "w2"), &[h, i])?;
+            f(&expert(l, j, "w3"), &[i, h])?;
         }
     }
-    out.push((NORM.to_string(), vec![h]));
+    f(NORM, &[h])?;
     if !cfg.tie_word_embeddings {
-        out.push((LM_HEAD.to_string(), vec![v, h]));
+        f(LM_HEAD, &[v, h])?;
     }
-    out
+    Ok(())
 }

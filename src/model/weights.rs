@@ -1,8 +1,18 @@
 //! Safetensors checkpoints: one `model.safetensors`, or the shards listed in
 //! `model.safetensors.index.json`. Files are memory-mapped; f32 tensors are
 //! used in place from the mapping, bf16/f16 tensors are converted to f32 once.
+//!
+//! Hostile checkpoints: JSON (index and safetensors headers) may not repeat
+//! a key; the index must map every tensor of its shards, each to the shard
+//! that holds it; [`WeightFiles::check`] compares names, shapes and dtypes
+//! with the config before anything is converted; a weight holding NaN or
+//! Inf is refused by [`WeightFiles::take`], named, in the same pass that
+//! converts it (one scan of the mapping for f32).
 
+use super::{names, MixtralConfig};
 use crate::backend::HostTensor;
+use crate::io::file::read_regular_text;
+use crate::io::json::{parse_strict, parse_strict_slice};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
@@ -47,7 +57,24 @@ pub enum WeightError {
     },
     #[error("the checkpoint has {} tensor(s) a Mixtral model does not use: {}", names.len(), names.join(", "))]
     Extra { names: Vec<String> },
+    #[error(
+        "tensor `{name}` holds {value} at index {index:?}; expected finite weights (no NaN or Inf)"
+    )]
+    NonFinite {
+        name: String,
+        index: Vec<usize>,
+        value: f32,
+    },
+    #[error("tensor `{name}` holds {bytes} bytes; its shape and dtype need {expected}")]
+    DataSize {
+        name: String,
+        bytes: usize,
+        expected: usize,
+    },
 }
+
+/// Largest `model.safetensors.index.json` read, in bytes.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 struct Entry {
     map: Arc<Mmap>,
@@ -75,76 +102,123 @@ impl WeightFiles {
     /// shards it lists) or `model.safetensors`, or a single `.safetensors`
     /// file. Headers are parsed and sizes checked now; data is mapped, not read.
     pub fn open(path: &Path) -> Result<Self, WeightError> {
-        let mut files = Vec::new();
         if path.is_file() {
-            files.push(path.to_path_buf());
+            return Self::open_files(&[path.to_path_buf()]);
+        }
+        let index = path.join("model.safetensors.index.json");
+        let single = path.join("model.safetensors");
+        if index.is_file() {
+            Self::open_index(path, &index)
+        } else if single.is_file() {
+            Self::open_files(&[single])
         } else {
-            let index = path.join("model.safetensors.index.json");
-            let single = path.join("model.safetensors");
-            if index.is_file() {
-                let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-                let bad = |msg: String| WeightError::Index {
-                    path: index.display().to_string(),
-                    msg,
-                };
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-                let map = v
-                    .get("weight_map")
-                    .and_then(|m| m.as_object())
-                    .ok_or_else(|| bad("no `weight_map` object".into()))?;
-                let mut shards: Vec<String> = Vec::new();
-                for (name, f) in map {
-                    let f = f
-                        .as_str()
-                        .ok_or_else(|| bad(format!("weight_map[{name}] is not a file name")))?;
-                    if f.contains('/') || f.contains('\\') || f == ".." {
-                        return Err(bad(format!("shard name `{f}` must be a plain file name")));
-                    }
-                    if !shards.iter().any(|s| s == f) {
-                        shards.push(f.to_string());
-                    }
+            Err(WeightError::NoWeights(path.display().to_string()))
+        }
+    }
+
+    /// The shards of `index` (in `dir`), checked against its `weight_map`
+    /// both ways: every mapped tensor is in the shard it is mapped to, and
+    /// every tensor of a shard is mapped.
+    fn open_index(dir: &Path, index: &Path) -> Result<Self, WeightError> {
+        let text = read_regular_text(index, MAX_INDEX_BYTES).map_err(io_err(index))?;
+        let bad = |msg: String| WeightError::Index {
+            path: index.display().to_string(),
+            msg,
+        };
+        let v = parse_strict(&text).map_err(|e| bad(e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                bad(
+                    "no `weight_map` object; expected {\"weight_map\": {tensor: shard file}}"
+                        .into(),
+                )
+            })?;
+        if map.is_empty() {
+            return Err(bad(
+                "`weight_map` is empty; expected every tensor mapped to its shard".into(),
+            ));
+        }
+        let mut shards: Vec<&str> = Vec::new();
+        for (name, f) in map {
+            let f = f.as_str().ok_or_else(|| {
+                bad(format!(
+                    "weight_map[{name}] is {f}; expected a shard file name"
+                ))
+            })?;
+            if f.is_empty() || f == "." || f == ".." || f.contains(['/', '\\', '\0']) {
+                return Err(bad(format!(
+                    "shard name `{f}` (of `{name}`) must be a plain file name in the checkpoint directory"
+                )));
+            }
+            shards.push(f);
+        }
+        shards.sort_unstable();
+        shards.dedup();
+        let files: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let me = Self::open_files(&files)?;
+        for (name, f) in map {
+            let file = dir.join(f.as_str().unwrap_or_default());
+            match me.entries.get(name) {
+                Some(e) if *e.file == file => {}
+                Some(e) => {
+                    return Err(bad(format!(
+                        "`{name}` is mapped to {} but found in {}",
+                        file.display(),
+                        e.file.display()
+                    )))
                 }
-                shards.sort();
-                files.extend(shards.iter().map(|s| path.join(s)));
-                let me = Self::open_files(&files)?;
-                for (name, f) in map {
-                    let file = path.join(f.as_str().unwrap_or_default());
-                    match me.entries.get(name) {
-                        Some(e) if *e.file == file => {}
-                        Some(e) => {
-                            return Err(bad(format!(
-                                "`{name}` is mapped to {f} but found in {}",
-                                e.file.display()
-                            )))
-                        }
-                        None => {
-                            return Err(bad(format!("`{name}` is mapped to {f} but is not in it")))
-                        }
-                    }
+                None => {
+                    return Err(bad(format!(
+                        "`{name}` is mapped to {} but is not in it",
+                        file.display()
+                    )))
                 }
-                return Ok(me);
-            } else if single.is_file() {
-                files.push(single);
-            } else {
-                return Err(WeightError::NoWeights(path.display().to_string()));
             }
         }
-        Self::open_files(&files)
+        if me.entries.len() != map.len() {
+            let mut unmapped: Vec<String> = me
+                .entries
+                .iter()
+                .filter(|(n, _)| !map.contains_key(*n))
+                .map(|(n, e)| format!("`{n}` (in {})", e.file.display()))
+                .collect();
+            unmapped.sort();
+            return Err(bad(format!(
+                "{} tensor(s) of the shards are not in `weight_map`: {}; expected the index to map every tensor",
+                unmapped.len(),
+                unmapped.join(", ")
+            )));
+        }
+        Ok(me)
     }
 
     fn open_files(files: &[PathBuf]) -> Result<Self, WeightError> {
         let mut entries: HashMap<String, Entry> = HashMap::new();
         for path in files {
+            // A FIFO would block the open, a device would map nothing useful.
+            let meta = std::fs::metadata(path).map_err(io_err(path))?;
+            if !meta.is_file() {
+                return Err(WeightError::Io {
+                    path: path.display().to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file; expected a safetensors file",
+                    ),
+                });
+            }
             let file = std::fs::File::open(path).map_err(io_err(path))?;
             // SAFETY: the mapping is read-only; like every mmap-based loader
             // we rely on the checkpoint not being modified while the model
             // is alive.
             let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_err(path))?);
-            let st = SafeTensors::deserialize(&map).map_err(|source| WeightError::Safetensors {
+            let corrupt = |source| WeightError::Safetensors {
                 path: path.display().to_string(),
                 source,
-            })?;
+            };
+            let st = SafeTensors::deserialize(&map).map_err(corrupt)?;
+            check_header_keys(&map, path)?;
             let fname = Arc::new(path.clone());
             let base = map.as_ptr() as usize;
             for (name, view) in st.tensors() {
@@ -167,6 +241,44 @@ impl WeightFiles {
             }
         }
         Ok(Self { entries })
+    }
+
+    /// Checks, before anything is converted or allocated, that the tensors
+    /// are exactly those of a `cfg` checkpoint: each present with its shape
+    /// and a supported dtype (F32, BF16, F16), and no others.
+    pub fn check(&self, cfg: &MixtralConfig) -> Result<(), WeightError> {
+        let mut seen = 0usize;
+        names::visit_expected(cfg, &mut |name, shape| {
+            let e = self.entries.get(name).ok_or_else(|| WeightError::Missing {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+            })?;
+            if e.shape != shape {
+                return Err(WeightError::Shape {
+                    name: name.to_string(),
+                    found: e.shape.clone(),
+                    expected: shape.to_vec(),
+                });
+            }
+            if !matches!(e.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+                return Err(WeightError::Dtype {
+                    name: name.to_string(),
+                    dtype: format!("{:?}", e.dtype),
+                });
+            }
+            seen += 1;
+            Ok(())
+        })?;
+        if seen != self.entries.len() {
+            // Every expected tensor was found, so this list is no longer
+            // than the checkpoint's own.
+            let expected: std::collections::HashSet<String> =
+                names::expected(cfg).into_iter().map(|(n, _)| n).collect();
+            let mut extra = self.names();
+            extra.retain(|n| !expected.contains(n));
+            return Err(WeightError::Extra { names: extra });
+        }
+        Ok(())
     }
 
     /// Names not taken yet, sorted.
@@ -198,24 +310,50 @@ impl WeightFiles {
                 expected: expected.to_vec(),
             });
         }
-        let n: usize = expected.iter().product();
+        let width = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            other => {
+                return Err(WeightError::Dtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let n = expected
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|n| n.checked_mul(width) == Some(e.bytes))
+            .ok_or_else(|| WeightError::DataSize {
+                name: name.to_string(),
+                bytes: e.bytes,
+                expected: expected
+                    .iter()
+                    .try_fold(width, |a, &d| a.checked_mul(d))
+                    .unwrap_or(usize::MAX),
+            })?;
         let bytes = &e.map[e.offset..e.offset + e.bytes];
         let shape = expected.to_vec();
-        match e.dtype {
-            Dtype::F32 => Ok(HostTensor::mapped(name, shape, e.map.clone(), e.offset, n)),
-            Dtype::BF16 => Ok(HostTensor::owned(
-                name,
-                shape,
-                convert(bytes, |b| half::bf16::from_bits(b).to_f32()),
-            )),
-            Dtype::F16 => Ok(HostTensor::owned(
-                name,
-                shape,
-                convert(bytes, |b| half::f16::from_bits(b).to_f32()),
-            )),
-            other => Err(WeightError::Dtype {
+        let (tensor, bad) = match e.dtype {
+            Dtype::F32 => (
+                HostTensor::mapped(name, shape, e.map.clone(), e.offset, n),
+                first_non_finite_f32(bytes),
+            ),
+            Dtype::BF16 => {
+                let (v, bad) = convert(bytes, |b| half::bf16::from_bits(b).to_f32());
+                (HostTensor::owned(name, shape, v), bad)
+            }
+            _ => {
+                let (v, bad) = convert(bytes, |b| half::f16::from_bits(b).to_f32());
+                (HostTensor::owned(name, shape, v), bad)
+            }
+        };
+        match bad {
+            None => Ok(tensor),
+            Some(i) => Err(WeightError::NonFinite {
                 name: name.to_string(),
-                dtype: format!("{other:?}"),
+                index: unravel(i, expected),
+                value: tensor.data()[i],
             }),
         }
     }
@@ -241,14 +379,73 @@ impl WeightFiles {
     }
 }
 
-fn convert(bytes: &[u8], f: impl Fn(u16) -> f32 + Sync) -> Vec<f32> {
+/// Values per parallel chunk when converting or scanning.
+const CHUNK: usize = 1 << 16;
+
+/// Converts 2-byte values to f32; also returns the index of the first value
+/// that is not finite (checked in the same pass).
+fn convert(bytes: &[u8], f: impl Fn(u16) -> f32 + Sync) -> (Vec<f32>, Option<usize>) {
     let mut out = vec![0.0f32; bytes.len() / 2];
-    out.par_chunks_mut(1 << 16)
-        .zip(bytes.par_chunks(2 << 16))
-        .for_each(|(o, b)| {
-            for (o, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+    let bad = out
+        .par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(2 * CHUNK))
+        .enumerate()
+        .filter_map(|(ci, (o, b))| {
+            let mut bad = None;
+            for (k, (o, c)) in o.iter_mut().zip(b.chunks_exact(2)).enumerate() {
                 *o = f(u16::from_le_bytes([c[0], c[1]]));
+                if bad.is_none() && !o.is_finite() {
+                    bad = Some(ci * CHUNK + k);
+                }
             }
-        });
-    out
+            bad
+        })
+        .min();
+    (out, bad)
+}
+
+/// Index of the first little-endian f32 in `bytes` that is NaN or Inf.
+fn first_non_finite_f32(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .par_chunks(4 * CHUNK)
+        .enumerate()
+        .filter_map(|(ci, b)| {
+            b.chunks_exact(4)
+                .position(|c| {
+                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
+                })
+                .map(|k| ci * CHUNK + k)
+        })
+        .min()
+}
+
+/// Row-major flat index `i` as a multi-index of `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[k] = i % d;
+            i /= d;
+        }
+    }
+    idx
+}
+
+/// Refuses a safetensors header that repeats a key (the parser keeps the
+/// last of two equal tensor names). The header's bounds were checked by
+/// [`SafeTensors::deserialize`].
+fn check_header_keys(map: &[u8], path: &Path) -> Result<(), WeightError> {
+    let n = map
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX);
+    let header = map.get(8..8usize.saturating_add(n)).unwrap_or_default();
+    parse_strict_slice(header)
+        .map(drop)
+        .map_err(|e| WeightError::Index {
+            path: path.display().to_string(),
+            msg: format!("the safetensors header is not strict JSON: {e}"),
+        })
 }

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `safetensors`: see tests/fuzz_harness/mod.rs.
+
+#[path = "../../tests/fuzz_harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::safetensors(data));
