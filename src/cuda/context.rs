@@ -17,8 +17,7 @@ impl GpuContext {
     /// Opens device `ordinal`. No driver or no device is an error, never a
     /// panic (cudarc panics when libcuda is absent, so that is checked first).
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
-        // SAFETY: only tries to dlopen libcuda; no CUDA state is touched.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !super::probe::library_present("cuda") {
             return Err(GpuError::NoDriver);
         }
         let ctx = CudaContext::new(ordinal)?;

@@ -42,6 +42,7 @@ pub mod ffi;
 pub mod ffn;
 mod fill;
 pub mod gate;
+pub(crate) mod probe;
 pub mod launch;
 pub mod model_launch;
 mod router;

@@ -82,8 +82,7 @@ impl CudaBackend {
     pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
         // cudarc panics on the first cuBLAS call when libcublas cannot be
         // loaded (the driver alone does not bring it): an error instead.
-        // SAFETY: only tries to dlopen libcublas; no CUDA state is touched.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        if !crate::cuda::probe::library_present("cublas") {
             return Err(GpuError::Launch {
                 launcher: "cublasCreate",
                 code: -1,
