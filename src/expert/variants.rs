@@ -31,7 +31,10 @@ pub enum Schedule {
     Pingpong,
     /// SM80: a multistage pipeline with `stages` shared-memory buffers and
     /// warps of `warp` (m, n, k) each.
-    Multistage { stages: u32, warp: [u32; 3] },
+    Multistage {
+        stages: u32,
+        warp: [u32; 3],
+    },
 }
 
 /// One compiled kernel configuration.
