@@ -14,6 +14,8 @@
 //! assert_eq!(out.logits.len(), 3 * 128);
 //! assert_eq!(out.layers.len(), 2); // one routing plan per layer
 //! ```
+//!
+//! [`Backend`]: crate::backend::Backend
 
 mod build;
 mod config;
