@@ -7,24 +7,37 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum BackendError {
+    /// A tensor's shape does not fit the operation.
     #[error("{what}: shape {got:?} does not fit, expected {expected:?}")]
     Shape {
+        /// Which tensor.
         what: &'static str,
+        /// Its shape.
         got: Vec<usize>,
+        /// The shape expected.
         expected: Vec<usize>,
     },
+    /// A token id is not below the vocabulary size.
     #[error("token id {id} at position {position} is out of range; the vocabulary has {vocab} ids (0..{vocab})")]
     TokenOutOfRange {
+        /// The token id.
         id: u32,
+        /// Its position in the input, in 0..tokens.
         position: usize,
+        /// Vocabulary size.
         vocab: usize,
     },
+    /// An expert range `start..end` (one rank's experts) is reversed or ends past the expert count, or the layout and the weights disagree on the count.
     #[error("expert range {start}..{end} is not inside 0..{experts}")]
     ExpertRange {
+        /// First expert of the range.
         start: usize,
+        /// One past the last expert.
         end: usize,
+        /// Experts in the layer.
         experts: usize,
     },
+    /// Routing the batch failed.
     #[error(transparent)]
     Routing(#[from] RoutingError),
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).

@@ -15,8 +15,11 @@ pub enum Storage {
     /// used in place. Only built when `offset` is 4-byte aligned in memory
     /// (see [`HostTensor::mapped`]).
     Mapped {
+        /// The mapped file.
         map: Arc<Mmap>,
+        /// Byte offset of the first value in the mapping (4-byte aligned in memory).
         offset: usize,
+        /// Number of f32 values.
         len: usize,
     },
 }
@@ -95,18 +98,22 @@ impl HostTensor {
         }
     }
 
+    /// The tensor's name (its safetensors key).
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Number of f32 values (the product of the shape).
     pub fn len(&self) -> usize {
         match &self.storage {
             Storage::Owned(v) => v.len(),
             Storage::Mapped { len, .. } => *len,
         }
     }
+    /// Whether the tensor holds no values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -26,8 +26,11 @@ use std::time::Instant;
 /// Attention geometry of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnGeom {
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (divides `heads`; GQA).
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Query `i` attends keys `j` with `i - window < j <= i` (Mistral's
     /// sliding window); `None` is plain causal attention.
@@ -45,6 +48,7 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// The frequencies for heads of width `head_dim` (even) and base `theta`.
     pub fn new(head_dim: usize, theta: f64) -> Self {
         let base = theta as f32;
         let inv_freq = (0..head_dim / 2)
@@ -64,8 +68,11 @@ impl Rope {
 /// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpertsShape {
+    /// Experts in the layer.
     pub experts: usize,
+    /// Hidden size (each expert's input and output width).
     pub hidden: usize,
+    /// Intermediate size of each expert's FFN.
     pub intermediate: usize,
 }
 
@@ -175,9 +182,13 @@ pub(crate) fn check_attention(
 /// `Vector` a 1-D weight and `Kv` one sequence's key/value cache for one
 /// layer.
 pub trait Backend: Send + Sync + Sized {
+    /// A weight matrix `[out, in]`.
     type Mat: Send + Sync;
+    /// A 1-D weight (e.g. a norm's scale).
     type Vector: Send + Sync;
+    /// A row-major activation matrix `[rows, cols]` on the device.
     type Act: Send + Sync;
+    /// One sequence's key/value cache for one layer.
     type Kv: Send;
     /// One MoE layer's experts in the form this backend runs them, prepared
     /// once from the host weights by [`Backend::experts`] (the CPU keeps the

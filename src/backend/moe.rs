@@ -10,8 +10,11 @@ use std::ops::Range;
 /// `ExpertWeights<CpuBackend>` (host tensors) this is also what
 /// [`Backend::experts`] takes.
 pub struct ExpertWeights<B: Backend> {
+    /// Gate projection `[intermediate, hidden]` (goes through SiLU).
     pub w1: B::Mat,
+    /// Down projection `[hidden, intermediate]`.
     pub w2: B::Mat,
+    /// Up projection `[intermediate, hidden]`.
     pub w3: B::Mat,
 }
 
@@ -30,8 +33,11 @@ pub struct MoeWeights<B: Backend> {
 /// token that lost every expert: only the residual carries it), the plan it
 /// routed by, and the dispatch layout.
 pub struct MoeOutput<B: Backend> {
+    /// The layer's output `[tokens, hidden]`.
     pub out: B::Act,
+    /// The plan the batch was routed by.
     pub plan: RoutingPlan,
+    /// The expert-major dispatch layout of that plan.
     pub layout: DispatchLayout,
 }
 
@@ -66,6 +72,7 @@ pub fn rank_experts(
 }
 
 impl<B: Backend> MoeWeights<B> {
+    /// Experts in the layer.
     pub fn num_experts(&self) -> usize {
         B::num_experts(&self.experts)
     }

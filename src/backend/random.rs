@@ -18,7 +18,9 @@ use rayon::prelude::*;
 /// 1-D weights, the norms, are ones).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RandomInit {
+    /// Base seed; each tensor's stream is derived from it and the tensor's name ([`name_seed`]).
     pub seed: u64,
+    /// Standard deviation of every matrix weight.
     pub std: f32,
 }
 

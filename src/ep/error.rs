@@ -8,50 +8,103 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EpError {
+    /// A count (tokens, ranks, iterations, a shape dimension, ...) is 0.
     #[error("{what} is 0; expected at least 1")]
-    Zero { what: &'static str },
+    Zero {
+        /// Which count (e.g. `--iters`).
+        what: &'static str,
+    },
+    /// The policy list is empty.
     #[error("no policies to run; expected a comma list such as none,drop:score")]
     NoPolicies,
+    /// A capacity policy was asked for, but the capacity-factor list is empty.
     #[error("capacity policies were asked for but no capacity factors; expected e.g. --capacity-factors 1.0,1.5")]
     NoCapacityFactors,
+    /// A capacity factor (gamma) is not finite or not > 0; holds it.
     #[error("capacity factor (gamma) {0} is not valid; expected a finite number > 0")]
     InvalidCapacityFactor(f64),
+    /// The all-to-all bandwidth (GB/s) is not finite or not > 0; holds it.
     #[error("all-to-all bandwidth {0} GB/s is not valid; expected a finite number > 0")]
     InvalidBandwidth(f64),
+    /// A rank count does not divide the expert count.
     #[error("{ranks} EP ranks cannot split {experts} experts into equal groups; expected a divisor of {experts}")]
-    RanksDoNotDivideExperts { ranks: usize, experts: usize },
+    RanksDoNotDivideExperts {
+        /// Expert-parallel ranks asked for.
+        ranks: usize,
+        /// Experts in the model.
+        experts: usize,
+    },
+    /// `--experts-per-rank` does not divide the model's expert count.
     #[error("--experts-per-rank {per} does not divide the model's {experts} experts; expected a divisor of {experts}")]
-    ExpertsPerRank { per: usize, experts: usize },
+    ExpertsPerRank {
+        /// Experts per rank asked for.
+        per: usize,
+        /// Experts in the model.
+        experts: usize,
+    },
+    /// `--ranks` and `--experts-per-rank` were both given and `ranks * per != experts`.
     #[error(
         "--ranks {ranks} and --experts-per-rank {per} disagree: the model has {experts} experts"
     )]
     RanksDisagree {
+        /// Ranks asked for.
         ranks: usize,
+        /// Experts per rank asked for.
         per: usize,
+        /// Experts in the model.
         experts: usize,
     },
+    /// The layer picked for the load figure is not in the model.
     #[error("layer {layer} does not exist for the load figure; the model has {layers} layers")]
-    NoSuchLayer { layer: usize, layers: usize },
+    NoSuchLayer {
+        /// Layer asked for.
+        layer: usize,
+        /// Layers in the model.
+        layers: usize,
+    },
+    /// A CUDA benchmark was asked for, but capmoe was built without feature `cuda`.
     #[error("this capmoe was built without CUDA; rebuild with `cargo build --release --features cuda` to run `capmoe bench --device cuda` (the GPU benchmarks: one MoE layer, or the whole model with --e2e)")]
     CudaNotCompiled,
+    /// A list argument (e.g. `--tokens`) is empty.
     #[error("{what} is empty; expected a comma list")]
-    EmptyList { what: &'static str },
+    EmptyList {
+        /// Which list.
+        what: &'static str,
+    },
+    /// A number (e.g. `--min-case-ms`) is not finite or is negative.
     #[error("{what} = {value} is not valid; expected a finite number >= 0")]
-    InvalidNumber { what: &'static str, value: f64 },
+    InvalidNumber {
+        /// Which number.
+        what: &'static str,
+        /// The value given.
+        value: f64,
+    },
     /// A device call failed (with `cuda`: a `capmoe::cuda::GpuError` inside).
     #[error("device: {0}")]
     Device(#[source] crate::backend::DeviceError),
+    /// Reading or writing a routing trace failed.
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
+    /// Building or running the model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Routing a batch failed.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// Drawing a figure failed.
     #[error("cannot draw {path}: {message}")]
-    Plot { path: String, message: String },
+    Plot {
+        /// The figure's file.
+        path: String,
+        /// The plotting library's message.
+        message: String,
+    },
+    /// Writing a file failed.
     #[error("cannot write {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

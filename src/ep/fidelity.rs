@@ -5,9 +5,11 @@ use serde::Serialize;
 
 /// Log-softmax of every logit row, f64, with each row's argmax.
 pub struct LogProbs {
+    /// Logits per row (at least 1).
     pub vocab: usize,
     /// Row-major `[rows, vocab]`.
     pub logp: Vec<f64>,
+    /// Each row's greedy token (first maximum), in 0..vocab.
     pub argmax: Vec<usize>,
 }
 
@@ -30,6 +32,7 @@ impl LogProbs {
             argmax: am,
         }
     }
+    /// Rows (positions) held.
     pub fn rows(&self) -> usize {
         self.argmax.len()
     }

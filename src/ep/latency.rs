@@ -62,6 +62,7 @@ pub struct LatencyModel {
     pub a2a_gbps: f64,
     /// Bytes per activation element on the wire (2: bf16, as deployed).
     pub elem_bytes: usize,
+    /// Model hidden size: elements per token row on the wire.
     pub hidden: usize,
 }
 

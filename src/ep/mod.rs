@@ -11,6 +11,10 @@
 //! next-token distributions and top-1 agreement at every position.
 //!
 //! Written against [`Backend`], so the CUDA backend runs it unchanged.
+//!
+//! [`Backend`]: crate::backend::Backend
+//! [`Model::rank_work`]: crate::model::Model::rank_work
+//! [`Model::run_rank_work`]: crate::model::Model::run_rank_work
 
 mod error;
 mod fidelity;

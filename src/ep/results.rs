@@ -6,33 +6,54 @@ use serde::Serialize;
 /// The model the benchmark ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
+    /// The model's label.
     pub name: String,
+    /// Hidden size.
     pub hidden: usize,
+    /// Expert FFN intermediate size.
     pub intermediate: usize,
+    /// Decoder layers.
     pub layers: usize,
+    /// Experts per MoE layer (E).
     pub experts: usize,
+    /// Experts per token (k).
     pub top_k: usize,
+    /// Vocabulary size.
     pub vocab: usize,
+    /// Total parameter count.
     pub params: u64,
 }
 
 /// The setup as reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetupInfo {
+    /// The backend's name ([`crate::backend::Backend::name`]).
     pub device: String,
     /// Threads the backend's expert FFN uses (rayon's pool on the CPU).
     pub threads: usize,
+    /// Sequences in the batch.
     pub batch: usize,
+    /// Tokens per sequence.
     pub seq_len: usize,
+    /// Tokens prefilled at once (`T = batch * seq_len`).
     pub tokens: usize,
+    /// Expert-parallel ranks (R).
     pub ranks: usize,
+    /// `E / R`.
     pub experts_per_rank: usize,
+    /// Router-skew label (e.g. `uniform`).
     pub skew: String,
+    /// Seed of the prompt token ids.
     pub seed: u64,
+    /// Timing rounds per case (medians taken).
     pub iters: usize,
+    /// Modelled all-to-all bandwidth per rank and direction, GB/s.
     pub a2a_gbps: f64,
+    /// Bytes per activation element on the wire.
     pub elem_bytes: usize,
+    /// Policies run, `none` first, without repeats.
     pub policies: Vec<String>,
+    /// gamma values every capacity policy ran at.
     pub capacity_factors: Vec<f64>,
 }
 
@@ -56,12 +77,15 @@ pub struct Baseline {
 /// One MoE layer of one case.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
+    /// Layer index, in 0..layers.
     pub layer: usize,
     /// `C` per expert (`None` for `none`).
     pub capacity: Option<u64>,
     /// Assignments served per expert.
     pub load: Vec<u64>,
+    /// Largest per-expert load.
     pub max_load: u64,
+    /// Mean per-expert load (`T * k / E` when nothing drops).
     pub mean_load: f64,
     /// `max_load / mean_load`.
     pub imbalance: f64,
@@ -69,17 +93,21 @@ pub struct LayerReport {
     pub rank_load: Vec<u64>,
     /// Token slots lost, and their share of `T * k`.
     pub dropped: u64,
+    /// `dropped` as a percentage of `T * k`.
     pub dropped_pct: f64,
     /// Served assignments outside the token's top-k, and their share of `T * k`.
     pub rerouted: u64,
+    /// `rerouted` as a percentage of `T * k`.
     pub rerouted_pct: f64,
     /// Served `sum p` over top-k `sum p`.
     pub gate_mass_kept: f64,
     /// Median time of each rank's expert work, ms.
     pub rank_ms: Vec<f64>,
+    /// The rank with the largest `rank_ms`, in 0..ranks.
     pub slowest_rank: usize,
     /// Token rows the busiest link moves in one direction.
     pub a2a_rows: u64,
+    /// `a2a_rows * hidden * elem_bytes`: bytes on the busiest link, one direction.
     pub a2a_bytes: u64,
     /// Modelled dispatch + combine time, ms.
     pub a2a_ms: f64,
@@ -116,7 +144,9 @@ pub struct CaseSummary {
     pub imbalance: f64,
     /// Mean over layers of the busiest rank's load over the mean rank load.
     pub rank_imbalance: f64,
+    /// Token slots dropped over all layers, % of `T * k * layers`.
     pub dropped_pct: f64,
+    /// Rerouted assignments over all layers, % of `T * k * layers`.
     pub rerouted_pct: f64,
     /// Served over top-k gate mass, all layers together.
     pub gate_mass_kept: f64,
@@ -137,6 +167,7 @@ pub struct CaseSummary {
     pub ideal_speedup: f64,
     /// Sum over layers of the routing time, ms.
     pub routing_ms: f64,
+    /// KL divergence from and top-1 agreement with the `none` baseline.
     pub fidelity: Fidelity,
     /// Measured prefill and decode speed (when the setup asks for it).
     pub throughput: Option<Throughput>,
@@ -145,23 +176,32 @@ pub struct CaseSummary {
 /// One policy at one gamma.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseReport {
+    /// The policy, as its CLI string (e.g. `drop:score`).
     pub policy: String,
+    /// gamma (`None` for `none`).
     pub capacity_factor: Option<f64>,
     /// `C` per expert (the same in every layer: T, k and E are).
     pub capacity: Option<u64>,
+    /// Totals over layers.
     pub summary: CaseSummary,
+    /// Each MoE layer, in order.
     pub layers: Vec<LayerReport>,
 }
 
 /// Everything the benchmark measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// The model that ran.
     pub model: ModelInfo,
+    /// The setup that ran.
     pub setup: SetupInfo,
+    /// The all-to-all latency model's constants.
     pub latency_model: LatencyModel,
     /// The formulas, in words.
     pub method: Vec<String>,
+    /// The `none` baseline's times.
     pub baseline: Baseline,
+    /// `none` first, then each capacity policy at each gamma.
     pub cases: Vec<CaseReport>,
     /// Figures written (paths), filled in by the caller.
     pub figures: Vec<String>,

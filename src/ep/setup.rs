@@ -28,6 +28,7 @@ pub struct BenchSetup {
     pub load_layer: usize,
     /// Labels for the report.
     pub model_label: String,
+    /// Router-skew label for the report (e.g. `uniform`).
     pub skew_label: String,
     /// Time every case's own prefill (one batch, logits at the last
     /// positions) and `decode_steps` greedy decode steps after it, on the

@@ -27,7 +27,11 @@ pub const RMS_TOL: f32 = 1.0 / 32.0;
 /// The per-element bound `rel |ref| + abs` for one reference tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
+    /// Relative part: multiple of `
+    /// ref
+    /// `.
     pub rel: f32,
+    /// Absolute part, in the reference's units.
     pub abs: f32,
 }
 

@@ -82,6 +82,7 @@ impl ExpertFfnRef {
         Self::new(shape, w13, w2)
     }
 
+    /// The FFN's shape.
     pub fn shape(&self) -> FfnShape {
         self.shape
     }

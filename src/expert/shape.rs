@@ -8,8 +8,11 @@ use super::ExpertError;
 /// bf16 rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FfnShape {
+    /// Experts (E), at least 1.
     pub experts: usize,
+    /// Hidden size (H), a positive multiple of 8.
     pub hidden: usize,
+    /// Intermediate size (I), a positive multiple of 8.
     pub intermediate: usize,
 }
 

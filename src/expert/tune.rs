@@ -43,6 +43,7 @@ pub fn token_bucket(tokens: usize) -> usize {
 pub struct TuneKey {
     /// `sm{major}{minor}` of the GPU, e.g. "sm90".
     pub arch: String,
+    /// Experts in the grouped GEMM.
     pub experts: usize,
     /// GEMM output columns (2I for GEMM1, H for GEMM2).
     pub n: usize,
@@ -90,6 +91,7 @@ pub fn arch_name(major: u32, minor: u32) -> String {
 /// One remembered choice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuneEntry {
+    /// What the entry is valid for.
     #[serde(flatten)]
     pub key: TuneKey,
     /// Name of the fastest variant.
@@ -114,6 +116,7 @@ struct CacheFile {
 /// The outcome of [`TuneCache::choose`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
+    /// The chosen variant.
     pub variant: &'static Variant,
     /// Its time in microseconds (from the cache when `cached`).
     pub micros: f64,
@@ -260,6 +263,7 @@ impl TuneCache {
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+    /// The GPU name the cache is for.
     pub fn gpu(&self) -> &str {
         &self.gpu
     }
@@ -267,6 +271,7 @@ impl TuneCache {
     pub fn ignored(&self) -> Option<&str> {
         self.ignored.as_deref()
     }
+    /// The entry for `key`, if one was tuned.
     pub fn get(&self, key: &TuneKey) -> Option<&TuneEntry> {
         self.entries.get(key)
     }

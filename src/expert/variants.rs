@@ -31,7 +31,12 @@ pub enum Schedule {
     Pingpong,
     /// SM80: a multistage pipeline with `stages` shared-memory buffers and
     /// warps of `warp` (m, n, k) each.
-    Multistage { stages: u32, warp: [u32; 3] },
+    Multistage {
+        /// Shared-memory pipeline stages.
+        stages: u32,
+        /// Warp tile (m, n, k).
+        warp: [u32; 3],
+    },
 }
 
 /// One compiled kernel configuration.
@@ -40,11 +45,13 @@ pub struct Variant {
     /// Unique, `[a-z0-9_]`: names the generated file and its `extern "C"`
     /// symbols (`capmoe_gg_<name>` and `capmoe_gg_<name>_workspace`).
     pub name: &'static str,
+    /// The GPU generation the kernel is written for.
     pub arch: Arch,
     /// Threadblock tile (m, n, k).
     pub tile: [u32; 3],
     /// SM90 thread-block cluster (m, n); `[1, 1]` for SM80.
     pub cluster: [u32; 2],
+    /// The kernel schedule.
     pub schedule: Schedule,
 }
 

@@ -14,12 +14,19 @@ use std::path::Path;
 
 /// One decoder layer's weights.
 pub struct Layer<B: Backend> {
+    /// Pre-attention RMSNorm weight `[hidden]`.
     pub input_norm: B::Vector,
+    /// Query projection `[heads * head_dim, hidden]`.
     pub q_proj: B::Mat,
+    /// Key projection `[kv_heads * head_dim, hidden]`.
     pub k_proj: B::Mat,
+    /// Value projection `[kv_heads * head_dim, hidden]`.
     pub v_proj: B::Mat,
+    /// Output projection `[hidden, heads * head_dim]`.
     pub o_proj: B::Mat,
+    /// Pre-MoE (post-attention) RMSNorm weight `[hidden]`.
     pub post_norm: B::Vector,
+    /// The sparse MoE block: router and experts.
     pub moe: MoeWeights<B>,
 }
 
@@ -182,12 +189,15 @@ impl<B: Backend> Model<B> {
         Ok(model)
     }
 
+    /// The backend the model runs on.
     pub fn backend(&self) -> &B {
         &self.backend
     }
+    /// The model's config.
     pub fn config(&self) -> &MixtralConfig {
         &self.config
     }
+    /// The decoder layers, in order.
     pub fn layers(&self) -> &[Layer<B>] {
         &self.layers
     }

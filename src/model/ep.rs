@@ -10,11 +10,13 @@ use std::ops::Range;
 /// One rank's expert work, prepared (dispatched) so that running it times
 /// the expert FFN alone.
 pub struct RankWork<B: Backend> {
+    /// The recorded layer, in 0..layers.
     pub layer: usize,
     /// Experts this rank owns (`rank * E / R .. (rank + 1) * E / R`).
     pub experts: Range<usize>,
     /// Assignments (rows) these experts serve.
     pub rows_served: usize,
+    /// Dispatch layout of the recorded plan (every expert, not only this rank's).
     pub layout: DispatchLayout,
     rows: B::Act,
 }

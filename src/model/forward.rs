@@ -17,6 +17,7 @@ impl<B: Backend> Sequence<B> {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
+    /// Whether the sequence has seen no token yet.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -42,6 +43,7 @@ pub enum LogitsMode {
 pub struct ForwardOptions {
     /// Routing of every MoE layer (policy, gamma, k, ranks).
     pub router: RouterConfig,
+    /// Which positions get logits.
     pub logits: LogitsMode,
     /// Keep each layer's MoE input (the post-attention-normed hidden states)
     /// in the [`LayerRecord`], to replay one EP rank's expert work later.
@@ -57,10 +59,12 @@ impl ForwardOptions {
             keep_moe_inputs: false,
         }
     }
+    /// Sets which positions get logits.
     pub fn with_logits(mut self, mode: LogitsMode) -> Self {
         self.logits = mode;
         self
     }
+    /// Sets whether each layer's MoE input is kept in its [`LayerRecord`].
     pub fn with_moe_inputs(mut self, keep: bool) -> Self {
         self.keep_moe_inputs = keep;
         self
@@ -80,7 +84,9 @@ pub struct LayerRecord<B: Backend> {
 pub struct ForwardOutput<B: Backend> {
     /// Row-major `[rows, vocab]`, f32.
     pub logits: Vec<f32>,
+    /// Logit rows: every new token ([`LogitsMode::All`]), one per sequence (`Last`) or 0 (`Skip`).
     pub rows: usize,
+    /// Vocabulary size (columns of `logits`).
     pub vocab: usize,
     /// Rows of the batch (all new tokens, concatenated) owned by each sequence.
     pub spans: Vec<Range<usize>>,

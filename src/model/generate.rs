@@ -9,10 +9,12 @@ use crate::routing::RouterConfig;
 /// Greedy decoding options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
+    /// Most tokens to generate (0: none).
     pub max_new_tokens: usize,
     /// Stop after emitting one of these ids (it is included in the output).
     /// Empty: never stop early.
     pub eos: Vec<u32>,
+    /// Routing of every MoE layer.
     pub router: RouterConfig,
 }
 

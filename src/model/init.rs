@@ -9,6 +9,7 @@ use crate::trace::{expert_bias, Rng, Skew};
 /// How to initialise random weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitOptions {
+    /// Seed of every weight and of the router skew's draw.
     pub seed: u64,
     /// Standard deviation of every matrix weight (transformers'
     /// `initializer_range`, 0.02). Values are uniform in
@@ -19,6 +20,7 @@ pub struct InitOptions {
 }
 
 impl InitOptions {
+    /// Seed `seed`, std 0.02, no router skew.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
@@ -26,6 +28,7 @@ impl InitOptions {
             skew: Skew::Uniform,
         }
     }
+    /// Sets the router skew.
     pub fn with_skew(mut self, skew: Skew) -> Self {
         self.skew = skew;
         self

@@ -14,6 +14,8 @@
 //! assert_eq!(out.logits.len(), 3 * 128);
 //! assert_eq!(out.layers.len(), 2); // one routing plan per layer
 //! ```
+//!
+//! [`Backend`]: crate::backend::Backend
 
 mod build;
 mod config;
@@ -42,35 +44,60 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ModelError {
+    /// The config cannot be read, does not parse or is inconsistent.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The checkpoint cannot be read, or a tensor is missing, extra, or of the wrong shape or dtype.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// A backend operation failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// Routing a batch failed.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// Applying the synthetic router skew failed.
     #[error(transparent)]
     Skew(#[from] TraceError),
+    /// An input that must not be empty is (no sequences, an empty sequence or prompt, no logits); says which.
     #[error("empty input: {0}")]
     EmptyInput(&'static str),
+    /// A token id is not below the vocabulary size.
     #[error("token id {id} (sequence {sequence}, position {position}) is out of range; the vocabulary has ids 0..{vocab}")]
     TokenOutOfRange {
+        /// The sequence, in 0..sequences.
         sequence: usize,
+        /// The token's position in the sequence (cached positions included).
         position: usize,
+        /// The token id.
         id: u32,
+        /// Vocabulary size.
         vocab: usize,
     },
+    /// Two counts that must agree do not (e.g. sequences vs token lists).
     #[error("{what}: got {got}, expected {expected}")]
     Mismatch {
+        /// Which counts.
         what: &'static str,
+        /// The count given.
         got: usize,
+        /// The count expected.
         expected: usize,
     },
+    /// A layer index is not below the layer count.
     #[error("layer {layer} does not exist; the model has {layers} layers")]
-    NoSuchLayer { layer: usize, layers: usize },
+    NoSuchLayer {
+        /// Layer asked for.
+        layer: usize,
+        /// Layers in the model.
+        layers: usize,
+    },
+    /// A layer record holds no MoE input: the forward pass ran without `keep_moe_inputs`.
     #[error(
         "layer record {layer} holds no MoE input; run the forward pass with keep_moe_inputs = true"
     )]
-    NoMoeInput { layer: usize },
+    NoMoeInput {
+        /// The layer.
+        layer: usize,
+    },
 }

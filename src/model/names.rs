@@ -1,15 +1,21 @@
 //! Hugging Face tensor names of a Mixtral checkpoint.
 
+/// Token embeddings `[vocab, hidden]`.
 pub const EMBED: &str = "model.embed_tokens.weight";
+/// The final RMSNorm's weight `[hidden]`.
 pub const NORM: &str = "model.norm.weight";
+/// The LM head `[vocab, hidden]` (absent when tied to the embeddings).
 pub const LM_HEAD: &str = "lm_head.weight";
 
+/// `model.layers.{i}.{rest}`.
 pub fn layer(i: usize, rest: &str) -> String {
     format!("model.layers.{i}.{rest}")
 }
+/// Layer `i`'s pre-attention RMSNorm weight.
 pub fn input_norm(i: usize) -> String {
     layer(i, "input_layernorm.weight")
 }
+/// Layer `i`'s pre-MoE (post-attention) RMSNorm weight.
 pub fn post_norm(i: usize) -> String {
     layer(i, "post_attention_layernorm.weight")
 }
@@ -17,6 +23,7 @@ pub fn post_norm(i: usize) -> String {
 pub fn attn(i: usize, which: &str) -> String {
     layer(i, &format!("self_attn.{which}.weight"))
 }
+/// Layer `i`'s router `[experts, hidden]`.
 pub fn gate(i: usize) -> String {
     layer(i, "block_sparse_moe.gate.weight")
 }

@@ -74,6 +74,7 @@ pub fn gemm_rate(n: usize, reps: usize) -> f64 {
 /// One roofline measurement: a prefill forward against the GEMM rate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RooflineReport {
+    /// Tokens prefilled (all prompts together).
     pub tokens: usize,
     /// GEMM FLOPs of one forward ([`forward_flops`]).
     pub flops: f64,

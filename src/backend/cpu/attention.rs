@@ -16,6 +16,7 @@ pub struct CpuKv {
 }
 
 impl CpuKv {
+    /// An empty cache of `kv_heads` heads of width `head_dim`.
     pub fn new(kv_heads: usize, head_dim: usize) -> Self {
         Self {
             k: vec![Vec::new(); kv_heads],
@@ -24,9 +25,11 @@ impl CpuKv {
             len: 0,
         }
     }
+    /// Positions held.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

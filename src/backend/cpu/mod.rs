@@ -16,8 +16,11 @@ use std::ops::Range;
 /// A row-major `[rows, cols]` f32 matrix in host memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuTensor {
+    /// Row-major values, `rows * cols` long.
     pub data: Vec<f32>,
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
 }
 

@@ -107,6 +107,7 @@ impl CudaBackend {
         Self::new(&GpuContext::new(0)?)
     }
 
+    /// The GPU context (device and stream) the backend runs on.
     pub fn gpu(&self) -> &GpuContext {
         &self.gpu
     }

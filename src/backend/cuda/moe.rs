@@ -28,6 +28,7 @@ impl CudaExperts {
         })
     }
 
+    /// The device expert FFN (weights and grouped-GEMM variants).
     pub fn ffn(&self) -> &ExpertFfn {
         &self.ffn
     }

@@ -51,9 +51,11 @@ impl CudaAct {
     pub fn data(&self) -> &CudaSlice<u16> {
         &self.data
     }
+    /// Elements, `rows * cols`.
     pub fn len(&self) -> usize {
         self.rows * self.cols
     }
+    /// Whether the activation has no element (`rows * cols == 0`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -67,6 +69,7 @@ pub struct CudaMat {
 }
 
 impl CudaMat {
+    /// The raw bf16 buffer, row-major `[out, in]`.
     pub fn data(&self) -> &CudaSlice<u16> {
         &self.data
     }
@@ -102,9 +105,11 @@ impl CudaKv {
         }
     }
 
+    /// Positions held.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -25,10 +25,15 @@ pub fn percentile(v: &[f64], p: f64) -> Option<f64> {
 pub struct Percentiles {
     /// Iterations summarised.
     pub n: usize,
+    /// Median (P50).
     pub p50: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Arithmetic mean.
     pub mean: f64,
+    /// Smallest value.
     pub min: f64,
+    /// Largest value.
     pub max: f64,
 }
 

@@ -22,6 +22,7 @@ pub const OWNER_LOGIT: f32 = 16.0;
 /// The rows one rank's experts process, in dispatch order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankRows {
+    /// The EP rank, in 0..R.
     pub rank: usize,
     /// The rank's experts.
     pub experts: Range<usize>,
@@ -34,6 +35,7 @@ pub struct RankRows {
 }
 
 impl RankRows {
+    /// Rows the rank processes (a token once per expert of the rank that serves it).
     pub fn rows(&self) -> usize {
         self.tokens.len()
     }

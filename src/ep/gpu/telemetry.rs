@@ -22,12 +22,19 @@ use serde::Serialize;
 /// NVML could not read is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Sample {
+    /// Seconds since the telemetry started.
     pub t: f64,
+    /// NVML GPU utilisation: share of time a kernel ran, %.
     pub gpu_util_pct: Option<f64>,
+    /// NVML memory utilisation: share of time device memory was read or written, %.
     pub mem_util_pct: Option<f64>,
+    /// SM clock, MHz.
     pub sm_clock_mhz: Option<f64>,
+    /// Memory clock, MHz.
     pub mem_clock_mhz: Option<f64>,
+    /// Board power draw, W.
     pub power_w: Option<f64>,
+    /// GPU temperature, deg C.
     pub temp_c: Option<f64>,
     /// Total energy counter, mJ.
     pub energy_mj: Option<u64>,
@@ -44,13 +51,21 @@ pub struct WindowSummary {
     pub samples: usize,
     /// NVML "GPU utilisation": share of time a kernel was running, %.
     pub gpu_util_mean_pct: Option<f64>,
+    /// Largest GPU utilisation sample, %.
     pub gpu_util_max_pct: Option<f64>,
+    /// Mean memory utilisation, %.
     pub mem_util_mean_pct: Option<f64>,
+    /// Mean SM clock, MHz.
     pub sm_clock_mean_mhz: Option<f64>,
+    /// Lowest SM clock, MHz (a throttling sign).
     pub sm_clock_min_mhz: Option<f64>,
+    /// Mean memory clock, MHz.
     pub mem_clock_mean_mhz: Option<f64>,
+    /// Mean power draw, W.
     pub power_mean_w: Option<f64>,
+    /// Largest power sample, W.
     pub power_max_w: Option<f64>,
+    /// Highest temperature, deg C.
     pub temp_max_c: Option<f64>,
     /// Energy over the window, J.
     pub energy_j: Option<f64>,
@@ -194,6 +209,7 @@ pub fn summarize(
 /// How telemetry went for the whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TelemetryInfo {
+    /// Whether NVML started and found the device.
     pub available: bool,
     /// Why not, when unavailable.
     pub reason: Option<String>,
@@ -203,6 +219,7 @@ pub struct TelemetryInfo {
     pub samples: usize,
     /// The NVML device's name and enforced power limit, W.
     pub device: Option<String>,
+    /// The device's enforced power limit, W.
     pub power_limit_w: Option<f64>,
     /// Whether the total-energy counter could be read.
     pub energy_counter: bool,

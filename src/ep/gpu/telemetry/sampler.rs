@@ -85,6 +85,7 @@ impl Telemetry {
         }
     }
 
+    /// Whether NVML is sampling (false: [`unavailable`](Self::unavailable) or NVML failed to start).
     pub fn available(&self) -> bool {
         self.live.is_some()
     }
