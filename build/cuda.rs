@@ -89,10 +89,16 @@ pub fn build() -> Result<(), String> {
         report.extend(built.ptxas.iter().cloned());
         usage.extend(ptxas::parse(&src.rel, &built.ptxas));
     }
-    // cudart_static after the kernel libraries (static link order); it dlopens libcuda at run
-    // time, so the final binary needs no CUDA at link time.
+    // cudart follows cudarc's linking mode: with `cuda-dynamic-linking` (as candle links it) the
+    // shared cudart, so one runtime serves the process; otherwise cudart_static after the kernel
+    // libraries (static link order), which dlopens libcuda at run time, so the final binary
+    // needs no CUDA at link time.
     println!("cargo:rustc-link-search=native={}", tc.lib_dir.display());
-    println!("cargo:rustc-link-lib=static=cudart_static");
+    if std::env::var_os("CARGO_FEATURE_CUDA_DYNAMIC_LINKING").is_some() {
+        println!("cargo:rustc-link-lib=dylib=cudart");
+    } else {
+        println!("cargo:rustc-link-lib=static=cudart_static");
+    }
     for lib in ["stdc++", "dl", "rt", "pthread"] {
         println!("cargo:rustc-link-lib={lib}");
     }

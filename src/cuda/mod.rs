@@ -42,9 +42,9 @@ pub mod ffi;
 pub mod ffn;
 mod fill;
 pub mod gate;
-pub(crate) mod probe;
 pub mod launch;
 pub mod model_launch;
+pub(crate) mod probe;
 mod router;
 pub mod sys;
 

@@ -5,7 +5,11 @@
 
 /// Whether `lib<name>.so` (or a versioned name for CUDA 13, 12 or 11, or `.so.1`) loads.
 pub(crate) fn library_present(name: &str) -> bool {
-    let base = format!("{}{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let base = format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
     let candidates = [
         base.clone(),
         format!("{base}.1"),
