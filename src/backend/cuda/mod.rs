@@ -25,114 +25,27 @@
 
 mod attention;
 mod blas;
+mod device;
 mod moe;
 mod tensor;
 
 pub use moe::CudaExperts;
 pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
+use crate::backend::shape_err;
 use crate::backend::{
     name_seed32, AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, ExpertsShape,
     HostTensor, RandomInit, Rope,
 };
-use crate::cuda::{model_launch, GpuContext, GpuError};
+use crate::cuda::{model_launch, GpuError};
 use crate::cuda::{ExpertFfn, FfnShape};
 use crate::routing::{DispatchLayout, RoutingPlan};
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use device::{bf16_bits, i32_of};
 use std::ops::Range;
-use std::sync::Arc;
 
-impl From<GpuError> for BackendError {
-    fn from(e: GpuError) -> Self {
-        BackendError::Device(crate::backend::DeviceError::new(e))
-    }
-}
-
-impl From<cudarc::driver::DriverError> for BackendError {
-    fn from(e: cudarc::driver::DriverError) -> Self {
-        GpuError::from(e).into()
-    }
-}
-
-/// The CUDA backend: one GPU context and stream, and a cuBLAS handle on it.
-/// Every operation is stream-ordered; only `download` (and the host-side
-/// routing, which downloads the router logits) synchronise.
-#[derive(Clone)]
-pub struct CudaBackend {
-    gpu: GpuContext,
-    blas: Arc<CudaBlas>,
-}
-
-use crate::backend::shape_err;
-
-fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
-
-fn bf16_bits(v: &[f32]) -> Vec<u16> {
-    v.iter()
-        .map(|&x| half::bf16::from_f32(x).to_bits())
-        .collect()
-}
-
-impl CudaBackend {
-    /// A backend on `gpu`'s stream (cuBLAS is loaded here).
-    pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
-        // cudarc panics on the first cuBLAS call when libcublas cannot be
-        // loaded (the driver alone does not bring it): an error instead.
-        if !crate::cuda::probe::library_present("cublas") {
-            return Err(GpuError::Launch {
-                launcher: "cublasCreate",
-                code: -1,
-                message: "libcublas could not be loaded (not on the library path; \
-                          the CUDA driver does not ship it)"
-                    .into(),
-            });
-        }
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Launch {
-            launcher: "cublasCreate",
-            code: e.0 as i32,
-            message: format!("{e:?} (is libcublas on the library path?)"),
-        })?;
-        Ok(Self {
-            gpu: gpu.clone(),
-            blas: Arc::new(blas),
-        })
-    }
-
-    /// Device 0.
-    pub fn open() -> Result<Self, GpuError> {
-        Self::new(&GpuContext::new(0)?)
-    }
-
-    /// The GPU context (device and stream) the backend runs on.
-    pub fn gpu(&self) -> &GpuContext {
-        &self.gpu
-    }
-
-    /// A `[rows, cols]` activation from bf16 bits already on the host.
-    fn upload_bits(&self, bits: &[u16], rows: usize, cols: usize) -> Result<CudaAct, GpuError> {
-        let data = if bits.is_empty() {
-            self.gpu.stream().alloc_zeros::<u16>(1)?
-        } else {
-            self.gpu.stream().clone_htod(bits)?
-        };
-        Ok(CudaAct { data, rows, cols })
-    }
-
-    /// An activation's buffer with room for `n` elements, contents unset.
-    fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
-        // SAFETY: every caller launches a kernel that writes all n elements
-        // before anything reads them.
-        Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
-    }
-
-    fn raw(&self) -> crate::cuda::ffi::Stream {
-        self.gpu.stream().cu_stream() as _
-    }
-}
+pub use device::CudaBackend;
 
 impl Backend for CudaBackend {
     type Mat = CudaMat;

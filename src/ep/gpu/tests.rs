@@ -2,6 +2,9 @@
 //! measurements (no GPU).
 
 use super::*;
+use crate::ep::{A2aTraffic, LatencyModel};
+use crate::routing::Policy;
+use crate::trace::Skew;
 
 fn lat() -> LatencyModel {
     LatencyModel {

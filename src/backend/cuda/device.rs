@@ -1,0 +1,101 @@
+//! [`CudaBackend`] itself: construction on a [`GpuContext`], and the helpers its operations share.
+
+use super::tensor::CudaAct;
+use crate::backend::BackendError;
+use crate::cuda::{GpuContext, GpuError};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::CudaSlice;
+use std::sync::Arc;
+
+impl From<GpuError> for BackendError {
+    fn from(e: GpuError) -> Self {
+        BackendError::Device(crate::backend::DeviceError::new(e))
+    }
+}
+
+impl From<cudarc::driver::DriverError> for BackendError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        GpuError::from(e).into()
+    }
+}
+
+/// The CUDA backend: one GPU context and stream, and a cuBLAS handle on it.
+/// Every operation is stream-ordered; only `download` (and the host-side
+/// routing, which downloads the router logits) synchronise.
+#[derive(Clone)]
+pub struct CudaBackend {
+    pub(super) gpu: GpuContext,
+    pub(super) blas: Arc<CudaBlas>,
+}
+
+pub(super) fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
+}
+
+pub(super) fn bf16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_bits())
+        .collect()
+}
+
+impl CudaBackend {
+    /// A backend on `gpu`'s stream (cuBLAS is loaded here).
+    pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
+        // cudarc panics on the first cuBLAS call when libcublas cannot be
+        // loaded (the driver alone does not bring it): an error instead.
+        if !crate::cuda::probe::library_present("cublas") {
+            return Err(GpuError::Launch {
+                launcher: "cublasCreate",
+                code: -1,
+                message: "libcublas could not be loaded (not on the library path; \
+                          the CUDA driver does not ship it)"
+                    .into(),
+            });
+        }
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Launch {
+            launcher: "cublasCreate",
+            code: e.0 as i32,
+            message: format!("{e:?} (is libcublas on the library path?)"),
+        })?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            blas: Arc::new(blas),
+        })
+    }
+
+    /// Device 0.
+    pub fn open() -> Result<Self, GpuError> {
+        Self::new(&GpuContext::new(0)?)
+    }
+
+    /// The GPU context (device and stream) the backend runs on.
+    pub fn gpu(&self) -> &GpuContext {
+        &self.gpu
+    }
+
+    /// A `[rows, cols]` activation from bf16 bits already on the host.
+    pub(super) fn upload_bits(
+        &self,
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaAct, GpuError> {
+        let data = if bits.is_empty() {
+            self.gpu.stream().alloc_zeros::<u16>(1)?
+        } else {
+            self.gpu.stream().clone_htod(bits)?
+        };
+        Ok(CudaAct { data, rows, cols })
+    }
+
+    /// An activation's buffer with room for `n` elements, contents unset.
+    pub(super) fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
+        // SAFETY: every caller launches a kernel that writes all n elements
+        // before anything reads them.
+        Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
+    }
+
+    pub(super) fn raw(&self) -> crate::cuda::ffi::Stream {
+        self.gpu.stream().cu_stream() as _
+    }
+}
