@@ -1,57 +1,70 @@
 //! CPU routing benchmark: the oracle's cost per policy, from logits to plan.
 //!
-//! Logits are synthetic with Mixtral-like skew (busiest expert ~2.75x the
-//! mean) where E/k allows it, uniform otherwise. gamma = 1.0, 8 EP ranks.
-//! Run: `cargo bench --bench routing`; `tools/bench-table.py` turns
-//! criterion's estimates into bench/results/routing-cpu.md.
+//! Rows: E in {8, 64, 256} (k = 2 for E = 8, else k = 8), T in {1024, 16384},
+//! gamma 1.0 and 1.5, every policy, expert and rank capacity scope, 8 EP
+//! ranks. Logits are synthetic with Mixtral-like skew (busiest expert ~2.75x
+//! the mean). Short measurement times keep the whole run to a few minutes.
+//! Run: `cargo bench --bench routing`;
+//! `bench/results/routing-scale/table.py` turns criterion's estimates into
+//! bench/results/routing-scale/README.md.
 
-use capmoe::routing::{route, Logits, Policy, RouterConfig};
+use capmoe::routing::{route, CapacityScope, Logits, Policy, RouterConfig};
 use capmoe::trace::{synthetic_logits, Skew};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
+const POLICIES: [&str; 8] = [
+    "drop:score",
+    "drop:order",
+    "drop:reverse-order",
+    "drop:random",
+    "reroute:next-best",
+    "reroute:optimal",
+    "expand:local",
+    "none",
+];
+
 fn routing(c: &mut Criterion) {
-    let policies: Vec<Policy> = [
-        "none",
-        "drop:score",
-        "drop:order",
-        "drop:random",
-        "reroute:next-best",
-        "reroute:optimal",
-        "expand:local",
-    ]
-    .iter()
-    .map(|p| p.parse().expect("policy"))
-    .collect();
-    for (experts, k) in [(8usize, 2usize), (8, 8), (64, 2), (64, 8)] {
-        for tokens in [256usize, 4096, 16384] {
-            let skew = if (experts as f64 / k as f64) > 2.75 {
-                Skew::Mixtral
-            } else {
-                Skew::Uniform
-            };
-            let logits = synthetic_logits(tokens, experts, k, skew, 42).expect("trace");
-            let mut g = c.benchmark_group(format!("route/T{tokens}/E{experts}/k{k}"));
-            g.throughput(Throughput::Elements(tokens as u64));
-            g.sample_size(10)
-                .warm_up_time(Duration::from_millis(300))
-                .measurement_time(Duration::from_secs(1));
-            for &policy in &policies {
-                let mut cfg = RouterConfig::new(k, policy).with_ranks(8);
-                if policy.has_capacity() {
-                    cfg = cfg.with_capacity_factor(1.0);
+    for (experts, k) in [(8usize, 2usize), (64, 8), (256, 8)] {
+        for tokens in [1024usize, 16384] {
+            let logits = synthetic_logits(tokens, experts, k, Skew::Mixtral, 42).expect("trace");
+            for gamma in [1.0f64, 1.5] {
+                let mut g = c.benchmark_group(format!(
+                    "scale/E{experts}/k{k}/T{tokens}/g{}",
+                    (gamma * 100.0) as u32
+                ));
+                g.throughput(Throughput::Elements(tokens as u64));
+                g.sample_size(10)
+                    .warm_up_time(Duration::from_millis(100))
+                    .measurement_time(Duration::from_millis(500));
+                for name in POLICIES {
+                    let policy: Policy = name.parse().expect("policy");
+                    // `none` has no capacity: one row, under gamma 1.0 only.
+                    let scopes: &[CapacityScope] = match (policy.has_capacity(), gamma == 1.0) {
+                        (true, _) => &[CapacityScope::Expert, CapacityScope::Rank],
+                        (false, true) => &[CapacityScope::Expert],
+                        (false, false) => &[],
+                    };
+                    for &scope in scopes {
+                        let mut cfg = RouterConfig::new(k, policy).with_ranks(8).with_scope(scope);
+                        if policy.has_capacity() {
+                            cfg = cfg.with_capacity_factor(gamma);
+                        }
+                        let scope_name = match scope {
+                            CapacityScope::Expert => "expert",
+                            CapacityScope::Rank => "rank",
+                        };
+                        let id = format!("{}@{scope_name}", name.replace(':', "-"));
+                        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                            b.iter(|| {
+                                let l = Logits::new(&logits, tokens, experts).expect("logits");
+                                route(&l, &cfg).expect("route")
+                            })
+                        });
+                    }
                 }
-                g.bench_function(
-                    BenchmarkId::from_parameter(policy.to_string().replace(':', "-")),
-                    |b| {
-                        b.iter(|| {
-                            let l = Logits::new(&logits, tokens, experts).expect("logits");
-                            route(&l, &cfg).expect("route")
-                        })
-                    },
-                );
+                g.finish();
             }
-            g.finish();
         }
     }
 }

@@ -1,4 +1,9 @@
 //! Policies that give overflow to experts with room.
 
+mod flow;
 pub(crate) mod next_best;
 pub(crate) mod optimal;
+#[cfg(test)]
+pub(crate) mod ssp;
+#[cfg(test)]
+mod tests;

@@ -2,309 +2,210 @@
 //!
 //! Maximise `sum p[t,e]` over served `(t,e)` subject to each bin holding at
 //! most its capacity and each token at most `k` distinct experts. As a
-//! transportation problem: every token ships `k` units, each to a distinct
-//! expert (gain `p`) or to a drop node `D` (gain 0, unbounded).
+//! min-cost flow: token `t` ships `k` units, each along an arc `t -> bin(e)`
+//! (capacity 1, cost `-q[t,e]`) or along its drop arc `t -> Z` (cost 0);
+//! bin `b` passes at most `cap_b` units on to the sink `Z`.
 //!
-//! Method: successive shortest paths from the plain top-k assignment, which is
-//! optimal without capacities. While a bin is overfull, one unit is pushed
-//! along a shortest path in the residual graph to a bin with room or to `D`.
-//! Token nodes are eliminated: the graph has one node per expert, per bin and
-//! `D`, and the edge `a -> b` costs the cheapest move of one token from `a` to
-//! `b`, `min_t p[t,a] - p[t,b]`, kept in a lazily cleaned heap per pair.
-//! Dijkstra with node potentials keeps reduced costs non-negative.
+//! Exactness: `q` is `p` in fixed point (48 fraction bits), so the problem has
+//! integer costs. Costs are multiplied by `S = 2(bins + 1) + 1` and solved by
+//! cost scaling down to eps = 1 (`flow.rs`). A residual cycle alternates
+//! tokens with bins or `Z`, so it has at most `2(bins + 1) < S` arcs; with
+//! every reduced cost `>= -1` its scaled cost is `> -S`, so its unscaled cost
+//! is `>= 0`: no negative cycle, the flow is optimal for `q`.
 //!
-//! Exactness: costs are `p` in fixed point with 48 fraction bits, and integer
-//! arithmetic is exact, so the result is optimal for `p` rounded to 2^-48; its
-//! mass is within `T*k*2^-48` of the true optimum.
+//! Candidates: each token starts with its `k + extra` most preferred experts
+//! (the arcs outside that set carry no flow). After solving, the dual prices
+//! certify the rest: an arc outside the set whose reduced cost is `< -1`
+//! joins the set, and scaling resumes from the worst such violation. When no
+//! arc violates, the flow is 1-optimal on the full graph, hence optimal.
 //!
-//! Complexity: `O(T k (E-k) log)` to build the pair heaps, then per unit of
-//! overflow `A`, one Dijkstra on `V = E + bins + 1` nodes with `O(E^2)` heap
-//! peeks, plus `O(E log)` heap pushes per moved token: `O(T k E log + A E^2)`
-//! time and `O(T k E)` memory.
+//! Ties: among plans of equal mass the result is the one this fixed sequence
+//! of operations reaches (arcs in token order, each token's candidates in
+//! preference order, FIFO active nodes), the same on every run.
 
+use super::flow::{Edge, Net};
 use crate::routing::capacity::Bins;
 use crate::routing::gate::Gate;
 use crate::routing::served::Served;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
-const FRAC_BITS: i32 = 48;
-const INF: i64 = i64::MAX / 4;
-const NONE: u32 = u32::MAX;
+const FRAC_BITS: u32 = 48;
+/// Cost scaling factor per refine.
+const ALPHA: i128 = 4;
 
-type MinHeap = BinaryHeap<Reverse<(i64, u32)>>;
-
-/// How a path enters a node: from node `from`, moving token `token`.
-#[derive(Clone, Copy)]
-struct Pred {
-    from: usize,
-    token: u32,
-}
-
-struct Flow<'a> {
-    bins: &'a Bins,
-    experts: usize,
-    k: usize,
-    q: Vec<i64>,
-    held: Vec<u32>,
-    load_e: Vec<u64>,
-    load_b: Vec<u64>,
-    /// `mv[a * E + b]`: tokens at `a`, not at `b`, by `q[t,a] - q[t,b]`.
-    mv: Vec<MinHeap>,
-    /// `dr[a]`: tokens at `a`, by `q[t,a]` (cheapest to drop first).
-    dr: Vec<MinHeap>,
-    /// `jn[b]`: tokens with a free slot, not at `b`, by `-q[t,b]`.
-    jn: Vec<MinHeap>,
-}
-
-impl<'a> Flow<'a> {
-    fn new(gate: &Gate, bins: &'a Bins) -> Self {
-        let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
-        let scale = (FRAC_BITS as f64).exp2();
-        let q: Vec<i64> = gate
-            .probs()
-            .iter()
-            .map(|&p| (p as f64 * scale).round() as i64)
-            .collect();
-        let held = gate.topk_all().to_vec();
-        let mut load_e = vec![0u64; experts];
-        let mut load_b = vec![0u64; bins.count()];
-        let mut mv_v: Vec<Vec<Reverse<(i64, u32)>>> = vec![Vec::new(); experts * experts];
-        let mut dr_v: Vec<Vec<Reverse<(i64, u32)>>> = vec![Vec::new(); experts];
-        let mut is_top = vec![false; experts];
-        for t in 0..tokens {
-            let top = &held[t * k..(t + 1) * k];
-            let qt = &q[t * experts..(t + 1) * experts];
-            for &a in top {
-                is_top[a as usize] = true;
-            }
-            for &a in top {
-                let a = a as usize;
-                load_e[a] += 1;
-                load_b[bins.bin(a)] += 1;
-                dr_v[a].push(Reverse((qt[a], t as u32)));
-                for b in (0..experts).filter(|&b| !is_top[b]) {
-                    mv_v[a * experts + b].push(Reverse((qt[a] - qt[b], t as u32)));
-                }
-            }
-            for &a in top {
-                is_top[a as usize] = false;
-            }
-        }
-        Self {
-            bins,
-            experts,
-            k,
-            q,
-            held,
-            load_e,
-            load_b,
-            mv: mv_v.into_iter().map(BinaryHeap::from).collect(),
-            dr: dr_v.into_iter().map(BinaryHeap::from).collect(),
-            jn: vec![MinHeap::new(); experts],
-        }
-    }
-
-    fn slots(&self, t: usize) -> &[u32] {
-        &self.held[t * self.k..(t + 1) * self.k]
-    }
-    fn holds(&self, t: usize, e: u32) -> bool {
-        self.slots(t).contains(&e)
-    }
-    fn has_free(&self, t: usize) -> bool {
-        self.slots(t).contains(&NONE)
-    }
-    fn qp(&self, t: usize, e: usize) -> i64 {
-        self.q[t * self.experts + e]
-    }
-
-    /// Cheapest valid entry of a heap, dropping stale ones.
-    fn top(heap: &mut MinHeap, valid: impl Fn(usize) -> bool) -> Option<(i64, u32)> {
-        while let Some(&Reverse((c, t))) = heap.peek() {
-            if valid(t as usize) {
-                return Some((c, t));
-            }
-            heap.pop();
-        }
-        None
-    }
-    fn top_move(&mut self, a: usize, b: usize) -> Option<(i64, u32)> {
-        let mut h = std::mem::take(&mut self.mv[a * self.experts + b]);
-        let r = Self::top(&mut h, |t| {
-            self.holds(t, a as u32) && !self.holds(t, b as u32)
-        });
-        self.mv[a * self.experts + b] = h;
-        r
-    }
-    fn top_drop(&mut self, a: usize) -> Option<(i64, u32)> {
-        let mut h = std::mem::take(&mut self.dr[a]);
-        let r = Self::top(&mut h, |t| self.holds(t, a as u32));
-        self.dr[a] = h;
-        r
-    }
-    fn top_join(&mut self, b: usize) -> Option<(i64, u32)> {
-        let mut h = std::mem::take(&mut self.jn[b]);
-        let r = Self::top(&mut h, |t| self.has_free(t) && !self.holds(t, b as u32));
-        self.jn[b] = h;
-        r
-    }
-
-    fn leave(&mut self, t: usize, a: usize) {
-        let k = self.k;
-        let slot = self.held[t * k..(t + 1) * k]
-            .iter()
-            .position(|&e| e == a as u32)
-            .expect("token holds a");
-        self.held[t * k + slot] = NONE;
-        self.load_e[a] -= 1;
-        self.load_b[self.bins.bin(a)] -= 1;
-        for i in 0..k {
-            let y = self.held[t * k + i];
-            if y != NONE {
-                let c = self.qp(t, y as usize) - self.qp(t, a);
-                self.mv[y as usize * self.experts + a].push(Reverse((c, t as u32)));
-            }
-        }
-    }
-    fn join(&mut self, t: usize, b: usize) {
-        let k = self.k;
-        let slot = self.held[t * k..(t + 1) * k]
-            .iter()
-            .position(|&e| e == NONE)
-            .expect("token has a free slot");
-        self.held[t * k + slot] = b as u32;
-        self.load_e[b] += 1;
-        self.load_b[self.bins.bin(b)] += 1;
-        for x in 0..self.experts {
-            if !self.holds(t, x as u32) {
-                let c = self.qp(t, b) - self.qp(t, x);
-                self.mv[b * self.experts + x].push(Reverse((c, t as u32)));
-            }
-        }
-        let c = self.qp(t, b);
-        self.dr[b].push(Reverse((c, t as u32)));
-    }
-    fn push_joins(&mut self, t: usize, only: Option<usize>) {
-        for x in 0..self.experts {
-            if only.is_none_or(|o| o == x) && !self.holds(t, x as u32) {
-                let c = -self.qp(t, x);
-                self.jn[x].push(Reverse((c, t as u32)));
-            }
-        }
-    }
+/// The solver's result with its certificate (the tests check it).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct Solution {
+    pub served: Served,
+    /// Node prices: tokens `0..T`, bins `T..T+bins`, then `Z`.
+    pub price: Vec<i128>,
+    /// The cost multiplier `S`.
+    pub scale: i64,
+    /// Fixed-point fraction bits of `q`.
+    pub frac_bits: u32,
+    /// How many times candidates were added.
+    pub rounds: usize,
 }
 
 pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Served {
-    let experts = gate.experts();
-    let nb = bins.count();
-    let mut f = Flow::new(gate, bins);
-    let d = experts + nb;
-    let v = d + 1;
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); nb];
-    for e in 0..experts {
-        members[bins.bin(e)].push(e);
-    }
-    let mut pi = vec![0i64; v];
-    let mut dist = vec![INF; v];
-    let mut done = vec![false; v];
-    let mut pred = vec![
-        Pred {
-            from: usize::MAX,
-            token: NONE
-        };
-        v
-    ];
+    let k = gate.top_k();
+    solve(gate, bins, default_extra(k, gate.experts()), 2 * k).served
+}
 
-    while let Some(src_bin) = (0..nb).find(|&b| f.load_b[b] > bins.cap(b)) {
-        let src = experts + src_bin;
-        dist.fill(INF);
-        done.fill(false);
-        dist[src] = 0;
-        let target = loop {
-            // Dense Dijkstra: V is small; ties go to the lower node index.
-            let u = (0..v)
-                .filter(|&x| !done[x] && dist[x] < INF)
-                .min_by_key(|&x| (dist[x], x))
-                .expect("the drop node is always reachable from an overfull bin");
-            done[u] = true;
-            let is_sink = u == d
-                || (u >= experts
-                    && u < d
-                    && u != src
-                    && f.load_b[u - experts] < bins.cap(u - experts));
-            if is_sink {
-                break u;
-            }
-            let mut relax = |to: usize, cost: i64, token: u32, dist: &mut Vec<i64>| {
-                let rc = cost + pi[u] - pi[to];
-                debug_assert!(rc >= 0, "negative reduced cost {rc}");
-                if !done[to] && dist[u] + rc < dist[to] {
-                    dist[to] = dist[u] + rc;
-                    pred[to] = Pred { from: u, token };
-                }
-            };
-            if u < experts {
-                relax(experts + bins.bin(u), 0, NONE, &mut dist);
-                for b in 0..experts {
-                    if b != u {
-                        if let Some((c, t)) = f.top_move(u, b) {
-                            relax(b, c, t, &mut dist);
-                        }
-                    }
-                }
-                if let Some((c, t)) = f.top_drop(u) {
-                    relax(d, c, t, &mut dist);
-                }
-            } else if u < d {
-                for &a in &members[u - experts] {
-                    if f.load_e[a] > 0 {
-                        relax(a, 0, NONE, &mut dist);
-                    }
-                }
-            } else {
-                for b in 0..experts {
-                    if let Some((c, t)) = f.top_join(b) {
-                        relax(b, c, t, &mut dist);
-                    }
-                }
-            }
-        };
-        let dt = dist[target];
-        for x in 0..v {
-            pi[x] += dist[x].min(dt);
-        }
-        // Walk the path back, then apply its token moves from the source on.
-        let mut path = Vec::new();
-        let mut x = target;
-        while x != src {
-            let p = pred[x];
-            path.push((p.from, x, p.token as usize));
-            x = p.from;
-        }
-        for &(from, to, t) in path.iter().rev() {
-            match (from < experts, to < experts, from == d, to == d) {
-                (true, true, _, _) => {
-                    f.leave(t, from);
-                    f.join(t, to);
-                    if f.has_free(t) {
-                        f.push_joins(t, Some(from));
-                    }
-                }
-                (true, false, _, true) => {
-                    f.leave(t, from);
-                    f.push_joins(t, None);
-                }
-                (false, true, true, _) => f.join(t, to),
-                _ => {} // bin <-> expert: load moves with the token moves
-            }
-        }
+/// Extra candidates per token beyond its top-k.
+pub(crate) fn default_extra(k: usize, experts: usize) -> usize {
+    k.min(experts - k)
+}
+
+/// `p` in fixed point with `frac` fraction bits (round to nearest).
+#[inline]
+pub(crate) fn fixed(p: f32, frac: u32) -> i64 {
+    (p as f64 * (frac as f64).exp2()).round() as i64
+}
+
+/// Fraction bits such that `S * 2^frac` stays below 2^61.
+fn frac_bits(scale: i64) -> u32 {
+    let bits = 64 - (scale as u64).leading_zeros();
+    FRAC_BITS.min(61u32.saturating_sub(bits))
+}
+
+/// Each token's `k + extra` most preferred experts, then its best `roomy_max` experts
+/// among the bins that plain top-k leaves with room (where overflow goes), so
+/// that the certificate rarely has to add any.
+fn initial_candidates(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) -> Vec<Vec<u32>> {
+    let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
+    let mut load = vec![0u64; bins.count()];
+    for &e in gate.topk_all() {
+        load[bins.bin(e as usize)] += 1;
     }
-    let k = f.k;
-    Served::from_lists((0..gate.tokens()).map(|t| {
-        f.held[t * k..(t + 1) * k]
-            .iter()
-            .copied()
-            .filter(|&e| e != NONE)
+    let roomy: Vec<bool> = (0..experts)
+        .map(|e| load[bins.bin(e)] < bins.cap(bins.bin(e)))
+        .collect();
+    let width = (k + extra).min(experts);
+    (0..tokens)
+        .map(|t| {
+            let pref = gate.preference(t);
+            let mut c = pref[..width].to_vec();
+            c.extend(
+                pref[width..]
+                    .iter()
+                    .filter(|&&e| roomy[e as usize])
+                    .take(roomy_max),
+            );
+            c
+        })
+        .collect()
+}
+
+pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) -> Solution {
+    let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
+    let nb = bins.count();
+    let scale = 2 * (nb as i64 + 1) + 1;
+    let frac = frac_bits(scale);
+    let z = tokens + nb;
+    let cost = |t: usize, e: usize| -fixed(gate.p(t, e), frac) * scale;
+    // Candidate lists in preference order; `on[t][i]` is the flow on the arc.
+    let mut cands = initial_candidates(gate, bins, extra, roomy_max);
+    let mut on: Vec<Vec<bool>> = cands.iter().map(|c| vec![false; c.len()]).collect();
+    let mut drop_flow = vec![0i64; tokens];
+    let mut bin_flow = vec![0i64; nb];
+    let mut price = vec![0i128; z + 1];
+    let total = (tokens as i64).saturating_mul(k as i64);
+    let mut supply = vec![k as i64; z + 1];
+    supply[tokens..].fill(0);
+    supply[z] = -total;
+    // A zero flow with zero prices is eps-optimal for eps = the largest |cost|.
+    let mut eps0: i128 = cands
+        .iter()
+        .enumerate()
+        .flat_map(|(t, c)| c.iter().map(move |&e| (t, e as usize)))
+        .map(|(t, e)| -(cost(t, e) as i128))
+        .max()
+        .unwrap_or(0);
+    let mut rounds = 0;
+    loop {
+        let mut edges = Vec::with_capacity(cands.iter().map(|c| c.len() + 1).sum::<usize>() + nb);
+        for t in 0..tokens {
+            for (i, &e) in cands[t].iter().enumerate() {
+                edges.push(Edge {
+                    from: t as u32,
+                    to: (tokens + bins.bin(e as usize)) as u32,
+                    cap: 1,
+                    cost: cost(t, e as usize),
+                    flow: i64::from(on[t][i]),
+                });
+            }
+            edges.push(Edge {
+                from: t as u32,
+                to: z as u32,
+                cap: k as i64,
+                cost: 0,
+                flow: drop_flow[t],
+            });
+        }
+        for (b, &flow) in bin_flow.iter().enumerate() {
+            edges.push(Edge {
+                from: (tokens + b) as u32,
+                to: z as u32,
+                cap: i64::try_from(bins.cap(b)).unwrap_or(i64::MAX).min(total),
+                cost: 0,
+                flow,
+            });
+        }
+        let mut net = Net::new(&supply, &edges, price);
+        net.scale(eps0, ALPHA);
+        let mut i = 0;
+        for t in 0..tokens {
+            for f in on[t].iter_mut() {
+                *f = net.flow(i) == 1;
+                i += 1;
+            }
+            drop_flow[t] = net.flow(i);
+            i += 1;
+        }
+        for f in bin_flow.iter_mut() {
+            *f = net.flow(i);
+            i += 1;
+        }
+        price = net.price;
+        // Certificate: every arc outside the candidates must be 1-optimal.
+        eps0 = 0;
+        for t in 0..tokens {
+            if cands[t].len() == experts {
+                continue;
+            }
+            let mut is_cand = vec![false; experts];
+            for &e in &cands[t] {
+                is_cand[e as usize] = true;
+            }
+            for e in 0..experts {
+                if is_cand[e] {
+                    continue;
+                }
+                let rc = cost(t, e) as i128 + price[t] - price[tokens + bins.bin(e)];
+                if rc < -1 {
+                    eps0 = eps0.max(-rc);
+                    cands[t].push(e as u32);
+                    on[t].push(false);
+                }
+            }
+        }
+        if eps0 == 0 {
+            break;
+        }
+        rounds += 1;
+    }
+    let served = Served::from_lists(cands.iter().zip(&on).map(|(c, f)| {
+        c.iter()
+            .zip(f)
+            .filter(|(_, &f)| f)
+            .map(|(&e, _)| e)
             .collect::<Vec<_>>()
-    }))
+    }));
+    Solution {
+        served,
+        price,
+        scale,
+        frac_bits: frac,
+        rounds,
+    }
 }

@@ -1,0 +1,192 @@
+//! Min-cost flow by cost scaling (Goldberg and Tarjan's push-relabel).
+//!
+//! Integer costs and capacities; node prices `p`; the reduced cost of an arc
+//! `v -> w` is `c + p[v] - p[w]`. A pseudoflow is eps-optimal when every
+//! residual arc has reduced cost `>= -eps`. `refine(eps)` turns an
+//! (alpha*eps)-optimal flow into an eps-optimal one that meets every supply.
+//! Everything runs in a fixed order (arcs in insertion order, active nodes
+//! FIFO), so the result is a function of the input alone.
+//!
+//! Prices are `i128`: a refine may move a price by a few multiples of the
+//! longest simple residual path times eps, which can pass `i64` even when
+//! costs fit in 62 bits.
+
+use std::collections::VecDeque;
+
+/// One arc as the caller describes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Edge {
+    pub from: u32,
+    pub to: u32,
+    pub cap: i64,
+    pub cost: i64,
+    /// Units already on the arc (a warm start), `0..=cap`.
+    pub flow: i64,
+}
+
+/// A residual network in CSR form: node `v`'s arcs are `first[v]..first[v+1]`.
+pub(crate) struct Net {
+    first: Vec<u32>,
+    to: Vec<u32>,
+    rev: Vec<u32>,
+    res: Vec<i64>,
+    cost: Vec<i64>,
+    pub price: Vec<i128>,
+    excess: Vec<i64>,
+    /// Arc index of each caller edge, in the order given.
+    fwd: Vec<u32>,
+}
+
+impl Net {
+    /// `supply[v]` units leave node `v` (negative: enter it); supplies sum to 0.
+    pub fn new(supply: &[i64], edges: &[Edge], price: Vec<i128>) -> Self {
+        let n = supply.len();
+        let mut deg = vec![0u32; n + 1];
+        for e in edges {
+            deg[e.from as usize + 1] += 1;
+            deg[e.to as usize + 1] += 1;
+        }
+        for v in 0..n {
+            deg[v + 1] += deg[v];
+        }
+        let first = deg.clone();
+        let m = first[n] as usize;
+        let mut next = deg;
+        let (mut to, mut rev) = (vec![0u32; m], vec![0u32; m]);
+        let (mut res, mut cost) = (vec![0i64; m], vec![0i64; m]);
+        let mut fwd = Vec::with_capacity(edges.len());
+        let mut excess = supply.to_vec();
+        for e in edges {
+            let (a, b) = (next[e.from as usize], next[e.to as usize]);
+            next[e.from as usize] += 1;
+            next[e.to as usize] += 1;
+            let (a, b) = (a as usize, b as usize);
+            to[a] = e.to;
+            rev[a] = b as u32;
+            res[a] = e.cap - e.flow;
+            cost[a] = e.cost;
+            to[b] = e.from;
+            rev[b] = a as u32;
+            res[b] = e.flow;
+            cost[b] = -e.cost;
+            excess[e.from as usize] -= e.flow;
+            excess[e.to as usize] += e.flow;
+            fwd.push(a as u32);
+        }
+        Self {
+            first,
+            to,
+            rev,
+            res,
+            cost,
+            price,
+            excess,
+            fwd,
+        }
+    }
+
+    /// Units on caller edge `i`.
+    pub fn flow(&self, i: usize) -> i64 {
+        self.res[self.rev[self.fwd[i] as usize] as usize]
+    }
+
+    #[inline]
+    fn reduced(&self, v: usize, a: usize) -> i128 {
+        self.cost[a] as i128 + self.price[v] - self.price[self.to[a] as usize]
+    }
+
+    #[inline]
+    fn push(&mut self, v: usize, a: usize, d: i64) {
+        let w = self.to[a] as usize;
+        self.res[a] -= d;
+        self.res[self.rev[a] as usize] += d;
+        self.excess[v] -= d;
+        self.excess[w] += d;
+    }
+
+    /// Cost scaling from an `eps0`-optimal state down to 1-optimal.
+    pub fn scale(&mut self, eps0: i128, alpha: i128) {
+        let mut eps = eps0.max(1);
+        loop {
+            eps = (eps / alpha).max(1);
+            self.refine(eps);
+            if eps == 1 {
+                return;
+            }
+        }
+    }
+
+    /// Makes the flow eps-optimal and balanced (every excess 0). Only arcs
+    /// that break eps-optimality are saturated first (not every negative
+    /// one), so a nearly optimal warm start stays nearly untouched.
+    fn refine(&mut self, eps: i128) {
+        let n = self.first.len() - 1;
+        for v in 0..n {
+            for a in self.first[v] as usize..self.first[v + 1] as usize {
+                if self.res[a] > 0 && self.reduced(v, a) < -eps {
+                    self.push(v, a, self.res[a]);
+                }
+            }
+        }
+        let mut queued: Vec<bool> = self.excess.iter().map(|&x| x > 0).collect();
+        let mut queue: VecDeque<u32> = (0..n as u32).filter(|&v| queued[v as usize]).collect();
+        let mut cur: Vec<u32> = self.first[..n].to_vec();
+        while let Some(v) = queue.pop_front() {
+            let v = v as usize;
+            queued[v] = false;
+            self.discharge(v, eps, &mut cur, &mut queued, &mut queue);
+        }
+    }
+
+    fn discharge(
+        &mut self,
+        v: usize,
+        eps: i128,
+        cur: &mut [u32],
+        queued: &mut [bool],
+        queue: &mut VecDeque<u32>,
+    ) {
+        let end = self.first[v + 1] as usize;
+        while self.excess[v] > 0 {
+            let mut a = cur[v] as usize;
+            while a < end {
+                if self.res[a] > 0 && self.reduced(v, a) < 0 {
+                    let w = self.to[a] as usize;
+                    let d = self.excess[v].min(self.res[a]);
+                    self.push(v, a, d);
+                    if self.excess[w] > 0 && !queued[w] {
+                        queued[w] = true;
+                        queue.push_back(w as u32);
+                    }
+                    if self.excess[v] == 0 {
+                        break;
+                    }
+                }
+                a += 1;
+            }
+            cur[v] = a as u32;
+            if self.excess[v] > 0 {
+                self.relabel(v, eps, cur);
+            }
+        }
+    }
+
+    /// Lowers `p[v]` as far as eps-optimality allows; the arc that binds
+    /// becomes the current arc.
+    fn relabel(&mut self, v: usize, eps: i128, cur: &mut [u32]) {
+        let (lo, hi) = (self.first[v] as usize, self.first[v + 1] as usize);
+        let mut best: Option<(i128, usize)> = None;
+        for a in lo..hi {
+            if self.res[a] > 0 {
+                let cand = self.price[self.to[a] as usize] - self.cost[a] as i128;
+                if best.is_none_or(|(b, _)| cand > b) {
+                    best = Some((cand, a));
+                }
+            }
+        }
+        // A node with excess always has a residual arc in a feasible network.
+        let (b, a) = best.expect("a node with excess has a residual arc");
+        self.price[v] = b - eps;
+        cur[v] = a as u32;
+    }
+}
