@@ -42,6 +42,7 @@ fn config_inputs() {
 #[test]
 fn safetensors_inputs() {
     replay("safetensors", fuzz_harness::safetensors);
+    fuzz_harness::remove_scratch();
 }
 
 #[test]

@@ -67,6 +67,11 @@ fn scratch() -> PathBuf {
     DIR.with(|d| d.clone())
 }
 
+/// Removes this thread's scratch directory (tests call it when done).
+pub fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(scratch());
+}
+
 fn take_all(mut files: WeightFiles, cfg: &MixtralConfig) {
     let _ = files.dtypes();
     if files.check(cfg).is_ok() {
