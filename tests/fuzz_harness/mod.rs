@@ -177,5 +177,11 @@ pub fn routing(data: &[u8]) {
     };
     if let Ok(plan) = route(&logits, &cfg) {
         let _ = plan.stats();
+        // Outputs never hold NaN or Inf (issue 11, item 3).
+        let bad = plan.weights().iter().position(|w| !w.is_finite());
+        assert!(
+            bad.is_none(),
+            "combine weight {bad:?} is not finite: {cfg:?}"
+        );
     }
 }
