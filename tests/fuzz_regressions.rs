@@ -8,12 +8,13 @@ mod fuzz_harness;
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) {
+    replay_dirs(target, run, &["fuzz/corpus", "tests/fuzz_regressions"]);
+}
+
+fn replay_dirs(target: &str, run: fn(&[u8]), dirs: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
-    for dir in [
-        root.join("fuzz/corpus").join(target),
-        root.join("tests/fuzz_regressions").join(target),
-    ] {
+    for dir in dirs.iter().map(|d| root.join(d).join(target)) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -42,6 +43,7 @@ fn config_inputs() {
 #[test]
 fn safetensors_inputs() {
     replay("safetensors", fuzz_harness::safetensors);
+    fuzz_harness::remove_scratch();
 }
 
 #[test]
@@ -61,4 +63,14 @@ fn valid_safetensors_seeds_load() {
     let files = capmoe::model::WeightFiles::open(&dir).unwrap();
     files.check(&fuzz_harness::micro_config()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Crashes found whose fix belongs to code outside this branch (routing's
+/// renormalize divides 0 by 0 when a token is served only by experts with
+/// p == 0, issue 11). Move each file to tests/fuzz_regressions/<target>/
+/// and drop the `ignore` once the fix is merged.
+#[test]
+#[ignore = "pending the routing fix for renormalize over zero mass"]
+fn pending_routing_crashes() {
+    replay_dirs("routing", fuzz_harness::routing, &["tests/fuzz_pending"]);
 }

@@ -244,3 +244,30 @@ fn a_huge_config_fails_before_the_weights_are_opened() {
         Ok(_) => panic!("loaded"),
     }
 }
+
+/// Large tensors are scanned in parallel chunks; the first bad value is the
+/// one named, whatever chunk finishes first.
+#[test]
+fn the_first_non_finite_value_of_a_large_tensor_is_named() {
+    let n = 300_000;
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        let mut v = vec![0.5f32; n];
+        v[290_000] = f32::NAN;
+        v[150_001] = f32::INFINITY;
+        v[150_002] = f32::NAN;
+        let dir = temp_dir(&format!("large-{dtype:?}"));
+        let p = dir.join("w.safetensors");
+        std::fs::write(
+            &p,
+            safetensors_bytes(&[("w".into(), vec![3, n / 3], v)], dtype),
+        )
+        .unwrap();
+        let mut files = WeightFiles::open(&p).unwrap();
+        let e = files.take("w", &[3, n / 3]).unwrap_err();
+        assert!(
+            matches!(&e, WeightError::NonFinite { index, value, .. }
+            if index == &vec![1, 50_001] && value.is_infinite()),
+            "{dtype:?}: {e}"
+        );
+    }
+}

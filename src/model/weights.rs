@@ -386,36 +386,43 @@ const CHUNK: usize = 1 << 16;
 /// that is not finite (checked in the same pass).
 fn convert(bytes: &[u8], f: impl Fn(u16) -> f32 + Sync) -> (Vec<f32>, Option<usize>) {
     let mut out = vec![0.0f32; bytes.len() / 2];
-    let bad = out
-        .par_chunks_mut(CHUNK)
-        .zip(bytes.par_chunks(2 * CHUNK))
-        .enumerate()
-        .filter_map(|(ci, (o, b))| {
-            let mut bad = None;
-            for (k, (o, c)) in o.iter_mut().zip(b.chunks_exact(2)).enumerate() {
-                *o = f(u16::from_le_bytes([c[0], c[1]]));
-                if bad.is_none() && !o.is_finite() {
-                    bad = Some(ci * CHUNK + k);
-                }
+    let chunk = |ci: usize, o: &mut [f32], b: &[u8]| {
+        let mut bad = None;
+        for (k, (o, c)) in o.iter_mut().zip(b.chunks_exact(2)).enumerate() {
+            *o = f(u16::from_le_bytes([c[0], c[1]]));
+            if bad.is_none() && !o.is_finite() {
+                bad = Some(ci * CHUNK + k);
             }
-            bad
-        })
-        .min();
+        }
+        bad
+    };
+    // One chunk runs here: handing it to the pool costs more than it saves.
+    let bad = if out.len() <= CHUNK {
+        chunk(0, &mut out, bytes)
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(2 * CHUNK))
+            .enumerate()
+            .filter_map(|(ci, (o, b))| chunk(ci, o, b))
+            .min()
+    };
     (out, bad)
 }
 
 /// Index of the first little-endian f32 in `bytes` that is NaN or Inf.
 fn first_non_finite_f32(bytes: &[u8]) -> Option<usize> {
+    let chunk = |ci: usize, b: &[u8]| {
+        b.chunks_exact(4)
+            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .map(|k| ci * CHUNK + k)
+    };
+    if bytes.len() <= 4 * CHUNK {
+        return chunk(0, bytes);
+    }
     bytes
         .par_chunks(4 * CHUNK)
         .enumerate()
-        .filter_map(|(ci, b)| {
-            b.chunks_exact(4)
-                .position(|c| {
-                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
-                })
-                .map(|k| ci * CHUNK + k)
-        })
+        .filter_map(|(ci, b)| chunk(ci, b))
         .min()
 }
 

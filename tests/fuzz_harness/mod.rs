@@ -67,6 +67,11 @@ fn scratch() -> PathBuf {
     DIR.with(|d| d.clone())
 }
 
+/// Removes this thread's scratch directory (tests call it when done).
+pub fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(scratch());
+}
+
 fn take_all(mut files: WeightFiles, cfg: &MixtralConfig) {
     let _ = files.dtypes();
     if files.check(cfg).is_ok() {
@@ -172,5 +177,11 @@ pub fn routing(data: &[u8]) {
     };
     if let Ok(plan) = route(&logits, &cfg) {
         let _ = plan.stats();
+        // Outputs never hold NaN or Inf (issue 11, item 3).
+        let bad = plan.weights().iter().position(|w| !w.is_finite());
+        assert!(
+            bad.is_none(),
+            "combine weight {bad:?} is not finite: {cfg:?}"
+        );
     }
 }
