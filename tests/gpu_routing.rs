@@ -59,7 +59,11 @@ fn cases() -> Vec<(String, usize, usize, usize, Vec<f32>)> {
 /// Routes on the device, raising next-best's round limit when a displacement
 /// chain needs more synchronous rounds than the default.
 fn gpu_plan(g: &GpuContext, cfg: &RouterConfig, logits: &[f32], t: usize, e: usize) -> GpuPlan {
-    let d = g.stream().clone_htod(logits).unwrap();
+    // T = 0: a one-element buffer, as `route_host` does (no 0-byte device allocations).
+    let d = g
+        .stream()
+        .clone_htod(if logits.is_empty() { &[0.0f32][..] } else { logits })
+        .unwrap();
     for rounds in [e, 8 * e, 64 * e, t * e + 1] {
         let router = GpuRouter::new(g, cfg.clone())
             .unwrap()
