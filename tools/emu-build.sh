@@ -8,22 +8,29 @@ set -euo pipefail
 src=$1 out=$2 san=${3:-}
 cxx=${CXX:-c++}
 mkdir -p "$out/obj"
-flags=(-std=c++17 -O1 -g -fPIC -DCAPMOE_EMULATE -I"$src/emu/include" -ffp-contract=off -fno-fast-math
+flags=(-std=c++17 -O2 -g -fPIC -DCAPMOE_EMULATE -I"$src/emu/include" -ffp-contract=off -fno-fast-math
        -fno-strict-aliasing -fno-omit-frame-pointer -Wall -Wno-unknown-pragmas -Wno-unused-parameter)
 if [[ $san == sanitize ]]; then
   flags+=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 fi
+# Objects are reused while their source, every header under CUDA_DIR and the flags are unchanged.
+echo "$cxx ${flags[*]}" > "$out/flags.new"
+if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o; mv "$out/flags.new" "$out/flags"; fi
+stale() { [[ ! -f $2 || $1 -nt $2 ]] || [[ -n $(find "$src" \( -name '*.cuh' -o -name '*.h' \) -newer "$2" | head -1) ]]; }
 files=$(cd "$src" && find . -name '*.cu' -not -path '*/cutlass/*' -not -name '_*' | sort)
 objs=()
 pids=()
 jobs=${CAPMOE_EMU_JOBS:-2}
 i=0
-for f in $files emu/runtime.cpp; do
+gen=$(cd "$out" && ls gen/*.cpp 2>/dev/null || true)
+for f in $files emu/runtime.cpp emu/ref_gemm.cpp $gen; do
   o="$out/obj/$(echo "${f#./}" | tr / _).o"
   objs+=("$o")
   lang=c++
-  # Until every launch goes through CAPMOE_LAUNCH: compile a copy with <<<>>> rewritten.
   in="$src/$f"
+  [[ $f == gen/* ]] && in="$out/$f"
+  if ! stale "$in" "$o"; then continue; fi
+  # Until every launch goes through CAPMOE_LAUNCH: compile a copy with <<<>>> rewritten.
   if grep -q '<<<' "$in"; then
     mkdir -p "$out/rw/$(dirname "$f")"
     python3 "$src/emu/rewrite_launches.py" "$in" "$out/rw/$f"

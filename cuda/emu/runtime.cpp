@@ -1,5 +1,6 @@
 // The emulation runtime: grid launches over fibers, block barriers, warp collectives, the cub
 // support and the cudart subset the launchers call. See emu.cuh and docs/EMULATION.md.
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -81,10 +82,15 @@ struct Fiber {
 
 struct Collective {
   Op op;
-  unsigned mask, arrived;
+  unsigned mask, arrived;  // arrived == 0: a free slot
   int width;
   uint64_t value[32];
   int arg[32];
+};
+// At most 32 collectives can be pending in a warp (each lane waits at one at most).
+struct Warp {
+  Collective slot[32];
+  int used = 0;  // slots [0, used) may be pending
 };
 
 struct Rng {
@@ -106,16 +112,11 @@ const char* g_kernel = "";
 
 std::vector<Fiber> g_fibers;
 std::vector<unsigned> g_ready;
-std::vector<std::vector<Collective>> g_warps;
+std::vector<Warp> g_warps;
 unsigned g_nthreads = 0, g_barrier_arrived = 0;
 void* g_sched_sp = nullptr;
 void (*g_body)(void*) = nullptr;
 void* g_closure = nullptr;
-#ifdef CAPMOE_EMU_ASAN
-void* g_sched_fake = nullptr;
-const void* g_sched_bottom = nullptr;
-size_t g_sched_size = 0;
-#endif
 
 void seed_once() {
   if (g_seeded) return;
@@ -127,23 +128,65 @@ void seed_once() {
 
 Fiber& cur() { return g_fibers[g_thread->linear]; }
 
-// Fiber -> scheduler. `done`: this fiber never resumes (its ASan fake stack is released).
-void to_scheduler(bool done) {
-  Fiber& f = cur();
+// The stack the scheduler runs on (the launching OS thread's), for ASan's fiber annotations.
+void sched_stack(const void** bottom, size_t* size) {
+  static thread_local const void* b = nullptr;
+  static thread_local size_t n = 0;
+  if (!b) {
+    pthread_attr_t a;
+    void* addr = nullptr;
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+      pthread_attr_getstack(&a, &addr, &n);
+      pthread_attr_destroy(&a);
+    }
+    b = addr;
+  }
+  *bottom = b;
+  *size = n;
+}
+
+// Switches from the running fiber (or the scheduler) straight to a random ready fiber, or back
+// to the scheduler when none is ready. `done`: the caller never resumes. The frames of a finished
+// fiber never return, so these functions carry no ASan redzones: stale poison would otherwise
+// stay on a stack that the next block reuses.
+#define CAPMOE_EMU_NOASAN __attribute__((no_sanitize_address))
+CAPMOE_EMU_NOASAN void switch_next(void** save_sp, bool done) {
+  void* to = g_sched_sp;
+  const void* bottom = nullptr;
+  size_t size = 0;
+  if (!g_ready.empty()) {
+    const size_t j = g_rng.below(g_ready.size());
+    const unsigned i = g_ready[j];
+    g_ready[j] = g_ready.back();
+    g_ready.pop_back();
+    Fiber& f = g_fibers[i];
+    g_thread = &f.ts;
+    if (save_sp == &f.sp) return;  // the caller itself was picked: it just goes on
+    to = f.sp;
+    bottom = f.stack + 4096;
+    size = kStack - 4096;
+  } else {
+    g_thread = nullptr;
+    sched_stack(&bottom, &size);
+  }
 #ifdef CAPMOE_EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(done ? nullptr : &fake, g_sched_bottom, g_sched_size);
-  capmoe_emu_switch(&f.sp, g_sched_sp);
+  __sanitizer_start_switch_fiber(done ? nullptr : &fake, bottom, size);
+  capmoe_emu_switch(save_sp, to);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
   (void)done;
-  capmoe_emu_switch(&f.sp, g_sched_sp);
+  (void)bottom;
+  (void)size;
+  capmoe_emu_switch(save_sp, to);
 #endif
 }
 
-extern "C" void capmoe_emu_fiber_main() {
+CAPMOE_EMU_NOASAN void to_scheduler(bool done) { switch_next(&cur().sp, done); }
+
+extern "C" CAPMOE_EMU_NOASAN void capmoe_emu_fiber_main() {
 #ifdef CAPMOE_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &g_sched_bottom, &g_sched_size);
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
   g_body(g_closure);
   cur().state = State::Done;
@@ -158,7 +201,9 @@ void prepare(Fiber& f) {
     mprotect(m, 4096, PROT_NONE);  // guard page: a stack overflow faults
     f.stack = static_cast<char*>(m);
   }
-  uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStack) & ~uintptr_t{15};
+  // Stack tops staggered by 17 cache lines per fiber: tops 256 KiB apart would share cache sets.
+  const uintptr_t color = (static_cast<uintptr_t>(&f - g_fibers.data()) * 1088) % 65536;
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStack - color) & ~uintptr_t{15};
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;                                                // fake return address of fiber_main
   *--sp = reinterpret_cast<void*>(&capmoe_emu_fiber_main);        // popped by `ret`
@@ -166,20 +211,6 @@ void prepare(Fiber& f) {
   f.sp = sp;
   f.state = State::Ready;
   f.at_barrier = false;
-}
-
-void run_fiber(unsigned i) {
-  Fiber& f = g_fibers[i];
-  g_thread = &f.ts;
-#ifdef CAPMOE_EMU_ASAN
-  void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, f.stack + 4096, kStack - 4096);
-  capmoe_emu_switch(&g_sched_sp, f.sp);
-  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#else
-  capmoe_emu_switch(&g_sched_sp, f.sp);
-#endif
-  g_thread = nullptr;
 }
 
 void make_ready(unsigned i) {
@@ -206,18 +237,15 @@ void run_block() {
     prepare(g_fibers[i]);
     g_ready.push_back(i);
   }
-  for (auto& w : g_warps) w.clear();
+  for (auto& w : g_warps) {
+    for (int i = 0; i < w.used; ++i) w.slot[i].arrived = 0;
+    w.used = 0;
+  }
   g_barrier_arrived = 0;
   // Every __shared__ variable starts as random bytes, as on a GPU it holds stale data.
   if (__start_capmoe_emu_shared && __stop_capmoe_emu_shared)
     fill_random(__start_capmoe_emu_shared, static_cast<size_t>(__stop_capmoe_emu_shared - __start_capmoe_emu_shared));
-  while (!g_ready.empty()) {
-    const size_t j = g_rng.below(g_ready.size());
-    const unsigned i = g_ready[j];
-    g_ready[j] = g_ready.back();
-    g_ready.pop_back();
-    run_fiber(i);
-  }
+  switch_next(&g_sched_sp, false);  // back here once no fiber is ready
   for (unsigned i = 0; i < g_nthreads; ++i)
     if (g_fibers[i].state != State::Done) deadlock();
 }
@@ -322,13 +350,23 @@ uint64_t warp_op(Op op, unsigned mask, uint64_t value, int arg, int width) {
   if (lanes < 32 && (mask >> lanes) != 0)
     fatal("%s: _sync mask 0x%08x names lanes that do not exist (the warp has %u threads)", g_kernel, mask, lanes);
   if (width < 1 || width > 32 || (width & (width - 1)) != 0) fatal("%s: shuffle width %d", g_kernel, width);
-  auto& pending = g_warps[warp];
+  Warp& w = g_warps[warp];
   Collective* c = nullptr;
-  for (auto& p : pending)
-    if (p.mask == mask) c = &p;
+  Collective* free_slot = nullptr;
+  for (int i = 0; i < w.used; ++i) {
+    Collective& p = w.slot[i];
+    if (p.arrived == 0) {
+      if (!free_slot) free_slot = &p;
+    } else if (p.mask == mask) {
+      c = &p;
+    }
+  }
   if (!c) {
-    pending.push_back(Collective{op, mask, 0, width, {}, {}});
-    c = &pending.back();
+    c = free_slot ? free_slot : &w.slot[w.used++];
+    c->op = op;
+    c->mask = mask;
+    c->width = width;
+    c->arrived = 0;
   } else if (c->op != op || c->width != width) {
     fatal("%s: lanes of warp %u meet at different warp intrinsics (mask 0x%08x)", g_kernel, warp, mask);
   }
@@ -342,7 +380,8 @@ uint64_t warp_op(Op op, unsigned mask, uint64_t value, int arg, int width) {
         g_fibers[warp * 32 + l].result = collective_result(*c, l);
         make_ready(warp * 32 + l);
       }
-    pending.erase(pending.begin() + (c - pending.data()));
+    c->arrived = 0;
+    while (w.used > 0 && w.slot[w.used - 1].arrived == 0) --w.used;
   }
   to_scheduler(false);
   return f.result;
@@ -364,7 +403,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream
   g_kernel = kernel;
   g_nthreads = static_cast<unsigned>(nthreads);
   if (g_fibers.size() < g_nthreads) g_fibers.resize(g_nthreads);
-  g_warps.assign((g_nthreads + 31) / 32, {});
+  if (g_warps.size() < (g_nthreads + 31) / 32) g_warps.resize((g_nthreads + 31) / 32);
   for (unsigned i = 0; i < g_nthreads; ++i) {
     ThreadState& t = g_fibers[i].ts;
     t.linear = i;
