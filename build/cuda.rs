@@ -108,10 +108,6 @@ pub fn build() -> Result<(), String> {
     }
     check_ptxas(&usage, &report, &out)?;
 
-    println!("cargo:rustc-cfg=capmoe_cuda");
-    if archs.iter().any(|a| a.num == 90 && a.suffix == "a") {
-        println!("cargo:rustc-cfg=capmoe_sm90");
-    }
     println!("cargo:rustc-env=CAPMOE_CUDA_ARCHS={}", arch_list(&archs));
     let list: Vec<String> = sources.iter().map(|s| format!("{:?}", s.rel)).collect();
     let rs = format!(

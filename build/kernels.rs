@@ -26,6 +26,10 @@ impl Fnv {
     }
 }
 
+/// Folders of cuda/ that nvcc never sees: `emu` holds the CPU emulation layer (its own build),
+/// so that editing it neither compiles it with nvcc nor invalidates the cached libraries.
+const NOT_NVCC: &[&str] = &["emu"];
+
 /// Every file under `dir`, sorted, skipping folders named `cutlass` when `skip_cutlass`.
 fn walk(dir: &Path, skip_cutlass: bool, out: &mut Vec<PathBuf>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
@@ -66,6 +70,7 @@ pub struct Source {
 pub fn sources(cuda_dir: &Path, gencode: &[String]) -> Vec<Source> {
     let mut files = Vec::new();
     walk(cuda_dir, true, &mut files);
+    files.retain(|p| !emulation_only(cuda_dir, p));
     files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
@@ -101,12 +106,21 @@ pub fn headers(cuda_dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     walk(cuda_dir, false, &mut files);
     files.retain(|p| {
-        matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("cuh" | "h" | "hpp" | "inl")
-        )
+        !emulation_only(cuda_dir, p)
+            && matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("cuh" | "h" | "hpp" | "inl")
+            )
     });
     files
+}
+
+/// Whether `p` lies in a folder of cuda/ that only the emulation build reads (`NOT_NVCC`).
+fn emulation_only(cuda_dir: &Path, p: &Path) -> bool {
+    p.strip_prefix(cuda_dir)
+        .ok()
+        .and_then(|r| r.components().next())
+        .is_some_and(|c| NOT_NVCC.iter().any(|n| c.as_os_str() == *n))
 }
 
 /// A fingerprint of every file under `dir`: relative path, size and modification time. Used for

@@ -203,19 +203,31 @@ pub fn nvcc_flags(root: &Path) -> Vec<String> {
     f
 }
 
-/// `-gencode` flags of the hand-written kernels: SASS for every arch, and PTX of the newest in the
-/// fatbin (so that a newer GPU can JIT them).
+/// The newest arch without an arch-specific suffix (`90a` -> `90`): the PTX that newer GPUs can
+/// JIT. `compute_90a` PTX runs on sm_90 only; the hand-written kernels use no 90a feature.
+pub fn portable_ptx_arch(archs: &[Arch]) -> u32 {
+    archs.last().expect("at least one arch").num
+}
+
+/// `-gencode` flags of the hand-written kernels: SASS for every arch, and portable PTX of the
+/// newest (`compute_90` for `90a`) in the fatbin, so that a newer GPU can JIT them.
 pub fn gencode(archs: &[Arch]) -> Vec<String> {
-    let newest = archs.len() - 1;
+    let ptx = portable_ptx_arch(archs);
     let mut f = Vec::new();
-    for (i, a) in archs.iter().enumerate() {
+    let mut ptx_done = false;
+    for a in archs {
         let n = a.name();
         f.push("-gencode".into());
-        f.push(if i == newest {
-            format!("arch=compute_{n},code=[sm_{n},compute_{n}]")
+        if a.suffix.is_empty() && a.num == ptx {
+            f.push(format!("arch=compute_{n},code=[sm_{n},compute_{n}]"));
+            ptx_done = true;
         } else {
-            format!("arch=compute_{n},code=sm_{n}")
-        });
+            f.push(format!("arch=compute_{n},code=sm_{n}"));
+        }
+    }
+    if !ptx_done {
+        f.push("-gencode".into());
+        f.push(format!("arch=compute_{ptx},code=compute_{ptx}"));
     }
     f
 }
@@ -223,7 +235,7 @@ pub fn gencode(archs: &[Arch]) -> Vec<String> {
 /// The flags for `nvcc -ptx` (ptx/ is committed, so nothing that holds a path of this checkout:
 /// no `-lineinfo`, which records absolute file names).
 pub fn ptx_flags(archs: &[Arch]) -> Vec<String> {
-    let newest = archs.last().expect("at least one arch").name();
+    let newest = portable_ptx_arch(archs);
     [
         "-std=c++17",
         "-O3",

@@ -56,18 +56,28 @@ fn cases() -> Vec<(String, usize, usize, usize, Vec<f32>)> {
     out
 }
 
-/// Routes on the device, raising next-best's round limit when a displacement
-/// chain needs more synchronous rounds than the default.
+/// Logits on the device; T = 0 gets a one-element buffer, as `route_host`
+/// does (cuMemAlloc rejects 0 bytes).
+fn upload(g: &GpuContext, logits: &[f32]) -> cudarc::driver::CudaSlice<f32> {
+    let data = if logits.is_empty() {
+        &[0.0f32][..]
+    } else {
+        logits
+    };
+    g.stream().clone_htod(data).unwrap()
+}
+
+/// Routes on the device, raising next-best's round limit once when a
+/// displacement chain needs more synchronous rounds than the default
+/// (2E + 16). Converged rounds exit early on a device flag, so the raised limit
+/// costs launches, not work: 16E + 64 rounds are at most ~8200 x ~12 launches.
 fn gpu_plan(g: &GpuContext, cfg: &RouterConfig, logits: &[f32], t: usize, e: usize) -> GpuPlan {
-    // T = 0: a one-element buffer, as `route_host` does (no 0-byte device allocations).
-    let d = g
-        .stream()
-        .clone_htod(if logits.is_empty() { &[0.0f32][..] } else { logits })
-        .unwrap();
-    for rounds in [e, 8 * e, 64 * e, t * e + 1] {
-        let router = GpuRouter::new(g, cfg.clone())
-            .unwrap()
-            .with_max_rounds(rounds);
+    let d = upload(g, logits);
+    for rounds in [None, Some(16 * e + 64)] {
+        let mut router = GpuRouter::new(g, cfg.clone()).unwrap();
+        if let Some(r) = rounds {
+            router = router.with_max_rounds(r);
+        }
         let plan = router.route(&d, t, e).unwrap();
         match plan.to_host() {
             Err(GpuError::NotConverged { .. }) => continue,
@@ -75,7 +85,7 @@ fn gpu_plan(g: &GpuContext, cfg: &RouterConfig, logits: &[f32], t: usize, e: usi
             Ok(_) => return plan,
         }
     }
-    panic!("{cfg:?}: next-best did not converge within T * E rounds")
+    panic!("{cfg:?}: next-best did not converge within 16 E + 64 rounds (T {t}, E {e})")
 }
 
 fn configs(experts: usize, k: usize) -> Vec<RouterConfig> {
@@ -249,6 +259,59 @@ fn gpu_combine_bf16_rounds_the_f32_sum_once() {
         .map(|&v| half::bf16::from_f32(v).to_bits())
         .collect();
     assert_eq!(out, want);
+}
+
+/// A NaN or Inf logit on device input is the oracle's typed error, not
+/// out-of-range experts: the gating kernel records the first one and gives
+/// its token in-range experts, so every later kernel (and the dispatch)
+/// stays in bounds and the context stays usable.
+#[test]
+fn gpu_non_finite_logits_are_a_typed_error() {
+    let Some(g) = gpu() else { return };
+    let (t, e, k) = (40, 64, 4);
+    for (at, bad) in [
+        (0, f32::NAN),
+        (37 * 64 + 63, f32::INFINITY),
+        (5 * 64 + 33, f32::NEG_INFINITY),
+    ] {
+        let mut logits: Vec<f32> = (0..t * e).map(|i| (i % 7) as f32 * 0.25).collect();
+        logits[at] = bad;
+        // A second bad value later: the lowest index is the one reported.
+        logits[t * e - 1] = f32::NAN;
+        for policy in ["none", "drop:score", "expand:local", "reroute:next-best"] {
+            let p: Policy = policy.parse().unwrap();
+            let mut cfg = RouterConfig::new(k, p).with_ranks(4);
+            if p.has_capacity() {
+                cfg = cfg.with_capacity_factor(1.0);
+            }
+            let router = GpuRouter::new(&g, cfg).unwrap();
+            let plan = router.route(&upload(&g, &logits), t, e).unwrap();
+            let d = plan.dispatch(16).unwrap();
+            match plan.to_host() {
+                Err(GpuError::Routing(capmoe::RoutingError::NonFiniteLogit {
+                    token,
+                    expert,
+                    value,
+                })) => {
+                    assert_eq!((token, expert), (at / e, at % e), "{policy}");
+                    assert_eq!(value.to_bits(), bad.to_bits(), "{policy}");
+                }
+                other => panic!("{policy}: expected NonFiniteLogit, got {other:?}"),
+            }
+            // The layout of the flagged plan is in range (no sticky device error).
+            let host = d.to_host(&plan).unwrap();
+            assert!(host.offsets.windows(2).all(|w| w[0] <= w[1]), "{policy}");
+        }
+    }
+    // The context is still usable: a clean batch routes as on the CPU.
+    let logits: Vec<f32> = (0..t * e).map(|i| (i % 5) as f32).collect();
+    let cfg = RouterConfig::new(k, Policy::None);
+    let want = route(&Logits::new(&logits, t, e).unwrap(), &cfg).unwrap();
+    let got = GpuRouter::new(&g, cfg)
+        .unwrap()
+        .route(&upload(&g, &logits), t, e)
+        .unwrap();
+    assert_eq!(got.to_host().unwrap(), want);
 }
 
 #[test]

@@ -19,7 +19,10 @@
 #   command: bash .gpu-check/run.sh     carry: [".gpu-check"]     timeout_s: budget + 60
 # The binaries travel xz-compressed (.gpu-check/bins.tar.xz: test binaries share the CUTLASS
 # kernels, which compress well across files); run.sh unpacks them into a temp dir on the device.
-# run.sh records `nvidia-smi -L` and the driver first, runs each test binary with
+# run.sh first checks glibc (>= 2.35, else it stops with that message), sets
+# CUDA_MODULE_LOADING=EAGER, finds libcublas (CUDA toolkit dirs, PyTorch's nvidia/cublas/lib and
+# torch/lib, ldconfig; a GPU machine without it gets a failing `check libcublas` row), records
+# `nvidia-smi -L` and the driver, runs each test binary with
 # --test-threads=1 --nocapture, then each bench binary, then the peers script (if python3 is
 # there; it records "torch not available" without torch), and writes $OUT/report.md,
 # $OUT/report.json, $OUT/peers.json and $OUT/log.txt; it exits non-zero if a test, a bench
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
     --budget) budget="$2"; shift ;;
     --measure) measure="$2"; shift ;;
     --peers) peers="$2"; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -129,6 +132,7 @@ budget_s=$budget
 peers_s=$peers
 binaries_mib=$((raw / 1048576))
 build_root=$root
+build_glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
 EOF
 
 cat >"$pack/run.sh" <<'RUN'
@@ -156,22 +160,68 @@ echo "unpacked the binaries in $(( $(date +%s) - start ))s"
 echo "date=$(date -u +%F)" >>"$work/meta.txt"
 have_gpu=0
 command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q "^GPU " && have_gpu=1
-# cuBLAS for the GPU model (cudarc loads it at run time): the CUDA toolkit's, or the one of
-# PyTorch's pip wheels, wherever this machine keeps it; the folders found go on LD_LIBRARY_PATH.
-cublas_dirs="$( { ls -d "${CUDA_HOME:-/usr/local/cuda}"/lib64 /usr/local/cuda/targets/*/lib 2>/dev/null
-  python3 -c 'import glob, os, nvidia
-for p in nvidia.__path__:
-    for f in glob.glob(os.path.join(p, "**", "libcublas.so*"), recursive=True):
-        print(os.path.dirname(f))' 2>/dev/null; } | sort -u)"
+: >"$work/results.txt"
+# The binaries are linked against the build machine's glibc: they need 2.35 or newer.
+glibc="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
+[ -n "$glibc" ] || glibc="$(ldd --version 2>/dev/null | head -n1 | awk '{print $NF}')"
+echo "glibc=${glibc:-unknown}" >>"$work/meta.txt"
+echo "glibc here: ${glibc:-unknown} (the binaries need >= 2.35; built with $(sed -n 's/^build_glibc=//p' "$here/meta.txt"))"
+if [ -z "$glibc" ] || ! printf '%s\n2.35\n' "$glibc" | sort -V -C -r 2>/dev/null; then
+  msg="gpu-check: glibc ${glibc:-unknown} found, the packed binaries need glibc >= 2.35: nothing can run here"
+  echo "$msg" | tee "$OUT/report.md" >&2
+  exit 1
+fi
+# Kernels load eagerly: CUDA 13 otherwise loads a module on first use, and a first load that
+# waits behind the EP benchmark's gated stream stalls (issue 13).
+export CUDA_MODULE_LOADING=EAGER
+# cuBLAS for the GPU model (cudarc loads libcublas.so at run time). Looked for in PyTorch's
+# environment (the nvidia-cublas wheel, torch/lib), the CUDA toolkit folders and ldconfig's
+# cache; the folders found go on LD_LIBRARY_PATH.
+cublas_dirs="$( {
+  for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda /usr/local/cuda-13* /opt/cuda; do
+    [ -n "$home" ] && ls -d "$home"/lib64 "$home"/lib "$home"/targets/*/lib 2>/dev/null
+  done
+  python3 - 2>/dev/null <<'PY'
+import glob, os, site, sys
+roots = set(sys.path) | set(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+try:
+    import torch  # its wheel's own lib/ and the nvidia-* wheels next to it
+    roots.add(os.path.dirname(os.path.dirname(torch.__file__)))
+    print(os.path.join(os.path.dirname(torch.__file__), "lib"))
+except Exception:
+    pass
+for r in sorted(r for r in roots if r and os.path.isdir(r)):
+    for f in glob.glob(os.path.join(r, "nvidia", "**", "libcublas.so*"), recursive=True):
+        print(os.path.dirname(f))
+PY
+  ldconfig -p 2>/dev/null | awk '/libcublas\.so/ {print $NF}' | xargs -r -n1 dirname
+} | awk 'NF && !seen[$0]++')"
+cublas_found=""
 for d in $cublas_dirs; do
-  ls "$d"/libcublas.so* >/dev/null 2>&1 && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if ls "$d"/libcublas.so* >/dev/null 2>&1; then
+    LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    cublas_found="${cublas_found:+$cublas_found }$(ls "$d"/libcublas.so* | head -n1)"
+  fi
 done
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+if [ -n "$cublas_found" ]; then
+  echo "libcublas: $cublas_found"
+elif [ "$have_gpu" = 1 ]; then
+  # A clear failure row instead of a panic inside the model tests; the routing and FFN
+  # binaries (no cuBLAS) still run.
+  msg="libcublas.so not found (looked in CUDA_HOME, /usr/local/cuda*, PyTorch's site-packages nvidia/cublas/lib and torch/lib, ldconfig): the GPU model tests cannot run; install the CUDA toolkit or nvidia-cublas, or set LD_LIBRARY_PATH"
+  echo "gpu-check: $msg" >&2
+  echo "$msg" >"$work/check-libcublas.log"
+  echo "check|libcublas|2|0|$work/check-libcublas.log|$msg" >>"$work/results.txt"
+else
+  echo "libcublas: not found (no GPU here either: GPU tests skip)"
+fi
 {
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     echo "LD_LIBRARY_PATH (cuBLAS search): ${LD_LIBRARY_PATH:-<empty>}"
+    echo "libcublas: ${cublas_found:-not found}; glibc ${glibc}; CUDA_MODULE_LOADING=$CUDA_MODULE_LOADING"
   else
     echo "nvidia-smi not found: no NVIDIA driver here (GPU tests should skip)"
   fi
@@ -195,7 +245,6 @@ export CAPMOE_GPU_BENCH_ARGS="${CAPMOE_GPU_BENCH_ARGS:---device cuda --tokens 40
 # The full model (32 layers, ~94 GB, T = 4096) is a separate call:
 #   CAPMOE_GPU_E2E_ARGS="--device cuda --e2e --out $OUT/ep-gpu-e2e" bash .gpu-check/run.sh
 export CAPMOE_GPU_E2E_ARGS="${CAPMOE_GPU_E2E_ARGS:---device cuda --e2e --config mixtral-8x7b --layers 4 --batch 4 --seq-len 256 --ranks 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,reroute:next-best,expand:local --iters 3 --decode-steps 8 --out $OUT/ep-gpu-e2e}"
-: >"$work/results.txt"
 warm=$(awk "BEGIN{print $measure/4}")
 while IFS='|' read -r kind name file args; do
   [ -n "$kind" ] || continue

@@ -3,7 +3,8 @@
 //
 // CUTLASS 2.x GemmGrouped (cp.async multistage, mma.sync 16x8x16), device-only scheduling.
 // Per group g: D_g[m,n] = A_g[m,k] * B_g[n,k]^T, bf16 in/out, f32 accumulate, alpha 1, beta 0.
-// The C ABI is the one of every variant (spec: capmoe_gg_<name>, capmoe_gg_<name>_workspace).
+// The C ABI is the one of every variant: capmoe_gg_fn and capmoe_gg_workspace_fn of
+// cuda/include/capmoe_abi.h, checked below.
 
 // Device asserts are calls that cost registers in the mainloop: release kernels go without.
 #ifndef NDEBUG
@@ -12,9 +13,12 @@
 
 #include <cuda_runtime.h>
 
+#include "include/capmoe_abi.h"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/thread/linear_combination.h"
@@ -23,8 +27,8 @@
 
 namespace {
 
-constexpr int kBadArgument = -1;
-constexpr int kRejected = -2;
+constexpr int kBadArgument = CAPMOE_STATUS_BAD_ARGUMENT;
+constexpr int kRejected = CAPMOE_STATUS_REJECTED;
 constexpr int kMaxGroups = 1024;
 
 using Bf16 = cutlass::bfloat16_t;
@@ -49,8 +53,8 @@ using Kernel = typename cutlass::gemm::kernel::DefaultGemmGrouped<
 using Gemm = cutlass::gemm::device::GemmGrouped<Kernel>;
 
 static_assert(sizeof(cutlass::gemm::GemmCoord) == 3 * sizeof(int), "GemmCoord is not int[3]");
-static_assert(sizeof(cutlass::layout::RowMajor::LongIndex) == sizeof(long long), "ld is not int64");
-static_assert(sizeof(cutlass::layout::ColumnMajor::LongIndex) == sizeof(long long), "ld is not int64");
+static_assert(sizeof(cutlass::layout::RowMajor::LongIndex) == sizeof(int64_t), "ld is not int64");
+static_assert(sizeof(cutlass::layout::ColumnMajor::LongIndex) == sizeof(int64_t), "ld is not int64");
 
 // CTAs per SM at full occupancy, per device ordinal. `Gemm::sufficient()` computes it with an
 // occupancy query (and a cudaFuncSetAttribute) on every call; the answer only depends on the
@@ -74,17 +78,33 @@ int blocks_per_sm(int device) {
 
 }  // namespace
 
-extern "C" size_t capmoe_gg_@NAME@_workspace(int groups, int sm_count) {
+// Both definitions must have the header's types: a drifted one fails here, not on the GPU.
+extern "C" capmoe_gg_fn capmoe_gg_@NAME@;
+extern "C" capmoe_gg_workspace_fn capmoe_gg_@NAME@_workspace;
+static_assert(std::is_same_v<decltype(capmoe_gg_@NAME@), capmoe_gg_fn>, "launcher drifted from capmoe_gg_fn");
+static_assert(std::is_same_v<decltype(capmoe_gg_@NAME@_workspace), capmoe_gg_workspace_fn>,
+              "workspace query drifted from capmoe_gg_workspace_fn");
+
+extern "C" size_t capmoe_gg_@NAME@_workspace(int32_t groups, int32_t sm_count) {
   (void)groups;
   (void)sm_count;
   return 0;  // kDeviceOnly precomputes nothing
 }
 
-extern "C" int capmoe_gg_@NAME@(int groups, const int* problems, int max_n, int max_k,
-                               const void* const* a, const long long* lda, const void* const* b,
-                               const long long* ldb, void* const* d, const long long* ldd,
-                               void* workspace, size_t workspace_bytes, int sm_count,
-                               cudaStream_t stream) {
+extern "C" int capmoe_gg_@NAME@(const capmoe_gg_args* abi, capmoe_stream_t stream) {
+  if (abi == nullptr) {
+    return kBadArgument;
+  }
+  const int groups = abi->groups, max_n = abi->max_n, max_k = abi->max_k, sm_count = abi->sm_count;
+  const int32_t* problems = abi->problems;
+  const void* const* a = abi->a;
+  const void* const* b = abi->b;
+  void* const* d = abi->d;
+  const int64_t* lda = abi->lda;
+  const int64_t* ldb = abi->ldb;
+  const int64_t* ldd = abi->ldd;
+  void* workspace = abi->workspace;
+  const size_t workspace_bytes = abi->workspace_bytes;
   (void)workspace;
   (void)workspace_bytes;
   if (groups < 1 || groups > kMaxGroups || max_n < 8 || max_n % 8 != 0 || max_k < 8 ||
@@ -102,13 +122,13 @@ extern "C" int capmoe_gg_@NAME@(int groups, const int* problems, int max_n, int 
     const cudaError_t e = cudaGetLastError();
     return e != cudaSuccess ? static_cast<int>(e) : kRejected;
   }
-  auto* ld_a = reinterpret_cast<int64_t*>(const_cast<long long*>(lda));
-  auto* ld_b = reinterpret_cast<int64_t*>(const_cast<long long*>(ldb));
-  auto* ld_d = reinterpret_cast<int64_t*>(const_cast<long long*>(ldd));
+  auto* ld_a = const_cast<int64_t*>(lda);
+  auto* ld_b = const_cast<int64_t*>(ldb);
+  auto* ld_d = const_cast<int64_t*>(ldd);
   auto** ptr_d = reinterpret_cast<Bf16**>(const_cast<void**>(d));
   // One full wave; C aliases D with beta 0, so it is never read.
   typename Gemm::Arguments args(
-      reinterpret_cast<cutlass::gemm::GemmCoord*>(const_cast<int*>(problems)), groups,
+      reinterpret_cast<cutlass::gemm::GemmCoord*>(const_cast<int32_t*>(problems)), groups,
       sm_count * per_sm, typename Gemm::EpilogueOutputOp::Params(1.0f, 0.0f),
       reinterpret_cast<Bf16**>(const_cast<void**>(a)),
       reinterpret_cast<Bf16**>(const_cast<void**>(b)), ptr_d, ptr_d, ld_a, ld_b, ld_d, ld_d,

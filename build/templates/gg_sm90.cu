@@ -3,7 +3,8 @@
 //
 // CUTLASS 3.x ptr-array grouped GEMM (TMA, wgmma, warp-specialized @SCHEDULE@), sm_90a only.
 // Per group g: D_g[m,n] = A_g[m,k] * B_g[n,k]^T, bf16 in/out, f32 accumulate, alpha 1, beta 0.
-// The C ABI is the one of every variant (spec: capmoe_gg_<name>, capmoe_gg_<name>_workspace).
+// The C ABI is the one of every variant: capmoe_gg_fn and capmoe_gg_workspace_fn of
+// cuda/include/capmoe_abi.h, checked below.
 
 // CUTLASS's device asserts are calls to __assertfail, and a call inside the mainloop makes ptxas
 // serialize the wgmma pipeline (warning C7510): release kernels are built without them.
@@ -12,6 +13,8 @@
 #endif
 
 #include <cuda_runtime.h>
+
+#include "include/capmoe_abi.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -30,8 +33,8 @@ namespace {
 
 using namespace cute;
 
-constexpr int kBadArgument = -1;
-constexpr int kRejected = -2;
+constexpr int kBadArgument = CAPMOE_STATUS_BAD_ARGUMENT;
+constexpr int kRejected = CAPMOE_STATUS_REJECTED;
 constexpr int kMaxGroups = 1024;
 
 using Bf16 = cutlass::bfloat16_t;
@@ -70,32 +73,32 @@ using LdStride = cute::Stride<int64_t, cute::Int<1>, cute::Int<0>>;
 static_assert(std::is_same_v<Kernel::InternalStrideA, LdStride>, "A stride is not {lda, 1, 0}");
 static_assert(std::is_same_v<Kernel::InternalStrideB, LdStride>, "B stride is not {ldb, 1, 0}");
 static_assert(std::is_same_v<Kernel::InternalStrideD, LdStride>, "D stride is not {ldd, 1, 0}");
-static_assert(sizeof(LdStride) == sizeof(long long), "a stride must be one int64");
+static_assert(sizeof(LdStride) == sizeof(int64_t), "a stride must be one int64");
 static_assert(sizeof(Problem::UnderlyingProblemShape) == 3 * sizeof(int), "problem is not int[3]");
 
 using Args = typename Gemm::Arguments;
 
 // Device problem shapes and no host copy: the persistent grid is sm_count CTAs, each walking the
 // groups' tiles on the device, so the host never needs m (it lives on the device, see the spec).
-Args make_args(int groups, const int* problems, const void* const* a, const long long* lda,
-               const void* const* b, const long long* ldb, void* const* d, const long long* ldd,
+Args make_args(int groups, const int* problems, const void* const* a, const int64_t* lda,
+               const void* const* b, const int64_t* ldb, void* const* d, const int64_t* ldd,
                int sm_count, int device) {
   Args args;
   args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
   args.problem_shape = Problem{
       groups,
-      reinterpret_cast<Problem::UnderlyingProblemShape*>(const_cast<int*>(problems)),
+      reinterpret_cast<Problem::UnderlyingProblemShape*>(const_cast<int32_t*>(problems)),
       nullptr};
   args.mainloop.ptr_A = reinterpret_cast<const Bf16**>(const_cast<const void**>(a));
-  args.mainloop.dA = reinterpret_cast<LdStride*>(const_cast<long long*>(lda));
+  args.mainloop.dA = reinterpret_cast<LdStride*>(const_cast<int64_t*>(lda));
   args.mainloop.ptr_B = reinterpret_cast<const Bf16**>(const_cast<const void**>(b));
-  args.mainloop.dB = reinterpret_cast<LdStride*>(const_cast<long long*>(ldb));
+  args.mainloop.dB = reinterpret_cast<LdStride*>(const_cast<int64_t*>(ldb));
   args.epilogue.thread.alpha = 1.0f;
   args.epilogue.thread.beta = 0.0f;
   args.epilogue.ptr_C = nullptr;
   args.epilogue.dC = nullptr;
   args.epilogue.ptr_D = reinterpret_cast<Bf16**>(const_cast<void**>(d));
-  args.epilogue.dD = reinterpret_cast<LdStride*>(const_cast<long long*>(ldd));
+  args.epilogue.dD = reinterpret_cast<LdStride*>(const_cast<int64_t*>(ldd));
   // The workspace holds per-SM TMA descriptors and the grid has sm_count CTAs: both follow this
   // count, so the caller passes the same one to the workspace query and to the launch. Cluster
   // occupancy is left to CUTLASS's heuristic (max_active_clusters 0): querying it needs the device.
@@ -107,7 +110,14 @@ Args make_args(int groups, const int* problems, const void* const* a, const long
 
 }  // namespace
 
-extern "C" size_t capmoe_gg_@NAME@_workspace(int groups, int sm_count) {
+// Both definitions must have the header's types: a drifted one fails here, not on the GPU.
+extern "C" capmoe_gg_fn capmoe_gg_@NAME@;
+extern "C" capmoe_gg_workspace_fn capmoe_gg_@NAME@_workspace;
+static_assert(std::is_same_v<decltype(capmoe_gg_@NAME@), capmoe_gg_fn>, "launcher drifted from capmoe_gg_fn");
+static_assert(std::is_same_v<decltype(capmoe_gg_@NAME@_workspace), capmoe_gg_workspace_fn>,
+              "workspace query drifted from capmoe_gg_workspace_fn");
+
+extern "C" size_t capmoe_gg_@NAME@_workspace(int32_t groups, int32_t sm_count) {
   if (groups < 1 || groups > kMaxGroups || sm_count < 1) {
     return 0;  // the launcher then refuses too
   }
@@ -117,11 +127,20 @@ extern "C" size_t capmoe_gg_@NAME@_workspace(int groups, int sm_count) {
   return Gemm::get_workspace_size(args);
 }
 
-extern "C" int capmoe_gg_@NAME@(int groups, const int* problems, int max_n, int max_k,
-                               const void* const* a, const long long* lda, const void* const* b,
-                               const long long* ldb, void* const* d, const long long* ldd,
-                               void* workspace, size_t workspace_bytes, int sm_count,
-                               cudaStream_t stream) {
+extern "C" int capmoe_gg_@NAME@(const capmoe_gg_args* abi, capmoe_stream_t stream) {
+  if (abi == nullptr) {
+    return kBadArgument;
+  }
+  const int groups = abi->groups, max_n = abi->max_n, max_k = abi->max_k, sm_count = abi->sm_count;
+  const int32_t* problems = abi->problems;
+  const void* const* a = abi->a;
+  const void* const* b = abi->b;
+  void* const* d = abi->d;
+  const int64_t* lda = abi->lda;
+  const int64_t* ldb = abi->ldb;
+  const int64_t* ldd = abi->ldd;
+  void* workspace = abi->workspace;
+  const size_t workspace_bytes = abi->workspace_bytes;
   if (groups < 1 || groups > kMaxGroups || max_n < 8 || max_n % 8 != 0 || max_k < 8 ||
       max_k % 8 != 0 || sm_count < 1 || problems == nullptr || a == nullptr || lda == nullptr ||
       b == nullptr || ldb == nullptr || d == nullptr || ldd == nullptr) {

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cstdint>
 
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 
 namespace capmoe {
@@ -56,23 +57,22 @@ __global__ void fill_hash_bf16_kernel(__nv_bfloat16* out, unsigned long long n, 
 }  // namespace capmoe
 
 // h[r, j] = bf16(silu(h13[r, 2j]) * h13[r, 2j+1]) for the real rows r < *total_rows (row_token != PAD).
-extern "C" int capmoe_swiglu_bf16(const void* h13, const uint32_t* row_token, const int* total_rows,
-                                  long long max_rows, int inter, void* h, cudaStream_t stream) {
+extern "C" int capmoe_swiglu_bf16(const void* h13, const uint32_t* row_token, const int32_t* total_rows,
+                                  int64_t max_rows, int32_t inter, void* h, capmoe_stream_t stream) {
   using namespace capmoe;
   if (inter < 8 || inter % 8 != 0 || max_rows < 0 || !h13 || !row_token || !total_rows || !h) return kBadArgument;
   if (max_rows == 0) return 0;
   const long long n = max_rows * (inter / 4);
   const long long blocks = (n + kFfnThreads - 1) / kFfnThreads;
   if (blocks > 0x7fffffffLL) return kBadArgument;
-  swiglu_bf16_kernel<<<static_cast<unsigned>(blocks), kFfnThreads, 0, stream>>>(
+  CAPMOE_LAUNCH(static_cast<unsigned>(blocks), kFfnThreads, 0, stream, swiglu_bf16_kernel)(
       static_cast<const __nv_bfloat16*>(h13), row_token, total_rows, max_rows, inter,
       static_cast<__nv_bfloat16*>(h));
   return last_status();
 }
 
 // out[i] = bf16((2 * (hash32(i ^ hash32(seed)) >> 8) * 2^-24 - 1) * scale), i < n < 2^32.
-extern "C" int capmoe_fill_hash_bf16(void* out, unsigned long long n, unsigned seed, float scale,
-                                     cudaStream_t stream) {
+extern "C" int capmoe_fill_hash_bf16(void* out, uint64_t n, uint32_t seed, float scale, capmoe_stream_t stream) {
   using namespace capmoe;
   if (!out || n > 0xffffffffULL) return kBadArgument;
   if (n == 0) return 0;
@@ -85,6 +85,6 @@ extern "C" int capmoe_fill_hash_bf16(void* out, unsigned long long n, unsigned s
   key ^= key >> 16;
   key *= 0x045d9f3bu;
   key ^= key >> 16;
-  fill_hash_bf16_kernel<<<blocks, kFfnThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(out), n, key, scale);
+  CAPMOE_LAUNCH(blocks, kFfnThreads, 0, stream, fill_hash_bf16_kernel)(static_cast<__nv_bfloat16*>(out), n, key, scale);
   return last_status();
 }

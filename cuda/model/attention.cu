@@ -4,6 +4,7 @@
 // (n = 1) are the same kernel. Query i sits at position p0 + i (p0 = len - n) and sees keys j with
 // max(0, pos + 1 - window) <= j <= pos (window 0: plain causal). CPU twin:
 // backend::cpu::attention::attend (scores q.k * scale, softmax, P V; f32 there, bf16 inputs here).
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 #include "common.cuh"
 
@@ -67,18 +68,19 @@ __global__ void __launch_bounds__(kAttnThreads)
 // q, out: [n, heads * hd] bf16 (one sequence's new rows); k_cache, v_cache: [>= len, kv_heads * hd]
 // bf16 holding positions 0..len (the n new ones last). heads % kv_heads == 0, hd <= 256, n <= len,
 // window 0 for none.
-extern "C" int capmoe_model_attention(const void* q, const void* k_cache, const void* v_cache, int n, int len,
-                                      int heads, int kv_heads, int hd, int window, float scale, void* out,
-                                      cudaStream_t stream) {
+extern "C" int capmoe_model_attention(const capmoe_attn_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
-  if (n < 0 || len < n || heads < 1 || kv_heads < 1 || heads % kv_heads != 0 || hd < 1 ||
-      hd > model::kMaxHeadDim || window < 0)
+  if (!args) return kBadArgument;
+  const capmoe_attn_args& a = *args;
+  const capmoe_attn_shape s = a.shape;
+  if (s.n < 0 || s.len < s.n || s.heads < 1 || s.kv_heads < 1 || s.heads % s.kv_heads != 0 || s.head_dim < 1 ||
+      s.head_dim > model::kMaxHeadDim || s.window < 0)
     return kBadArgument;
-  if (n == 0) return 0;
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(heads));
-  model::attention_kernel<<<grid, model::kAttnThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k_cache),
-      static_cast<const __nv_bfloat16*>(v_cache), n, len, heads, kv_heads, hd, window, scale,
-      static_cast<__nv_bfloat16*>(out));
+  if (s.n == 0) return 0;
+  const dim3 grid(static_cast<unsigned>(s.n), static_cast<unsigned>(s.heads));
+  CAPMOE_LAUNCH(grid, model::kAttnThreads, 0, stream, model::attention_kernel)(
+      static_cast<const __nv_bfloat16*>(a.q), static_cast<const __nv_bfloat16*>(a.k_cache),
+      static_cast<const __nv_bfloat16*>(a.v_cache), s.n, s.len, s.heads, s.kv_heads, s.head_dim, s.window, s.scale,
+      static_cast<__nv_bfloat16*>(a.out));
   return last_status();
 }

@@ -1,6 +1,7 @@
 // Elementwise and row kernels of the model on bf16 activations (f32 arithmetic, one rounding):
 // x += y (CpuBackend::add_assign), and the row gather out[r] = x[idx[r]] with idx = PAD (u32 max)
 // giving a zero row (CpuBackend::select_rows; the MoE dispatch of DispatchLayout::scatter).
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 #include "common.cuh"
 
@@ -26,23 +27,24 @@ __global__ void gather_rows_kernel(const __nv_bfloat16* x, const unsigned* idx, 
 }  // namespace capmoe
 
 // x, y: n bf16; x += y.
-extern "C" int capmoe_model_add(void* x, const void* y, long long n, cudaStream_t stream) {
+extern "C" int capmoe_model_add(void* x, const void* y, int64_t n, capmoe_stream_t stream) {
   using namespace capmoe;
   if (n < 0) return kBadArgument;
   if (n == 0) return 0;
-  model::add_kernel<<<model::blocks_for(n, 256), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(x),
-                                                                   static_cast<const __nv_bfloat16*>(y), n);
+  CAPMOE_LAUNCH(model::blocks_for(n, 256), 256, 0, stream, model::add_kernel)(static_cast<__nv_bfloat16*>(x),
+                                                                             static_cast<const __nv_bfloat16*>(y), n);
   return last_status();
 }
 
 // x: [src_rows, cols] bf16; idx: rows u32 (an index >= src_rows, e.g. PAD, gives zeros); out: [rows, cols].
-extern "C" int capmoe_model_gather_rows(const void* x, const unsigned* idx, int rows, int src_rows, int cols, void* out,
-                                        cudaStream_t stream) {
+extern "C" int capmoe_model_gather_rows(const capmoe_gather_rows_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
-  if (rows < 0 || src_rows < 0 || cols < 1) return kBadArgument;
-  const long long n = static_cast<long long>(rows) * cols;
+  if (!args) return kBadArgument;
+  const capmoe_gather_rows_args& a = *args;
+  if (a.rows < 0 || a.src_rows < 0 || a.cols < 1) return kBadArgument;
+  const long long n = static_cast<long long>(a.rows) * a.cols;
   if (n == 0) return 0;
-  model::gather_rows_kernel<<<model::blocks_for(n, 256), 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), idx, rows, src_rows, cols, static_cast<__nv_bfloat16*>(out));
+  CAPMOE_LAUNCH(model::blocks_for(n, 256), 256, 0, stream, model::gather_rows_kernel)(
+      static_cast<const __nv_bfloat16*>(a.x), a.idx, a.rows, a.src_rows, a.cols, static_cast<__nv_bfloat16*>(a.out));
   return last_status();
 }

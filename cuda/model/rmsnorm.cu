@@ -1,6 +1,7 @@
 // RMSNorm, one block per row: out = w * (x * inv), inv = 1 / sqrt(mean(x^2) + eps), in f32 on
 // bf16 rows, rounded to bf16 once. CPU twin: backend::cpu::ops::rms_norm (same formula and order;
 // the sum of squares is a tree here, a left fold there).
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 #include "common.cuh"
 
@@ -28,12 +29,12 @@ __global__ void rmsnorm_kernel(const __nv_bfloat16* x, const float* w, int cols,
 }  // namespace capmoe
 
 // x, out: [rows, cols] bf16; w: cols f32.
-extern "C" int capmoe_model_rmsnorm(const void* x, const float* w, int rows, int cols, float eps, void* out,
-                                    cudaStream_t stream) {
+extern "C" int capmoe_model_rmsnorm(const void* x, const float* w, int32_t rows, int32_t cols, float eps, void* out,
+                                    capmoe_stream_t stream) {
   using namespace capmoe;
   if (rows < 0 || cols < 1) return kBadArgument;
   if (rows == 0) return 0;
-  model::rmsnorm_kernel<<<rows, model::kNormThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), w, cols, eps,
-                                                                  static_cast<__nv_bfloat16*>(out));
+  CAPMOE_LAUNCH(rows, model::kNormThreads, 0, stream, model::rmsnorm_kernel)(static_cast<const __nv_bfloat16*>(x), w,
+                                                                             cols, eps, static_cast<__nv_bfloat16*>(out));
   return last_status();
 }

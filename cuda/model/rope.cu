@@ -1,6 +1,7 @@
 // RoPE (rotate_half) in place on bf16 rows [rows, heads * head_dim]. CPU twin:
 // backend::cpu::ops::rope with Rope::cos_sin: angle = f32(pos) * inv_freq[i] rounded to f32, then
 // cos/sin in f64 rounded to f32; the rotation in f32 without contraction, as Rust computes it.
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 #include "common.cuh"
 
@@ -28,13 +29,14 @@ __global__ void rope_kernel(__nv_bfloat16* x, const int* positions, const float*
 }  // namespace capmoe
 
 // x: [rows, heads * 2 * half] bf16, rotated in place; positions: rows i32 (>= 0); inv_freq: half f32.
-extern "C" int capmoe_model_rope(void* x, const int* positions, const float* inv_freq, int rows, int heads, int half,
-                                 cudaStream_t stream) {
+extern "C" int capmoe_model_rope(const capmoe_rope_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
-  if (rows < 0 || heads < 1 || half < 1) return kBadArgument;
-  const long long n = static_cast<long long>(rows) * heads * half;
+  if (!args) return kBadArgument;
+  const capmoe_rope_args& a = *args;
+  if (a.rows < 0 || a.heads < 1 || a.half < 1) return kBadArgument;
+  const long long n = static_cast<long long>(a.rows) * a.heads * a.half;
   if (n == 0) return 0;
-  model::rope_kernel<<<model::blocks_for(n, 256), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(x), positions,
-                                                                    inv_freq, rows, heads, half);
+  CAPMOE_LAUNCH(model::blocks_for(n, 256), 256, 0, stream, model::rope_kernel)(
+      static_cast<__nv_bfloat16*>(a.x), a.positions, a.inv_freq, a.rows, a.heads, a.half);
   return last_status();
 }

@@ -3,6 +3,7 @@
 // src/routing/combine.rs for f32 inputs).
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 
 namespace capmoe {
@@ -22,26 +23,24 @@ __global__ void combine_kernel(const int* offsets, const float* weights, const i
 }
 
 template <typename In, typename Out>
-int launch_combine(const int* offsets, const float* weights, const int* assignment_row, const void* y, int tokens,
-                   int hidden, void* out, cudaStream_t stream) {
-  if (tokens < 0 || hidden < 1) return kBadArgument;
-  const long long n = static_cast<long long>(tokens) * hidden;
+int launch_combine(const capmoe_combine_args* args, capmoe_stream_t stream) {
+  if (!args) return kBadArgument;
+  const capmoe_combine_args& a = *args;
+  if (a.tokens < 0 || a.hidden < 1) return kBadArgument;
+  const long long n = static_cast<long long>(a.tokens) * a.hidden;
   if (n == 0) return 0;
-  combine_kernel<In, Out><<<static_cast<int>((n + 255) / 256), 256, 0, stream>>>(
-      offsets, weights, assignment_row, static_cast<const In*>(y), tokens, hidden, static_cast<Out*>(out));
+  CAPMOE_LAUNCH(static_cast<int>((n + 255) / 256), 256, 0, stream, combine_kernel<In, Out>)(
+      a.offsets, a.weights, a.assignment_row, static_cast<const In*>(a.y), a.tokens, a.hidden, static_cast<Out*>(a.out));
   return last_status();
 }
 
 }  // namespace capmoe
 
 // y: [rows, hidden] expert outputs in dispatch layout; out: [T, hidden].
-extern "C" int capmoe_combine_f32(const int* offsets, const float* weights, const int* assignment_row, const float* y,
-                                  int tokens, int hidden, float* out, cudaStream_t stream) {
-  return capmoe::launch_combine<float, float>(offsets, weights, assignment_row, y, tokens, hidden, out, stream);
+extern "C" int capmoe_combine_f32(const capmoe_combine_args* args, capmoe_stream_t stream) {
+  return capmoe::launch_combine<float, float>(args, stream);
 }
 
-extern "C" int capmoe_combine_bf16(const int* offsets, const float* weights, const int* assignment_row, const void* y,
-                                   int tokens, int hidden, void* out, cudaStream_t stream) {
-  return capmoe::launch_combine<__nv_bfloat16, __nv_bfloat16>(offsets, weights, assignment_row, y, tokens, hidden, out,
-                                                             stream);
+extern "C" int capmoe_combine_bf16(const capmoe_combine_args* args, capmoe_stream_t stream) {
+  return capmoe::launch_combine<__nv_bfloat16, __nv_bfloat16>(args, stream);
 }

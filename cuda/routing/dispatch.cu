@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cub/device/device_radix_sort.cuh>
 #include <cstdint>
+#include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 
 namespace capmoe {
@@ -89,24 +90,23 @@ inline size_t dispatch_workspace(long long max_assign, int experts) {
 
 }  // namespace capmoe
 
-extern "C" size_t capmoe_dispatch_workspace(long long max_assign, int experts) {
+extern "C" size_t capmoe_dispatch_workspace(int64_t max_assign, int32_t experts) {
   return capmoe::dispatch_workspace(max_assign, experts);
 }
 
 // Rows of expert e: padded[e] .. padded[e+1]; the first load[e] are its tokens
 // in increasing order, the rest padding (row_token = 0xffffffff, weight 0).
-// Buffers for rows hold max_rows = max_assign + E * (tile - 1) entries;
-// *total_rows (device) is padded[E].
-extern "C" int capmoe_dispatch(const int* offsets, const int* expert_ids, const int* token_ids, const float* weights,
-                               const unsigned* load, int tokens, int experts, long long max_assign, int tile,
-                               void* workspace, size_t workspace_bytes, int* padded, uint32_t* row_token,
-                               float* row_weight, int* assignment_row, int* total_rows, cudaStream_t stream) {
+extern "C" int capmoe_dispatch(const capmoe_dispatch_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
+  if (!args) return kBadArgument;
+  const capmoe_dispatch_args& a = *args;
+  const int tokens = a.tokens, experts = a.experts, tile = a.tile;
+  const long long max_assign = a.max_assign;
   if (tokens < 0 || experts < 1 || experts > 512 || tile < 1 || max_assign < 0 || max_assign > INT32_MAX)
     return kBadArgument;
-  if (workspace_bytes < dispatch_workspace(max_assign, experts)) return kBadArgument;
+  if (a.workspace_bytes < dispatch_workspace(max_assign, experts)) return kBadArgument;
   const long long max_rows = max_assign + static_cast<long long>(experts) * (tile - 1);
-  char* w = static_cast<char*>(workspace);
+  char* w = static_cast<char*>(a.workspace);
   unsigned* keys_in = reinterpret_cast<unsigned*>(w);
   w += align256(max_assign * sizeof(unsigned));
   unsigned* keys_out = reinterpret_cast<unsigned*>(w);
@@ -119,31 +119,32 @@ extern "C" int capmoe_dispatch(const int* offsets, const int* expert_ids, const 
   w += align256((experts + 1) * sizeof(int));
   size_t sb = sort_bytes(max_assign);
 
-  if (max_rows > 0) clear_rows<<<dispatch_blocks(max_rows), kDispatchThreads, 0, stream>>>(max_rows, row_token, row_weight);
-  segment_offsets<<<1, 1, 0, stream>>>(load, experts, tile, starts, padded, total_rows);
+  if (max_rows > 0)
+    CAPMOE_LAUNCH(dispatch_blocks(max_rows), kDispatchThreads, 0, stream, clear_rows)(max_rows, a.row_token,
+                                                                                      a.row_weight);
+  CAPMOE_LAUNCH(1, 1, 0, stream, segment_offsets)(a.load, experts, tile, starts, a.padded, a.total_rows);
   if (max_assign == 0) return last_status();
-  expert_keys<<<dispatch_blocks(max_assign), kDispatchThreads, 0, stream>>>(expert_ids, offsets, tokens, max_assign,
-                                                                            experts, keys_in, vals_in);
+  CAPMOE_LAUNCH(dispatch_blocks(max_assign), kDispatchThreads, 0, stream, expert_keys)(
+      a.expert_ids, a.offsets, tokens, max_assign, experts, keys_in, vals_in);
   int end_bit = 1;
   while ((1 << end_bit) <= experts) ++end_bit;
   cudaError_t err = cub::DeviceRadixSort::SortPairs(w, sb, keys_in, keys_out, vals_in, vals_out,
                                                     static_cast<int>(max_assign), 0, end_bit, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
-  place_rows<<<dispatch_blocks(max_assign), kDispatchThreads, 0, stream>>>(keys_out, vals_out, offsets, tokens,
-                                                                           max_assign, experts, starts, padded,
-                                                                           token_ids, weights, row_token, row_weight,
-                                                                           assignment_row);
+  CAPMOE_LAUNCH(dispatch_blocks(max_assign), kDispatchThreads, 0, stream, place_rows)(
+      keys_out, vals_out, a.offsets, tokens, max_assign, experts, starts, a.padded, a.token_ids, a.weights,
+      a.row_token, a.row_weight, a.assignment_row);
   return last_status();
 }
 
 // out[r] = x[row_token[r]] for served rows, zeros for padding; out holds max_rows rows.
-extern "C" int capmoe_gather_bf16(const void* x, const uint32_t* row_token, const int* total_rows, long long max_rows,
-                                  int hidden, void* out, cudaStream_t stream) {
+extern "C" int capmoe_gather_bf16(const void* x, const uint32_t* row_token, const int32_t* total_rows,
+                                  int64_t max_rows, int32_t hidden, void* out, capmoe_stream_t stream) {
   using namespace capmoe;
   if (hidden < 8 || hidden % 8 != 0 || max_rows < 0) return kBadArgument;
   const long long n = max_rows * (hidden / 8);
   if (n == 0) return 0;
-  gather_rows_bf16<<<dispatch_blocks(n), kDispatchThreads, 0, stream>>>(
+  CAPMOE_LAUNCH(dispatch_blocks(n), kDispatchThreads, 0, stream, gather_rows_bf16)(
       static_cast<const __nv_bfloat16*>(x), row_token, total_rows, max_rows, hidden, static_cast<__nv_bfloat16*>(out));
   return last_status();
 }
@@ -152,17 +153,17 @@ namespace capmoe {
 
 // Thread per expert: problem {m = load[e], n, k} and byte addresses of A, B, C.
 __global__ void gemm_args_kernel(const int* padded, const unsigned* load, int experts, int n, int k,
-                                 unsigned long long elem_bytes, unsigned long long a, unsigned long long b,
-                                 unsigned long long c, int* problems, unsigned long long* a_ptrs,
-                                 unsigned long long* b_ptrs, unsigned long long* c_ptrs) {
+                                 uint64_t elem_bytes, uint64_t a, uint64_t b,
+                                 uint64_t c, int* problems, uint64_t* a_ptrs,
+                                 uint64_t* b_ptrs, uint64_t* c_ptrs) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= experts) return;
-  const unsigned long long row = static_cast<unsigned long long>(padded[e]);
+  const uint64_t row = static_cast<uint64_t>(padded[e]);
   problems[3 * e] = static_cast<int>(load[e]);
   problems[3 * e + 1] = n;
   problems[3 * e + 2] = k;
   a_ptrs[e] = a + row * k * elem_bytes;
-  b_ptrs[e] = b + static_cast<unsigned long long>(e) * n * k * elem_bytes;
+  b_ptrs[e] = b + static_cast<uint64_t>(e) * n * k * elem_bytes;
   c_ptrs[e] = c + row * n * elem_bytes;
 }
 
@@ -170,13 +171,12 @@ __global__ void gemm_args_kernel(const int* padded, const unsigned* load, int ex
 
 // Grouped-GEMM arguments from a dispatch layout (CPU twin:
 // DispatchLayout::gemm_args). problems: 3 ints per expert (GemmCoord layout).
-extern "C" int capmoe_gemm_args(const int* padded, const unsigned* load, int experts, int n, int k,
-                                unsigned long long elem_bytes, unsigned long long a, unsigned long long b,
-                                unsigned long long c, int* problems, unsigned long long* a_ptrs,
-                                unsigned long long* b_ptrs, unsigned long long* c_ptrs, cudaStream_t stream) {
+extern "C" int capmoe_gemm_args(const capmoe_gemm_args_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
-  if (experts < 1 || experts > 512 || n < 1 || k < 1 || elem_bytes == 0) return kBadArgument;
-  gemm_args_kernel<<<(experts + 127) / 128, 128, 0, stream>>>(padded, load, experts, n, k, elem_bytes, a, b, c,
-                                                              problems, a_ptrs, b_ptrs, c_ptrs);
+  if (!args) return kBadArgument;
+  const capmoe_gemm_args_args& a = *args;
+  if (a.experts < 1 || a.experts > 512 || a.n < 1 || a.k < 1 || a.elem_bytes == 0) return kBadArgument;
+  CAPMOE_LAUNCH((a.experts + 127) / 128, 128, 0, stream, gemm_args_kernel)(
+      a.padded, a.load, a.experts, a.n, a.k, a.elem_bytes, a.a, a.b, a.c, a.problems, a.a_ptrs, a.b_ptrs, a.c_ptrs);
   return last_status();
 }

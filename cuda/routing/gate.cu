@@ -2,6 +2,7 @@
 // denominator, one warp per token. CPU twin: src/routing/gate.rs.
 #include <cuda_runtime.h>
 #include <cstdint>
+#include "../include/capmoe_abi.h"
 #include "../common/canonical.cuh"
 #include "../common/status.cuh"
 
@@ -14,18 +15,34 @@ constexpr int kWarpsPerBlock = 8;
 template <int EPL>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 gate_kernel(const float* __restrict__ logits, int tokens, int experts, int k,
-            float* __restrict__ probs, int* __restrict__ topk, float* __restrict__ topk_sum) {
+            float* __restrict__ probs, int* __restrict__ topk, float* __restrict__ topk_sum,
+            unsigned long long* __restrict__ nonfinite) {
   const int lane = threadIdx.x & 31;
   const int t = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   if (t >= tokens) return;
   const float* row = logits + static_cast<size_t>(t) * experts;
   float v[EPL];
   float m = -INFINITY;
+  // This lane's first NaN/Inf logit as (index << 32 | bits) + 1, 0 when none (no second pass
+  // over v: EPL = 16 has no registers to spare).
+  unsigned long long bad = 0;
 #pragma unroll
   for (int i = 0; i < EPL; ++i) {
     const int e = lane + 32 * i;
     v[i] = e < experts ? row[e] : -INFINITY;
+    if (e < experts && !isfinite(v[i]) && bad == 0)
+      bad = ((static_cast<unsigned long long>(t) * experts + e) << 32 | __float_as_uint(v[i])) + 1;
     m = fmaxf(m, v[i]);
+  }
+  // A NaN or Inf would make every top-k slot INT32_MAX below: flag the batch and give the
+  // token in-range experts 0..k-1 with zero weight, so later kernels stay in bounds.
+  if (__any_sync(kFullMask, bad != 0)) {
+    float* prow = probs + static_cast<size_t>(t) * experts;
+    for (int e = lane; e < experts; e += 32) prow[e] = 0.0f;
+    for (int j = lane; j < k; j += 32) topk[static_cast<size_t>(t) * k + j] = j;
+    if (lane == 0) topk_sum[t] = 0.0f;
+    if (bad != 0) atomicMax(nonfinite, ~(bad - 1));
+    return;
   }
   m = warp_max(m);
   float partial = 0.0f;
@@ -74,25 +91,27 @@ gate_kernel(const float* __restrict__ logits, int tokens, int experts, int k,
 }
 
 template <int EPL>
-int launch_gate(const float* logits, int tokens, int experts, int k, float* probs, int* topk,
-                float* topk_sum, cudaStream_t stream) {
-  const int blocks = (tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  gate_kernel<EPL><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(logits, tokens, experts, k, probs, topk, topk_sum);
+int launch_gate(const capmoe_gate_args& a, capmoe_stream_t stream) {
+  const int blocks = (a.shape.tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  CAPMOE_LAUNCH(blocks, kWarpsPerBlock * 32, 0, stream, gate_kernel<EPL>)(
+      a.logits, a.shape.tokens, a.shape.experts, a.shape.k, a.probs, a.topk, a.topk_sum,
+      reinterpret_cast<unsigned long long*>(a.nonfinite));
   return last_status();
 }
 
 }  // namespace capmoe
 
-// probs [T, E], topk [T, k] (decreasing p, ties to the lower index),
-// topk_sum [T] (sequential sum in that order). 1 <= E <= 512, 1 <= k <= E.
-extern "C" int capmoe_gate(const float* logits, int tokens, int experts, int top_k, float* probs,
-                           int* topk, float* topk_sum, cudaStream_t stream) {
+extern "C" int capmoe_gate(const capmoe_gate_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
-  if (tokens < 0 || experts < 1 || experts > 512 || top_k < 1 || top_k > experts) return kBadArgument;
-  if (tokens == 0) return 0;
-  if (experts <= 32) return launch_gate<1>(logits, tokens, experts, top_k, probs, topk, topk_sum, stream);
-  if (experts <= 64) return launch_gate<2>(logits, tokens, experts, top_k, probs, topk, topk_sum, stream);
-  if (experts <= 128) return launch_gate<4>(logits, tokens, experts, top_k, probs, topk, topk_sum, stream);
-  if (experts <= 256) return launch_gate<8>(logits, tokens, experts, top_k, probs, topk, topk_sum, stream);
-  return launch_gate<16>(logits, tokens, experts, top_k, probs, topk, topk_sum, stream);
+  if (!args) return kBadArgument;
+  const capmoe_gate_args& a = *args;
+  const capmoe_shape s = a.shape;
+  if (s.tokens < 0 || s.experts < 1 || s.experts > 512 || s.k < 1 || s.k > s.experts || !a.nonfinite)
+    return kBadArgument;
+  if (s.tokens == 0) return 0;
+  if (s.experts <= 32) return launch_gate<1>(a, stream);
+  if (s.experts <= 64) return launch_gate<2>(a, stream);
+  if (s.experts <= 128) return launch_gate<4>(a, stream);
+  if (s.experts <= 256) return launch_gate<8>(a, stream);
+  return launch_gate<16>(a, stream);
 }

@@ -6,6 +6,7 @@
 #include <cub/device/device_scan.cuh>
 #include <algorithm>
 #include <cstdint>
+#include "../include/capmoe_abi.h"
 #include "../common/canonical.cuh"
 #include "../common/status.cuh"
 
@@ -101,25 +102,21 @@ inline size_t plan_workspace(int tokens, int k) {
 
 }  // namespace capmoe
 
-extern "C" size_t capmoe_plan_workspace(int tokens, int top_k) { return capmoe::plan_workspace(tokens, top_k); }
+extern "C" size_t capmoe_plan_workspace(int32_t tokens, int32_t top_k) { return capmoe::plan_workspace(tokens, top_k); }
 
-// Outputs: offsets[T+1]; expert_ids, token_ids, weights, probs_out and room
-// for T * stride entries; load[E] (zeroed here); overflow[T * k] gets the
-// flat top-k indices t * k + j its expert did not serve, in increasing order,
-// and *overflow_count their number.
-extern "C" int capmoe_plan(const float* probs, const int* topk, const float* topk_sum, const int* served, int tokens,
-                           int experts, int top_k, int stride, int renormalize, void* workspace,
-                           size_t workspace_bytes, int* offsets, int* expert_ids, int* token_ids, float* weights,
-                           float* probs_out, unsigned* load, int* overflow, int* overflow_count, cudaStream_t stream) {
+extern "C" int capmoe_plan(const capmoe_plan_args* args, capmoe_stream_t stream) {
   using namespace capmoe;
+  if (!args) return kBadArgument;
+  const capmoe_plan_args& a = *args;
+  const int tokens = a.shape.tokens, experts = a.shape.experts, top_k = a.shape.k, stride = a.stride;
   if (tokens < 0 || experts < 1 || experts > 512 || top_k < 1 || top_k > experts || stride < top_k) return kBadArgument;
-  if (workspace_bytes < plan_workspace(tokens, top_k)) return kBadArgument;
-  cudaError_t err = cudaMemsetAsync(load, 0, experts * sizeof(unsigned), stream);
-  if (err == cudaSuccess) err = cudaMemsetAsync(overflow_count, 0, sizeof(int), stream);
+  if (a.workspace_bytes < plan_workspace(tokens, top_k)) return kBadArgument;
+  cudaError_t err = cudaMemsetAsync(a.load, 0, experts * sizeof(unsigned), stream);
+  if (err == cudaSuccess) err = cudaMemsetAsync(a.overflow_count, 0, sizeof(int), stream);
   if (err != cudaSuccess) return static_cast<int>(err);
-  if (tokens == 0) return cudaMemsetAsync(offsets, 0, sizeof(int), stream);
+  if (tokens == 0) return cudaMemsetAsync(a.offsets, 0, sizeof(int), stream);
   const long long nk = static_cast<long long>(tokens) * top_k;
-  char* w = static_cast<char*>(workspace);
+  char* w = static_cast<char*>(a.workspace);
   int* counts = reinterpret_cast<int*>(w);
   w += align256((tokens + 1) * sizeof(int));
   int* flags = reinterpret_cast<int*>(w);
@@ -130,16 +127,17 @@ extern "C" int capmoe_plan(const float* probs, const int* topk, const float* top
   size_t sb = scan_bytes(tokens + 1);
   size_t fb = scan_bytes(static_cast<int>(nk + 1));
 
-  count_served<<<plan_blocks(tokens + 1), kPlanThreads, 0, stream>>>(served, tokens, stride, counts);
-  err = cub::DeviceScan::ExclusiveSum(scan_tmp, sb, counts, offsets, tokens + 1, stream);
+  CAPMOE_LAUNCH(plan_blocks(tokens + 1), kPlanThreads, 0, stream, count_served)(a.served, tokens, stride, counts);
+  err = cub::DeviceScan::ExclusiveSum(scan_tmp, sb, counts, a.offsets, tokens + 1, stream);
   if (err != cudaSuccess) return static_cast<int>(err);
   err = cudaMemsetAsync(flags + nk, 0, sizeof(int), stream);
   if (err != cudaSuccess) return static_cast<int>(err);
-  write_plan<<<plan_blocks(tokens), kPlanThreads, 0, stream>>>(probs, topk, topk_sum, served, tokens, experts, top_k,
-                                                               stride, renormalize, offsets, expert_ids, token_ids,
-                                                               weights, probs_out, load, flags);
+  CAPMOE_LAUNCH(plan_blocks(tokens), kPlanThreads, 0, stream, write_plan)(
+      a.probs, a.topk, a.topk_sum, a.served, tokens, experts, top_k, stride, a.renormalize, a.offsets, a.expert_ids,
+      a.token_ids, a.weights, a.probs_out, a.load, flags);
   err = cub::DeviceScan::ExclusiveSum(scan_tmp, fb, flags, pos, static_cast<int>(nk + 1), stream);
   if (err != cudaSuccess) return static_cast<int>(err);
-  scatter_flagged<<<plan_blocks(nk + 1), kPlanThreads, 0, stream>>>(flags, pos, nk, overflow, overflow_count);
+  CAPMOE_LAUNCH(plan_blocks(nk + 1), kPlanThreads, 0, stream, scatter_flagged)(flags, pos, nk, a.overflow,
+                                                                               a.overflow_count);
   return last_status();
 }

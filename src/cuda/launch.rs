@@ -1,27 +1,40 @@
-//! `result` layer: each launcher behind an `unsafe fn` that turns its status
-//! code into a [`GpuError`]. Callers (router.rs) validate every shape first.
+//! `result` layer: each launcher of [`super::sys`] behind an `unsafe fn` that
+//! turns its status code into a [`GpuError`]. Launchers with runs of
+//! same-typed arguments take their `sys` parameter struct (named fields);
+//! [`ptr`] and [`ptr_mut`] turn cudarc's device addresses into its fields.
+//! Callers (router, ffn, backend) validate every shape first.
 
 use super::error::GpuError;
-use super::ffi;
-use std::ffi::{c_int, c_void, CStr};
+use super::sys;
+use std::ffi::{c_int, CStr};
 
 /// A device pointer as cudarc hands it out.
 pub type DevPtr = u64;
 
+/// The stream handle every launcher takes (`cudaStream_t`, cudarc's `CUstream`).
+pub type Stream = sys::capmoe_stream_t;
+
+/// Shapes shared by the routing launchers.
+pub type Shape = sys::capmoe_shape;
+
+/// A device address as a `const` pointer field of a parameter struct.
+pub fn ptr<T>(d: DevPtr) -> *const T {
+    d as *const T
+}
+
+/// A device address as a `mut` pointer field of a parameter struct.
+pub fn ptr_mut<T>(d: DevPtr) -> *mut T {
+    d as *mut T
+}
+
 pub(crate) fn check(launcher: &'static str, code: c_int) -> Result<(), GpuError> {
-    if code == 0 {
+    if code == sys::CAPMOE_STATUS_OK {
         return Ok(());
     }
-    let message = if code == -2 {
-        "CUTLASS rejected the problem (can_implement or initialize failed)".to_string()
-    } else if code < 0 {
-        "an argument was rejected by the launcher's own checks".to_string()
-    } else {
-        // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
-        unsafe { CStr::from_ptr(ffi::cudaGetErrorString(code)) }
-            .to_string_lossy()
-            .into_owned()
-    };
+    // SAFETY: capmoe_status_string returns a static NUL-terminated string for any code.
+    let message = unsafe { CStr::from_ptr(sys::capmoe_status_string(code)) }
+        .to_string_lossy()
+        .into_owned();
     Err(GpuError::Launch {
         launcher,
         code,
@@ -29,155 +42,44 @@ pub(crate) fn check(launcher: &'static str, code: c_int) -> Result<(), GpuError>
     })
 }
 
-fn p<T>(d: DevPtr) -> *const T {
-    d as *const T
-}
-
-fn m<T>(d: DevPtr) -> *mut T {
-    d as *mut T
-}
-
-/// Shapes shared by the routing launchers.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub tokens: i32,
-    pub experts: i32,
-    pub k: i32,
-}
-
 /// Fused gating.
 ///
 /// # Safety
 /// `logits` holds `tokens * experts` f32, `probs` as many, `topk`
-/// `tokens * k` i32 and `topk_sum` `tokens` f32, all device memory of the
-/// current context, valid until `stream` has run the kernel.
-pub unsafe fn gate(
-    s: Shape,
-    logits: DevPtr,
-    probs: DevPtr,
-    topk: DevPtr,
-    topk_sum: DevPtr,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_gate",
-        ffi::capmoe_gate(
-            p(logits),
-            s.tokens,
-            s.experts,
-            s.k,
-            m(probs),
-            m(topk),
-            m(topk_sum),
-            stream,
-        ),
-    )
+/// `tokens * k` i32, `topk_sum` `tokens` f32 and `error` one i32 (zeroed by
+/// the caller), all device memory of the current context, valid until
+/// `stream` has run the kernel.
+pub unsafe fn gate(a: &sys::capmoe_gate_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_gate", sys::capmoe_gate(a, stream))
 }
 
 pub fn select_workspace(slots: i64, experts: i32) -> usize {
     // SAFETY: pure size query (cub's temp-storage sizing); touches no memory.
-    unsafe { ffi::capmoe_select_workspace(slots, experts) }
+    unsafe { sys::capmoe_select_workspace(slots, experts) }
 }
 
-/// Capacity selection for `drop:*` (`expand = false`) or `expand:local`.
+/// Capacity selection for `drop:*` or `expand:local`.
 ///
 /// # Safety
-/// `probs`/`topk` come from [`gate`] for shape `s`; `served` holds
+/// `probs`/`topk` come from [`gate`] for `a.shape`; `served` holds
 /// `tokens * stride` i32 (stride `k`, or `k + experts / ranks` with expand);
 /// `workspace` holds `workspace_bytes >= select_workspace(tokens * stride, experts)`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn select(
-    s: Shape,
-    probs: DevPtr,
-    topk: DevPtr,
-    experts_per_bin: i32,
-    ranks: i32,
-    cap: i32,
-    rank: i32,
-    seed: u64,
-    expand: bool,
-    workspace: DevPtr,
-    workspace_bytes: usize,
-    served: DevPtr,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_select",
-        ffi::capmoe_select(
-            p(probs),
-            p(topk),
-            s.tokens,
-            s.experts,
-            s.k,
-            experts_per_bin,
-            ranks,
-            cap,
-            rank,
-            seed,
-            c_int::from(expand),
-            m::<c_void>(workspace),
-            workspace_bytes,
-            m(served),
-            stream,
-        ),
-    )
+pub unsafe fn select(a: &sys::capmoe_select_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_select", sys::capmoe_select(a, stream))
 }
 
 /// `reroute:next-best` in synchronous rounds.
 ///
 /// # Safety
-/// As [`select`] with stride `k`; `last` holds `tokens` i32 and `flags` 2 i32.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn next_best(
-    s: Shape,
-    probs: DevPtr,
-    topk: DevPtr,
-    experts_per_bin: i32,
-    cap: i32,
-    max_rounds: i32,
-    workspace: DevPtr,
-    workspace_bytes: usize,
-    served: DevPtr,
-    last: DevPtr,
-    flags: DevPtr,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_next_best",
-        ffi::capmoe_next_best(
-            p(probs),
-            p(topk),
-            s.tokens,
-            s.experts,
-            s.k,
-            experts_per_bin,
-            cap,
-            max_rounds,
-            m::<c_void>(workspace),
-            workspace_bytes,
-            m(served),
-            m(last),
-            m(flags),
-            stream,
-        ),
-    )
+/// As [`select`] with stride `k`; `last` holds `tokens` i32 and `flags`
+/// `CAPMOE_NB_FLAGS` i32.
+pub unsafe fn next_best(a: &sys::capmoe_next_best_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_next_best", sys::capmoe_next_best(a, stream))
 }
 
 pub fn plan_workspace(tokens: i32, k: i32) -> usize {
     // SAFETY: pure size query.
-    unsafe { ffi::capmoe_plan_workspace(tokens, k) }
-}
-
-/// Device outputs of [`plan`].
-pub struct PlanOut {
-    pub offsets: DevPtr,
-    pub expert_ids: DevPtr,
-    pub token_ids: DevPtr,
-    pub weights: DevPtr,
-    pub probs: DevPtr,
-    pub load: DevPtr,
-    pub overflow: DevPtr,
-    pub overflow_count: DevPtr,
+    unsafe { sys::capmoe_plan_workspace(tokens, k) }
 }
 
 /// Compacts served slots into the CSR plan.
@@ -187,102 +89,25 @@ pub struct PlanOut {
 /// `tokens + 1` i32; the four per-assignment outputs `tokens * stride`
 /// entries; `load` `experts` u32; `overflow` `tokens * k` i32;
 /// `overflow_count` one i32; `workspace_bytes >= plan_workspace(tokens, k)`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn plan(
-    s: Shape,
-    probs: DevPtr,
-    topk: DevPtr,
-    topk_sum: DevPtr,
-    served: DevPtr,
-    stride: i32,
-    renormalize: bool,
-    workspace: DevPtr,
-    workspace_bytes: usize,
-    out: &PlanOut,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_plan",
-        ffi::capmoe_plan(
-            p(probs),
-            p(topk),
-            p(topk_sum),
-            p(served),
-            s.tokens,
-            s.experts,
-            s.k,
-            stride,
-            c_int::from(renormalize),
-            m::<c_void>(workspace),
-            workspace_bytes,
-            m(out.offsets),
-            m(out.expert_ids),
-            m(out.token_ids),
-            m(out.weights),
-            m(out.probs),
-            m(out.load),
-            m(out.overflow),
-            m(out.overflow_count),
-            stream,
-        ),
-    )
+pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_plan", sys::capmoe_plan(a, stream))
 }
 
 pub fn dispatch_workspace(max_assign: i64, experts: i32) -> usize {
     // SAFETY: pure size query.
-    unsafe { ffi::capmoe_dispatch_workspace(max_assign, experts) }
-}
-
-/// Device outputs of [`dispatch`].
-pub struct DispatchOut {
-    pub padded: DevPtr,
-    pub row_token: DevPtr,
-    pub row_weight: DevPtr,
-    pub assignment_row: DevPtr,
-    pub total_rows: DevPtr,
+    unsafe { sys::capmoe_dispatch_workspace(max_assign, experts) }
 }
 
 /// Lays the plan out in expert-contiguous padded rows.
 ///
 /// # Safety
-/// `plan` outputs of [`plan`] with room for `max_assign` assignments;
-/// `padded` holds `experts + 1` i32; the row buffers
+/// The plan inputs come from [`plan`] with room for `max_assign`
+/// assignments; `padded` holds `experts + 1` i32; the row buffers
 /// `max_assign + experts * (tile - 1)` entries; `assignment_row`
 /// `max_assign` i32; `total_rows` one i32;
 /// `workspace_bytes >= dispatch_workspace(max_assign, experts)`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn dispatch(
-    s: Shape,
-    plan: &PlanOut,
-    max_assign: i64,
-    tile: i32,
-    workspace: DevPtr,
-    workspace_bytes: usize,
-    out: &DispatchOut,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_dispatch",
-        ffi::capmoe_dispatch(
-            p(plan.offsets),
-            p(plan.expert_ids),
-            p(plan.token_ids),
-            p(plan.weights),
-            p(plan.load),
-            s.tokens,
-            s.experts,
-            max_assign,
-            tile,
-            m::<c_void>(workspace),
-            workspace_bytes,
-            m(out.padded),
-            m(out.row_token),
-            m(out.row_weight),
-            m(out.assignment_row),
-            m(out.total_rows),
-            stream,
-        ),
-    )
+pub unsafe fn dispatch(a: &sys::capmoe_dispatch_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_dispatch", sys::capmoe_dispatch(a, stream))
 }
 
 /// Gathers bf16 token rows into dispatch order.
@@ -298,17 +123,17 @@ pub unsafe fn gather_bf16(
     max_rows: i64,
     hidden: i32,
     out: DevPtr,
-    stream: ffi::Stream,
+    stream: Stream,
 ) -> Result<(), GpuError> {
     check(
         "capmoe_gather_bf16",
-        ffi::capmoe_gather_bf16(
-            p(x),
-            p(row_token),
-            p(total_rows),
+        sys::capmoe_gather_bf16(
+            ptr(x),
+            ptr(row_token),
+            ptr(total_rows),
             max_rows,
             hidden,
-            m(out),
+            ptr_mut(out),
             stream,
         ),
     )
@@ -319,30 +144,8 @@ pub unsafe fn gather_bf16(
 /// # Safety
 /// `offsets`/`weights` from [`plan`], `assignment_row` from [`dispatch`];
 /// `y` holds the dispatch's rows times `hidden` f32; `out` `tokens * hidden`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn combine_f32(
-    offsets: DevPtr,
-    weights: DevPtr,
-    assignment_row: DevPtr,
-    y: DevPtr,
-    tokens: i32,
-    hidden: i32,
-    out: DevPtr,
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_combine_f32",
-        ffi::capmoe_combine_f32(
-            p(offsets),
-            p(weights),
-            p(assignment_row),
-            p(y),
-            tokens,
-            hidden,
-            m(out),
-            stream,
-        ),
-    )
+pub unsafe fn combine_f32(a: &sys::capmoe_combine_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_combine_f32", sys::capmoe_combine_f32(a, stream))
 }
 
 /// Weighted gather back to token order, bf16 in and out (f32 accumulation).
@@ -358,21 +161,29 @@ pub unsafe fn combine_bf16(
     tokens: i32,
     hidden: i32,
     out: DevPtr,
-    stream: ffi::Stream,
+    stream: Stream,
 ) -> Result<(), GpuError> {
-    check(
-        "capmoe_combine_bf16",
-        ffi::capmoe_combine_bf16(
-            p(offsets),
-            p(weights),
-            p(assignment_row),
-            p::<c_void>(y),
-            tokens,
-            hidden,
-            m::<c_void>(out),
-            stream,
-        ),
-    )
+    let a = sys::capmoe_combine_args {
+        offsets: ptr(offsets),
+        weights: ptr(weights),
+        assignment_row: ptr(assignment_row),
+        y: ptr(y),
+        tokens,
+        hidden,
+        out: ptr_mut(out),
+    };
+    combine_bf16_args(&a, stream)
+}
+
+/// [`combine_bf16`] with its parameter struct.
+///
+/// # Safety
+/// As [`combine_f32`] with bf16 `y` and `out`.
+pub unsafe fn combine_bf16_args(
+    a: &sys::capmoe_combine_args,
+    stream: Stream,
+) -> Result<(), GpuError> {
+    check("capmoe_combine_bf16", sys::capmoe_combine_bf16(a, stream))
 }
 
 /// Grouped-GEMM problem sizes and addresses from a dispatch layout.
@@ -381,38 +192,8 @@ pub unsafe fn combine_bf16(
 /// `padded` (`experts + 1` i32) from [`dispatch`] and `load` (`experts` u32)
 /// from [`plan`]; `problems` holds `3 * experts` i32 and each pointer array
 /// `experts` u64. `a`, `b`, `c` are only written into the arrays, never read.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_args(
-    padded: DevPtr,
-    load: DevPtr,
-    experts: i32,
-    n: i32,
-    k: i32,
-    elem_bytes: u64,
-    abc: [u64; 3],
-    problems: DevPtr,
-    ptrs: [DevPtr; 3],
-    stream: ffi::Stream,
-) -> Result<(), GpuError> {
-    check(
-        "capmoe_gemm_args",
-        ffi::capmoe_gemm_args(
-            p(padded),
-            p(load),
-            experts,
-            n,
-            k,
-            elem_bytes,
-            abc[0],
-            abc[1],
-            abc[2],
-            m(problems),
-            m(ptrs[0]),
-            m(ptrs[1]),
-            m(ptrs[2]),
-            stream,
-        ),
-    )
+pub unsafe fn gemm_args(a: &sys::capmoe_gemm_args_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_gemm_args", sys::capmoe_gemm_args(a, stream))
 }
 
 /// The SwiGLU pass between the expert FFN's two GEMMs.
@@ -429,17 +210,17 @@ pub unsafe fn swiglu_bf16(
     max_rows: i64,
     inter: i32,
     h: DevPtr,
-    stream: ffi::Stream,
+    stream: Stream,
 ) -> Result<(), GpuError> {
     check(
         "capmoe_swiglu_bf16",
-        ffi::capmoe_swiglu_bf16(
-            p(h13),
-            p(row_token),
-            p(total_rows),
+        sys::capmoe_swiglu_bf16(
+            ptr(h13),
+            ptr(row_token),
+            ptr(total_rows),
             max_rows,
             inter,
-            m(h),
+            ptr_mut(h),
             stream,
         ),
     )
@@ -455,10 +236,51 @@ pub unsafe fn fill_hash_bf16(
     n: u64,
     seed: u32,
     scale: f32,
-    stream: ffi::Stream,
+    stream: Stream,
 ) -> Result<(), GpuError> {
     check(
         "capmoe_fill_hash_bf16",
-        ffi::capmoe_fill_hash_bf16(m(out), n, seed, scale, stream),
+        sys::capmoe_fill_hash_bf16(ptr_mut(out), n, seed, scale, stream),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_have_messages() {
+        // Host-only: capmoe_status_string touches no device.
+        for (code, needle) in [
+            (sys::CAPMOE_STATUS_BAD_ARGUMENT, "rejected by the launcher"),
+            (sys::CAPMOE_STATUS_REJECTED, "CUTLASS"),
+            (-99, "unknown"),
+        ] {
+            let e = check("probe", code).unwrap_err().to_string();
+            assert!(e.contains(needle), "{code}: {e}");
+        }
+        assert!(check("probe", sys::CAPMOE_STATUS_OK).is_ok());
+        // A positive code is a cudaError_t (2 = cudaErrorMemoryAllocation).
+        let e = check("probe", 2).unwrap_err().to_string();
+        assert!(e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn launchers_refuse_a_null_parameter_struct() {
+        // The checks run before anything touches the device or the stream.
+        // SAFETY: a null struct pointer is refused by the launcher itself.
+        let code = unsafe { sys::capmoe_gate(std::ptr::null(), std::ptr::null_mut()) };
+        assert_eq!(code, sys::CAPMOE_STATUS_BAD_ARGUMENT);
+        let a = sys::capmoe_gate_args {
+            logits: std::ptr::null(),
+            shape: Shape::default(), // 0 experts: refused
+            probs: std::ptr::null_mut(),
+            topk: std::ptr::null_mut(),
+            topk_sum: std::ptr::null_mut(),
+            nonfinite: std::ptr::null_mut(),
+        };
+        // SAFETY: refused on its shape; no pointer is read.
+        let code = unsafe { sys::capmoe_gate(&a, std::ptr::null_mut()) };
+        assert_eq!(code, sys::CAPMOE_STATUS_BAD_ARGUMENT);
+    }
 }

@@ -1,9 +1,9 @@
 //! The CUDA backend of the routing contract (feature `cuda`).
 //!
-//! Layered like cudarc: [`ffi`] declares the `extern "C"` launchers of
-//! cuda/routing/ (sys), [`launch`] wraps each in an `unsafe fn` with its
-//! `# Safety` contract and typed errors (result), and [`GpuRouter`] is the
-//! safe API (safe). Kernels are compile-checked in CI; see
+//! Layered like cudarc: [`sys`] declares the `extern "C"` launchers (generated
+//! by bindgen from cuda/include/capmoe_abi.h), [`launch`] and [`model_launch`]
+//! wrap each in an `unsafe fn` with its `# Safety` contract and typed errors
+//! (result), and [`GpuRouter`], the FFN and the backend are the safe API. Kernels are compile-checked in CI; see
 //! bench/results/ for device reports.
 
 pub mod backend;
@@ -12,9 +12,9 @@ mod error;
 pub mod ffi;
 pub mod ffn;
 pub mod launch;
-pub mod model_ffi;
 pub mod model_launch;
 mod router;
+pub mod sys;
 
 pub use backend::CudaBackend;
 pub use context::GpuContext;

@@ -1,21 +1,11 @@
-//! `result` layer of the model kernels: each launcher of [`super::model_ffi`]
-//! behind an `unsafe fn` with its `# Safety` contract, status codes turned
-//! into [`GpuError`]. The safe caller is `cuda::backend`, which checks every
-//! shape and keeps cudarc's pointer guards alive across the call.
+//! `result` layer of the model kernels (cuda/model/): each launcher of
+//! [`super::sys`] behind an `unsafe fn` with its `# Safety` contract, status
+//! codes turned into [`GpuError`]. The safe caller is `cuda::backend`, which
+//! checks every shape and keeps cudarc's pointer guards alive across the call.
 
 use super::error::GpuError;
-use super::ffi::Stream;
-use super::launch::{check, DevPtr};
-use super::model_ffi as ffi;
-use std::ffi::c_void;
-
-fn p(d: DevPtr) -> *const c_void {
-    d as *const c_void
-}
-
-fn m(d: DevPtr) -> *mut c_void {
-    d as *mut c_void
-}
+use super::launch::{check, ptr as p, ptr_mut as m, DevPtr, Stream};
+use super::sys;
 
 /// `out[r] = table[ids[r]]`.
 ///
@@ -32,18 +22,15 @@ pub unsafe fn embed(
     out: DevPtr,
     stream: Stream,
 ) -> Result<(), GpuError> {
-    check(
-        "capmoe_model_embed",
-        ffi::capmoe_model_embed(
-            p(table),
-            ids as *const u32,
-            rows,
-            vocab,
-            hidden,
-            m(out),
-            stream,
-        ),
-    )
+    let a = sys::capmoe_embed_args {
+        table: p(table),
+        ids: p(ids),
+        rows,
+        vocab,
+        hidden,
+        out: m(out),
+    };
+    check("capmoe_model_embed", sys::capmoe_model_embed(&a, stream))
 }
 
 /// RMSNorm of `rows` bf16 rows of `cols`.
@@ -62,7 +49,7 @@ pub unsafe fn rmsnorm(
 ) -> Result<(), GpuError> {
     check(
         "capmoe_model_rmsnorm",
-        ffi::capmoe_model_rmsnorm(p(x), w as *const f32, rows, cols, eps, m(out), stream),
+        sys::capmoe_model_rmsnorm(p(x), p(w), rows, cols, eps, m(out), stream),
     )
 }
 
@@ -81,18 +68,15 @@ pub unsafe fn rope(
     half: i32,
     stream: Stream,
 ) -> Result<(), GpuError> {
-    check(
-        "capmoe_model_rope",
-        ffi::capmoe_model_rope(
-            m(x),
-            positions as *const i32,
-            inv_freq as *const f32,
-            rows,
-            heads,
-            half,
-            stream,
-        ),
-    )
+    let a = sys::capmoe_rope_args {
+        x: m(x),
+        positions: p(positions),
+        inv_freq: p(inv_freq),
+        rows,
+        heads,
+        half,
+    };
+    check("capmoe_model_rope", sys::capmoe_model_rope(&a, stream))
 }
 
 /// `x += y` over `n` bf16.
@@ -103,7 +87,7 @@ pub unsafe fn rope(
 pub unsafe fn add(x: DevPtr, y: DevPtr, n: i64, stream: Stream) -> Result<(), GpuError> {
     check(
         "capmoe_model_add",
-        ffi::capmoe_model_add(m(x), p(y), n, stream),
+        sys::capmoe_model_add(m(x), p(y), n, stream),
     )
 }
 
@@ -121,34 +105,23 @@ pub unsafe fn gather_rows(
     out: DevPtr,
     stream: Stream,
 ) -> Result<(), GpuError> {
+    let a = sys::capmoe_gather_rows_args {
+        x: p(x),
+        idx: p(idx),
+        rows,
+        src_rows,
+        cols,
+        out: m(out),
+    };
     check(
         "capmoe_model_gather_rows",
-        ffi::capmoe_model_gather_rows(
-            p(x),
-            idx as *const u32,
-            rows,
-            src_rows,
-            cols,
-            m(out),
-            stream,
-        ),
+        sys::capmoe_model_gather_rows(&a, stream),
     )
 }
 
-/// Shapes of one attention launch.
-#[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
-    /// New query rows.
-    pub n: i32,
-    /// Cache length, the new rows included.
-    pub len: i32,
-    pub heads: i32,
-    pub kv_heads: i32,
-    pub head_dim: i32,
-    /// 0: plain causal.
-    pub window: i32,
-    pub scale: f32,
-}
+/// Shapes of one attention launch: `n` new query rows, cache length `len`
+/// (the new rows included), `window` 0 for plain causal.
+pub type AttnShape = sys::capmoe_attn_shape;
 
 /// One sequence's attention over its cache.
 ///
@@ -164,21 +137,15 @@ pub unsafe fn attention(
     out: DevPtr,
     stream: Stream,
 ) -> Result<(), GpuError> {
+    let a = sys::capmoe_attn_args {
+        q: p(q),
+        k_cache: p(k_cache),
+        v_cache: p(v_cache),
+        out: m(out),
+        shape: s,
+    };
     check(
         "capmoe_model_attention",
-        ffi::capmoe_model_attention(
-            p(q),
-            p(k_cache),
-            p(v_cache),
-            s.n,
-            s.len,
-            s.heads,
-            s.kv_heads,
-            s.head_dim,
-            s.window,
-            s.scale,
-            m(out),
-            stream,
-        ),
+        sys::capmoe_model_attention(&a, stream),
     )
 }

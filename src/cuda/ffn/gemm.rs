@@ -1,10 +1,8 @@
 //! `result` layer for the generated CUTLASS launchers: one grouped GEMM.
 
 use super::variants::CompiledVariant;
-use crate::cuda::ffi::Stream;
-use crate::cuda::launch::{check, DevPtr};
-use crate::cuda::GpuError;
-use std::ffi::c_void;
+use crate::cuda::launch::{check, ptr, ptr_mut, DevPtr, Stream};
+use crate::cuda::{sys, GpuError};
 
 /// Device arguments of one grouped GEMM over `groups` experts:
 /// `D_g = A_g B_g^T` (see `expert::variants`).
@@ -49,23 +47,20 @@ pub(crate) unsafe fn grouped_gemm(
     c: &GroupedCall,
     stream: Stream,
 ) -> Result<(), GpuError> {
-    check(
-        v.variant.name,
-        (v.run)(
-            c.groups,
-            c.problems as *const i32,
-            c.max_n,
-            c.max_k,
-            c.a as *const *const c_void,
-            c.lda as *const i64,
-            c.b as *const *const c_void,
-            c.ldb as *const i64,
-            c.d as *const *mut c_void,
-            c.ldd as *const i64,
-            c.workspace as *mut c_void,
-            c.workspace_bytes,
-            c.sm_count,
-            stream,
-        ),
-    )
+    let args = sys::capmoe_gg_args {
+        groups: c.groups,
+        problems: ptr(c.problems),
+        max_n: c.max_n,
+        max_k: c.max_k,
+        a: ptr(c.a),
+        b: ptr(c.b),
+        d: ptr(c.d),
+        lda: ptr(c.lda),
+        ldb: ptr(c.ldb),
+        ldd: ptr(c.ldd),
+        workspace: ptr_mut(c.workspace),
+        workspace_bytes: c.workspace_bytes,
+        sm_count: c.sm_count,
+    };
+    check(v.variant.name, (v.run)(&args, stream))
 }

@@ -34,7 +34,26 @@ use std::sync::Arc;
 /// let out = gpu.stream().clone_dtoh(graph.output())?;
 /// # Ok(()) }
 /// ```
-pub struct MoeLayerGraph {
+///
+/// The graph holds raw pointers into the layer's weights and workspaces, so
+/// it borrows the layer: dropping the layer while the graph lives does not
+/// compile.
+///
+/// ```compile_fail,E0505
+/// # fn main() -> Result<(), capmoe::cuda::GpuError> {
+/// # use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter, MoeLayer, MoeLayerGraph};
+/// # use capmoe::routing::RouterConfig;
+/// # let gpu = GpuContext::new(0)?;
+/// # let ffn = ExpertFfn::random(&gpu, FfnShape::new(8, 64, 128)?, 1)?;
+/// # let layer = MoeLayer::new(GpuRouter::new(&gpu, RouterConfig::new(2, "none".parse()?))?, ffn)?;
+/// let graph = unsafe { MoeLayerGraph::capture(&layer, 64)? };
+/// drop(layer); // error[E0505]: cannot move out of `layer` because it is borrowed
+/// graph.launch()?;
+/// # Ok(()) }
+/// ```
+pub struct MoeLayerGraph<'a> {
+    /// The captured layer: its buffers are baked into the graph.
+    _layer: &'a MoeLayer,
     graph: CudaGraph,
     stream: Arc<CudaStream>,
     tokens: usize,
@@ -59,7 +78,7 @@ impl Drop for TrackingOff<'_> {
     }
 }
 
-impl MoeLayerGraph {
+impl<'a> MoeLayerGraph<'a> {
     /// Runs `layer` once eagerly at `tokens` tokens (so that lazy set-up such
     /// as occupancy queries happens outside the graph), then captures one
     /// forward over fresh zeroed input buffers.
@@ -70,7 +89,7 @@ impl MoeLayerGraph {
     /// capture are illegal inside it): no other thread may enqueue work on
     /// any stream of this context until `capture` returns. The layer itself
     /// uses one stream.
-    pub unsafe fn capture(layer: &MoeLayer, tokens: usize) -> Result<Self, GpuError> {
+    pub unsafe fn capture(layer: &'a MoeLayer, tokens: usize) -> Result<Self, GpuError> {
         let shape = layer.ffn().shape();
         if tokens == 0 {
             return Err(GpuError::Shape {
@@ -111,6 +130,7 @@ impl MoeLayerGraph {
         })?;
         graph.upload()?;
         Ok(Self {
+            _layer: layer,
             graph,
             stream,
             tokens,

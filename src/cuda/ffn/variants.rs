@@ -6,7 +6,7 @@
 //! `OUT_DIR/ffn_variants.rs`, included below: the `extern "C"` launchers and
 //! [`COMPILED`]. `CAPMOE_FFN_VARIANTS` can narrow the set, down to none.
 //!
-//! Launcher ABI, for each group `g < groups`:
+//! Launcher ABI (`capmoe_gg_fn` in cuda/include/capmoe_abi.h), for each group `g < groups`:
 //! `D_g[m, n] = A_g[m, k] * B_g[n, k]^T`, bf16 in and out, f32 accumulate.
 //! `problems` is a device `int[3 * groups]` of `{m, n, k}` (`m` may be 0);
 //! `a`, `b`, `d` are device arrays of `groups` device pointers and `lda`,
@@ -17,35 +17,22 @@
 //! than [`CompiledVariant::workspace`] says or not 64-byte aligned), or -2
 //! when CUTLASS rejects the problem.
 
-use crate::cuda::ffi::Stream;
-use std::ffi::{c_int, c_void};
+use crate::cuda::sys;
+use std::ffi::c_int;
 
 pub use crate::expert::variants::*;
 
 /// `capmoe_gg_<name>_workspace(groups, sm_count)`: bytes of device
 /// workspace the launcher needs for `groups` groups on a GPU with
 /// `sm_count` SMs (0 for SM80 variants, and for arguments the launcher
-/// would refuse). Pass the same `sm_count` to the launch.
+/// would refuse). Pass the same `sm_count` to the launch. The function
+/// pointer of `sys::capmoe_gg_workspace_fn` (checked in the generated table).
 pub type GgWorkspaceFn = unsafe extern "C" fn(groups: c_int, sm_count: c_int) -> usize;
 
-/// `capmoe_gg_<name>(groups, problems, max_n, max_k, a, lda, b, ldb, d, ldd,
-/// workspace, workspace_bytes, sm_count, stream)`: see the module docs.
-pub type GgRunFn = unsafe extern "C" fn(
-    c_int,
-    *const c_int,
-    c_int,
-    c_int,
-    *const *const c_void,
-    *const i64,
-    *const *const c_void,
-    *const i64,
-    *const *mut c_void,
-    *const i64,
-    *mut c_void,
-    usize,
-    c_int,
-    Stream,
-) -> c_int;
+/// `capmoe_gg_<name>(args, stream)`: see the module docs and
+/// `sys::capmoe_gg_args`; the function pointer of `sys::capmoe_gg_fn`.
+pub type GgRunFn =
+    unsafe extern "C" fn(args: *const sys::capmoe_gg_args, stream: sys::capmoe_stream_t) -> c_int;
 
 /// A variant and its compiled launchers.
 #[derive(Debug)]
