@@ -8,14 +8,15 @@ set -euo pipefail
 src=$1 out=$2 san=${3:-}
 cxx=${CXX:-c++}
 mkdir -p "$out/obj"
-flags=(-std=c++17 -O2 -g -fPIC -DCAPMOE_EMULATE -I"$src/emu/include" -ffp-contract=off -fno-fast-math
+flags=(-std=c++17 -O2 -g -fPIC -DCAPMOE_EMULATE -I"$src/emu/include" -I"$src/include" -ffp-contract=off -fno-fast-math
        -fno-strict-aliasing -fno-omit-frame-pointer -Wall -Wno-unknown-pragmas -Wno-unused-parameter)
 if [[ $san == sanitize ]]; then
   flags+=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 fi
 # Objects are reused while their source, every header under CUDA_DIR and the flags are unchanged.
 echo "$cxx ${flags[*]}" > "$out/flags.new"
-if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o; mv "$out/flags.new" "$out/flags"; fi
+if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o; fi
+mv "$out/flags.new" "$out/flags"
 stale() { [[ ! -f $2 || $1 -nt $2 ]] || [[ -n $(find "$src" \( -name '*.cuh' -o -name '*.h' \) -newer "$2" | head -1) ]]; }
 files=$(cd "$src" && find . -name '*.cu' -not -path '*/cutlass/*' -not -name '_*' | sort)
 objs=()
@@ -30,15 +31,11 @@ for f in $files emu/runtime.cpp emu/ref_gemm.cpp $gen; do
   in="$src/$f"
   [[ $f == gen/* ]] && in="$out/$f"
   if ! stale "$in" "$o"; then continue; fi
-  # Until every launch goes through CAPMOE_LAUNCH: compile a copy with <<<>>> rewritten.
   if grep -q '<<<' "$in"; then
-    mkdir -p "$out/rw/$(dirname "$f")"
-    python3 "$src/emu/rewrite_launches.py" "$in" "$out/rw/$f"
-    # Keep relative includes working: compile from the original folder via -iquote.
-    "$cxx" "${flags[@]}" -iquote "$(dirname "$in")" -x $lang -c "$out/rw/$f" -o "$o" &
-  else
-    "$cxx" "${flags[@]}" -x $lang -c "$in" -o "$o" &
+    echo "emu-build: $in launches with <<<>>>: launch through CAPMOE_LAUNCH (cuda/common/launch.cuh)" >&2
+    exit 1
   fi
+  "$cxx" "${flags[@]}" -x $lang -c "$in" -o "$o" &
   pids+=($!)
   i=$((i + 1))
   if (( i % jobs == 0 )); then for p in "${pids[@]}"; do wait "$p"; done; pids=(); fi

@@ -274,3 +274,9 @@ inline unsigned long long min(unsigned long long a, unsigned long long b) { retu
 inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
 inline float min(float a, float b) { return std::fmin(a, b); }
 inline float max(float a, float b) { return std::fmax(a, b); }
+
+// CUDA's classification functions live in the global namespace.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::signbit;

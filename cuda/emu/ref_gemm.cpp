@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include "emu.cuh"
+#include "../include/capmoe_abi.h"
 #include "include/cuda_bf16.h"
 
 namespace {
@@ -26,10 +27,16 @@ extern "C" size_t capmoe_emu_grouped_gemm_workspace(int sm90, int groups, int sm
   return sm90 ? static_cast<size_t>(sm_count) * kSm90BytesPerSm : 0;
 }
 
-extern "C" int capmoe_emu_grouped_gemm(int sm90, int groups, const int* problems, int max_n, int max_k,
-                                       const void* const* a, const long long* lda, const void* const* b,
-                                       const long long* ldb, void* const* d, const long long* ldd, void* workspace,
-                                       size_t workspace_bytes, int sm_count, cudaStream_t) {
+extern "C" int capmoe_emu_grouped_gemm(int sm90, const capmoe_gg_args* args, capmoe_stream_t) {
+  if (!args) return kBadArgument;
+  const int groups = args->groups, max_n = args->max_n, max_k = args->max_k, sm_count = args->sm_count;
+  const int* problems = args->problems;
+  const void* const* a = args->a;
+  const void* const* b = args->b;
+  void* const* d = args->d;
+  const int64_t *lda = args->lda, *ldb = args->ldb, *ldd = args->ldd;
+  void* workspace = args->workspace;
+  const size_t workspace_bytes = args->workspace_bytes;
   using capmoe_emu::fatal;
   // The launcher's own checks (the same as the templates' host code).
   if (groups < 1 || groups > kMaxGroups || max_n < 8 || max_n % 8 != 0 || max_k < 8 || max_k % 8 != 0 ||
@@ -52,7 +59,8 @@ extern "C" int capmoe_emu_grouped_gemm(int sm90, int groups, const int* problems
     if (lda[g] < k || ldb[g] < k || ldd[g] < n || lda[g] % 8 || ldb[g] % 8 || ldd[g] % 8)
       fatal("grouped GEMM (%s): group %d {m %d, n %d, k %d}: lda %lld, ldb %lld (each >= k) and ldd %lld "
             "(>= n) must be multiples of 8",
-            arch, g, m, n, k, lda[g], ldb[g], ldd[g]);
+            arch, g, m, n, k, static_cast<long long>(lda[g]), static_cast<long long>(ldb[g]),
+            static_cast<long long>(ldd[g]));
     for (const void* p : {a[g], b[g], static_cast<const void*>(d[g])})
       if (!p || reinterpret_cast<uintptr_t>(p) % 16)
         fatal("grouped GEMM (%s): group %d: operand pointer %p is not 16-byte aligned", arch, g, p);
