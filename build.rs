@@ -33,18 +33,26 @@
 //!   tools/gen-bindings.sh and committed, so no build needs libclang.
 
 #[cfg(feature = "cuda")]
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 #[path = "build/cuda.rs"]
 mod cuda;
+#[cfg(feature = "emulate")]
+#[path = "build/emu.rs"]
+mod emu;
 #[cfg(feature = "cuda")]
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 #[path = "build/ffn.rs"]
 mod ffn;
 #[cfg(feature = "cuda")]
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 #[path = "build/kernels.rs"]
 mod kernels;
 #[cfg(feature = "cuda")]
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 #[path = "build/ptxas.rs"]
 mod ptxas;
 #[cfg(feature = "cuda")]
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 #[path = "build/toolchain.rs"]
 mod toolchain;
 // The variant declarations, shared with the runtime (its lookup helpers are unused here).
@@ -57,8 +65,14 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build");
     // Without the feature: nothing else (cc is an optional build-dependency of `cuda`).
+    println!("cargo::rustc-check-cfg=cfg(capmoe_emulate)");
+    // `emulate` (which turns on `cuda`) builds the kernels with the host compiler instead of nvcc.
+    #[cfg(feature = "emulate")]
+    let result = emu::build();
+    #[cfg(all(feature = "cuda", not(feature = "emulate")))]
+    let result = cuda::build();
     #[cfg(feature = "cuda")]
-    if let Err(e) = cuda::build() {
+    if let Err(e) = result {
         eprintln!("\nerror: {e}\n");
         std::process::exit(1);
     }

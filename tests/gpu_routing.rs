@@ -13,6 +13,8 @@ use capmoe::trace::{Rng, Skew};
 fn gpu() -> Option<GpuContext> {
     match GpuContext::new(0) {
         Ok(g) => Some(g),
+        // Under emulation the fake driver is always there: never skip.
+        Err(e) if cfg!(feature = "emulate") => panic!("emulated GPU did not open: {e}"),
         Err(e) => {
             eprintln!("skipped: {e}");
             None

@@ -1,0 +1,313 @@
+// A fake libcuda.so for emulated runs: the subset of the driver API cudarc calls, backed by host
+// memory. Every operation runs eagerly at the call (a valid order for one stream, and for several
+// when each waits on the others through events). Device memory is 256-byte aligned host memory;
+// new allocations hold random bytes; a copy or memset outside a live allocation aborts. Graph
+// capture is refused with CUDA_ERROR_NOT_SUPPORTED. See docs/EMULATION.md.
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+extern "C" {
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef struct CUctx_st* CUcontext;
+typedef struct CUstream_st* CUstream;
+typedef struct CUevent_st* CUevent;
+typedef void (*CUhostFn)(void*);
+}
+
+namespace {
+constexpr CUresult OK = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101, INVALID_HANDLE = 400,
+                   NOT_SUPPORTED = 801;
+
+struct Ctx {
+  int dev;
+} g_ctx{0};
+struct Stream {
+  int magic = 0x57ea;
+};
+struct Event {
+  int magic = 0xe7e7;
+  unsigned long long stamp = 0;
+};
+
+std::mutex g_lock;
+std::map<uintptr_t, size_t> g_allocs;
+bool g_init = false;
+thread_local CUcontext g_current = nullptr;
+uint64_t g_rng = 0xfa4ed41e;
+unsigned long long g_clock = 0;
+
+[[noreturn]] void fatal(const char* fmt, ...) {
+  std::fprintf(stderr, "capmoe fake libcuda: ");
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+  std::abort();
+}
+
+uint64_t next_random() {
+  uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Aborts unless [p, p + n) lies inside one live allocation.
+void check_range(const char* op, CUdeviceptr p, size_t n) {
+  std::lock_guard<std::mutex> l(g_lock);
+  auto it = g_allocs.upper_bound(static_cast<uintptr_t>(p));
+  if (it == g_allocs.begin()) fatal("%s: 0x%llx is not device memory", op, p);
+  --it;
+  if (p < it->first || p + n > it->first + it->second)
+    fatal("%s: [0x%llx, +%zu) leaves the allocation [0x%llx, +%zu)", op, p, n,
+          static_cast<unsigned long long>(it->first), it->second);
+}
+
+CUresult alloc(CUdeviceptr* out, size_t n) {
+  if (!out || n == 0) return INVALID_VALUE;  // as the driver: no zero-byte allocations
+  void* p = std::aligned_alloc(256, (n + 255) & ~size_t{255});
+  if (!p) return 2;
+  std::lock_guard<std::mutex> l(g_lock);
+  unsigned char* b = static_cast<unsigned char*>(p);
+  uint64_t r = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 8 == 0) r = next_random();
+    b[i] = static_cast<unsigned char>(r >> (8 * (i % 8)));
+  }
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = n;
+  *out = reinterpret_cast<CUdeviceptr>(p);
+  return OK;
+}
+
+CUresult release(CUdeviceptr p) {
+  if (p == 0) return OK;
+  std::lock_guard<std::mutex> l(g_lock);
+  auto it = g_allocs.find(static_cast<uintptr_t>(p));
+  if (it == g_allocs.end()) fatal("cuMemFree of 0x%llx, which is not a live allocation", p);
+  g_allocs.erase(it);
+  std::free(reinterpret_cast<void*>(p));
+  return OK;
+}
+}  // namespace
+
+extern "C" {
+CUresult cuInit(unsigned) {
+  g_init = true;
+  return OK;
+}
+CUresult cuDriverGetVersion(int* v) {
+  if (!v) return INVALID_VALUE;
+  *v = 13000;
+  return OK;
+}
+CUresult cuDeviceGetCount(int* n) {
+  if (!n) return INVALID_VALUE;
+  *n = 1;
+  return OK;
+}
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+  if (!g_init) return NOT_INITIALIZED;
+  if (!d) return INVALID_VALUE;
+  if (ordinal != 0) return INVALID_DEVICE;
+  *d = 0;
+  return OK;
+}
+CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
+  if (d != 0) return INVALID_DEVICE;
+  if (!name || len < 1) return INVALID_VALUE;
+  std::snprintf(name, static_cast<size_t>(len), "capmoe emulated device (CPU, not a GPU)");
+  return OK;
+}
+CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
+  if (d != 0) return INVALID_DEVICE;
+  if (!v) return INVALID_VALUE;
+  switch (attr) {
+    case 1: *v = 1024; break;       // max threads per block
+    case 10: *v = 32; break;        // warp size
+    case 16: *v = 132; break;       // SMs (an H200's count)
+    case 75: *v = 9; break;         // compute capability 9.0
+    case 76: *v = 0; break;
+    case 97: *v = 232448; break;    // shared memory per block (opt-in)
+    case 115: *v = 1; break;        // memory pools: cuMemAllocAsync
+    default: *v = 0; break;
+  }
+  return OK;
+}
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
+  if (d != 0) return INVALID_DEVICE;
+  if (!bytes) return INVALID_VALUE;
+  *bytes = size_t{16} << 30;
+  return OK;
+}
+CUresult cuDeviceGetUuid(unsigned char* uuid, CUdevice) {
+  if (uuid) std::memset(uuid, 0xe, 16);
+  return OK;
+}
+CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice d) { return cuDeviceGetUuid(uuid, d); }
+CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
+  if (free_b) *free_b = size_t{15} << 30;
+  if (total) *total = size_t{16} << 30;
+  return OK;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
+  if (d != 0) return INVALID_DEVICE;
+  if (!c) return INVALID_VALUE;
+  *c = reinterpret_cast<CUcontext>(&g_ctx);
+  return OK;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return d == 0 ? OK : INVALID_DEVICE; }
+CUresult cuCtxSetCurrent(CUcontext c) {
+  g_current = c;
+  return OK;
+}
+CUresult cuCtxGetCurrent(CUcontext* c) {
+  if (!c) return INVALID_VALUE;
+  *c = g_current;
+  return OK;
+}
+CUresult cuCtxPushCurrent_v2(CUcontext c) { return cuCtxSetCurrent(c); }
+CUresult cuCtxPopCurrent_v2(CUcontext* c) {
+  if (c) *c = g_current;
+  return OK;
+}
+CUresult cuCtxGetDevice(CUdevice* d) {
+  if (!d) return INVALID_VALUE;
+  *d = 0;
+  return OK;
+}
+CUresult cuCtxSynchronize() { return OK; }
+CUresult cuCtxSetFlags(unsigned) { return OK; }
+CUresult cuCtxGetStreamPriorityRange(int* lo, int* hi) {
+  if (lo) *lo = 0;
+  if (hi) *hi = 0;
+  return OK;
+}
+
+CUresult cuStreamCreate(CUstream* s, unsigned) {
+  if (!s) return INVALID_VALUE;
+  *s = reinterpret_cast<CUstream>(new Stream);
+  return OK;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned f, int) { return cuStreamCreate(s, f); }
+CUresult cuStreamDestroy_v2(CUstream s) {
+  delete reinterpret_cast<Stream*>(s);
+  return OK;
+}
+CUresult cuStreamSynchronize(CUstream) { return OK; }
+CUresult cuStreamQuery(CUstream) { return OK; }
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return OK; }
+CUresult cuStreamIsCapturing(CUstream, int* status) {
+  if (!status) return INVALID_VALUE;
+  *status = 0;  // CU_STREAM_CAPTURE_STATUS_NONE
+  return OK;
+}
+CUresult cuStreamBeginCapture_v2(CUstream, int) { return NOT_SUPPORTED; }
+CUresult cuStreamEndCapture(CUstream, void**) { return NOT_SUPPORTED; }
+CUresult cuLaunchHostFunc(CUstream, CUhostFn fn, void* data) {
+  if (!fn) return INVALID_VALUE;
+  fn(data);
+  return OK;
+}
+// Eager execution cannot wait for a later write: a wait whose condition does not hold yet aborts.
+CUresult cuStreamWriteValue32_v2(CUstream, CUdeviceptr addr, unsigned value, unsigned) {
+  check_range("cuStreamWriteValue32", addr, 4);
+  *reinterpret_cast<volatile unsigned*>(addr) = value;
+  return OK;
+}
+CUresult cuStreamWaitValue32_v2(CUstream, CUdeviceptr addr, unsigned value, unsigned flags) {
+  check_range("cuStreamWaitValue32", addr, 4);
+  const unsigned v = *reinterpret_cast<volatile unsigned*>(addr);
+  const unsigned op = flags & 0xf;
+  const bool ok = op == 0 ? static_cast<int>(v - value) >= 0 : op == 1 ? v == value : op == 2 ? (v & value) != 0
+                                                                                       : ~(v | ~value) != 0;
+  if (!ok) fatal("cuStreamWaitValue32 would wait for a value no queued operation writes (emulated streams run eagerly)");
+  return OK;
+}
+
+CUresult cuEventCreate(CUevent* e, unsigned) {
+  if (!e) return INVALID_VALUE;
+  *e = reinterpret_cast<CUevent>(new Event);
+  return OK;
+}
+CUresult cuEventDestroy_v2(CUevent e) {
+  delete reinterpret_cast<Event*>(e);
+  return OK;
+}
+CUresult cuEventRecord(CUevent e, CUstream) {
+  if (!e) return INVALID_HANDLE;
+  std::lock_guard<std::mutex> l(g_lock);
+  reinterpret_cast<Event*>(e)->stamp = ++g_clock;
+  return OK;
+}
+CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned) { return cuEventRecord(e, s); }
+CUresult cuEventSynchronize(CUevent) { return OK; }
+CUresult cuEventQuery(CUevent) { return OK; }
+// Times are not emulated: one microsecond per recorded event in between.
+CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
+  if (!ms || !a || !b) return INVALID_VALUE;
+  *ms = static_cast<float>(reinterpret_cast<Event*>(b)->stamp - reinterpret_cast<Event*>(a)->stamp) * 1e-3f;
+  return OK;
+}
+CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
+
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return alloc(p, n); }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return alloc(p, n); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return release(p); }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemcpyHtoD", dst, n);
+  std::memcpy(reinterpret_cast<void*>(dst), src, n);
+  return OK;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) { return cuMemcpyHtoD_v2(dst, src, n); }
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemcpyDtoH", src, n);
+  std::memcpy(dst, reinterpret_cast<const void*>(src), n);
+  return OK;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) { return cuMemcpyDtoH_v2(dst, src, n); }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemcpyDtoD (destination)", dst, n);
+  check_range("cuMemcpyDtoD (source)", src, n);
+  std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+  return OK;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) { return cuMemcpyDtoD_v2(dst, src, n); }
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemsetD8", dst, n);
+  std::memset(reinterpret_cast<void*>(dst), v, n);
+  return OK;
+}
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(dst, v, n); }
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream) {
+  if (n == 0) return OK;
+  check_range("cuMemsetD32", dst, 4 * n);
+  for (size_t i = 0; i < n; ++i) reinterpret_cast<unsigned*>(dst)[i] = v;
+  return OK;
+}
+
+CUresult cuGetErrorString(CUresult e, const char** s) {
+  if (!s) return INVALID_VALUE;
+  *s = e == OK ? "no error (fake libcuda)" : e == NOT_SUPPORTED ? "operation not supported (fake libcuda)"
+                                         : "error (fake libcuda)";
+  return OK;
+}
+CUresult cuGetErrorName(CUresult e, const char** s) {
+  if (!s) return INVALID_VALUE;
+  *s = e == OK ? "CUDA_SUCCESS" : e == NOT_SUPPORTED ? "CUDA_ERROR_NOT_SUPPORTED" : "CUDA_ERROR_EMULATED";
+  return OK;
+}
+}

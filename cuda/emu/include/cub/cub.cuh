@@ -1,0 +1,3 @@
+#pragma once
+#include "device/device_radix_sort.cuh"
+#include "device/device_scan.cuh"

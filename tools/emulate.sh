@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The emulated kernel tests: every hand-written CUDA kernel built as host C++ (cuda/emu/) under
+# ASan and UBSan and run on the CPU against its CPU twin, through the GPU tests and a fake
+# libcuda/libcublas. Results are *emulated*, not verified on a GPU (docs/EMULATION.md).
+# Installs what it needs (a C++ compiler with libasan/libubsan) when missing; fails on any test
+# failure or sanitizer report.
+#   tools/emulate.sh [extra cargo test args, e.g. -- --test-threads=1]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cxx=${CXX:-c++}
+if ! command -v "$cxx" > /dev/null || [[ ! -f $("$cxx" -print-file-name=libasan.so) ]]; then
+  echo "== installing g++ (with libasan and libubsan)"
+  sudo_=; [[ $(id -u) == 0 ]] || sudo_=sudo
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq g++ > /dev/null
+fi
+[[ $(uname -m) == x86_64 ]] || { echo "tools/emulate.sh: the emulator's fibers are x86-64 only" >&2; exit 1; }
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+export CAPMOE_EMU_SANITIZE=1
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$root/tools/emu-run.sh"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+start=$SECONDS
+set +e
+cargo test --features emulate --test gpu_slot_order --test gpu_routing --test gpu_ffn \
+  --test gpu_model_parity "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+if grep -qE "ERROR: AddressSanitizer|runtime error:|capmoe emulator:|capmoe fake libcuda:" "$log"; then
+  echo "tools/emulate.sh: a sanitizer or emulator report (above)" >&2
+  rc=1
+fi
+echo "tools/emulate.sh: exit $rc after $((SECONDS - start)) s (emulated on the CPU, not verified on a GPU)"
+exit "$rc"
