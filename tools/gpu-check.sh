@@ -63,10 +63,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 # Release test binaries: the EP and e2e runs inside them time real work, and host code in a debug
 # build would add launch gaps; assert! still holds (only debug_assert! and overflow checks go).
-echo "== building test binaries (cargo test --release --features cuda --no-run)" >&2
-cargo test --release --features cuda --no-run --message-format=json >"$tmp/tests.json"
-echo "== building bench binaries (cargo bench --features cuda --no-run, release)" >&2
-cargo bench --features cuda --no-run --message-format=json >"$tmp/benches.json"
+echo "== building test binaries (cargo test --release --features cuda,telemetry --no-run)" >&2
+cargo test --release --features cuda,telemetry --no-run --message-format=json >"$tmp/tests.json"
+echo "== building bench binaries (cargo bench --features cuda,telemetry --no-run, release)" >&2
+cargo bench --features cuda,telemetry --no-run --message-format=json >"$tmp/benches.json"
 
 rm -rf "$pack"
 mkdir -p "$pack" "$tmp/bin"
@@ -82,9 +82,16 @@ def artifacts(path):
         except ValueError:
             continue
         if m.get("reason") == "compiler-artifact" and m.get("executable"):
-            yield m["target"]["name"], m["target"]["kind"][0], m["executable"]
+            yield m["target"]["name"], m["target"]["kind"][0], m["executable"], m["profile"]["test"]
 rows, seen = [], set()
-for name, kind, exe in artifacts(os.path.join(tmp, "tests.json")):
+os.makedirs(os.path.join(tmp, "bin"), exist_ok=True)
+for name, kind, exe, is_test in artifacts(os.path.join(tmp, "tests.json")):
+    if kind == "bin" and name == "capmoe" and not is_test:
+        # The CLI itself (the GPU tests that run `capmoe bench` find it through CAPMOE_BIN).
+        shutil.copy2(exe, os.path.join(tmp, "bin", "capmoe"))
+        subprocess.run(["strip", "--strip-debug", os.path.join(tmp, "bin", "capmoe")], check=False)
+        print(f"  tool  capmoe {os.path.getsize(exe) / 2**20:6.1f} MiB (unstripped)", file=sys.stderr)
+        continue
     args = "--test-threads=1 --nocapture"  # --nocapture: the skip reasons of GPU tests show
     if kind == "test":
         if not all_tests and not re.search("gpu|cuda", name):
@@ -97,7 +104,7 @@ for name, kind, exe in artifacts(os.path.join(tmp, "tests.json")):
     else:
         continue
     rows.append(("test", f"{kind}-{name}", exe, args))
-for name, kind, exe in artifacts(os.path.join(tmp, "benches.json")):
+for name, kind, exe, _ in artifacts(os.path.join(tmp, "benches.json")):
     if kind != "bench" or (bench_re and not re.search(bench_re, name)) or (not bench_re and name in skip):
         continue
     rows.append(("bench", name, exe, ""))
@@ -234,14 +241,15 @@ if [ -n "$build_root" ] && [ ! -e "$build_root" ] && [ "$build_root" != "$root" 
 fi
 cd "$root"
 export CARGO_MANIFEST_DIR="$root" RUST_BACKTRACE=1 CRITERION_HOME="$work/criterion" NO_COLOR=1
+# The GPU tests that run the CLI (`capmoe bench`) find the packed binary here.
+export CAPMOE_BIN="$bins/capmoe"
 # The headline EP run (test-gpu_ep_bench's full_bench_from_env): Mixtral-8x7B experts, EP-8, the
 # mixtral skew, gamma 1.5, prefill and decode batch sizes. Set CAPMOE_GPU_BENCH_ARGS to change it.
 export CAPMOE_GPU_BENCH_ARGS="${CAPMOE_GPU_BENCH_ARGS:---device cuda --tokens 4096,64 --ep 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,drop:order,reroute:next-best,expand:local --iters 20 --out $OUT/ep-gpu}"
 # The short whole-model run (test-gpu_e2e_bench's e2e_bench_from_env, `capmoe bench --device cuda
 # --e2e`): Mixtral-8x7B's shapes cut to 4 layers (~12 GB of bf16 weights drawn on the device),
 # T = 4 x 256 prefill + 8 decode steps, EP-8, mixtral skew, gamma 1.5, 4 cases; sized for well under a
-# minute (the test binaries are debug builds: the host's log-softmax over T x 32000 logits per case
-# is most of it).
+# minute (the host's log-softmax over T x 32000 logits per case is most of it).
 # The full model (32 layers, ~94 GB, T = 4096) is a separate call:
 #   CAPMOE_GPU_E2E_ARGS="--device cuda --e2e --out $OUT/ep-gpu-e2e" bash .gpu-check/run.sh
 export CAPMOE_GPU_E2E_ARGS="${CAPMOE_GPU_E2E_ARGS:---device cuda --e2e --config mixtral-8x7b --layers 4 --batch 4 --seq-len 256 --ranks 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,reroute:next-best,expand:local --iters 3 --decode-steps 8 --out $OUT/ep-gpu-e2e}"
