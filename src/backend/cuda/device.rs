@@ -95,7 +95,7 @@ impl CudaBackend {
         Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
     }
 
-    pub(super) fn raw(&self) -> crate::cuda::ffi::Stream {
+    pub(super) fn raw(&self) -> crate::cuda::launch::Stream {
         self.gpu.stream().cu_stream() as _
     }
 }
