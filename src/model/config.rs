@@ -40,11 +40,11 @@ pub enum ConfigError {
         expected: &'static str,
     },
     #[error("inconsistent config: {0}")]
-    /// Fields disagree with each other (e.g. heads do not divide
+    /// A size is 0, or fields disagree (e.g. heads do not divide
     /// `hidden_size`); holds what was wrong and what was expected.
     Inconsistent(String),
     #[error("config field `{field}` is {value}; expected 1..={max} (capmoe's bound, so that sizes and their products stay bounded)")]
-    /// A size is 0 or above its `MAX_*` bound.
+    /// A size is above its `MAX_*` bound.
     TooLarge {
         /// The key.
         field: &'static str,
