@@ -66,9 +66,11 @@ impl fmt::Display for Skew {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
+    /// The next 64 uniformly random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         splitmix64(self.0)
@@ -90,17 +92,32 @@ impl Rng {
 #[non_exhaustive]
 pub enum TraceError {
     #[error("skew {target}x is out of reach with {experts} experts and top-{top_k}: max/mean load is below E/k = {limit}; pick a ratio in [1, {limit})", limit = *experts as f64 / *top_k as f64)]
+    /// The asked max/mean load ratio is outside `[1, E / k)` or out of reach.
     Unreachable {
+        /// The asked ratio.
         target: f64,
+        /// Experts `E`.
         experts: usize,
+        /// Experts per token `k`.
         top_k: usize,
     },
     #[error(transparent)]
+    /// `E` or `k` is invalid, or routing the trace failed.
     Routing(#[from] RoutingError),
     #[error("a trace of {tokens} tokens needs at least one; expected tokens >= 1")]
-    NoTokens { tokens: usize },
+    /// Zero tokens asked for.
+    NoTokens {
+        /// Tokens asked for (0).
+        tokens: usize,
+    },
     #[error("a trace of {tokens} tokens x {experts} experts is more than {limit} values; expected tokens x experts <= {limit} (capmoe's bound on a synthetic trace, {mib} MiB as f32)", limit = MAX_TRACE_VALUES, mib = (MAX_TRACE_VALUES * 4) >> 20)]
-    TooLarge { tokens: usize, experts: usize },
+    /// `tokens * experts` exceeds [`MAX_TRACE_VALUES`] (or overflows).
+    TooLarge {
+        /// Tokens asked for.
+        tokens: usize,
+        /// Experts asked for.
+        experts: usize,
+    },
 }
 
 /// Most values (tokens x experts) a synthetic trace may hold: 2^26, 256 MiB

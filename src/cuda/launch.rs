@@ -53,6 +53,8 @@ pub unsafe fn gate(a: &sys::capmoe_gate_args, stream: Stream) -> Result<(), GpuE
     check("capmoe_gate", sys::capmoe_gate(a, stream))
 }
 
+/// Bytes of workspace [`select`] needs for `slots` slots over `experts`
+/// experts (a pure size query).
 pub fn select_workspace(slots: i64, experts: i32) -> usize {
     // SAFETY: pure size query (cub's temp-storage sizing); touches no memory.
     unsafe { sys::capmoe_select_workspace(slots, experts) }
@@ -77,6 +79,8 @@ pub unsafe fn next_best(a: &sys::capmoe_next_best_args, stream: Stream) -> Resul
     check("capmoe_next_best", sys::capmoe_next_best(a, stream))
 }
 
+/// Bytes of workspace [`plan`] needs for `tokens` tokens at top-`k`
+/// (a pure size query).
 pub fn plan_workspace(tokens: i32, k: i32) -> usize {
     // SAFETY: pure size query.
     unsafe { sys::capmoe_plan_workspace(tokens, k) }
@@ -93,6 +97,8 @@ pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuE
     check("capmoe_plan", sys::capmoe_plan(a, stream))
 }
 
+/// Bytes of workspace [`dispatch`] needs for `max_assign` assignments
+/// over `experts` experts (a pure size query).
 pub fn dispatch_workspace(max_assign: i64, experts: i32) -> usize {
     // SAFETY: pure size query.
     unsafe { sys::capmoe_dispatch_workspace(max_assign, experts) }

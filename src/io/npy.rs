@@ -29,51 +29,93 @@ pub const MAX_HEADER_LEN: usize = 65_536;
 /// on what one file may make us allocate, whatever its header says.
 pub const MAX_VALUES: usize = 1 << 30;
 
+/// Why a `.npy` file could not be read or written.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum NpyError {
+    /// The file could not be opened, read or written.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// Bad magic, version, preamble or header.
     #[error("{path} is not a .npy file ({why})")]
-    Format { path: PathBuf, why: String },
-    #[error("{path} has dtype `{descr}`; expected float32 (<f4), float16 (<f2), bfloat16 (V2 or bfloat16) or float64 (<f8)")]
-    Dtype { path: PathBuf, descr: String },
-    #[error("{path} has shape {shape:?}; expected a 2-D [tokens, experts] array")]
-    Rank { path: PathBuf, shape: Vec<usize> },
-    #[error("{path} has shape {shape:?}, more than {limit} values; expected at most {limit} (capmoe's bound on one matrix)")]
-    TooLarge {
+    Format {
+        /// The file.
         path: PathBuf,
+        /// What was wrong and what was expected.
+        why: String,
+    },
+    #[error("{path} has dtype `{descr}`; expected float32 (<f4), float16 (<f2), bfloat16 (V2 or bfloat16) or float64 (<f8)")]
+    /// The dtype is not float32, float16, bfloat16 or float64.
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The header's `descr`, as written.
+        descr: String,
+    },
+    #[error("{path} has shape {shape:?}; expected a 2-D [tokens, experts] array")]
+    /// The array is not 2-D.
+    Rank {
+        /// The file.
+        path: PathBuf,
+        /// The header's shape.
         shape: Vec<usize>,
+    },
+    #[error("{path} has shape {shape:?}, more than {limit} values; expected at most {limit} (capmoe's bound on one matrix)")]
+    /// The shape holds more than [`MAX_VALUES`] values (or overflows).
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The header's shape.
+        shape: Vec<usize>,
+        /// The bound, in values ([`MAX_VALUES`]).
         limit: usize,
     },
     #[error(
         "{path} holds {got} bytes of data; shape {shape:?} of {width}-byte values needs {want}"
     )]
+    /// The data section's size disagrees with the header.
     Truncated {
+        /// The file.
         path: PathBuf,
+        /// The header's shape.
         shape: Vec<usize>,
+        /// Bytes per value (2, 4 or 8).
         width: usize,
+        /// Data bytes the file holds.
         got: usize,
+        /// Data bytes the shape needs.
         want: usize,
     },
     #[error("{path}: value {value} at [{row}, {col}] does not fit in float32")]
+    /// A finite f64 value overflows f32.
     OutOfRange {
+        /// The file.
         path: PathBuf,
+        /// Row of the value (0-based).
         row: usize,
+        /// Column of the value (0-based).
         col: usize,
+        /// The f64 value.
         value: f64,
     },
     #[error(
         "cannot write {path}: the data holds {len} values, expected rows x cols = {rows} x {cols}"
     )]
+    /// Writing: the data's length is not `rows * cols`.
     DataLength {
+        /// The file to be written.
         path: PathBuf,
+        /// Values given.
         len: usize,
+        /// Rows asked for.
         rows: usize,
+        /// Columns asked for.
         cols: usize,
     },
 }
@@ -81,8 +123,11 @@ pub enum NpyError {
 /// A row-major 2-D f32 matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
+    /// Number of rows (tokens, for a trace).
     pub rows: usize,
+    /// Number of columns (experts, for a trace).
     pub cols: usize,
+    /// `rows * cols` values, row-major: `data[r * cols + c]`.
     pub data: Vec<f32>,
     /// The dtype on disk, as numpy spells it.
     pub dtype: String,

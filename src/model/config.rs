@@ -12,52 +12,89 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
     #[error("config.json is not valid JSON (strict: no repeated keys): {0}")]
+    /// Not valid JSON, or a key appears twice.
     Json(#[from] serde_json::Error),
     #[error("config.json must be a JSON object")]
+    /// The top-level JSON value is not an object.
     NotAnObject,
     #[error("config.json has no `{0}`; a Mixtral config needs it")]
+    /// A required key is absent (or null); holds its name.
     Missing(&'static str),
     #[error("config field `{field}` is {value}; expected {expected}")]
+    /// A field has the wrong type or an out-of-range value.
     Invalid {
+        /// The key.
         field: &'static str,
+        /// Its value, as text.
         value: String,
+        /// What was expected.
         expected: &'static str,
     },
     #[error("inconsistent config: {0}")]
+    /// A size is 0, or fields disagree (e.g. heads do not divide
+    /// `hidden_size`); holds what was wrong and what was expected.
     Inconsistent(String),
     #[error("config field `{field}` is {value}; expected 1..={max} (capmoe's bound, so that sizes and their products stay bounded)")]
+    /// A size is above its `MAX_*` bound.
     TooLarge {
+        /// The key.
         field: &'static str,
+        /// Its value.
         value: u64,
+        /// The bound (inclusive).
         max: u64,
     },
     #[error("positions {start}..{end} run past max_position_embeddings = {max}; expected at most {max} positions per sequence (prompt plus generated tokens)")]
-    PositionOutOfRange { start: usize, end: u128, max: usize },
+    /// Positions `start..end` run past `max_position_embeddings`.
+    PositionOutOfRange {
+        /// First position asked for.
+        start: usize,
+        /// One past the last position asked for (u128: cannot overflow).
+        end: u128,
+        /// `max_position_embeddings`.
+        max: usize,
+    },
     #[error("unknown built-in config `{0}`; expected one of: {names}", names = BUILTIN_NAMES.join(", "))]
+    /// The name is not in [`BUILTIN_NAMES`]; holds the name given.
     UnknownBuiltin(String),
 }
 
 /// The shape and hyper-parameters of a Mixtral model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MixtralConfig {
+    /// Tokenizer vocabulary size (rows of `embed_tokens`).
     pub vocab_size: usize,
+    /// Model (residual) width `d`.
     pub hidden_size: usize,
+    /// Each expert's FFN inner width.
     pub intermediate_size: usize,
+    /// Number of decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads per layer.
     pub num_attention_heads: usize,
+    /// Key/value heads per layer (grouped-query attention; defaults to
+    /// `num_attention_heads`).
     pub num_key_value_heads: usize,
     /// `hidden_size / num_attention_heads` when the file has none (or null).
     pub head_dim: usize,
+    /// Experts per MoE layer `E`.
     pub num_local_experts: usize,
+    /// Experts each token is routed to, `k`.
     pub num_experts_per_tok: usize,
+    /// RMSNorm epsilon (used as f32).
     pub rms_norm_eps: f64,
+    /// RoPE base frequency (used as f32).
     pub rope_theta: f64,
+    /// Most positions per sequence (prompt plus generated tokens).
     pub max_position_embeddings: usize,
     /// Mistral sliding-window attention span; `None` is full causal attention.
     pub sliding_window: Option<usize>,
@@ -66,6 +103,7 @@ pub struct MixtralConfig {
     /// On-disk dtype named by the config (`torch_dtype` in v4, `dtype` in
     /// v5), informational: the loader goes by each tensor's own dtype.
     pub dtype: Option<String>,
+    /// Beginning-of-sequence token id, if the config names one.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence ids (the file may give one id or a list).
     pub eos_token_ids: Vec<u32>,

@@ -72,6 +72,8 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// `ranks` ranks over `experts` experts and `tokens` tokens; fails if
+    /// `ranks` or `experts` is 0 or `ranks` does not divide `experts`.
     pub fn new(ranks: usize, experts: usize, tokens: usize) -> Result<Self, RoutingError> {
         if ranks == 0 {
             return Err(RoutingError::ZeroRanks);
@@ -88,12 +90,15 @@ impl Placement {
             tokens,
         })
     }
+    /// Number of EP ranks `R`.
     pub fn ranks(&self) -> usize {
         self.ranks
     }
+    /// Experts per rank, `E / R`.
     pub fn experts_per_rank(&self) -> usize {
         self.experts / self.ranks
     }
+    /// The rank whose expert group holds expert `e`.
     #[inline]
     pub fn rank_of_expert(&self, e: usize) -> usize {
         e / self.experts_per_rank()
@@ -143,17 +148,21 @@ impl Bins {
             },
         }
     }
+    /// The bin of expert `e` (`e < experts()`).
     #[inline]
     pub fn bin(&self, e: usize) -> usize {
         self.bin_of[e] as usize
     }
+    /// The bound of bin `b` (`b < count()`), in assignments.
     #[inline]
     pub fn cap(&self, b: usize) -> u64 {
         self.cap[b]
     }
+    /// Number of bins: E (expert scope) or R (rank scope).
     pub fn count(&self) -> usize {
         self.cap.len()
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.bin_of.len()
     }

@@ -11,7 +11,9 @@ pub const PAD: u32 = u32::MAX;
 /// A top-k assignment its expert did not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow {
+    /// The token (row of the batch).
     pub token: u32,
+    /// The expert that dropped it.
     pub expert: u32,
 }
 
@@ -20,17 +22,24 @@ pub struct Overflow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct GemmProblem {
+    /// Rows: the expert's served tokens (unpadded).
     pub m: i32,
+    /// Output columns.
     pub n: i32,
+    /// Inner (reduction) dimension.
     pub k: i32,
 }
 
 /// Per-expert problem sizes and device addresses a grouped GEMM reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupedGemmArgs {
+    /// One problem per expert, `E` entries.
     pub problems: Vec<GemmProblem>,
+    /// Device byte address of each expert's first `A` row.
     pub a: Vec<u64>,
+    /// Device byte address of each expert's weight `B_e`.
     pub b: Vec<u64>,
+    /// Device byte address of each expert's first `C` row.
     pub c: Vec<u64>,
 }
 
@@ -107,6 +116,7 @@ impl DispatchLayout {
         })
     }
 
+    /// Segment padding multiple, in rows (>= 1).
     pub fn tile(&self) -> usize {
         self.tile
     }

@@ -103,12 +103,15 @@ impl Gate {
         })
     }
 
+    /// Tokens `T`.
     pub fn tokens(&self) -> usize {
         self.tokens
     }
+    /// Experts `E`.
     pub fn experts(&self) -> usize {
         self.experts
     }
+    /// Experts per token `k`.
     pub fn top_k(&self) -> usize {
         self.top_k
     }
@@ -116,10 +119,12 @@ impl Gate {
     pub fn probs(&self) -> &[f32] {
         &self.probs
     }
+    /// `p[t, e]` (`t < T`, `e < E`).
     #[inline]
     pub fn p(&self, t: usize, e: usize) -> f32 {
         self.probs[t * self.experts + e]
     }
+    /// Token `t`'s probabilities over all experts, `E` values.
     pub fn prob_row(&self, t: usize) -> &[f32] {
         &self.probs[t * self.experts..(t + 1) * self.experts]
     }

@@ -48,18 +48,22 @@ impl<'a> Logits<'a> {
         })
     }
 
+    /// Tokens `T` (rows).
     pub fn tokens(&self) -> usize {
         self.tokens
     }
 
+    /// Experts `E` (columns).
     pub fn experts(&self) -> usize {
         self.experts
     }
 
+    /// All logits, row-major `[T, E]`.
     pub fn data(&self) -> &'a [f32] {
         self.data
     }
 
+    /// Token `t`'s logits, `E` values (`t < T`).
     pub fn row(&self, t: usize) -> &'a [f32] {
         &self.data[t * self.experts..(t + 1) * self.experts]
     }

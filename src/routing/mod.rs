@@ -44,12 +44,15 @@ use served::Served;
 /// How to route a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
+    /// Experts per token, `k` (1..=E).
     pub top_k: usize,
+    /// What to do with assignments over capacity.
     pub policy: Policy,
     /// gamma; required by every policy but `none`, refused by `none`.
     pub capacity_factor: Option<f64>,
     /// EP ranks (divides E). Used by `expand:local` and the rank scope.
     pub ranks: usize,
+    /// Whether the bound is per expert or per EP rank.
     pub scope: CapacityScope,
     /// Rescale each token's served weights to sum 1.
     pub renormalize: bool,
@@ -67,18 +70,22 @@ impl RouterConfig {
             renormalize: false,
         }
     }
+    /// Sets the capacity factor gamma (finite, > 0).
     pub fn with_capacity_factor(mut self, gamma: f64) -> Self {
         self.capacity_factor = Some(gamma);
         self
     }
+    /// Sets the number of EP ranks (must divide E).
     pub fn with_ranks(mut self, ranks: usize) -> Self {
         self.ranks = ranks;
         self
     }
+    /// Sets the capacity scope.
     pub fn with_scope(mut self, scope: CapacityScope) -> Self {
         self.scope = scope;
         self
     }
+    /// Sets whether served weights are rescaled to sum 1 per token.
     pub fn with_renormalize(mut self, on: bool) -> Self {
         self.renormalize = on;
         self

@@ -12,6 +12,7 @@ use crate::error::RoutingError;
 /// One served `(token, expert)` pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Assignment {
+    /// The serving expert (`< E`).
     pub expert: u32,
     /// Combine weight: `p / sum(p over top-k)`, or over the served experts
     /// when the plan is renormalised.
@@ -23,9 +24,13 @@ pub struct Assignment {
 /// A plan's raw arrays, CSR by token (see [`RoutingPlan`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlanParts {
+    /// CSR offsets, `T + 1` entries: token `t` owns `offsets[t]..offsets[t+1]`.
     pub offsets: Vec<u32>,
+    /// Expert of each assignment, token-major.
     pub expert: Vec<u32>,
+    /// Combine weight of each assignment (see [`Assignment::weight`]).
     pub weight: Vec<f32>,
+    /// Router probability `p[t, e]` of each assignment.
     pub prob: Vec<f32>,
 }
 
@@ -34,7 +39,9 @@ pub struct PlanParts {
 pub struct CapacityInfo {
     /// `C = ceil(gamma T k / E)`, per expert.
     pub per_expert: u64,
+    /// Whether `C` bounds each expert or each rank's experts together.
     pub scope: CapacityScope,
+    /// EP ranks `R` the placement used.
     pub ranks: usize,
 }
 
@@ -185,15 +192,19 @@ impl RoutingPlan {
         }
     }
 
+    /// Tokens `T`.
     pub fn tokens(&self) -> usize {
         self.tokens
     }
+    /// Experts `E`.
     pub fn experts(&self) -> usize {
         self.experts
     }
+    /// Experts per token `k` of the plain top-k.
     pub fn top_k(&self) -> usize {
         self.top_k
     }
+    /// The policy the plan was built under.
     pub fn policy(&self) -> Policy {
         self.policy
     }
@@ -201,9 +212,11 @@ impl RoutingPlan {
     pub fn capacity(&self) -> Option<CapacityInfo> {
         self.capacity
     }
+    /// Whether weights were rescaled over each token's served experts.
     pub fn renormalized(&self) -> bool {
         self.renormalized
     }
+    /// Loads, drops and gate mass (see [`PlanStats`]).
     pub fn stats(&self) -> &PlanStats {
         &self.stats
     }
@@ -211,6 +224,7 @@ impl RoutingPlan {
     pub fn len(&self) -> usize {
         self.expert.len()
     }
+    /// No assignment served (`len() == 0`).
     pub fn is_empty(&self) -> bool {
         self.expert.is_empty()
     }

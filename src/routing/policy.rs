@@ -14,7 +14,10 @@ pub enum DropRank {
     /// Last tokens in batch order.
     ReverseOrder,
     /// A seeded uniformly random subset.
-    Random { seed: u64 },
+    Random {
+        /// Seed of [`random_key`](crate::routing::random_key).
+        seed: u64,
+    },
 }
 
 /// A routing policy.

@@ -7,6 +7,7 @@ use serde::Serialize;
 pub struct PlanStats {
     /// Assignments served per expert.
     pub load: Vec<u64>,
+    /// Largest entry of `load`.
     pub max_load: u64,
     /// Mean load per expert (`served / E`).
     pub mean_load: f64,

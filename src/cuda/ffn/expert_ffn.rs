@@ -188,6 +188,7 @@ impl ExpertFfn {
         })
     }
 
+    /// Experts, hidden and intermediate sizes of the weights.
     pub fn shape(&self) -> FfnShape {
         self.shape
     }

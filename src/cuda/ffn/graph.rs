@@ -141,6 +141,7 @@ impl<'a> MoeLayerGraph<'a> {
         })
     }
 
+    /// Tokens `T` the graph was captured for (fixed).
     pub fn tokens(&self) -> usize {
         self.tokens
     }

@@ -31,14 +31,17 @@ pub struct MoeLayer {
 }
 
 impl MoeLayer {
+    /// A layer that routes with `router` and runs `ffn`'s experts.
     pub fn new(router: GpuRouter, ffn: ExpertFfn) -> Result<Self, GpuError> {
         Ok(Self { router, ffn })
     }
 
+    /// The router.
     pub fn router(&self) -> &GpuRouter {
         &self.router
     }
 
+    /// The experts' FFN weights and kernels.
     pub fn ffn(&self) -> &ExpertFfn {
         &self.ffn
     }

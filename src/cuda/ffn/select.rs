@@ -7,7 +7,9 @@ use crate::cuda::GpuError;
 /// The variants of GEMM1 (`x W13^T`) and GEMM2 (`h W2^T`).
 #[derive(Clone, Copy)]
 pub struct VariantPair {
+    /// Runs GEMM1, `x W13^T`.
     pub gemm1: &'static CompiledVariant,
+    /// Runs GEMM2, `h W2^T`.
     pub gemm2: &'static CompiledVariant,
 }
 

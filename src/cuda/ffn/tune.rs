@@ -29,10 +29,16 @@ pub struct TunePick {
 /// What [`ExpertFfn::tune`] decided for one batch size.
 #[derive(Debug, Clone, Serialize)]
 pub struct TuneOutcome {
+    /// Tokens `T` asked for.
     pub tokens: usize,
+    /// The cache's token bucket for `T` (a power of two; see
+    /// [`token_bucket`](crate::expert::tune::token_bucket)).
     pub bucket: usize,
+    /// Rows timed per expert, `ceil(T k / E)` (a balanced load).
     pub rows_per_expert: usize,
+    /// The pick for GEMM1 (`x W13^T`).
     pub gemm1: TunePick,
+    /// The pick for GEMM2 (`h W2^T`).
     pub gemm2: TunePick,
     /// The cache file these results belong to, if any (the caller saves it).
     pub cache: Option<String>,

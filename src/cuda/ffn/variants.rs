@@ -37,8 +37,11 @@ pub type GgRunFn =
 /// A variant and its compiled launchers.
 #[derive(Debug)]
 pub struct CompiledVariant {
+    /// Its name, architecture, tile and schedule.
     pub variant: &'static Variant,
+    /// Its workspace-size query.
     pub workspace: GgWorkspaceFn,
+    /// Its grouped-GEMM launcher.
     pub run: GgRunFn,
 }
 

@@ -23,9 +23,13 @@ pub struct GpuDispatch {
 /// Host copy of a [`GpuDispatch`], in the CPU oracle's terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostDispatch {
+    /// Padded segment starts, `E + 1` entries.
     pub offsets: Vec<u32>,
+    /// Token of each row, [`PAD`](crate::routing::PAD) for padding rows.
     pub row_tokens: Vec<u32>,
+    /// Combine weight of each row, 0 for padding rows.
     pub row_weights: Vec<f32>,
+    /// Row of each served assignment, in the plan's token-major order.
     pub assignment_rows: Vec<u32>,
 }
 
@@ -90,7 +94,9 @@ impl GpuPlan {
 /// Grouped-GEMM arguments on the device: `problems` is `3 * E` i32
 /// (`GemmCoord` layout), `ptrs` the A, B and C address arrays.
 pub struct GpuGemmArgs {
+    /// `3 * E` i32: `(m, n, k)` per expert.
     pub problems: CudaSlice<i32>,
+    /// A, B and C byte addresses, `E` each.
     pub ptrs: [CudaSlice<u64>; 3],
 }
 
@@ -175,6 +181,7 @@ impl GpuDispatch {
         Ok(args)
     }
 
+    /// Segment padding multiple, in rows.
     pub fn tile(&self) -> usize {
         self.tile
     }

@@ -67,6 +67,7 @@ impl GpuRouter {
         self
     }
 
+    /// The routing configuration this router runs.
     pub fn config(&self) -> &RouterConfig {
         &self.cfg
     }

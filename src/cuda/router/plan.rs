@@ -110,10 +110,12 @@ impl GpuPlan {
         Ok(p)
     }
 
+    /// Tokens `T`.
     pub fn tokens(&self) -> usize {
         self.shape.tokens as usize
     }
 
+    /// Experts `E`.
     pub fn experts(&self) -> usize {
         self.shape.experts as usize
     }
