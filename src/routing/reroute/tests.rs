@@ -207,7 +207,7 @@ fn logits_strategy(n: usize, experts: usize) -> impl Strategy<Value = Vec<f32>> 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn matches_the_ssp_oracle_with_certificates(
