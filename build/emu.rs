@@ -71,7 +71,8 @@ fn variants(lib: &std::path::Path) -> Result<Vec<ffn::Planned>, String> {
          extern \"C\" int capmoe_emu_grouped_gemm(int, const capmoe_gg_args*, capmoe_stream_t);\n",
     );
     for arch in [Arch::Sm90, Arch::Sm80] {
-        let Some((index, variant)) = VARIANTS.iter().enumerate().find(|(_, v)| v.arch == arch) else {
+        let Some((index, variant)) = VARIANTS.iter().enumerate().find(|(_, v)| v.arch == arch)
+        else {
             continue;
         };
         let (n, sm90) = (variant.name, i32::from(arch == Arch::Sm90));
@@ -119,7 +120,11 @@ fn collect(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>)
         } else if p.extension().is_some_and(|x| x == "cu")
             && !p.file_name().unwrap().to_string_lossy().starts_with('_')
         {
-            let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+            let rel = p
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push(rel);
         }
     }

@@ -450,7 +450,9 @@ fn forward_layout_matches_forward_per_rank() {
 fn captured_layer_replays_the_eager_layer() {
     let Some(g) = gpu() else { return };
     if cfg!(feature = "emulate") {
-        eprintln!("not emulated: the fake driver has no graph capture (CUDA graphs run on a GPU only)");
+        eprintln!(
+            "not emulated: the fake driver has no graph capture (CUDA graphs run on a GPU only)"
+        );
         return;
     }
     let h = SHAPE.hidden;

@@ -41,7 +41,10 @@ use std::path::PathBuf;
 fn gpu() -> Option<CudaBackend> {
     if let Some(why) = GpuContext::unavailable() {
         // Under emulation the fake driver is always there: never skip.
-        assert!(!cfg!(feature = "emulate"), "emulated GPU did not open: {why}");
+        assert!(
+            !cfg!(feature = "emulate"),
+            "emulated GPU did not open: {why}"
+        );
         eprintln!("skipped: no GPU ({why})");
         return None;
     }

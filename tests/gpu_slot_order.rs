@@ -43,7 +43,14 @@ fn cases() -> Vec<(String, usize, usize, usize, usize, Vec<f32>)> {
                 logits.push(if in_home { 2.0 + lv } else { lv * 0.5 });
             }
         }
-        out.push((format!("slot-order #{case} T{t} E{e} k{k} R{ranks}"), t, e, k, ranks, logits));
+        out.push((
+            format!("slot-order #{case} T{t} E{e} k{k} R{ranks}"),
+            t,
+            e,
+            k,
+            ranks,
+            logits,
+        ));
     }
     out
 }
@@ -55,7 +62,12 @@ fn tied_slots_of_one_token_are_ordered_as_the_oracle_orders_them() {
     for (name, t, e, k, ranks, logits) in cases() {
         let l = Logits::new(&logits, t, e).unwrap();
         let d = g.stream().clone_htod(&logits).unwrap();
-        for policy in ["reroute:next-best", "drop:score", "drop:order", "expand:local"] {
+        for policy in [
+            "reroute:next-best",
+            "drop:score",
+            "drop:order",
+            "expand:local",
+        ] {
             let policy: Policy = policy.parse().unwrap();
             for gamma in [0.5, 0.75, 1.0] {
                 for scope in [CapacityScope::Rank, CapacityScope::Expert] {
