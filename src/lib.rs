@@ -8,6 +8,8 @@
 //! [`routing`] is the contract every backend implements and its CPU oracle.
 //! [`io`] reads router traces.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ep;

@@ -14,7 +14,7 @@ if [[ $san == sanitize ]]; then
   flags+=(-fsanitize=address,undefined -fno-sanitize-recover=all)
 fi
 # Objects are reused while their source, every header under CUDA_DIR and the flags are unchanged.
-echo "$cxx ${flags[*]}" > "$out/flags.new"
+echo "$cxx ${flags[*]//$src/CUDA_DIR}" > "$out/flags.new"  # the same flags for any copy of cuda/
 if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o; fi
 mv "$out/flags.new" "$out/flags"
 stale() { [[ ! -f $2 || $1 -nt $2 ]] || [[ -n $(find "$src" \( -name '*.cuh' -o -name '*.h' \) -newer "$2" | head -1) ]]; }

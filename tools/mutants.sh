@@ -34,27 +34,28 @@ for t in "${tests[@]}"; do grep "^$t " "$work/bins.any" >> "$work/bins"; done
 gen=$(awk '$1 == "OUT_DIR" { print $2 "/emu/gen" }' "$work/bins.any" | tail -1)
 [[ -d $gen ]] || { echo "no emulated build output ($gen)" >&2; exit 1; }
 
-# name | file under cuda/ | exact text | replacement (python string literals)
+# name | file under cuda/ | exact text | replacement (python string literals) | test binary to try
+# first (the others follow in the order above)
 mutants=(
   "capacity off by one|routing/select.cu|'s - starts[b] < cap'|'s - starts[b] <= cap'"
   "tie-break to the higher expert|common/canonical.cuh|'(pa == pb && a < b)'|'(pa == pb && a > b)'"
   "slot sort dropped|routing/select.cu|'CAPMOE_LAUNCH(blocks_for(sh.tokens), kThreads, 0, stream, order_slots)(pb, a.flags, a.served);'|''"
-  "overflow flag inverted|routing/plan.cu|'= !kept;'|'= kept;'"
+  "overflow flag inverted|routing/plan.cu|'= !kept;'|'= kept;'|gpu_routing"
   "gate: two experts per lane up to E = 64 only below 64|routing/gate.cu|'if (s.experts <= 64)'|'if (s.experts < 64)'"
-  "dispatch tile rounds down|routing/dispatch.cu|'p += (c + tile - 1) / tile * tile;'|'p += c / tile * tile;'"
-  "gemm_args: C rows strided by k|routing/dispatch.cu|'c_ptrs[e] = c + row * n * elem_bytes;'|'c_ptrs[e] = c + row * k * elem_bytes;'"
-  "combine reads one assignment too many|routing/combine.cu|'a < offsets[t + 1]; ++a'|'a <= offsets[t + 1]; ++a'"
+  "dispatch tile rounds down|routing/dispatch.cu|'p += (c + tile - 1) / tile * tile;'|'p += c / tile * tile;'|gpu_routing"
+  "gemm_args: C rows strided by k|routing/dispatch.cu|'c_ptrs[e] = c + row * n * elem_bytes;'|'c_ptrs[e] = c + row * k * elem_bytes;'|gpu_ffn"
+  "combine reads one assignment too many|routing/combine.cu|'a < offsets[t + 1]; ++a'|'a <= offsets[t + 1]; ++a'|gpu_routing"
   "attention: barrier after the q load dropped|model/attention.cu|'qs[d] = ld(qrow + d);\n  __syncthreads();'|'qs[d] = ld(qrow + d);\n'"
   "block_reduce: barrier before reusing red dropped|model/common.cuh|'  __syncthreads();  // red may still be read by a previous reduction\n'|''"
   "rmsnorm sums with max|model/rmsnorm.cu|'ss = block_reduce<true>(ss, red);'|'ss = block_reduce<false>(ss, red);'"
-  "swiglu: silu sign|expert/ffn.cu|'expf(-a)'|'expf(a)'"
+  "swiglu: silu sign|expert/ffn.cu|'expf(-a)'|'expf(a)'|gpu_ffn"
 )
 
 survived=0
 killed=0
 start=$SECONDS
 for m in "${mutants[@]}"; do
-  IFS='|' read -r name file from to <<< "$m"
+  IFS='|' read -r name file from to first <<< "$m"
   rm -rf "$work/cuda" "$work/out"
   cp -a cuda "$work/cuda"
   if ! python3 - "$work/cuda/$file" "$from" "$to" <<'PY'
@@ -77,12 +78,22 @@ PY
     echo "FAIL: mutant \"$name\" does not compile:" >&2; tail -20 "$work/build.log" >&2; exit 1; }
   verdict=survived
   while read -r tname bin; do
-    if ! LD_LIBRARY_PATH="$work/out" CAPMOE_EMU_SEED=7 ${san:+tools/emu-run.sh} timeout 900 \
-        "$bin" --test-threads=2 > "$work/run.log" 2>&1; then
+    # The test harness has no fail-fast: stop the binary at its first failing test or abort.
+    LD_LIBRARY_PATH="$work/out" CAPMOE_EMU_SEED=7 ${san:+tools/emu-run.sh} timeout 900 \
+      "$bin" --test-threads=2 > "$work/run.log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2> /dev/null; do
+      if grep -qE "\.\.\. FAILED|panicked|capmoe emulator:|capmoe fake libcuda:|ERROR: AddressSanitizer|runtime error:" "$work/run.log"; then
+        kill "$pid" 2> /dev/null || true
+        break
+      fi
+      sleep 1
+    done
+    if ! wait "$pid" || grep -qE "\.\.\. FAILED|panicked" "$work/run.log"; then
       verdict="killed by $tname"
       break
     fi
-  done < "$work/bins"
+  done < <(if [[ -n ${first:-} ]]; then grep "^$first " "$work/bins"; grep -v "^$first " "$work/bins"; else cat "$work/bins"; fi)
   printf '%-55s %s (%ds)\n' "$name" "$verdict" $((SECONDS - t0))
   if [[ $verdict == survived ]]; then survived=$((survived + 1)); else killed=$((killed + 1)); fi
 done

@@ -15,7 +15,42 @@
 #include "../include/capmoe_abi.h"
 #include "include/cuda_bf16.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void* __asan_region_is_poisoned(void* beg, size_t size);
+#endif
+
 namespace {
+// Every operand row is checked against ASan's shadow once, then the sums run uninstrumented: an
+// instrumented GEMM at the FFN tests' wide shape would dominate the emulated suite's time.
+void check_rows(const char* arch, int g, const char* what, const void* base, long long rows, long long ld,
+                long long cols) {
+#if defined(__SANITIZE_ADDRESS__)
+  for (long long r = 0; r < rows; ++r) {
+    char* p = static_cast<char*>(const_cast<void*>(base)) + 2 * r * ld;
+    if (void* bad = __asan_region_is_poisoned(p, static_cast<size_t>(2 * cols)))
+      capmoe_emu::fatal("grouped GEMM (%s): group %d reads/writes %s row %lld [%p, +%lld bytes) outside its "
+                        "allocation (first bad byte %p)",
+                        arch, g, what, r, static_cast<void*>(p), 2 * cols, bad);
+  }
+#else
+  (void)arch, (void)g, (void)what, (void)base, (void)rows, (void)ld, (void)cols;
+#endif
+}
+
+__attribute__((no_sanitize_address, no_sanitize("undefined"))) void gemm(const __nv_bfloat16* A, long long lda,
+                                                                         const __nv_bfloat16* B, long long ldb,
+                                                                         __nv_bfloat16* D, long long ldd, int m, int n,
+                                                                         int k) {
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      const __nv_bfloat16* ar = A + i * lda;
+      const __nv_bfloat16* br = B + j * ldb;
+      for (int kk = 0; kk < k; ++kk) acc += __bfloat162float(ar[kk]) * __bfloat162float(br[kk]);
+      D[i * ldd + j] = __float2bfloat16_rn(acc);
+    }
+}
+
 constexpr int kBadArgument = -1;
 constexpr int kMaxGroups = 1024;
 // The SM90 kernel's workspace holds per-SM TMA descriptors; SM80's kDeviceOnly needs none.
@@ -67,14 +102,10 @@ extern "C" int capmoe_emu_grouped_gemm(int sm90, const capmoe_gg_args* args, cap
     const __nv_bfloat16* A = static_cast<const __nv_bfloat16*>(a[g]);
     const __nv_bfloat16* B = static_cast<const __nv_bfloat16*>(b[g]);
     __nv_bfloat16* D = static_cast<__nv_bfloat16*>(d[g]);
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j) {
-        float acc = 0.0f;
-        const __nv_bfloat16* ar = A + i * lda[g];
-        const __nv_bfloat16* br = B + j * ldb[g];
-        for (int kk = 0; kk < k; ++kk) acc += __bfloat162float(ar[kk]) * __bfloat162float(br[kk]);
-        D[i * ldd[g] + j] = __float2bfloat16_rn(acc);
-      }
+    check_rows(arch, g, "A", A, m, lda[g], k);
+    check_rows(arch, g, "B", B, n, ldb[g], k);
+    check_rows(arch, g, "D", D, m, ldd[g], n);
+    gemm(A, lda[g], B, ldb[g], D, ldd[g], m, n, k);
   }
   return 0;
 }

@@ -8,7 +8,7 @@
 //! the plan sends to the rank's experts) is run and timed alone with CUDA
 //! events, one rank after another on the otherwise idle GPU. Layer latency of
 //! an iteration is the slowest rank plus a modelled all-to-all
-//! ([`LatencyModel`]); the report gives P50/P99 over iterations, the speedup
+//! ([`LatencyModel`](crate::ep::LatencyModel)); the report gives P50/P99 over iterations, the speedup
 //! over `none`, the ideal ratio (busiest rank's rows without capacity over
 //! with it) and NVML telemetry (utilisation, clocks, power, energy per
 //! token).
