@@ -64,13 +64,3 @@ fn valid_safetensors_seeds_load() {
     files.check(&fuzz_harness::micro_config()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-/// Crashes found whose fix belongs to code outside this branch (routing's
-/// renormalize divides 0 by 0 when a token is served only by experts with
-/// p == 0, issue 11). Move each file to tests/fuzz_regressions/<target>/
-/// and drop the `ignore` once the fix is merged.
-#[test]
-#[ignore = "pending the routing fix for renormalize over zero mass"]
-fn pending_routing_crashes() {
-    replay_dirs("routing", fuzz_harness::routing, &["tests/fuzz_pending"]);
-}

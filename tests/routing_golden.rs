@@ -140,6 +140,20 @@ fn renormalize_rescales_served_weights() {
     assert!(p.weights().iter().all(|&w| w == 1.0));
 }
 
+/// A token rerouted only to experts whose `p` underflows to 0 has no mass to
+/// renormalise: its weights are 0, never 0/0 (issue 11).
+#[test]
+fn renormalize_over_zero_mass_gives_zero_weights() {
+    // 2 tokens, 2 experts, k = 1, C = ceil(0.5 * 2 / 2) = 1; expert 1's
+    // p = exp(-1000) = 0, so the second token lands there with no mass.
+    let l = [0.0f32, -1000.0, 0.0, -1000.0];
+    let cfg = capped("reroute:next-best", 0.5).with_renormalize(true);
+    let p = run(&l, 2, cfg.clone());
+    assert_eq!(experts_of(&p), vec![vec![0], vec![1]]);
+    assert_eq!(p.weights(), &[1.0, 0.0]);
+    assert_eq!(p, run(&l, 2, cfg), "deterministic");
+}
+
 #[test]
 fn empty_batch_is_an_empty_plan() {
     let p = run(&[], 8, capped("reroute:optimal", 1.5));

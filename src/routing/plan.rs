@@ -91,7 +91,9 @@ impl RoutingPlan {
                 let pe = p[e as usize];
                 expert.push(e);
                 prob.push(pe);
-                weight.push(pe / denom);
+                // A token served only by experts with p == 0 has no mass to
+                // rescale: its weights stay 0 (never 0/0), as if dropped.
+                weight.push(if denom > 0.0 { pe / denom } else { 0.0 });
             }
         }
         let parts = PlanParts {
