@@ -174,7 +174,7 @@ pub fn route_gate(gate: &Gate, cfg: &RouterConfig) -> Result<RoutingPlan, Routin
         Policy::None => Served::topk(gate),
         Policy::Drop(rank) => drop::drop(gate, &bins, rank),
         Policy::RerouteNextBest => reroute::next_best::next_best(gate, &bins),
-        Policy::RerouteOptimal => reroute::optimal::optimal(gate, &bins),
+        Policy::RerouteOptimal => reroute::optimal::optimal(gate, &bins)?,
         Policy::ExpandLocal => expand::expand_local(gate, &bins, &placement),
     };
     Ok(RoutingPlan::build(

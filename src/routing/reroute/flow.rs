@@ -26,22 +26,22 @@ pub(crate) struct Edge {
 
 /// A residual network in CSR form: node `v`'s arcs are `first[v]..first[v+1]`.
 pub(crate) struct Net {
-    first: Vec<usize>,
+    first: Vec<u32>,
     to: Vec<u32>,
-    rev: Vec<usize>,
+    rev: Vec<u32>,
     res: Vec<i64>,
     cost: Vec<i64>,
     pub price: Vec<i128>,
     excess: Vec<i64>,
     /// Arc index of each caller edge, in the order given.
-    fwd: Vec<usize>,
+    fwd: Vec<u32>,
 }
 
 impl Net {
     /// `supply[v]` units leave node `v` (negative: enter it); supplies sum to 0.
     pub fn new(supply: &[i64], edges: &[Edge], price: Vec<i128>) -> Self {
         let n = supply.len();
-        let mut deg = vec![0usize; n + 1];
+        let mut deg = vec![0u32; n + 1];
         for e in edges {
             deg[e.from as usize + 1] += 1;
             deg[e.to as usize + 1] += 1;
@@ -50,9 +50,9 @@ impl Net {
             deg[v + 1] += deg[v];
         }
         let first = deg.clone();
-        let m = first[n];
+        let m = first[n] as usize;
         let mut next = deg;
-        let (mut to, mut rev) = (vec![0u32; m], vec![0usize; m]);
+        let (mut to, mut rev) = (vec![0u32; m], vec![0u32; m]);
         let (mut res, mut cost) = (vec![0i64; m], vec![0i64; m]);
         let mut fwd = Vec::with_capacity(edges.len());
         let mut excess = supply.to_vec();
@@ -60,17 +60,18 @@ impl Net {
             let (a, b) = (next[e.from as usize], next[e.to as usize]);
             next[e.from as usize] += 1;
             next[e.to as usize] += 1;
+            let (a, b) = (a as usize, b as usize);
             to[a] = e.to;
-            rev[a] = b;
+            rev[a] = b as u32;
             res[a] = e.cap - e.flow;
             cost[a] = e.cost;
             to[b] = e.from;
-            rev[b] = a;
+            rev[b] = a as u32;
             res[b] = e.flow;
             cost[b] = -e.cost;
             excess[e.from as usize] -= e.flow;
             excess[e.to as usize] += e.flow;
-            fwd.push(a);
+            fwd.push(a as u32);
         }
         Self {
             first,
@@ -86,7 +87,7 @@ impl Net {
 
     /// Units on caller edge `i`.
     pub fn flow(&self, i: usize) -> i64 {
-        self.res[self.rev[self.fwd[i]]]
+        self.res[self.rev[self.fwd[i] as usize] as usize]
     }
 
     #[inline]
@@ -98,7 +99,7 @@ impl Net {
     fn push(&mut self, v: usize, a: usize, d: i64) {
         let w = self.to[a] as usize;
         self.res[a] -= d;
-        self.res[self.rev[a]] += d;
+        self.res[self.rev[a] as usize] += d;
         self.excess[v] -= d;
         self.excess[w] += d;
     }
@@ -121,7 +122,7 @@ impl Net {
     fn refine(&mut self, eps: i128) {
         let n = self.first.len() - 1;
         for v in 0..n {
-            for a in self.first[v]..self.first[v + 1] {
+            for a in self.first[v] as usize..self.first[v + 1] as usize {
                 if self.res[a] > 0 && self.reduced(v, a) < -eps {
                     self.push(v, a, self.res[a]);
                 }
@@ -129,7 +130,7 @@ impl Net {
         }
         let mut queued: Vec<bool> = self.excess.iter().map(|&x| x > 0).collect();
         let mut queue: VecDeque<u32> = (0..n as u32).filter(|&v| queued[v as usize]).collect();
-        let mut cur: Vec<usize> = self.first[..n].to_vec();
+        let mut cur: Vec<u32> = self.first[..n].to_vec();
         while let Some(v) = queue.pop_front() {
             let v = v as usize;
             queued[v] = false;
@@ -141,13 +142,13 @@ impl Net {
         &mut self,
         v: usize,
         eps: i128,
-        cur: &mut [usize],
+        cur: &mut [u32],
         queued: &mut [bool],
         queue: &mut VecDeque<u32>,
     ) {
-        let end = self.first[v + 1];
+        let end = self.first[v + 1] as usize;
         while self.excess[v] > 0 {
-            let mut a = cur[v];
+            let mut a = cur[v] as usize;
             while a < end {
                 if self.res[a] > 0 && self.reduced(v, a) < 0 {
                     let w = self.to[a] as usize;
@@ -163,7 +164,7 @@ impl Net {
                 }
                 a += 1;
             }
-            cur[v] = a;
+            cur[v] = a as u32;
             if self.excess[v] > 0 {
                 self.relabel(v, eps, cur);
             }
@@ -172,8 +173,8 @@ impl Net {
 
     /// Lowers `p[v]` as far as eps-optimality allows; the arc that binds
     /// becomes the current arc.
-    fn relabel(&mut self, v: usize, eps: i128, cur: &mut [usize]) {
-        let (lo, hi) = (self.first[v], self.first[v + 1]);
+    fn relabel(&mut self, v: usize, eps: i128, cur: &mut [u32]) {
+        let (lo, hi) = (self.first[v] as usize, self.first[v + 1] as usize);
         let mut best: Option<(i128, usize)> = None;
         for a in lo..hi {
             if self.res[a] > 0 {
@@ -186,6 +187,6 @@ impl Net {
         // A node with excess always has a residual arc in a feasible network.
         let (b, a) = best.expect("a node with excess has a residual arc");
         self.price[v] = b - eps;
-        cur[v] = a;
+        cur[v] = a as u32;
     }
 }

@@ -27,6 +27,7 @@ use super::flow::{Edge, Net};
 use crate::routing::capacity::Bins;
 use crate::routing::gate::Gate;
 use crate::routing::served::Served;
+use crate::routing::RoutingError;
 
 const FRAC_BITS: u32 = 48;
 /// Cost scaling factor per refine.
@@ -46,9 +47,20 @@ pub(crate) struct Solution {
     pub rounds: usize,
 }
 
-pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Served {
-    let k = gate.top_k();
-    solve(gate, bins, default_extra(k, gate.experts()), 2 * k).served
+pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Result<Served, RoutingError> {
+    let (k, experts) = (gate.top_k(), gate.experts());
+    // Arcs are indexed by u32: a token has at most E + 1 arcs (certificate
+    // rounds may add any expert), twice with their reverses.
+    let per_token = 2 * (experts + 1);
+    let max_tokens = (u32::MAX as usize - 2 * bins.count()) / per_token;
+    if gate.tokens() > max_tokens {
+        return Err(RoutingError::ShapeMismatch {
+            what: "reroute:optimal batch (tokens, for its u32-indexed flow network)",
+            len: gate.tokens(),
+            expected: max_tokens,
+        });
+    }
+    Ok(solve(gate, bins, default_extra(k, experts), 2 * k).served)
 }
 
 /// Extra candidates per token beyond its top-k.
