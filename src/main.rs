@@ -31,6 +31,9 @@ enum Command {
     /// Greedy generation with a Mixtral model; prints the new ids.
     #[command(after_long_help = MODEL_HELP)]
     Generate(cli::generate::GenerateArgs),
+    /// Exact-answer accuracy of a trained checkpoint under every capacity policy and gamma (prefill, capacity on), with NLL, KL to none, load and drops.
+    #[command(after_long_help = cli::eval::EVAL_HELP)]
+    Eval(Box<cli::eval::EvalArgs>),
     /// Time the expert FFN's grouped-GEMM variants on this GPU and cache the fastest per token bucket (needs the `cuda` feature).
     #[command(after_long_help = cli::tune::tune_help())]
     Tune(cli::tune::TuneArgs),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => cli::trace::run(a, &mut out),
         Command::Logits(a) => cli::logits::run(a, &mut out),
         Command::Generate(a) => cli::generate::run(a, &mut out),
+        Command::Eval(a) => cli::eval::run(a, &mut out),
         Command::Tune(a) => cli::tune::run(a, &mut out),
     };
     let _ = out.flush();

@@ -16,8 +16,11 @@ pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt token ids, comma-separated (each below the vocabulary size).
-    #[arg(long, value_delimiter = ',', required = true, num_args = 1.., value_name = "ID,ID,...")]
+    #[arg(long, value_delimiter = ',', required_unless_present = "prompt", conflicts_with = "prompt", num_args = 1.., value_name = "ID,ID,...")]
     pub ids: Vec<u32>,
+    /// Prompt text, tokenized with the checkpoint's tokenizer.json (instead of --ids).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
     #[command(flatten)]
     pub router: RouterArgs,
     /// Print `{"logits": [[vocab floats] per position]}` instead of a summary.
@@ -34,19 +37,19 @@ struct LogitsJson<'a> {
 struct Run<'a>(&'a LogitsArgs);
 
 impl ModelTask for Run<'_> {
-    type Output = (Vec<Vec<f32>>, usize, RouterConfig);
+    type Output = (Vec<Vec<f32>>, usize, RouterConfig, Vec<u32>);
     fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
-        let router = self
-            .0
-            .router
-            .config(Some(model.config().num_experts_per_tok))?;
-        let logits = model.logits(&self.0.ids, &router)?;
-        Ok((logits, model.config().vocab_size, router))
+        let a = self.0;
+        let vocab = model.config().vocab_size;
+        let ids = a.model.prompt_ids(&a.ids, a.prompt.as_deref(), vocab)?;
+        let router = a.router.config(Some(model.config().num_experts_per_tok))?;
+        let logits = model.logits(&ids, &router)?;
+        Ok((logits, vocab, router, ids))
     }
 }
 
 pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (logits, vocab, router) = with_model(&args.model, Run(args))?;
+    let (logits, vocab, router, ids) = with_model(&args.model, Run(args))?;
     if args.json {
         serde_json::to_writer(&mut *out, &LogitsJson { logits: &logits })?;
         writeln!(out)?;
@@ -59,7 +62,7 @@ pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
         vocab,
         router.policy
     )?;
-    for (p, (row, id)) in logits.iter().zip(&args.ids).enumerate() {
+    for (p, (row, id)) in logits.iter().zip(&ids).enumerate() {
         let best = argmax(row).unwrap_or(0);
         writeln!(
             out,

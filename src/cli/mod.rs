@@ -1,6 +1,7 @@
 //! The `capmoe` command line. One file per subcommand.
 
 pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod logits;
 pub mod model_args;
@@ -8,6 +9,7 @@ pub mod progress;
 pub mod route;
 pub mod router_args;
 pub mod table;
+pub mod tokenizer;
 pub mod trace;
 pub mod tune;
 
@@ -33,6 +35,10 @@ pub enum CliError {
     Gpu(#[from] capmoe::cuda::GpuError),
     #[error(transparent)]
     Expert(#[from] capmoe::expert::ExpertError),
+    #[error(transparent)]
+    Eval(#[from] eval::EvalError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]

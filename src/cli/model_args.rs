@@ -1,5 +1,6 @@
 //! Which model the model subcommands (`logits`, `generate`) run.
 
+use super::tokenizer::Tok;
 use super::CliError;
 use capmoe::backend::{Backend, CpuBackend};
 use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
@@ -76,6 +77,37 @@ pub fn check_random_size(name: &str, cfg: &MixtralConfig, instead: &str) -> Resu
 }
 
 impl ModelArgs {
+    /// The checkpoint's tokenizer.json, for `--prompt` (a model of `vocab` ids).
+    pub fn tokenizer(&self, vocab: usize) -> Result<Tok, CliError> {
+        let path = Path::new(&self.model);
+        if !path.is_dir() {
+            return Err(CliError::Usage(format!(
+                "--prompt needs a checkpoint directory with a tokenizer.json; `{}` is a built-in random model without one (give --ids)",
+                self.model
+            )));
+        }
+        Ok(Tok::load(path, vocab)?)
+    }
+
+    /// The prompt's ids: `--ids` as given, or `--prompt` through the tokenizer.
+    pub fn prompt_ids(
+        &self,
+        ids: &[u32],
+        prompt: Option<&str>,
+        vocab: usize,
+    ) -> Result<Vec<u32>, CliError> {
+        let Some(text) = prompt else {
+            return Ok(ids.to_vec());
+        };
+        let ids = self.tokenizer(vocab)?.encode(text)?;
+        if ids.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--prompt {text:?} gives no tokens"
+            )));
+        }
+        Ok(ids)
+    }
+
     /// Loads the checkpoint directory, or builds the named random model, on `backend`.
     pub fn load_on<B: Backend>(&self, backend: B) -> Result<Model<B>, CliError> {
         let path = Path::new(&self.model);
