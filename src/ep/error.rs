@@ -23,9 +23,34 @@ pub enum EpError {
     /// A capacity factor (gamma) is not finite or not > 0; holds it.
     #[error("capacity factor (gamma) {0} is not valid; expected a finite number > 0")]
     InvalidCapacityFactor(f64),
-    /// The all-to-all bandwidth (GB/s) is not finite or not > 0; holds it.
-    #[error("all-to-all bandwidth {0} GB/s is not valid; expected a finite number > 0")]
+    /// The all-to-all bandwidth (GB/s) is not finite or out of
+    /// [`MIN_A2A_GBPS`, `MAX_A2A_GBPS`](crate::ep::MIN_A2A_GBPS); holds it.
+    #[error("all-to-all bandwidth {0:?} GB/s is not valid; expected a finite number in [{min:e}, {max:e}] GB/s", min = crate::ep::MIN_A2A_GBPS, max = crate::ep::MAX_A2A_GBPS)]
     InvalidBandwidth(f64),
+    /// A count is past capmoe's documented bound (or its product overflows).
+    #[error("{what} = {value} is too large; expected at most {max} ({why})")]
+    TooLarge {
+        /// Which count (e.g. `--batch x --seq-len`).
+        what: &'static str,
+        /// The value given (saturated at u128::MAX when a product overflows).
+        value: u128,
+        /// The bound.
+        max: u128,
+        /// Where the bound comes from.
+        why: &'static str,
+    },
+    /// A reported number came out NaN or infinite; names it and its inputs.
+    #[error("{what} of case {case} is {value}, not a finite number; computed from {inputs}")]
+    NonFinite {
+        /// Which number (e.g. `speedup_moe`).
+        what: &'static str,
+        /// The case (policy and gamma).
+        case: String,
+        /// The value.
+        value: f64,
+        /// The inputs it was computed from.
+        inputs: String,
+    },
     /// A rank count does not divide the expert count.
     #[error("{ranks} EP ranks cannot split {experts} experts into equal groups; expected a divisor of {experts}")]
     RanksDoNotDivideExperts {

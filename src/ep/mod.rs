@@ -35,4 +35,4 @@ pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
 pub use results::*;
 pub use run::{prompt_ids, run};
 pub(crate) use setup::check_policy_numbers;
-pub use setup::{cases, BenchSetup};
+pub use setup::{cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_TOKENS, MIN_A2A_GBPS};

@@ -52,7 +52,14 @@ pub fn run<B: Backend>(
     let cfg = model.config().clone();
     let (experts, layers) = (cfg.num_local_experts, cfg.num_hidden_layers);
     setup.validate(experts, layers)?;
-    let tokens = setup.batch * setup.seq_len;
+    // Every prompt, and each decode step after it, within the model's positions.
+    cfg.check_positions(0, setup.seq_len)
+        .map_err(ModelError::from)?;
+    if setup.throughput {
+        cfg.check_positions(setup.seq_len, setup.decode_steps)
+            .map_err(ModelError::from)?;
+    }
+    let tokens = setup.batch * setup.seq_len; // bounded by validate
     let placement = Placement::new(setup.ranks, experts, tokens)?;
     let ranks = setup.ranks;
     let lat = LatencyModel {
@@ -150,7 +157,7 @@ pub fn run<B: Backend>(
         .map(|l| l.rank_load.iter().copied().max().unwrap_or(0))
         .sum();
     let base_e2e = baseline.non_moe_per_rank_ms + base_moe;
-    let report_cases = measured
+    let report_cases: Vec<CaseReport> = measured
         .iter()
         .zip(&times)
         .map(|(m, t)| {
@@ -216,6 +223,7 @@ pub fn run<B: Backend>(
         })
         .collect();
 
+    check_finite(&report_cases, setup)?;
     let mut policies: Vec<String> = vec!["none".into()];
     for p in &setup.policies {
         let s = p.to_string();
@@ -449,4 +457,42 @@ fn forward_case<B: Backend>(
         served_mass,
         topk_mass,
     })
+}
+
+/// Outputs never hold NaN or Inf: the first non-finite summary number is an
+/// error naming the case and the inputs behind it.
+fn check_finite(cases: &[CaseReport], setup: &BenchSetup) -> Result<(), EpError> {
+    for c in cases {
+        let s = &c.summary;
+        for (what, value) in [
+            ("imbalance", s.imbalance),
+            ("rank_imbalance", s.rank_imbalance),
+            ("dropped_pct", s.dropped_pct),
+            ("rerouted_pct", s.rerouted_pct),
+            ("gate_mass_kept", s.gate_mass_kept),
+            ("expert_ms", s.expert_ms),
+            ("a2a_ms", s.a2a_ms),
+            ("moe_ms", s.moe_ms),
+            ("ep_prefill_ms", s.ep_prefill_ms),
+            ("speedup_moe", s.speedup_moe),
+            ("speedup_e2e", s.speedup_e2e),
+            ("ideal_speedup", s.ideal_speedup),
+        ] {
+            if !value.is_finite() {
+                return Err(EpError::NonFinite {
+                    what,
+                    case: match c.capacity_factor {
+                        Some(g) => format!("{} gamma {g}", c.policy),
+                        None => c.policy.clone(),
+                    },
+                    value,
+                    inputs: format!(
+                        "--a2a-gbps {}, {} bytes per element and the measured times",
+                        setup.a2a_gbps, setup.elem_bytes
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -60,6 +60,15 @@ impl BenchSetup {
                 return Err(EpError::Zero { what });
             }
         }
+        let tokens = (self.batch as u128) * (self.seq_len as u128);
+        if tokens > MAX_BENCH_TOKENS as u128 {
+            return Err(EpError::TooLarge {
+                what: "--batch x --seq-len (tokens prefilled together)",
+                value: tokens,
+                max: MAX_BENCH_TOKENS as u128,
+                why: "capmoe's bound on one benchmark batch",
+            });
+        }
         if self.policies.is_empty() {
             return Err(EpError::NoPolicies);
         }
@@ -85,6 +94,14 @@ impl BenchSetup {
     }
 }
 
+/// Least all-to-all bandwidth a benchmark accepts, GB/s (1 kB/s: below it
+/// the modelled times stop meaning anything).
+pub const MIN_A2A_GBPS: f64 = 1e-6;
+/// Most all-to-all bandwidth a benchmark accepts, GB/s (1 PB/s).
+pub const MAX_A2A_GBPS: f64 = 1e6;
+/// Most tokens one CPU/e2e benchmark batch prefills (`batch * seq_len`).
+pub const MAX_BENCH_TOKENS: usize = 1 << 20;
+
 /// Checks what both benchmarks share: capacity policies need gammas, every
 /// gamma is finite and positive, and so is the all-to-all bandwidth.
 pub(crate) fn check_policy_numbers(
@@ -101,7 +118,13 @@ pub(crate) fn check_policy_numbers(
     {
         return Err(EpError::InvalidCapacityFactor(g));
     }
-    if !(a2a_gbps.is_finite() && a2a_gbps > 0.0) {
+    check_bandwidth(a2a_gbps)
+}
+
+/// Checks an all-to-all bandwidth (GB/s): finite, in
+/// [`MIN_A2A_GBPS`, `MAX_A2A_GBPS`].
+pub fn check_bandwidth(a2a_gbps: f64) -> Result<(), EpError> {
+    if !(a2a_gbps.is_finite() && (MIN_A2A_GBPS..=MAX_A2A_GBPS).contains(&a2a_gbps)) {
         return Err(EpError::InvalidBandwidth(a2a_gbps));
     }
     Ok(())

@@ -205,6 +205,15 @@ impl<B: Backend> Model<B> {
             let n = be.rms_norm(&sel, &self.norm, eps)?;
             be.linear_to_host(&n, self.lm_head.as_ref().unwrap_or(&self.embed))?
         };
+        // Outputs never hold NaN or Inf: the first one is an error naming it.
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            let vocab = c.vocab_size.max(1);
+            return Err(ModelError::NonFiniteOutput {
+                row: i / vocab,
+                column: i % vocab,
+                value: logits[i],
+            });
+        }
         Ok(ForwardOutput {
             logits,
             rows: rows.len(),

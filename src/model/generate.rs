@@ -34,6 +34,10 @@ impl<B: Backend> Model<B> {
     /// Greedy generation: prefills `prompt`, then decodes one token at a
     /// time with the KV cache. Returns the new ids only.
     pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>, ModelError> {
+        // Bounded before anything runs or is allocated: no run past the
+        // last position, no capacity overflow on a huge count.
+        self.config()
+            .check_generation(prompt.len(), opts.max_new_tokens)?;
         let fo = ForwardOptions::new(opts.router.clone()).with_logits(LogitsMode::Last);
         let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {
@@ -72,6 +76,10 @@ impl<B: Backend> Model<B> {
         prompts: &[&[u32]],
         opts: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
+        for p in prompts {
+            self.config()
+                .check_generation(p.len(), opts.max_new_tokens)?;
+        }
         let fo = ForwardOptions::new(opts.router.clone()).with_logits(LogitsMode::Last);
         let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(opts.max_new_tokens); prompts.len()];
         let (mut seqs, first) = self.prefill(prompts, &fo)?;

@@ -92,6 +92,17 @@ pub enum ModelError {
         /// Layers in the model.
         layers: usize,
     },
+    /// A forward pass produced a NaN or infinite output logit (e.g. from a
+    /// weight with huge values); names the row and vocabulary column.
+    #[error("output logit at row {row}, token id {column} is {value}; the weights or inputs overflow f32 (outputs must be finite)")]
+    NonFiniteOutput {
+        /// The logit row.
+        row: usize,
+        /// The vocabulary column.
+        column: usize,
+        /// The value.
+        value: f32,
+    },
     /// A layer record holds no MoE input: the forward pass ran without `keep_moe_inputs`.
     #[error(
         "layer record {layer} holds no MoE input; run the forward pass with keep_moe_inputs = true"

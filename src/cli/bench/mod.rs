@@ -123,7 +123,7 @@ pub struct BenchArgs {
     /// 25 on cpu; 150 on cuda, about what EP all-to-all kernels reach over
     /// NVLink within a node (DeepEP: 150-160 GB/s on H800); H100/H200 NVLink
     /// peaks at 450 GB/s per direction].
-    #[arg(long, value_name = "GBPS")]
+    #[arg(long, value_name = "GBPS", value_parser = parse_gbps)]
     pub a2a_gbps: Option<f64>,
     /// Timed repetitions. cpu: of each rank's expert work, the median kept
     /// [default: 3]. cuda: iterations per case, at least [default: 30].
@@ -162,6 +162,15 @@ pub struct BenchArgs {
     /// [cuda] Override the layer's top-k.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+}
+
+/// `--a2a-gbps`: checked when parsed, finite and in the benchmark's range.
+fn parse_gbps(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    capmoe::ep::check_bandwidth(v).map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
 /// Layers of the default `small` run.
