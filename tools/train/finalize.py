@@ -65,6 +65,19 @@ def readme(name, s, results, check):
            f"from transformers' by at most {check['max_abs_diff']:.2e} (largest |logit| "
            f"{check['max_abs_logit']:.1f}); argmax agrees everywhere: {check['argmax_agree']}."
            if "error" not in check else f"`{check['command']}` failed: {check['error']}")
+    chain, p = [], s
+    while p:
+        chain.insert(0, p)
+        p = p.get("previous")
+    commands = "\n".join(f"nice -n 5 python {p['command']}" for p in chain)
+    phases = []
+    for i, p in enumerate(chain):
+        cpu = f", {p['cpu_minutes']} min of CPU time" if p.get("cpu_minutes") else ""
+        start = "from scratch" if i == 0 else "from the previous phase's saved checkpoint (new AdamW state)"
+        phases.append(f"- Phase {i + 1}, {start}: {p['steps']} steps in {p['train_minutes']} min wall-clock{cpu}; "
+                      f"best validation checkpoint at step {p['best_step']} kept.")
+    phases = "\n".join(phases)
+    logs = ", ".join(f"`{x}`" for x in sorted(os.listdir(s["out"])) if x.endswith(".log"))
     return f"""# {name}
 
 A small Mixtral-format MoE (`MixtralForCausalLM`) trained from scratch on the generated
@@ -87,7 +100,7 @@ accuracy and on routing skew the router learned by itself (design.md section 8).
 
 ```
 cd tools/train
-nice -n 5 python {s['command']}
+{commands}
 python finalize.py --model ../../bench/models/{name} --capmoe <capmoe binary>
 ```
 
@@ -98,12 +111,12 @@ python finalize.py --model ../../bench/models/{name} --capmoe <capmoe binary>
   examples, tasks uniform. Some small tasks (2-digit addition, short bracket strings) have few distinct
   prompts, so eval prompts can also occur in training; the answers still have to be computed.
 - Loss: cross-entropy on answer tokens and the closing newline, plus HF Mixtral's router aux loss
-  with `router_aux_loss_coef` {a['aux_coef']}; no other balance or skew term. AdamW, lr {a['lr']}
-  (warmup {a['warmup']} steps, cosine to 10 % over the wall-clock budget), weight decay
-  {a['weight_decay']}, batch {a['batch']} x {a['seq_len']} tokens at random stream offsets.
-- {s['steps']} steps ({s['steps'] * a['batch'] * a['seq_len']:,} tokens) in {s['train_minutes']} min of a
-  {a['budget_min']:g}-minute budget; saved the best validation checkpoint (step {s['best_step']}).
-- `train.log` is the training output.
+  with `router_aux_loss_coef` {a['aux_coef']}; no other balance or skew term. AdamW (peak lr and
+  warmup per phase as in the commands, then cosine to 10 % of the peak over the phase's wall-clock
+  budget), weight decay {a['weight_decay']}, batch {a['batch']} x {a['seq_len']} tokens at random
+  stream offsets.
+{phases}
+- Training logs: {logs}.
 
 ## Held-out accuracy (the saved bf16 checkpoint, plain top-k)
 
