@@ -23,15 +23,14 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 type Res = Result<(), Box<dyn Error>>;
+/// Per capacity policy, its (gamma, value) points.
+type Series = Vec<(String, Vec<(f64, f64)>)>;
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// Capacity policies in report order, each with its (gamma, metric) points sorted by gamma,
 /// and the `none` value.
-fn series(
-    r: &EvalReport,
-    metric: &dyn Fn(&EvalResult) -> f64,
-) -> (Vec<(String, Vec<(f64, f64)>)>, Option<f64>) {
-    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+fn series(r: &EvalReport, metric: &dyn Fn(&EvalResult) -> f64) -> (Series, Option<f64>) {
+    let mut out: Series = Vec::new();
     for x in &r.results {
         let Some(g) = x.gamma else { continue };
         let pt = (g, metric(x));
