@@ -21,6 +21,16 @@ fn bad_shapes_and_batches_are_refused_with_what_was_expected() {
     assert!(!ok && err.contains("--top-k is 9; expected 1..=8"), "{err}");
     let (ok, err) = tune(&["--tokens", "0,16"]);
     assert!(!ok && err.contains("each >= 1"), "{err}");
+    let (ok, err) = tune(&["--experts", "0"]);
+    assert!(
+        !ok && err.contains("--experts is 0; expected at least 1"),
+        "{err}"
+    );
+    let (ok, err) = tune(&["--tokens", "18446744073709551615"]);
+    assert!(
+        !ok && err.contains("--tokens 18446744073709551615 is too large"),
+        "{err}"
+    );
     let (ok, err) = tune(&["--hidden", "4100"]);
     assert!(!ok && err.contains("multiple of 8"), "{err}");
 }

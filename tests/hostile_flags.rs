@@ -37,8 +37,6 @@ fn bench(extra: &[&str]) -> Vec<String> {
         "tiny",
         "--skew",
         "uniform",
-        "--iters",
-        "1",
         "--policies",
         "none",
         "--out",
@@ -47,7 +45,7 @@ fn bench(extra: &[&str]) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     a.push(out.display().to_string());
-    for (flag, default) in [("--batch", "1"), ("--seq-len", "4")] {
+    for (flag, default) in [("--batch", "1"), ("--seq-len", "4"), ("--iters", "1")] {
         if !extra.contains(&flag) {
             a.extend([flag.to_string(), default.to_string()]);
         }
@@ -80,6 +78,15 @@ fn bench_batch_size_is_bounded() {
     refused_bench(
         &["--batch", "4294967296", "--seq-len", "4294967296"],
         &["too large", &max],
+    );
+}
+
+#[test]
+fn bench_iterations_are_bounded() {
+    let max = capmoe::ep::MAX_BENCH_ITERS.to_string();
+    refused_bench(
+        &["--iters", "1000000000000"],
+        &["--iters", "too large", &max],
     );
 }
 

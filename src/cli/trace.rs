@@ -31,7 +31,7 @@ pub struct TraceArgs {
 
 pub fn run(args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let l = synthetic_logits(args.tokens, args.experts, args.top_k, args.skew, args.seed)?;
-    std::fs::write(&args.out, npy::to_bytes(&l, args.tokens, args.experts))
+    capmoe::io::atomic::write_atomic(&args.out, &npy::to_bytes(&l, args.tokens, args.experts))
         .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", args.out.display())))?;
     writeln!(
         out,

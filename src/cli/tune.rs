@@ -76,6 +76,21 @@ pub struct TuneArgs {
 
 impl TuneArgs {
     fn check(&self) -> Result<(), CliError> {
+        if self.experts == 0 {
+            return Err(CliError::Usage(
+                "--experts is 0; expected at least 1 expert".into(),
+            ));
+        }
+        if let Some(t) = self
+            .tokens
+            .iter()
+            .find(|&&t| t > capmoe::ep::MAX_BENCH_TOKENS)
+        {
+            return Err(CliError::Usage(format!(
+                "--tokens {t} is too large; expected at most {} per batch (capmoe's bound on one benchmark batch)",
+                capmoe::ep::MAX_BENCH_TOKENS
+            )));
+        }
         if self.top_k == 0 || self.top_k > self.experts {
             return Err(CliError::Usage(format!(
                 "--top-k is {}; expected 1..={} (the number of experts)",

@@ -34,5 +34,8 @@ pub use fidelity::{Fidelity, LogProbs};
 pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
 pub use results::*;
 pub use run::{prompt_ids, run};
-pub(crate) use setup::check_policy_numbers;
-pub use setup::{cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_TOKENS, MIN_A2A_GBPS};
+pub use setup::{
+    cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_ITERS, MAX_BENCH_TOKENS,
+    MIN_A2A_GBPS,
+};
+pub(crate) use setup::{check_at_most, check_policy_numbers};

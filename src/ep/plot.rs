@@ -23,6 +23,28 @@ pub(crate) fn fonts() {
 
 pub(crate) type Res = Result<(), Box<dyn Error>>;
 
+/// Draws a figure atomically: `draw` renders into a hidden temporary PNG in
+/// `path`'s directory (plotters picks the format from the extension, so it
+/// ends in `.png`), which is then renamed over `path`. An interrupted run
+/// leaves the old figure or the new one, never a torn file.
+pub(crate) fn render_atomic(path: &Path, draw: &dyn Fn(&Path) -> Res) -> Res {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.{}.{n}.png",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let r = draw(&tmp).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 pub(crate) fn color(i: usize) -> RGBColor {
     const C: [RGBColor; 8] = [
         RGBColor(31, 119, 180),
@@ -290,7 +312,7 @@ pub fn write_figures(dir: &Path, r: &BenchReport, layer: usize) -> Result<Vec<Pa
     let mut out = Vec::new();
     let draw = |name: &str, f: &dyn Fn(&Path) -> Res, out: &mut Vec<PathBuf>| {
         let p = dir.join(name);
-        f(&p).map_err(|e| EpError::Plot {
+        render_atomic(&p, f).map_err(|e| EpError::Plot {
             path: p.display().to_string(),
             message: e.to_string(),
         })?;
@@ -303,4 +325,32 @@ pub fn write_figures(dir: &Path, r: &BenchReport, layer: usize) -> Result<Vec<Pa
         draw("fidelity.png", &|p| fidelity(p, r), &mut out)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A draw that writes half a file and then fails leaves the old figure
+    /// in place and no temporary file; one that succeeds replaces it whole.
+    #[test]
+    fn render_atomic_keeps_the_old_figure_on_failure() {
+        let dir = std::env::temp_dir().join(format!("capmoe-plot-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("load.png");
+        std::fs::write(&path, "old").unwrap();
+        let torn = |p: &Path| -> Res {
+            std::fs::write(p, "half")?;
+            Err("interrupted".into())
+        };
+        assert!(render_atomic(&path, &torn).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no debris");
+        let whole = |p: &Path| -> Res { Ok(std::fs::write(p, "new")?) };
+        render_atomic(&path, &whole).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no debris");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -69,6 +69,12 @@ impl BenchSetup {
                 why: "capmoe's bound on one benchmark batch",
             });
         }
+        check_at_most(
+            "--iters",
+            self.iters,
+            MAX_BENCH_ITERS,
+            "capmoe's bound on timed repetitions",
+        )?;
         if self.policies.is_empty() {
             return Err(EpError::NoPolicies);
         }
@@ -101,6 +107,27 @@ pub const MIN_A2A_GBPS: f64 = 1e-6;
 pub const MAX_A2A_GBPS: f64 = 1e6;
 /// Most tokens one CPU/e2e benchmark batch prefills (`batch * seq_len`).
 pub const MAX_BENCH_TOKENS: usize = 1 << 20;
+
+/// Most timed iterations (`--iters`) a benchmark runs.
+pub const MAX_BENCH_ITERS: usize = 10_000;
+
+/// `v <= max`, else [`EpError::TooLarge`] naming `what` and `why`.
+pub(crate) fn check_at_most(
+    what: &'static str,
+    v: usize,
+    max: usize,
+    why: &'static str,
+) -> Result<(), EpError> {
+    if v > max {
+        return Err(EpError::TooLarge {
+            what,
+            value: v as u128,
+            max: max as u128,
+            why,
+        });
+    }
+    Ok(())
+}
 
 /// Checks what both benchmarks share: capacity policies need gammas, every
 /// gamma is finite and positive, and so is the all-to-all bandwidth.

@@ -125,11 +125,12 @@ pub(super) fn write_reports<R: serde::Serialize>(
 ) -> Result<(), CliError> {
     let json_path = dir.join("report.json");
     let text = serde_json::to_string_pretty(rep)?;
-    std::fs::write(&json_path, text + "\n").map_err(io_err(&json_path))?;
+    capmoe::io::atomic::write_atomic(&json_path, (text + "\n").as_bytes())
+        .map_err(io_err(&json_path))?;
     let md_path = dir.join("report.md");
     let mut md = Vec::new();
     markdown(&mut md)?;
-    std::fs::write(&md_path, md).map_err(io_err(&md_path))?;
+    capmoe::io::atomic::write_atomic(&md_path, &md).map_err(io_err(&md_path))?;
     Ok(())
 }
 

@@ -82,15 +82,16 @@ pub fn write_table(out: &mut dyn Write, r: &EvalReport) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:>5} {:>7} {:>8} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>6}",
+        "{:<20} {:>5} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>6}",
         "policy",
         "gamma",
         "acc",
         "ans NLL",
         "ans ppl",
         "KL",
-        "load max",
-        "load mean",
+        "skew max",
+        "skew avg",
+        "served",
         "drop %",
         "rerte %",
         "mass"
@@ -99,7 +100,7 @@ pub fn write_table(out: &mut dyn Write, r: &EvalReport) -> io::Result<()> {
         let g = x.gamma.map_or("-".to_string(), |g| format!("{g:.2}"));
         writeln!(
             out,
-            "{:<20} {:>5} {:>7.4} {:>8.4} {:>8.3} {:>9.5} {:>10.2} {:>10.2} {:>8.2} {:>8.2} {:>6.3}",
+            "{:<20} {:>5} {:>7.4} {:>8.4} {:>8.3} {:>9.5} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>6.3}",
             x.policy,
             g,
             x.accuracy,
@@ -108,6 +109,7 @@ pub fn write_table(out: &mut dyn Write, r: &EvalReport) -> io::Result<()> {
             x.kl_vs_none,
             max(&x.load_max_over_mean_per_forward),
             mean(&x.load_max_over_mean_per_forward),
+            max(&x.served_max_over_mean_per_forward),
             x.dropped_pct,
             x.rerouted_pct,
             x.gate_mass_kept
@@ -115,7 +117,9 @@ pub fn write_table(out: &mut dyn Write, r: &EvalReport) -> io::Result<()> {
     }
     writeln!(
         out,
-        "load max / mean: busiest expert's top-k demand over the mean per forward, the largest and the mean over layers\n"
+        "skew: busiest expert's top-k demand over the mean, per forward, the largest and the mean over layers;\n\
+         served: the same for the load served after the policy (largest layer); KL: mean KL(none || policy) at answer\n\
+         positions (nats); drop / rerte: token slots dropped / served outside the top-k, % of tokens x k; mass: gate mass kept\n"
     )?;
     let tasks: Vec<&String> = r
         .results

@@ -4,7 +4,7 @@
 //! per policy with its ideal ratio, and of P50/P99 layer latency.
 
 use super::{GpuBenchReport, GpuCaseReport, GroupReport};
-use crate::ep::plot::{color, fonts, range, Res, FONT};
+use crate::ep::plot::{color, fonts, range, render_atomic, Res, FONT};
 use crate::ep::EpError;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -231,7 +231,7 @@ pub fn write_figures(dir: &Path, r: &GpuBenchReport) -> Result<Vec<PathBuf>, EpE
             (format!("gpu-latency-T{t}.png"), latency),
         ] {
             let p = dir.join(name);
-            f(&p, r, t).map_err(|e| EpError::Plot {
+            render_atomic(&p, &|q| f(q, r, t)).map_err(|e| EpError::Plot {
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;

@@ -111,6 +111,20 @@ impl GpuBenchSetup {
                 return Err(EpError::Zero { what });
             }
         }
+        crate::ep::check_at_most(
+            "--iters",
+            self.iters,
+            crate::ep::MAX_BENCH_ITERS,
+            "capmoe's bound on timed repetitions",
+        )?;
+        for &t in &self.tokens {
+            crate::ep::check_at_most(
+                "--tokens",
+                t,
+                crate::ep::MAX_BENCH_TOKENS,
+                "capmoe's bound on one benchmark batch",
+            )?;
+        }
         if self.skews.is_empty() {
             return Err(EpError::EmptyList { what: "--skew" });
         }
