@@ -68,7 +68,8 @@ __global__ void write_plan(const float* probs, const int* topk, const float* top
     expert_ids[a] = e;
     token_ids[a] = t;
     probs_out[a] = lp;
-    weights[a] = __fdiv_rn(lp, denom);
+    // Zero served mass (renormalised over experts with p == 0): weight 0, as the CPU plan.
+    weights[a] = denom > 0.0f ? __fdiv_rn(lp, denom) : 0.0f;
     atomicAdd(load + e, 1u);  // a count: the value does not depend on order
   }
   for (int j = 0; j < k; ++j) {
