@@ -168,7 +168,7 @@ T from_bits(uint64_t u) {
 #define gridDim (::capmoe_emu::g_block.grid_dim)
 constexpr int warpSize = 32;
 
-// <<<grid, block, smem, stream>>> as the ABI's CAPMOE_LAUNCH macro expands it under emulation.
+// The launch chevrons, as the ABI's CAPMOE_LAUNCH macro expands them under emulation.
 #ifndef CAPMOE_EMU_LAUNCH
 #define CAPMOE_EMU_LAUNCH(grid, block, smem, stream, ...) \
   ::capmoe_emu::launch(grid, block, smem, stream, __VA_ARGS__, #__VA_ARGS__)
