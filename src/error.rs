@@ -49,8 +49,9 @@ pub enum RoutingError {
         /// Experts available.
         experts: usize,
     },
-    /// The capacity factor (gamma) is not finite or not > 0; holds it.
-    #[error("capacity factor (gamma) is {0}; expected a finite number > 0")]
+    /// The capacity factor (gamma) is not finite or not in
+    /// `(0, MAX_CAPACITY_FACTOR]`; holds it.
+    #[error("capacity factor (gamma) is {0:?}; expected a finite number > 0 and at most {max}", max = crate::routing::MAX_CAPACITY_FACTOR)]
     InvalidCapacityFactor(f64),
     /// A capacity policy (drop, reroute, expand) got no capacity factor; holds the policy's name.
     #[error("policy `{0}` caps expert load and needs a capacity factor (gamma), e.g. 1.5")]

@@ -20,8 +20,9 @@ pub enum EpError {
     /// A capacity policy was asked for, but the capacity-factor list is empty.
     #[error("capacity policies were asked for but no capacity factors; expected e.g. --capacity-factors 1.0,1.5")]
     NoCapacityFactors,
-    /// A capacity factor (gamma) is not finite or not > 0; holds it.
-    #[error("capacity factor (gamma) {0} is not valid; expected a finite number > 0")]
+    /// A capacity factor (gamma) is not finite or not in
+    /// `(0, MAX]`, MAX = [`MAX_CAPACITY_FACTOR`](crate::routing::MAX_CAPACITY_FACTOR); holds it.
+    #[error("capacity factor (gamma) {0:?} is not valid; expected a finite number > 0 and at most {max}", max = crate::routing::MAX_CAPACITY_FACTOR)]
     InvalidCapacityFactor(f64),
     /// The all-to-all bandwidth (GB/s) is not finite or out of
     /// [`MIN_A2A_GBPS`, `MAX_A2A_GBPS`](crate::ep::MIN_A2A_GBPS); holds it.
@@ -96,13 +97,18 @@ pub enum EpError {
         /// Which list.
         what: &'static str,
     },
-    /// A number (e.g. `--min-case-ms`) is not finite or is negative.
-    #[error("{what} = {value} is not valid; expected a finite number >= 0")]
+    /// A number (e.g. `--min-case-ms`) is not finite or is outside its
+    /// documented range.
+    #[error("{what} = {value} is not valid; expected a finite number in [{min}, {max}]")]
     InvalidNumber {
         /// Which number.
         what: &'static str,
         /// The value given.
         value: f64,
+        /// Least value accepted.
+        min: f64,
+        /// Most value accepted.
+        max: f64,
     },
     /// A device call failed (with `cuda`: a `capmoe::cuda::GpuError` inside).
     #[error("device: {0}")]

@@ -141,7 +141,7 @@ pub(crate) fn check_policy_numbers(
     }
     if let Some(&g) = capacity_factors
         .iter()
-        .find(|g| !(g.is_finite() && **g > 0.0))
+        .find(|g| !crate::routing::valid_capacity_factor(**g))
     {
         return Err(EpError::InvalidCapacityFactor(g));
     }

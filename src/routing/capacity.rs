@@ -8,7 +8,7 @@ use serde::Serialize;
 ///
 /// Evaluated left to right in f64, `((gamma * T) * k) / E`, exactly as
 /// Python's `math.ceil(gamma * T * k / E)` does, so results agree with the
-/// paper's reference code. Saturates at `u64::MAX`.
+/// paper's reference code. Errors unless `gamma` is in `(0, MAX_CAPACITY_FACTOR]`.
 ///
 /// ```
 /// use capmoe::routing::capacity;
@@ -30,8 +30,27 @@ pub fn capacity(
     Ok(c.ceil() as u64)
 }
 
+/// Largest capacity factor accepted. At `gamma = MAX_EXPERTS` the capacity
+/// `gamma * T * k / E` is at least `T` for every accepted `E` and `k >= 1`, so
+/// it can no longer bind; a larger factor is a typo, not a setting.
+pub const MAX_CAPACITY_FACTOR: f64 = crate::error::MAX_EXPERTS as f64;
+
+/// Whether `gamma` is a capacity factor capmoe accepts: finite, in
+/// `(0, MAX_CAPACITY_FACTOR]`.
+///
+/// ```
+/// use capmoe::routing::{valid_capacity_factor, MAX_CAPACITY_FACTOR};
+/// assert!(valid_capacity_factor(1.5));
+/// assert!(!valid_capacity_factor(0.0));
+/// assert!(!valid_capacity_factor(f64::NAN));
+/// assert!(!valid_capacity_factor(MAX_CAPACITY_FACTOR * 2.0));
+/// ```
+pub fn valid_capacity_factor(gamma: f64) -> bool {
+    gamma.is_finite() && gamma > 0.0 && gamma <= MAX_CAPACITY_FACTOR
+}
+
 pub(crate) fn check_gamma(gamma: f64) -> Result<(), RoutingError> {
-    if gamma.is_finite() && gamma > 0.0 {
+    if valid_capacity_factor(gamma) {
         Ok(())
     } else {
         Err(RoutingError::InvalidCapacityFactor(gamma))

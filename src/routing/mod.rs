@@ -28,7 +28,9 @@ mod reroute;
 mod served;
 mod stats;
 
-pub use capacity::{capacity, Bins, CapacityScope, Placement};
+pub use capacity::{
+    capacity, valid_capacity_factor, Bins, CapacityScope, Placement, MAX_CAPACITY_FACTOR,
+};
 pub use combine::combine;
 pub use dispatch::{DispatchLayout, GemmProblem, GroupedGemmArgs, Overflow, PAD};
 pub use drop::random_key;

@@ -30,7 +30,7 @@ pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Skew, Option<usize>), CliEr
     if let Some(&g) = args
         .capacity_factors
         .iter()
-        .find(|g| !(g.is_finite() && **g > 0.0))
+        .find(|g| !capmoe::routing::valid_capacity_factor(**g))
     {
         return Err(EpError::InvalidCapacityFactor(g).into());
     }

@@ -77,7 +77,7 @@ pub fn runs(args: &EvalArgs, top_k: usize, ranks: usize) -> Result<Vec<RouterCon
     if let Some(g) = args
         .capacity_factors
         .iter()
-        .find(|g| !(g.is_finite() && **g > 0.0))
+        .find(|g| !capmoe::routing::valid_capacity_factor(**g))
     {
         return Err(CliError::Usage(format!(
             "--capacity-factors: {g} is not a positive finite number"

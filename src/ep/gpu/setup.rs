@@ -87,6 +87,14 @@ pub struct GpuBenchSetup {
     pub tune_cache: Option<crate::expert::TuneCache>,
 }
 
+/// Most untimed iterations (`--warmup`) before a timed block.
+pub const MAX_WARMUP: usize = 1000;
+/// `--min-case-ms`, ms: 0 (no floor) to a minute of GPU time per case.
+pub const MIN_CASE_MS_RANGE: (f64, f64) = (0.0, 60_000.0);
+/// `--telemetry-ms`, ms: NVML's sampling period, from 1 ms (NVML updates no
+/// faster) to 10 s.
+pub const TELEMETRY_MS_RANGE: (f64, f64) = (1.0, 10_000.0);
+
 impl GpuBenchSetup {
     /// Checks everything that can be checked without a GPU.
     pub fn validate(&self) -> Result<(), EpError> {
@@ -138,12 +146,23 @@ impl GpuBenchSetup {
             });
         }
         crate::ep::check_policy_numbers(&self.policies, &self.capacity_factors, self.a2a_gbps)?;
-        for (what, v) in [
-            ("--min-case-ms", self.min_case_ms),
-            ("--telemetry-ms", self.telemetry_ms),
+        crate::ep::check_at_most(
+            "--warmup",
+            self.warmup,
+            MAX_WARMUP,
+            "capmoe's bound on untimed iterations",
+        )?;
+        for (what, v, (min, max)) in [
+            ("--min-case-ms", self.min_case_ms, MIN_CASE_MS_RANGE),
+            ("--telemetry-ms", self.telemetry_ms, TELEMETRY_MS_RANGE),
         ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(EpError::InvalidNumber { what, value: v });
+            if !(v.is_finite() && (min..=max).contains(&v)) {
+                return Err(EpError::InvalidNumber {
+                    what,
+                    value: v,
+                    min,
+                    max,
+                });
             }
         }
         Ok(())

@@ -95,6 +95,11 @@ fn validation_names_the_bad_flag() {
     assert!(bad(&|s| s.capacity_factors = vec![-1.0]).contains("-1"));
     assert!(bad(&|s| s.skews.clear()).contains("--skew"));
     assert!(bad(&|s| s.min_case_ms = f64::NAN).contains("--min-case-ms"));
+    assert!(bad(&|s| s.min_case_ms = 1e9).contains("--min-case-ms"));
+    assert!(bad(&|s| s.telemetry_ms = 0.0).contains("--telemetry-ms"));
+    assert!(bad(&|s| s.telemetry_ms = f64::INFINITY).contains("--telemetry-ms"));
+    assert!(bad(&|s| s.warmup = 1_000_000).contains("--warmup"));
+    assert!(bad(&|s| s.capacity_factors = vec![1e308]).contains("1e308 is not valid"));
     assert!(bad(&|s| s.a2a_gbps = 0.0).contains("bandwidth"));
 }
 
