@@ -189,7 +189,11 @@ fn bad_input_is_a_typed_error() {
         RoutingError::InvalidCapacityFactor(1e308)
     );
     // The largest factor accepted still routes (and can no longer bind).
-    assert!(route(&logits, &capped("drop:score", capmoe::routing::MAX_CAPACITY_FACTOR)).is_ok());
+    assert!(route(
+        &logits,
+        &capped("drop:score", capmoe::routing::MAX_CAPACITY_FACTOR)
+    )
+    .is_ok());
     assert_eq!(
         err(RouterConfig::new(1, "drop:score".parse().unwrap())),
         RoutingError::MissingCapacityFactor("drop:score".into())

@@ -1,6 +1,7 @@
 // CPU emulation of the CUDA subset capmoe's hand-written kernels use (see docs/EMULATION.md).
 // Compiled with the host C++ compiler and -DCAPMOE_EMULATE: a kernel is a plain function, run
-// once per thread on its own fiber; a block's fibers run in a seeded random order and switch only
+// once per thread on its own fiber; a block's fibers run in a seeded random order (in about half
+// the blocks, warp by warp: one warp runs ahead to its next barrier) and switch only
 // at __syncthreads and warp collectives, which are real rendezvous (a missing partner deadlocks,
 // and the runtime aborts with a message). Results are *emulated*, never *verified*.
 #pragma once

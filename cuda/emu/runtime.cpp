@@ -112,6 +112,12 @@ const char* g_kernel = "";
 
 std::vector<Fiber> g_fibers;
 std::vector<unsigned> g_ready;
+// Warp-greedy blocks (about half, seeded): the ready fiber of the warp ranked first runs, so one
+// warp runs ahead to its next barrier while the others lag. Uniform picks almost never let a warp
+// overtake its neighbours by a whole reduction; this order does, and it exposes the shared-memory
+// reuse that a missing __syncthreads leaves racy.
+bool g_greedy = false;
+std::vector<unsigned> g_warp_rank;
 std::vector<Warp> g_warps;
 unsigned g_nthreads = 0, g_barrier_arrived = 0;
 void* g_sched_sp = nullptr;
@@ -155,7 +161,23 @@ CAPMOE_EMU_NOASAN void switch_next(void** save_sp, bool done) {
   const void* bottom = nullptr;
   size_t size = 0;
   if (!g_ready.empty()) {
-    const size_t j = g_rng.below(g_ready.size());
+    size_t j = 0;
+    if (g_greedy) {
+      // The first-ranked warp with a ready lane; a random one of its ready lanes (reservoir).
+      unsigned best = UINT_MAX, ties = 0;
+      for (size_t r = 0; r < g_ready.size(); ++r) {
+        const unsigned rank = g_warp_rank[g_ready[r] / 32];
+        if (rank < best) {
+          best = rank;
+          ties = 1;
+          j = r;
+        } else if (rank == best && g_rng.below(++ties) == 0) {
+          j = r;
+        }
+      }
+    } else {
+      j = g_rng.below(g_ready.size());
+    }
     const unsigned i = g_ready[j];
     g_ready[j] = g_ready.back();
     g_ready.pop_back();
@@ -242,6 +264,11 @@ void run_block() {
     w.used = 0;
   }
   g_barrier_arrived = 0;
+  const unsigned warps = (g_nthreads + 31) / 32;
+  g_warp_rank.resize(warps);
+  for (unsigned w = 0; w < warps; ++w) g_warp_rank[w] = w;
+  for (unsigned w = warps; w > 1; --w) std::swap(g_warp_rank[w - 1], g_warp_rank[g_rng.below(w)]);
+  g_greedy = warps > 1 && (g_rng.next() & 1);
   // Every __shared__ variable starts as random bytes, as on a GPU it holds stale data.
   if (__start_capmoe_emu_shared && __stop_capmoe_emu_shared)
     fill_random(__start_capmoe_emu_shared, static_cast<size_t>(__stop_capmoe_emu_shared - __start_capmoe_emu_shared));

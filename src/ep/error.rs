@@ -110,6 +110,10 @@ pub enum EpError {
         /// Most value accepted.
         max: f64,
     },
+    /// The prompts handed to [`run_prompts`](crate::ep::run_prompts) do not fit the setup
+    /// or the model; says how.
+    #[error("benchmark prompts: {0}")]
+    Prompts(String),
     /// A device call failed (with `cuda`: a `capmoe::cuda::GpuError` inside).
     #[error("device: {0}")]
     Device(#[source] crate::backend::DeviceError),

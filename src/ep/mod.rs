@@ -33,7 +33,7 @@ pub use error::EpError;
 pub use fidelity::{Fidelity, LogProbs};
 pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
 pub use results::*;
-pub use run::{prompt_ids, run};
+pub use run::{prompt_ids, run, run_prompts};
 pub use setup::{
     cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_ITERS, MAX_BENCH_TOKENS,
     MIN_A2A_GBPS,

@@ -21,6 +21,32 @@ pub fn prompt_ids(batch: usize, seq_len: usize, vocab: usize, seed: u64) -> Vec<
         .collect()
 }
 
+fn check_prompts(prompts: &[Vec<u32>], setup: &BenchSetup, vocab: usize) -> Result<(), EpError> {
+    let bad = |why: String| Err(EpError::Prompts(why));
+    if prompts.len() != setup.batch {
+        return bad(format!(
+            "{} sequences given; expected --batch = {}",
+            prompts.len(),
+            setup.batch
+        ));
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.len() != setup.seq_len {
+            return bad(format!(
+                "sequence {i} has {} ids; expected --seq-len = {}",
+                p.len(),
+                setup.seq_len
+            ));
+        }
+        if let Some(&id) = p.iter().find(|&&id| id as usize >= vocab) {
+            return bad(format!(
+                "sequence {i} holds id {id}; expected ids below the vocabulary size {vocab}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What one case's forward pass and replay give before the baseline is known.
 struct Measured<B: Backend> {
     policy: Policy,
@@ -49,6 +75,29 @@ pub fn run<B: Backend>(
     setup: &BenchSetup,
     progress: &dyn Progress,
 ) -> Result<BenchReport, EpError> {
+    setup.validate(
+        model.config().num_local_experts,
+        model.config().num_hidden_layers,
+    )?;
+    let ids = prompt_ids(
+        setup.batch,
+        setup.seq_len,
+        model.config().vocab_size,
+        setup.seed,
+    );
+    run_prompts(model, setup, &ids, progress)
+}
+
+/// [`run`] on given prompts instead of seeded uniform ids: real text, so that
+/// a trained router shows the load skew it learned. `prompts` must hold
+/// `setup.batch` sequences of `setup.seq_len` ids, each below the vocabulary
+/// size ([`EpError::Prompts`] otherwise).
+pub fn run_prompts<B: Backend>(
+    model: &Model<B>,
+    setup: &BenchSetup,
+    prompts: &[Vec<u32>],
+    progress: &dyn Progress,
+) -> Result<BenchReport, EpError> {
     let cfg = model.config().clone();
     let (experts, layers) = (cfg.num_local_experts, cfg.num_hidden_layers);
     setup.validate(experts, layers)?;
@@ -67,8 +116,8 @@ pub fn run<B: Backend>(
         elem_bytes: setup.elem_bytes,
         hidden: cfg.hidden_size,
     };
-    let ids = prompt_ids(setup.batch, setup.seq_len, cfg.vocab_size, setup.seed);
-    let prompts: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    check_prompts(prompts, setup, cfg.vocab_size)?;
+    let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let cases = setup.cases();
     progress.set_length((cases.len() * (1 + setup.iters)) as u64);
 

@@ -11,6 +11,7 @@ mod run;
 mod setup;
 #[cfg(test)]
 mod tests;
+mod trained;
 
 pub use run::run;
 use run::*;
@@ -49,9 +50,19 @@ pub struct BenchArgs {
     /// 0 = off on cpu, 8 with --e2e].
     #[arg(long, value_name = "N")]
     pub decode_steps: Option<usize>,
-    /// [cpu, --e2e] A Hugging Face Mixtral checkpoint directory (instead of --config).
+    /// [cpu, --e2e] A Hugging Face Mixtral checkpoint directory (instead of --config) [default
+    /// on cpu, when no --config or --layers is given: bench/models/mixtral-like, trained here].
+    /// A checkpoint that ships eval.jsonl and tokenizer.json is fed its own held-out text (16 x
+    /// 128 tokens unless --batch/--seq-len say otherwise), and on cpu its accuracy under every
+    /// policy and gamma is measured after the timing (`capmoe eval`; see --no-eval).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "layers"])]
     pub model: Option<PathBuf>,
+    /// [cpu] Skip the accuracy eval of a checkpoint that ships eval.jsonl.
+    #[arg(long)]
+    pub no_eval: bool,
+    /// [cpu] Score only the first N examples of the checkpoint's eval.jsonl [default: all].
+    #[arg(long, value_name = "N")]
+    pub eval_limit: Option<usize>,
     /// A built-in shape: tiny, small, mixtral-8x7b. cpu: the model, with
     /// seeded random weights (default small; mixtral-8x7b is too large for
     /// random weights on the CPU). cuda: the MoE layer's shape (default
@@ -91,8 +102,10 @@ pub struct BenchArgs {
     pub experts_per_rank: Option<usize>,
     /// Synthetic router skew (busiest expert over the mean under plain
     /// top-k): uniform, mixtral (~2.75x), olmoe (~7x, needs E/k > 7) or a
-    /// ratio >= 1 (below E/k). cpu: one value [default: mixtral], applied to
-    /// checkpoints too. cuda: a comma list [default: uniform,mixtral,3.5].
+    /// ratio >= 1 (below E/k). cpu: one value [default: mixtral for random
+    /// weights; for a checkpoint its router as trained, which `uniform` also
+    /// asks for]; any other value biases a checkpoint's router too. cuda: a
+    /// comma list [default: uniform,mixtral,3.5].
     #[arg(long, value_delimiter = ',', value_name = "SKEW")]
     pub skew: Vec<Skew>,
     /// Policies, comma-separated (see `capmoe route --help`); `none` is the
@@ -223,10 +236,16 @@ Latency model (EP on R ranks, rank r owns experts rE/R..(r+1)E/R and tokens floo
 Fidelity: mean over all T positions of KL(none || policy) of the next-token distributions (nats), and
   top-1 (greedy next token) agreement with none.
 
-Default run: the `small` shape (hidden 1024, intermediate 3584, 8 experts top-2, vocab 32000) cut to 2
-  layers, batch 4 x 64 tokens (T = 256), EP 8 ranks x 1 expert, mixtral skew, 7 policies x 4 gammas,
-  3 iterations: about a minute on a 2-core CPU, model build included. Fewer layers keep the run short;
-  each layer adds the same work.
+Default run: bench/models/mixtral-like, a Mixtral-format MoE trained in this repository (hidden 128,
+  4 layers, 8 experts top-2; tools/train, README in its folder), with its router as trained (the skew it
+  learned, not a synthetic one) and its own held-out text as the batch: 16 x 128 tokens (T = 2048), EP 8
+  ranks x 1 expert, 7 policies x 4 gammas, 3 iterations. Then the accuracy: `capmoe eval` on the model's
+  eval.jsonl with the same policies, gammas, T and EP size (exact answers of 7 tasks; --no-eval skips it,
+  --eval-limit N scores fewer), and the accuracy-speedup front: per policy the smallest gamma within 1
+  point of none's accuracy, with the EP speedup there. About 2 minutes on a 2-core CPU. The model is
+  small, so its expert times are short and noisy; `ideal` (busiest rank's rows) is exact.
+  Random weights (accuracy means nothing there, only KL and top-1): --config small (hidden 1024, 8
+  experts top-2, vocab 32000; 2 layers by default), batch 4 x 64 tokens, mixtral skew.
 
 --device cuda: one MoE layer on the GPU (build with --features cuda)
   Mixtral-8x7B's MoE layer by default (8 experts top-2, hidden 4096, intermediate 14336; bf16 weights
@@ -261,11 +280,16 @@ Default run: the `small` shape (hidden 1024, intermediate 3584, 8 experts top-2,
 
 Output: a table on stdout (--json: the report as JSON), and under --out report.json, report.md and
   figures: cpu and cuda --e2e load.png, speedup.png, fidelity.png; cuda gpu-speedup-T<T>.png (speedup P50 and ideal
-  vs gamma per policy, a panel per EP size x skew) and gpu-latency-T<T>.png (P50 and P99). A progress
-  bar shows on stderr when it is a terminal.
+  vs gamma per policy, a panel per EP size x skew) and gpu-latency-T<T>.png (P50 and P99). With the
+  accuracy eval (cpu, a checkpoint with eval.jsonl) also eval.json, accuracy.png and fidelity.json
+  (accuracy and its change from none per case beside the speedups, and the front); its tables follow the
+  benchmark's on stdout (not with --json, which prints the benchmark report alone). A progress bar shows
+  on stderr when it is a terminal.
 
 Examples:
-  capmoe bench
+  capmoe bench                                  # the trained model: timing, then accuracy per policy
+  capmoe bench --policies none,drop:score,reroute:optimal --capacity-factors 1.0,1.5 --eval-limit 500
+  capmoe bench --model bench/models/fine-grained --ranks 8
   capmoe bench --config small --layers 4 --batch 8 --seq-len 64 --iters 5 --out bench/results/ep-cpu
   capmoe bench --config tiny --policies none,drop:score --capacity-factors 1.0,1.5 --ranks 2 --json
   capmoe bench --model path/to/mixtral --skew uniform --ranks 8 --a2a-gbps 50

@@ -26,7 +26,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
 
 /// The skew and the one EP size of a whole-model run, checked before the
 /// model is built.
-pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Skew, Option<usize>), CliError> {
+pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Option<Skew>, Option<usize>), CliError> {
     if let Some(&g) = args
         .capacity_factors
         .iter()
@@ -35,8 +35,8 @@ pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Skew, Option<usize>), CliEr
         return Err(EpError::InvalidCapacityFactor(g).into());
     }
     let skew = match args.skew.as_slice() {
-        [] => Skew::Mixtral,
-        [s] => *s,
+        [] => None,
+        [s] => Some(*s),
         _ => return Err(CliError::Usage(
             "the whole-model benchmark runs one --skew; a list is for the GPU MoE-layer benchmark"
                 .into(),
@@ -67,12 +67,28 @@ pub(super) fn whole_model<B: Backend>(
     d: &E2eDefaults,
 ) -> Result<BenchReport, CliError> {
     let (skew, one_rank) = e2e_flags(args)?;
-    let (model, label) = load_model(args, skew, backend, d)?;
+    let checkpoint = trained::checkpoint(args)?;
+    // A checkpoint keeps its router as trained unless --skew asks otherwise.
+    let skew_label = match (skew, &checkpoint) {
+        (None | Some(Skew::Uniform), Some(_)) => "as trained".to_string(),
+        (s, _) => s.unwrap_or(Skew::Mixtral).to_string(),
+    };
+    let skew = skew.unwrap_or(if checkpoint.is_some() {
+        Skew::Uniform
+    } else {
+        Skew::Mixtral
+    });
+    let (model, label) = load_model(args, checkpoint.as_deref(), skew, backend, d)?;
     let cfg = model.config();
     let load_layer = args.load_layer.unwrap_or(0);
+    let eval_text = checkpoint.as_deref().filter(|c| trained::has_eval_data(c));
+    let (batch, seq_len) = match eval_text {
+        Some(_) => (trained::EVAL_BATCH, trained::EVAL_SEQ_LEN),
+        None => (d.batch, d.seq_len),
+    };
     let setup = BenchSetup {
-        batch: args.batch.unwrap_or(d.batch),
-        seq_len: args.seq_len.unwrap_or(d.seq_len),
+        batch: args.batch.unwrap_or(batch),
+        seq_len: args.seq_len.unwrap_or(seq_len),
         ranks: ranks(one_rank, args.experts_per_rank, cfg.num_local_experts)?,
         policies: args.policies.clone(),
         capacity_factors: args.capacity_factors.clone(),
@@ -82,7 +98,7 @@ pub(super) fn whole_model<B: Backend>(
         seed: args.seed,
         load_layer,
         model_label: label,
-        skew_label: skew.to_string(),
+        skew_label,
         throughput: d.throughput || args.decode_steps.is_some(),
         decode_steps: args.decode_steps.unwrap_or(d.decode_steps),
         interleave: d.interleave,
@@ -91,7 +107,13 @@ pub(super) fn whole_model<B: Backend>(
     let out_dir = args.out.clone().unwrap_or_else(|| d.out.into());
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
     let pb = progress_bar(1);
-    let mut rep = ep::run(&model, &setup, &pb)?;
+    let mut rep = match eval_text {
+        Some(dir) => {
+            let prompts = trained::eval_prompts(dir, setup.batch, setup.seq_len, cfg.vocab_size)?;
+            ep::run_prompts(&model, &setup, &prompts, &pb)?
+        }
+        None => ep::run(&model, &setup, &pb)?,
+    };
     pb.finish_and_clear();
     let figs = plot::write_figures(&out_dir, &rep, load_layer)?;
     rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
@@ -173,7 +195,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
         Mode::Cpu => {
             let rep = bench(args)?;
-            write_e2e(out, args, &rep)
+            write_e2e(out, args, &rep)?;
+            trained::fidelity(args, &rep, out)
         }
     }
 }

@@ -32,11 +32,12 @@ pub(super) fn check_builtin(name: &str) -> Result<(), CliError> {
 /// weights tick a progress bar over the layers on stderr.
 pub(super) fn load_model<B: Backend>(
     args: &BenchArgs,
+    checkpoint: Option<&Path>,
     skew: Skew,
     backend: B,
     d: &E2eDefaults,
 ) -> Result<(Model<B>, String), CliError> {
-    if let Some(dir) = &args.model {
+    if let Some(dir) = checkpoint {
         let mut m = Model::load(backend, dir)?;
         m.apply_skew(skew, args.seed)?;
         return Ok((m, dir.display().to_string()));
@@ -132,6 +133,8 @@ pub(super) fn refuse_flags(args: &BenchArgs) -> Result<(), CliError> {
         (args.seq_len.is_some(), "--seq-len"),
         (args.load_layer.is_some(), "--load-layer"),
         (args.decode_steps.is_some(), "--decode-steps"),
+        (args.no_eval, "--no-eval"),
+        (args.eval_limit.is_some(), "--eval-limit"),
     ];
     let names = |flags: &[(bool, &'static str)]| -> Vec<&'static str> {
         flags

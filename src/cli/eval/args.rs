@@ -80,7 +80,8 @@ pub fn runs(args: &EvalArgs, top_k: usize, ranks: usize) -> Result<Vec<RouterCon
         .find(|g| !capmoe::routing::valid_capacity_factor(**g))
     {
         return Err(CliError::Usage(format!(
-            "--capacity-factors: {g} is not a positive finite number"
+            "--capacity-factors: {g:?} is not valid; expected a finite number > 0 and at most {}",
+            capmoe::routing::MAX_CAPACITY_FACTOR
         )));
     }
     let mut out = vec![RouterConfig::new(top_k, Policy::None)];

@@ -32,7 +32,10 @@ capmoe eval --model bench/models/mixtral-like --policies drop:score,drop:order -
 capmoe eval --model bench/models/fine-grained --data my.jsonl --rows 8 --seq-len 256 --out results/ --limit 500\n";
 
 /// Reads the eval data, `--limit` applied.
-fn examples(path: &Path, limit: Option<usize>) -> Result<Vec<protocol::Example>, CliError> {
+pub(crate) fn read_examples(
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<Vec<protocol::Example>, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::Read {
         path: path.display().to_string(),
         msg: e.to_string(),
@@ -108,7 +111,7 @@ impl ModelTask for Task<'_> {
 }
 
 /// Writes `eval.json` and `accuracy.png` into `dir`, each atomically.
-fn write_out(dir: &Path, r: &EvalReport) -> Result<(), CliError> {
+pub fn write_out(dir: &Path, r: &EvalReport) -> Result<(), CliError> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(r)?;
     capmoe::io::atomic::write_atomic(&dir.join("eval.json"), &json)?;
@@ -123,7 +126,8 @@ fn write_out(dir: &Path, r: &EvalReport) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn run(args: &EvalArgs, out: &mut dyn Write) -> Result<(), CliError> {
+/// Runs the protocol for every policy and gamma of `args`; returns the report.
+pub fn evaluate(args: &EvalArgs) -> Result<EvalReport, CliError> {
     if !args.model.is_dir() {
         return Err(CliError::Usage(format!(
             "--model {} is not a checkpoint directory; expected config.json, model.safetensors and tokenizer.json in it",
@@ -134,21 +138,25 @@ pub fn run(args: &EvalArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .data
         .clone()
         .unwrap_or_else(|| args.model.join("eval.jsonl"));
-    let examples = examples(&data, args.limit)?;
+    let examples = read_examples(&data, args.limit)?;
     let model_args = ModelArgs {
         model: args.model.display().to_string(),
         seed: 0,
         skew: Skew::Uniform,
         device: args.device,
     };
-    let report = with_model(
+    with_model(
         &model_args,
         Task {
             args,
             data,
             examples,
         },
-    )?;
+    )
+}
+
+pub fn run(args: &EvalArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let report = evaluate(args)?;
     match args.format {
         Format::Table => report::write_table(out, &report)?,
         Format::Json => {
