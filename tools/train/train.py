@@ -200,6 +200,7 @@ def main():
     ap.add_argument("--train-examples", type=int, default=1_000_000)
     ap.add_argument("--eval-examples", type=int, default=2000)
     ap.add_argument("--val-every-s", type=float, default=240.0)
+    ap.add_argument("--mix", default="", help="training task weights over corpus.TRAIN_MIX, e.g. kv=4,add=2")
     ap.add_argument("--init", help="continue from this saved checkpoint (weights only, new optimizer)")
     ap.add_argument("--experts-impl", default="eager", help="HF experts implementation for training")
     for k in PRESETS["mixtral-like"]:
@@ -219,7 +220,14 @@ def main():
     check_tokenizer(os.path.join(args.out, "tokenizer.json"), v)
     encode = lambda s: [v.get(c, v[UNK]) for c in s]  # noqa: E731
 
-    train_ids, train_mask = encode_stream(corpus.examples(TRAIN_SEED, args.train_examples, corpus.TRAIN_MIX), v)
+    mix = dict(corpus.TRAIN_MIX)
+    for item in filter(None, args.mix.split(",")):
+        task, _, w = item.partition("=")
+        if task not in mix or not w:
+            raise SystemExit(f"--mix {item!r}: expected TASK=WEIGHT with TASK one of {', '.join(mix)}")
+        mix[task] = float(w)
+    print("train mix: " + " ".join(f"{t} {w:g}" for t, w in mix.items()))
+    train_ids, train_mask = encode_stream(corpus.examples(TRAIN_SEED, args.train_examples, mix), v)
     val_examples = list(corpus.examples(VAL_SEED, 600))
     eval_examples = list(corpus.examples(EVAL_SEED, args.eval_examples))
     with open(os.path.join(args.out, "eval.jsonl"), "w") as f:
