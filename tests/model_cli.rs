@@ -1,19 +1,8 @@
 //! `capmoe logits` and `capmoe generate` end to end on the parity fixture.
 
 use serde_json::Value;
-use std::process::Command;
-
-fn capmoe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_capmoe"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod cli_common;
+use cli_common::capmoe;
 
 fn fixture() -> String {
     format!("{}/tests/fixtures/tiny-mixtral", env!("CARGO_MANIFEST_DIR"))

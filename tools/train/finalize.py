@@ -44,6 +44,23 @@ def capmoe_check(binary, model_dir, model, tok):
     }
 
 
+def eval_slice(binary, model_dir):
+    """A small slice of `capmoe eval` for tests/eval_cli.rs to reproduce: MODEL/eval-slice.json."""
+    spec = {"limit": 400, "rows": 4, "seq_len": 128}
+    cmd = [binary, "eval", "--model", model_dir, "--limit", "400", "--rows", "4", "--seq-len", "128",
+           "--policies", "drop:score,drop:order", "--capacity-factors", "1.0", "--format", "json"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {run.stderr.strip()}")
+    res = json.loads(run.stdout)["results"]
+    spec["runs"] = [{"policy": r["policy"], "gamma": r["gamma"], "scored": r["scored"],
+                     "accuracy": r["accuracy"]} for r in res]
+    with open(os.path.join(model_dir, "eval-slice.json"), "w") as f:
+        json.dump(spec, f, indent=1)
+        f.write("\n")
+    return spec
+
+
 def task_table(r):
     lines = ["| task | accuracy | correct / scored |", "|---|---|---|"]
     for t, a in r["per_task"].items():
@@ -106,7 +123,8 @@ python finalize.py --model ../../bench/models/{name} --capmoe <capmoe binary>
 
 - torch {torch.__version__}, transformers {__import__('transformers').__version__}, one CPU thread
   (two trainings shared a 2-core machine with other jobs), seed {a['seed']}.
-- Corpus: training examples from seed {train.TRAIN_SEED}, task weights {mix}; validation (best-checkpoint
+- Corpus: training examples from seed {train.TRAIN_SEED}, task weights {mix} (a phase's `--mix`
+  overrides some, as its command shows); validation (best-checkpoint
   choice) seed {train.VAL_SEED}, 600 examples; `eval.jsonl` seed {train.EVAL_SEED}, {none['examples']}
   examples, tasks uniform. Some small tasks (2-digit addition, short bracket strings) have few distinct
   prompts, so eval prompts can also occur in training; the answers still have to be computed.
@@ -178,6 +196,8 @@ def main():
     check = capmoe_check(args.capmoe, args.model, model, tok) if args.capmoe else {
         "command": "(not run)", "error": "no --capmoe binary given"}
     print(json.dumps(check))
+    if args.capmoe:
+        print("eval-slice:", json.dumps(eval_slice(args.capmoe, args.model)))
     with open(os.path.join(args.model, "README.md"), "w") as f:
         f.write(readme(name, s, results, check))
     print(eval_ref.markdown_table(results))
