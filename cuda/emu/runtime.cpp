@@ -117,7 +117,8 @@ std::vector<unsigned> g_ready;
 // overtake its neighbours by a whole reduction; this order does, and it exposes the shared-memory
 // reuse that a missing __syncthreads leaves racy.
 bool g_greedy = false;
-std::vector<unsigned> g_warp_rank;
+std::vector<unsigned> g_warp_order;               // warp ids, first-ranked first
+std::vector<std::vector<unsigned>> g_ready_warp;  // greedy blocks: ready lanes per warp
 std::vector<Warp> g_warps;
 unsigned g_nthreads = 0, g_barrier_arrived = 0;
 void* g_sched_sp = nullptr;
@@ -151,36 +152,39 @@ void sched_stack(const void** bottom, size_t* size) {
   *size = n;
 }
 
+#define CAPMOE_EMU_NOASAN __attribute__((no_sanitize_address))
+// Takes the next fiber to run off the ready set: a uniformly random one, or in a warp-greedy
+// block a random ready lane of the first-ranked warp that has one (at most 32 warps to look at).
+CAPMOE_EMU_NOASAN bool pop_ready(unsigned* out) {
+  std::vector<unsigned>* from = &g_ready;
+  if (g_greedy) {
+    from = nullptr;
+    for (unsigned w : g_warp_order)
+      if (!g_ready_warp[w].empty()) {
+        from = &g_ready_warp[w];
+        break;
+      }
+    if (!from) return false;
+  }
+  std::vector<unsigned>& v = *from;
+  if (v.empty()) return false;
+  const size_t j = g_rng.below(v.size());
+  *out = v[j];
+  v[j] = v.back();
+  v.pop_back();
+  return true;
+}
+
 // Switches from the running fiber (or the scheduler) straight to a random ready fiber, or back
 // to the scheduler when none is ready. `done`: the caller never resumes. The frames of a finished
 // fiber never return, so these functions carry no ASan redzones: stale poison would otherwise
 // stay on a stack that the next block reuses.
-#define CAPMOE_EMU_NOASAN __attribute__((no_sanitize_address))
 CAPMOE_EMU_NOASAN void switch_next(void** save_sp, bool done) {
   void* to = g_sched_sp;
   const void* bottom = nullptr;
   size_t size = 0;
-  if (!g_ready.empty()) {
-    size_t j = 0;
-    if (g_greedy) {
-      // The first-ranked warp with a ready lane; a random one of its ready lanes (reservoir).
-      unsigned best = UINT_MAX, ties = 0;
-      for (size_t r = 0; r < g_ready.size(); ++r) {
-        const unsigned rank = g_warp_rank[g_ready[r] / 32];
-        if (rank < best) {
-          best = rank;
-          ties = 1;
-          j = r;
-        } else if (rank == best && g_rng.below(++ties) == 0) {
-          j = r;
-        }
-      }
-    } else {
-      j = g_rng.below(g_ready.size());
-    }
-    const unsigned i = g_ready[j];
-    g_ready[j] = g_ready.back();
-    g_ready.pop_back();
+  unsigned i = 0;
+  if (pop_ready(&i)) {
     Fiber& f = g_fibers[i];
     g_thread = &f.ts;
     if (save_sp == &f.sp) return;  // the caller itself was picked: it just goes on
@@ -237,7 +241,7 @@ void prepare(Fiber& f) {
 
 void make_ready(unsigned i) {
   g_fibers[i].state = State::Ready;
-  g_ready.push_back(i);
+  (g_greedy ? g_ready_warp[i / 32] : g_ready).push_back(i);
 }
 
 [[noreturn]] void deadlock() {
@@ -254,21 +258,23 @@ void make_ready(unsigned i) {
 }
 
 void run_block() {
+  const unsigned warps = (g_nthreads + 31) / 32;
+  g_warp_order.resize(warps);
+  for (unsigned w = 0; w < warps; ++w) g_warp_order[w] = w;
+  for (unsigned w = warps; w > 1; --w) std::swap(g_warp_order[w - 1], g_warp_order[g_rng.below(w)]);
+  g_greedy = warps > 1 && (g_rng.next() & 1);
   g_ready.clear();
+  if (g_ready_warp.size() < warps) g_ready_warp.resize(warps);
+  for (auto& v : g_ready_warp) v.clear();
   for (unsigned i = 0; i < g_nthreads; ++i) {
     prepare(g_fibers[i]);
-    g_ready.push_back(i);
+    make_ready(i);
   }
   for (auto& w : g_warps) {
     for (int i = 0; i < w.used; ++i) w.slot[i].arrived = 0;
     w.used = 0;
   }
   g_barrier_arrived = 0;
-  const unsigned warps = (g_nthreads + 31) / 32;
-  g_warp_rank.resize(warps);
-  for (unsigned w = 0; w < warps; ++w) g_warp_rank[w] = w;
-  for (unsigned w = warps; w > 1; --w) std::swap(g_warp_rank[w - 1], g_warp_rank[g_rng.below(w)]);
-  g_greedy = warps > 1 && (g_rng.next() & 1);
   // Every __shared__ variable starts as random bytes, as on a GPU it holds stale data.
   if (__start_capmoe_emu_shared && __stop_capmoe_emu_shared)
     fill_random(__start_capmoe_emu_shared, static_cast<size_t>(__stop_capmoe_emu_shared - __start_capmoe_emu_shared));
