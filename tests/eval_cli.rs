@@ -3,19 +3,8 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn capmoe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_capmoe"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod cli_common;
+use cli_common::capmoe;
 
 /// The characters of the generated vocabulary: id = index (the fixture has 128 ids).
 const CHARS: &str = "\n abcdefghijklmnopqrstuvwxyz0123456789=+-";
