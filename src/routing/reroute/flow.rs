@@ -24,13 +24,20 @@ pub(crate) struct Edge {
     pub flow: i64,
 }
 
+/// One residual arc. The fields a scan reads sit together: one cache line
+/// holds a few arcs of a node.
+#[derive(Clone, Copy, Default)]
+struct Arc {
+    cost: i64,
+    res: i64,
+    to: u32,
+    rev: u32,
+}
+
 /// A residual network in CSR form: node `v`'s arcs are `first[v]..first[v+1]`.
 pub(crate) struct Net {
     first: Vec<u32>,
-    to: Vec<u32>,
-    rev: Vec<u32>,
-    res: Vec<i64>,
-    cost: Vec<i64>,
+    arcs: Vec<Arc>,
     pub price: Vec<i128>,
     excess: Vec<i64>,
     /// Arc index of each caller edge, in the order given.
@@ -52,8 +59,7 @@ impl Net {
         let first = deg.clone();
         let m = first[n] as usize;
         let mut next = deg;
-        let (mut to, mut rev) = (vec![0u32; m], vec![0u32; m]);
-        let (mut res, mut cost) = (vec![0i64; m], vec![0i64; m]);
+        let mut arcs = vec![Arc::default(); m];
         let mut fwd = Vec::with_capacity(edges.len());
         let mut excess = supply.to_vec();
         for e in edges {
@@ -61,24 +67,25 @@ impl Net {
             next[e.from as usize] += 1;
             next[e.to as usize] += 1;
             let (a, b) = (a as usize, b as usize);
-            to[a] = e.to;
-            rev[a] = b as u32;
-            res[a] = e.cap - e.flow;
-            cost[a] = e.cost;
-            to[b] = e.from;
-            rev[b] = a as u32;
-            res[b] = e.flow;
-            cost[b] = -e.cost;
+            arcs[a] = Arc {
+                cost: e.cost,
+                res: e.cap - e.flow,
+                to: e.to,
+                rev: b as u32,
+            };
+            arcs[b] = Arc {
+                cost: -e.cost,
+                res: e.flow,
+                to: e.from,
+                rev: a as u32,
+            };
             excess[e.from as usize] -= e.flow;
             excess[e.to as usize] += e.flow;
             fwd.push(a as u32);
         }
         Self {
             first,
-            to,
-            rev,
-            res,
-            cost,
+            arcs,
             price,
             excess,
             fwd,
@@ -87,19 +94,20 @@ impl Net {
 
     /// Units on caller edge `i`.
     pub fn flow(&self, i: usize) -> i64 {
-        self.res[self.rev[self.fwd[i] as usize] as usize]
+        self.arcs[self.arcs[self.fwd[i] as usize].rev as usize].res
     }
 
     #[inline]
     fn reduced(&self, v: usize, a: usize) -> i128 {
-        self.cost[a] as i128 + self.price[v] - self.price[self.to[a] as usize]
+        let arc = &self.arcs[a];
+        arc.cost as i128 + self.price[v] - self.price[arc.to as usize]
     }
 
     #[inline]
     fn push(&mut self, v: usize, a: usize, d: i64) {
-        let w = self.to[a] as usize;
-        self.res[a] -= d;
-        self.res[self.rev[a] as usize] += d;
+        let (w, r) = (self.arcs[a].to as usize, self.arcs[a].rev as usize);
+        self.arcs[a].res -= d;
+        self.arcs[r].res += d;
         self.excess[v] -= d;
         self.excess[w] += d;
     }
@@ -123,8 +131,8 @@ impl Net {
         let n = self.first.len() - 1;
         for v in 0..n {
             for a in self.first[v] as usize..self.first[v + 1] as usize {
-                if self.res[a] > 0 && self.reduced(v, a) < -eps {
-                    self.push(v, a, self.res[a]);
+                if self.arcs[a].res > 0 && self.reduced(v, a) < -eps {
+                    self.push(v, a, self.arcs[a].res);
                 }
             }
         }
@@ -150,9 +158,9 @@ impl Net {
         while self.excess[v] > 0 {
             let mut a = cur[v] as usize;
             while a < end {
-                if self.res[a] > 0 && self.reduced(v, a) < 0 {
-                    let w = self.to[a] as usize;
-                    let d = self.excess[v].min(self.res[a]);
+                if self.arcs[a].res > 0 && self.reduced(v, a) < 0 {
+                    let w = self.arcs[a].to as usize;
+                    let d = self.excess[v].min(self.arcs[a].res);
                     self.push(v, a, d);
                     if self.excess[w] > 0 && !queued[w] {
                         queued[w] = true;
@@ -177,8 +185,9 @@ impl Net {
         let (lo, hi) = (self.first[v] as usize, self.first[v + 1] as usize);
         let mut best: Option<(i128, usize)> = None;
         for a in lo..hi {
-            if self.res[a] > 0 {
-                let cand = self.price[self.to[a] as usize] - self.cost[a] as i128;
+            let arc = &self.arcs[a];
+            if arc.res > 0 {
+                let cand = self.price[arc.to as usize] - arc.cost as i128;
                 if best.is_none_or(|(b, _)| cand > b) {
                     best = Some((cand, a));
                 }

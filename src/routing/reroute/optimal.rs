@@ -69,9 +69,15 @@ pub(crate) fn default_extra(k: usize, experts: usize) -> usize {
 }
 
 /// `p` in fixed point with `frac` fraction bits (round to nearest).
-#[inline]
+#[cfg(test)]
 pub(crate) fn fixed(p: f32, frac: u32) -> i64 {
-    (p as f64 * (frac as f64).exp2()).round() as i64
+    fixed_mul(p, (frac as f64).exp2())
+}
+
+/// [`fixed`] with the power of two precomputed (exact: `mul` is `2^frac`).
+#[inline]
+fn fixed_mul(p: f32, mul: f64) -> i64 {
+    (p as f64 * mul).round() as i64
 }
 
 /// Fraction bits such that `S * 2^frac` stays below 2^61.
@@ -80,9 +86,11 @@ fn frac_bits(scale: i64) -> u32 {
     FRAC_BITS.min(61u32.saturating_sub(bits))
 }
 
-/// Each token's `k + extra` most preferred experts, then its best `roomy_max` experts
-/// among the bins that plain top-k leaves with room (where overflow goes), so
-/// that the certificate rarely has to add any.
+/// Each token's `k + extra` most preferred experts, then its best `roomy_max`
+/// experts among the bins that plain top-k leaves with room (where overflow
+/// goes), so that the certificate rarely has to add any. Both parts are in
+/// preference order (decreasing `p`, ties to the lower index); only the
+/// selected prefixes are sorted.
 fn initial_candidates(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) -> Vec<Vec<u32>> {
     let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
     let mut load = vec![0u64; bins.count()];
@@ -93,120 +101,112 @@ fn initial_candidates(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) 
         .map(|e| load[bins.bin(e)] < bins.cap(bins.bin(e)))
         .collect();
     let width = (k + extra).min(experts);
+    let mut order: Vec<u32> = Vec::with_capacity(experts);
     (0..tokens)
         .map(|t| {
-            let pref = gate.preference(t);
-            let mut c = pref[..width].to_vec();
-            c.extend(
-                pref[width..]
-                    .iter()
-                    .filter(|&&e| roomy[e as usize])
-                    .take(roomy_max),
-            );
+            let p = gate.prob_row(t);
+            let before = |a: &u32, b: &u32| {
+                p[*b as usize]
+                    .total_cmp(&p[*a as usize])
+                    .then_with(|| a.cmp(b))
+            };
+            order.clear();
+            order.extend(0..experts as u32);
+            select_sorted(&mut order, width, before);
+            let mut c = order[..width].to_vec();
+            let rest = &mut order[width..];
+            let n = partition(rest, |e| roomy[e as usize]);
+            let take = roomy_max.min(n);
+            select_sorted(&mut rest[..n], take, before);
+            c.extend_from_slice(&rest[..take]);
             c
         })
         .collect()
 }
 
+/// Moves the elements that satisfy `keep` to the front, in no particular
+/// order; returns their count.
+fn partition(v: &mut [u32], keep: impl Fn(u32) -> bool) -> usize {
+    let mut n = 0;
+    for i in 0..v.len() {
+        if keep(v[i]) {
+            v.swap(n, i);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Puts the `n` first elements of `v` under the total order `before` into
+/// `v[..n]`, sorted.
+fn select_sorted(v: &mut [u32], n: usize, before: impl Fn(&u32, &u32) -> std::cmp::Ordering) {
+    if n == 0 {
+        return;
+    }
+    if n < v.len() {
+        v.select_nth_unstable_by(n - 1, &before);
+    }
+    v[..n].sort_unstable_by(&before);
+}
+
+/// The flow state between refines: candidate arcs and the flow on every arc.
+struct State {
+    /// Candidate experts per token, in the order their arcs are built.
+    cands: Vec<Vec<u32>>,
+    /// `on[t][i]`: the arc to `cands[t][i]` carries a unit.
+    on: Vec<Vec<bool>>,
+    drop_flow: Vec<i64>,
+    bin_flow: Vec<i64>,
+}
+
 pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) -> Solution {
-    let (tokens, experts, k) = (gate.tokens(), gate.experts(), gate.top_k());
+    let (tokens, k) = (gate.tokens(), gate.top_k());
     let nb = bins.count();
     let scale = 2 * (nb as i64 + 1) + 1;
     let frac = frac_bits(scale);
+    let mul = (frac as f64).exp2();
+    let cost = |t: usize, e: usize| -fixed_mul(gate.p(t, e), mul) * scale;
     let z = tokens + nb;
-    let cost = |t: usize, e: usize| -fixed(gate.p(t, e), frac) * scale;
-    // Candidate lists in preference order; `on[t][i]` is the flow on the arc.
-    let mut cands = initial_candidates(gate, bins, extra, roomy_max);
-    let mut on: Vec<Vec<bool>> = cands.iter().map(|c| vec![false; c.len()]).collect();
-    let mut drop_flow = vec![0i64; tokens];
-    let mut bin_flow = vec![0i64; nb];
-    let mut price = vec![0i128; z + 1];
+    let cands = initial_candidates(gate, bins, extra, roomy_max);
+    let mut st = State {
+        on: cands.iter().map(|c| vec![false; c.len()]).collect(),
+        cands,
+        drop_flow: vec![0; tokens],
+        bin_flow: vec![0; nb],
+    };
     let total = (tokens as i64).saturating_mul(k as i64);
     let mut supply = vec![k as i64; z + 1];
     supply[tokens..].fill(0);
     supply[z] = -total;
     // A zero flow with zero prices is eps-optimal for eps = the largest |cost|.
-    let mut eps0: i128 = cands
+    let mut eps: i128 = st
+        .cands
         .iter()
         .enumerate()
         .flat_map(|(t, c)| c.iter().map(move |&e| (t, e as usize)))
         .map(|(t, e)| -(cost(t, e) as i128))
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(1);
+    let mut net = build(gate, bins, &st, &supply, &cost, vec![0; z + 1]);
     let mut rounds = 0;
     loop {
-        let mut edges = Vec::with_capacity(cands.iter().map(|c| c.len() + 1).sum::<usize>() + nb);
-        for t in 0..tokens {
-            for (i, &e) in cands[t].iter().enumerate() {
-                edges.push(Edge {
-                    from: t as u32,
-                    to: (tokens + bins.bin(e as usize)) as u32,
-                    cap: 1,
-                    cost: cost(t, e as usize),
-                    flow: i64::from(on[t][i]),
-                });
-            }
-            edges.push(Edge {
-                from: t as u32,
-                to: z as u32,
-                cap: k as i64,
-                cost: 0,
-                flow: drop_flow[t],
-            });
-        }
-        for (b, &flow) in bin_flow.iter().enumerate() {
-            edges.push(Edge {
-                from: (tokens + b) as u32,
-                to: z as u32,
-                cap: i64::try_from(bins.cap(b)).unwrap_or(i64::MAX).min(total),
-                cost: 0,
-                flow,
-            });
-        }
-        let mut net = Net::new(&supply, &edges, price);
-        net.scale(eps0, ALPHA);
-        let mut i = 0;
-        for t in 0..tokens {
-            for f in on[t].iter_mut() {
-                *f = net.flow(i) == 1;
-                i += 1;
-            }
-            drop_flow[t] = net.flow(i);
-            i += 1;
-        }
-        for f in bin_flow.iter_mut() {
-            *f = net.flow(i);
-            i += 1;
-        }
-        price = net.price;
-        // Certificate: every arc outside the candidates must be 1-optimal.
-        eps0 = 0;
-        for t in 0..tokens {
-            if cands[t].len() == experts {
-                continue;
-            }
-            let mut is_cand = vec![false; experts];
-            for &e in &cands[t] {
-                is_cand[e as usize] = true;
-            }
-            for e in 0..experts {
-                if is_cand[e] {
-                    continue;
-                }
-                let rc = cost(t, e) as i128 + price[t] - price[tokens + bins.bin(e)];
-                if rc < -1 {
-                    eps0 = eps0.max(-rc);
-                    cands[t].push(e as u32);
-                    on[t].push(false);
-                }
-            }
-        }
-        if eps0 == 0 {
+        net.scale(eps, ALPHA);
+        read_back(&net, &mut st);
+        let worst = certify(gate, bins, &mut st, &net.price, &cost);
+        if worst == 0 {
             break;
         }
+        // Violating arcs joined: rebuild and resume scaling from the worst
+        // violation (a smaller start starves the refines into price wars).
         rounds += 1;
+        let price = std::mem::take(&mut net.price);
+        drop(net);
+        net = build(gate, bins, &st, &supply, &cost, price);
+        eps = worst;
     }
-    let served = Served::from_lists(cands.iter().zip(&on).map(|(c, f)| {
+    read_back(&net, &mut st);
+    let served = Served::from_lists(st.cands.iter().zip(&st.on).map(|(c, f)| {
         c.iter()
             .zip(f)
             .filter(|(_, &f)| f)
@@ -215,9 +215,108 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
     }));
     Solution {
         served,
-        price,
+        price: net.price,
         scale,
         frac_bits: frac,
         rounds,
     }
+}
+
+/// The network of the candidate arcs with their flows, arcs in token order.
+fn build(
+    gate: &Gate,
+    bins: &Bins,
+    st: &State,
+    supply: &[i64],
+    cost: &impl Fn(usize, usize) -> i64,
+    price: Vec<i128>,
+) -> Net {
+    let (tokens, k, nb) = (gate.tokens(), gate.top_k(), bins.count());
+    let z = (tokens + nb) as u32;
+    let total = -supply[z as usize];
+    let mut edges = Vec::with_capacity(st.cands.iter().map(|c| c.len() + 1).sum::<usize>() + nb);
+    for t in 0..tokens {
+        for (&e, &on) in st.cands[t].iter().zip(&st.on[t]) {
+            edges.push(Edge {
+                from: t as u32,
+                to: (tokens + bins.bin(e as usize)) as u32,
+                cap: 1,
+                cost: cost(t, e as usize),
+                flow: i64::from(on),
+            });
+        }
+        edges.push(Edge {
+            from: t as u32,
+            to: z,
+            cap: k as i64,
+            cost: 0,
+            flow: st.drop_flow[t],
+        });
+    }
+    for (b, &flow) in st.bin_flow.iter().enumerate() {
+        edges.push(Edge {
+            from: (tokens + b) as u32,
+            to: z,
+            cap: i64::try_from(bins.cap(b)).unwrap_or(i64::MAX).min(total),
+            cost: 0,
+            flow,
+        });
+    }
+    Net::new(supply, &edges, price)
+}
+
+/// Copies the flow on every arc (in [`build`]'s order) into `st`.
+fn read_back(net: &Net, st: &mut State) {
+    let mut i = 0;
+    for (on, drop) in st.on.iter_mut().zip(st.drop_flow.iter_mut()) {
+        for f in on.iter_mut() {
+            *f = net.flow(i) == 1;
+            i += 1;
+        }
+        *drop = net.flow(i);
+        i += 1;
+    }
+    for f in st.bin_flow.iter_mut() {
+        *f = net.flow(i);
+        i += 1;
+    }
+}
+
+/// Adds every arc outside the candidates whose reduced cost is below -1
+/// (it would break 1-optimality); returns the worst violation, 0 when there
+/// is none.
+fn certify(
+    gate: &Gate,
+    bins: &Bins,
+    st: &mut State,
+    price: &[i128],
+    cost: &impl Fn(usize, usize) -> i64,
+) -> i128 {
+    let (tokens, experts) = (gate.tokens(), gate.experts());
+    let mut is_cand = vec![false; experts];
+    let mut worst = 0;
+    for t in 0..tokens {
+        if st.cands[t].len() == experts {
+            continue;
+        }
+        for &e in &st.cands[t] {
+            is_cand[e as usize] = true;
+        }
+        let old = st.cands[t].len();
+        for (e, cand) in is_cand.iter().enumerate() {
+            if *cand {
+                continue;
+            }
+            let rc = cost(t, e) as i128 + price[t] - price[tokens + bins.bin(e)];
+            if rc < -1 {
+                worst = worst.max(-rc);
+                st.cands[t].push(e as u32);
+                st.on[t].push(false);
+            }
+        }
+        for &e in &st.cands[t][..old] {
+            is_cand[e as usize] = false;
+        }
+    }
+    worst
 }
