@@ -423,3 +423,61 @@ fn random_skewed_model_matches_cpu() {
         );
     }
 }
+
+/// `Backend::moe` on the GPU routes on the device: its plan is bit for bit
+/// the oracle's plan of the same device logits (the host-routed layer,
+/// `MoeWeights::forward_host`), for every device policy, with and without a
+/// router bias, and its output matches the host-routed layer's.
+#[test]
+fn device_routed_moe_layer_matches_the_host_routed_one() {
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let opts = InitOptions::new(5).with_skew(Skew::Ratio(1.6));
+    let mut model = Model::random_host(g, cfg, &opts).unwrap();
+    let hidden = model.config().hidden_size;
+    let k = model.config().num_experts_per_tok;
+    let biases: Vec<Option<Vec<f32>>> = model
+        .layers()
+        .iter()
+        .map(|l| l.moe.router_bias.clone())
+        .collect();
+    assert!(biases.iter().all(|b| b.is_some()), "skew sets a bias");
+    let mut checked = 0;
+    for tokens in [1usize, 7, 64] {
+        let h = model
+            .backend()
+            .upload(&rand(tokens * hidden, tokens as u64, 1.0), tokens, hidden)
+            .unwrap();
+        for (li, layer_bias) in biases.iter().enumerate() {
+            for policy in [
+                "none",
+                "drop:score",
+                "drop:order",
+                "reroute:next-best",
+                "expand:local",
+            ] {
+                let p: Policy = policy.parse().unwrap();
+                let mut r = RouterConfig::new(k, p).with_ranks(2);
+                if p.has_capacity() {
+                    r = r.with_capacity_factor(1.0);
+                }
+                for bias in [None, layer_bias.clone()] {
+                    let what = format!("T{tokens} layer {li} {policy} bias {}", bias.is_some());
+                    model.layers_mut()[li].moe.router_bias = bias;
+                    let (be, moe) = (model.backend(), &model.layers()[li].moe);
+                    let host = moe.forward_host(be, &h, &r).unwrap();
+                    let dev = be.moe(moe, &h, &r).unwrap();
+                    assert_eq!(dev.plan, host.plan, "{what}");
+                    let (a, b) = (
+                        be.download(&dev.out).unwrap(),
+                        be.download(&host.out).unwrap(),
+                    );
+                    let scale = max_abs(&b).max(1e-3);
+                    close(&what, &a, &b, 2.0f32.powi(-8), 1e-3 * scale);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} device-routed layers equal the host-routed ones");
+}

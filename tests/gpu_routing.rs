@@ -136,6 +136,79 @@ fn gpu_plans_are_bit_identical_to_the_oracle() {
     eprintln!("{checked} plans bit-identical");
 }
 
+/// The router bias is added inside the gating kernel: the plan equals the
+/// oracle's on `logits + bias` summed in f32 on the host (the model's
+/// `router_logits`), for spread, tied and hot biases.
+#[test]
+fn gpu_router_bias_is_added_on_the_device() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    for &(t, e, k) in &[
+        (0usize, 8usize, 2usize),
+        (1, 8, 8),
+        (97, 8, 2),
+        (300, 64, 8),
+        (40, 256, 8),
+    ] {
+        let logits: Vec<f32> = (0..t * e).map(|_| rng.normal() as f32).collect();
+        let biases = [
+            (0..e)
+                .map(|_| rng.normal() as f32 * 1.5)
+                .collect::<Vec<f32>>(),
+            (0..e).map(|i| (i % 3) as f32 * 0.5).collect(),
+            (0..e)
+                .map(|i| if i == e / 2 { 8.0 } else { -0.25 })
+                .collect(),
+        ];
+        for bias in biases {
+            let mut host = logits.clone();
+            for (i, v) in host.iter_mut().enumerate() {
+                *v += bias[i % e];
+            }
+            let l = Logits::new(&host, t, e).unwrap();
+            let db = g.stream().clone_htod(&bias).unwrap();
+            for cfg in configs(e, k) {
+                let want = route(&l, &cfg).unwrap();
+                let got = GpuRouter::new(&g, cfg.clone())
+                    .unwrap()
+                    .with_max_rounds(16 * e + 64)
+                    .route_biased(&upload(&g, &logits), Some(&db), t, e)
+                    .unwrap()
+                    .to_host()
+                    .unwrap();
+                assert_eq!(got, want, "T{t} E{e} k{k} {cfg:?}");
+            }
+        }
+    }
+    // A bias of the wrong length is refused before any launch.
+    let router = GpuRouter::new(&g, RouterConfig::new(2, Policy::None)).unwrap();
+    let short = g.stream().clone_htod(&[0.0f32; 7]).unwrap();
+    match router.route_biased(&upload(&g, &[0.0; 16]), Some(&short), 2, 8) {
+        Err(GpuError::Shape { what, .. }) => assert!(what.contains("bias"), "{what}"),
+        Err(e) => panic!("expected a Shape error, got {e}"),
+        Ok(_) => panic!("a 7-long bias for 8 experts was accepted"),
+    }
+    // A finite logit that the bias pushes to Inf is named like a bad logit.
+    let mut logits = vec![0.0f32; 16];
+    logits[13] = f32::MAX;
+    let bias = g.stream().clone_htod(&[f32::MAX; 8]).unwrap();
+    match router
+        .route_biased(&upload(&g, &logits), Some(&bias), 2, 8)
+        .unwrap()
+        .to_host()
+    {
+        Err(GpuError::Routing(capmoe::RoutingError::NonFiniteLogit {
+            token,
+            expert,
+            value,
+        })) => {
+            assert_eq!((token, expert), (1, 5));
+            assert_eq!(value, f32::INFINITY);
+        }
+        other => panic!("expected NonFiniteLogit, got {other:?}"),
+    }
+}
+
 #[test]
 fn gpu_dispatch_overflow_and_combine_match_the_oracle() {
     let Some(g) = gpu() else { return };

@@ -69,12 +69,15 @@ typedef struct capmoe_shape {
 } capmoe_shape;
 
 /* Fused gating. probs [T, E], topk [T, k] (decreasing p, ties to the lower index), topk_sum [T].
- * 1 <= E <= 512, 1 <= k <= E. A token with a NaN or Inf logit gets probs 0, top-k 0..k-1 and
- * sum 0 (in range for every later kernel), and the first such logit is recorded in *nonfinite
- * (one uint64 the caller zeroes; never cleared here): it ends as the max over bad logits of
- * ~(flat index << 32 | f32 bits), so 0 means none and ~*nonfinite names the lowest index. */
+ * 1 <= E <= 512, 1 <= k <= E. bias [E] (NULL: none) is added to every token's logits first, in
+ * f32 round-to-nearest (the router's synthetic skew). A token with a NaN or Inf logit (after the
+ * bias) gets probs 0, top-k 0..k-1 and sum 0 (in range for every later kernel), and the first
+ * such logit is recorded in *nonfinite (one uint64 the caller zeroes; never cleared here): it
+ * ends as the max over bad logits of ~(flat index << 32 | f32 bits), so 0 means none and
+ * ~*nonfinite names the lowest index. */
 typedef struct capmoe_gate_args {
   const float* logits;
+  const float* bias;
   capmoe_shape shape;
   float* probs;
   int32_t* topk;

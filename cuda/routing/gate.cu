@@ -14,7 +14,8 @@ constexpr int kWarpsPerBlock = 8;
 // which makes each lane's running sum the canonical lane partial.
 template <int EPL>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-gate_kernel(const float* __restrict__ logits, int tokens, int experts, int k,
+gate_kernel(const float* __restrict__ logits, const float* __restrict__ bias, int tokens,
+            int experts, int k,
             float* __restrict__ probs, int* __restrict__ topk, float* __restrict__ topk_sum,
             unsigned long long* __restrict__ nonfinite) {
   const int lane = threadIdx.x & 31;
@@ -29,7 +30,7 @@ gate_kernel(const float* __restrict__ logits, int tokens, int experts, int k,
 #pragma unroll
   for (int i = 0; i < EPL; ++i) {
     const int e = lane + 32 * i;
-    v[i] = e < experts ? row[e] : -INFINITY;
+    v[i] = e < experts ? (bias ? __fadd_rn(row[e], bias[e]) : row[e]) : -INFINITY;
     if (e < experts && !isfinite(v[i]) && bad == 0)
       bad = ((static_cast<unsigned long long>(t) * experts + e) << 32 | __float_as_uint(v[i])) + 1;
     m = fmaxf(m, v[i]);
@@ -94,7 +95,7 @@ template <int EPL>
 int launch_gate(const capmoe_gate_args& a, capmoe_stream_t stream) {
   const int blocks = (a.shape.tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
   CAPMOE_LAUNCH(blocks, kWarpsPerBlock * 32, 0, stream, gate_kernel<EPL>)(
-      a.logits, a.shape.tokens, a.shape.experts, a.shape.k, a.probs, a.topk, a.topk_sum,
+      a.logits, a.bias, a.shape.tokens, a.shape.experts, a.shape.k, a.probs, a.topk, a.topk_sum,
       reinterpret_cast<unsigned long long*>(a.nonfinite));
   return last_status();
 }

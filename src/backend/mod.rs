@@ -19,7 +19,7 @@ pub use host::{HostTensor, Storage};
 pub use moe::{rank_experts, ExpertWeights, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
-use crate::routing::{DispatchLayout, RoutingPlan};
+use crate::routing::{DispatchLayout, RouterConfig, RoutingPlan};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -348,5 +348,23 @@ pub trait Backend: Send + Sync + Sized {
     /// tile; 1 on the CPU).
     fn dispatch_tile(&self) -> usize {
         1
+    }
+
+    /// The whole MoE layer on `x` (`[tokens, hidden]`, post-attention-normed):
+    /// router GEMM, bias, routing under `router`, dispatch, the experts and
+    /// combine. The model calls only this, so a backend owns how it routes.
+    /// The default routes on the host with the oracle
+    /// ([`MoeWeights::forward_host`]); the CUDA backend routes on the device.
+    /// Every backend returns the oracle's plan, bit for bit.
+    fn moe(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &Self::Act,
+        router: &RouterConfig,
+    ) -> Result<MoeOutput<Self>, BackendError>
+    where
+        Self: Sized,
+    {
+        w.forward_host(self, x, router)
     }
 }

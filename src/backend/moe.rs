@@ -113,8 +113,20 @@ impl<B: Backend> MoeWeights<B> {
         Ok(route_gate(&gate, router)?)
     }
 
-    /// The whole MoE layer: route, dispatch, every expert's FFN, combine.
+    /// The whole MoE layer as the backend runs it ([`Backend::moe`]).
     pub fn forward(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<MoeOutput<B>, BackendError> {
+        backend.moe(self, x, router)
+    }
+
+    /// The MoE layer routed on the host: [`MoeWeights::route`], then
+    /// dispatch, every expert's FFN and combine through the backend's
+    /// primitives (the default [`Backend::moe`]).
+    pub fn forward_host(
         &self,
         backend: &B,
         x: &B::Act,

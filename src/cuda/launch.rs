@@ -279,6 +279,7 @@ mod tests {
         assert_eq!(code, sys::CAPMOE_STATUS_BAD_ARGUMENT);
         let a = sys::capmoe_gate_args {
             logits: std::ptr::null(),
+            bias: std::ptr::null(),
             shape: Shape::default(), // 0 experts: refused
             probs: std::ptr::null_mut(),
             topk: std::ptr::null_mut(),

@@ -41,6 +41,7 @@ pub struct capmoe_shape {
 #[derive(Debug, Copy, Clone)]
 pub struct capmoe_gate_args {
     pub logits: *const f32,
+    pub bias: *const f32,
     pub shape: capmoe_shape,
     pub probs: *mut f32,
     pub topk: *mut i32,
@@ -239,20 +240,22 @@ const _: () = {
 };
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of capmoe_gate_args"][::core::mem::size_of::<capmoe_gate_args>() - 56usize];
+    ["Size of capmoe_gate_args"][::core::mem::size_of::<capmoe_gate_args>() - 64usize];
     ["Alignment of capmoe_gate_args"][::core::mem::align_of::<capmoe_gate_args>() - 8usize];
     ["Offset of field: capmoe_gate_args::logits"]
         [::core::mem::offset_of!(capmoe_gate_args, logits) - 0usize];
+    ["Offset of field: capmoe_gate_args::bias"]
+        [::core::mem::offset_of!(capmoe_gate_args, bias) - 8usize];
     ["Offset of field: capmoe_gate_args::shape"]
-        [::core::mem::offset_of!(capmoe_gate_args, shape) - 8usize];
+        [::core::mem::offset_of!(capmoe_gate_args, shape) - 16usize];
     ["Offset of field: capmoe_gate_args::probs"]
-        [::core::mem::offset_of!(capmoe_gate_args, probs) - 24usize];
+        [::core::mem::offset_of!(capmoe_gate_args, probs) - 32usize];
     ["Offset of field: capmoe_gate_args::topk"]
-        [::core::mem::offset_of!(capmoe_gate_args, topk) - 32usize];
+        [::core::mem::offset_of!(capmoe_gate_args, topk) - 40usize];
     ["Offset of field: capmoe_gate_args::topk_sum"]
-        [::core::mem::offset_of!(capmoe_gate_args, topk_sum) - 40usize];
+        [::core::mem::offset_of!(capmoe_gate_args, topk_sum) - 48usize];
     ["Offset of field: capmoe_gate_args::nonfinite"]
-        [::core::mem::offset_of!(capmoe_gate_args, nonfinite) - 48usize];
+        [::core::mem::offset_of!(capmoe_gate_args, nonfinite) - 56usize];
 };
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {

@@ -8,10 +8,12 @@
 //! through cuBLAS (`cublasGemmEx`, bf16 x bf16 -> f32 compute); the router
 //! and LM-head logits leave the device as f32 straight from the GEMM
 //! ([`Backend::linear_to_host`]). The hand-written kernels are in
-//! cuda/model/ (twins: the CPU backend's ops); the MoE block reuses the
-//! routing gather and combine kernels and [`crate::cuda::ExpertFfn::forward_layout`]
-//! over the host-made plan (the routing contract makes it bit-identical to
-//! the device router's).
+//! cuda/model/ (twins: the CPU backend's ops). The MoE layer
+//! ([`Backend::moe`]) routes on the device with the router GEMM's f32
+//! logits ([`crate::cuda::GpuRouter`], bit-identical to the oracle) and runs
+//! the same layer code as [`crate::cuda::MoeLayer`]; the per-primitive
+//! entries (dispatch, expert_ffn, combine over a host plan) remain for the
+//! EP benchmark's per-rank replay.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,11 +37,11 @@ pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 use crate::backend::shape_err;
 use crate::backend::{
     name_seed32, AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, ExpertsShape,
-    HostTensor, RandomInit, Rope,
+    HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
 };
 use crate::cuda::{model_launch, GpuError};
 use crate::cuda::{ExpertFfn, FfnShape};
-use crate::routing::{DispatchLayout, RoutingPlan};
+use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use device::{bf16_bits, i32_of};
@@ -456,5 +458,23 @@ impl Backend for CudaBackend {
             ));
         }
         Ok(moe::combine(&self.gpu, plan, layout, expert_out)?)
+    }
+
+    /// Routes on the device: the router GEMM's f32 logits stay there, the
+    /// bias is added in the gating kernel, and the layer runs through the
+    /// same code as [`crate::cuda::MoeLayer`]. `reroute:optimal` has no
+    /// device router yet and routes on the host (the plan is the same: both
+    /// are the oracle's). The plan comes back to the host for the caller's
+    /// record: one download per layer (a device-side record is to come).
+    fn moe(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &CudaAct,
+        router: &RouterConfig,
+    ) -> Result<MoeOutput<Self>, BackendError> {
+        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
+            return w.forward_host(self, x, router);
+        }
+        moe::forward_device(self, w, x, router)
     }
 }

@@ -5,9 +5,11 @@
 //! kernel needs are uploaded, stream-ordered.
 
 use super::tensor::CudaAct;
-use crate::backend::{CpuBackend, ExpertWeights};
-use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError};
-use crate::routing::{DispatchLayout, RoutingPlan, PAD};
+use super::CudaBackend;
+use crate::backend::{Backend, CpuBackend, ExpertWeights, MoeOutput, MoeWeights};
+use crate::cuda::ffn::layer_forward;
+use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError, GpuRouter};
+use crate::routing::{DispatchLayout, RouterConfig, RoutingPlan, PAD};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -183,5 +185,50 @@ pub(super) fn combine(
         data: out,
         rows: t,
         cols: hidden,
+    })
+}
+
+/// `Backend::moe` on the device (see there): logits from the router GEMM in
+/// f32, bias uploaded next to them, then [`layer_forward`].
+pub(super) fn forward_device(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
+    let ffn = &w.experts.ffn;
+    let shape = ffn.shape();
+    if (be.mat_shape(&w.gate)) != (shape.experts, x.cols) || x.cols != shape.hidden {
+        return Err(crate::backend::shape_err(
+            "MoE input / router [experts, hidden]",
+            vec![x.rows, x.cols],
+            vec![x.rows, shape.hidden],
+        ));
+    }
+    let st = be.gpu.stream();
+    let logits = super::blas::linear::<f32>(&be.blas, st, x, &w.gate)?;
+    let bias = match &w.router_bias {
+        Some(b) if b.len() != shape.experts => {
+            return Err(crate::backend::shape_err(
+                "router bias",
+                vec![b.len()],
+                vec![shape.experts],
+            ))
+        }
+        Some(b) => Some(st.clone_htod(b)?),
+        None => None,
+    };
+    let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
+    let (out, gplan) = layer_forward(&gpu_router, ffn, &logits, bias.as_ref(), &x.data, x.rows)?;
+    let plan = gplan.to_host()?;
+    let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
+    Ok(MoeOutput {
+        out: CudaAct {
+            data: out,
+            rows: x.rows,
+            cols: shape.hidden,
+        },
+        plan,
+        layout,
     })
 }

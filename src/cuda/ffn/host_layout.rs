@@ -1,6 +1,6 @@
 //! The expert FFN over a dispatch layout made on the host (the CPU oracle's
-//! `DispatchLayout`), for callers that route on the host: the model's CUDA
-//! backend and one EP rank's replay of its experts.
+//! `DispatchLayout`), for callers that route on the host: the CUDA backend's
+//! `reroute:optimal` layers and one EP rank's replay of its experts.
 
 use super::expert_ffn::{to_i32, ExpertFfn};
 use crate::cuda::{GpuError, GpuGemmArgs};

@@ -56,12 +56,27 @@ impl MoeLayer {
         x: &CudaSlice<u16>,
         tokens: usize,
     ) -> Result<(CudaSlice<u16>, GpuPlan), GpuError> {
-        let shape = self.ffn.shape();
-        let plan = self.router.route(logits, tokens, shape.experts)?;
-        let d = plan.dispatch(DISPATCH_TILE)?;
-        let rows = plan.gather_bf16(&d, x, shape.hidden)?;
-        let y = self.ffn.forward(&plan, &d, &rows)?;
-        let out = plan.combine_bf16(&d, &y, shape.hidden)?;
-        Ok((out, plan))
+        layer_forward(&self.router, &self.ffn, logits, None, x, tokens)
     }
+}
+
+/// The one MoE layer on the GPU, shared by [`MoeLayer`] and the CUDA
+/// backend's `Backend::moe`: device routing (bias added in the gating
+/// kernel), the dispatch layout, the routing gather, the grouped-GEMM
+/// experts and the bf16 combine, all enqueued on the router's stream.
+pub(crate) fn layer_forward(
+    router: &GpuRouter,
+    ffn: &ExpertFfn,
+    logits: &CudaSlice<f32>,
+    bias: Option<&CudaSlice<f32>>,
+    x: &CudaSlice<u16>,
+    tokens: usize,
+) -> Result<(CudaSlice<u16>, GpuPlan), GpuError> {
+    let shape = ffn.shape();
+    let plan = router.route_biased(logits, bias, tokens, shape.experts)?;
+    let d = plan.dispatch(DISPATCH_TILE)?;
+    let rows = plan.gather_bf16(&d, x, shape.hidden)?;
+    let y = ffn.forward(&plan, &d, &rows)?;
+    let out = plan.combine_bf16(&d, &y, shape.hidden)?;
+    Ok((out, plan))
 }

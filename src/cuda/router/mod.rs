@@ -94,6 +94,28 @@ impl GpuRouter {
         tokens: usize,
         experts: usize,
     ) -> Result<GpuPlan, GpuError> {
+        self.route_biased(logits, None, tokens, experts)
+    }
+
+    /// [`GpuRouter::route`] with a per-expert logit bias `[experts]` added on
+    /// the device inside the gating kernel (f32, round to nearest: the same
+    /// sum the host oracle gates on), so a biased router needs no extra pass.
+    pub fn route_biased(
+        &self,
+        logits: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        tokens: usize,
+        experts: usize,
+    ) -> Result<GpuPlan, GpuError> {
+        if let Some(b) = bias {
+            if b.len() != experts {
+                return Err(GpuError::Shape {
+                    what: "router bias (one f32 per expert)",
+                    got: format!("[{}]", b.len()),
+                    expected: format!("[{experts}]"),
+                });
+            }
+        }
         let cfg = &self.cfg;
         let capacity = plan_capacity(tokens, experts, cfg)?;
         if experts == 0 {
@@ -124,7 +146,7 @@ impl GpuRouter {
             k: k as i32,
         };
         let st = self.gpu.stream().clone();
-        let gated = select::gate(&st, shape, logits)?;
+        let gated = select::gate(&st, shape, logits, bias)?;
         let rounds = self.max_rounds.unwrap_or(2 * experts + 16);
         let selected = select::select(&st, cfg, shape, stride, capacity, rounds, &gated)?;
         GpuPlan::build(st, cfg, capacity, shape, stride, rounds, gated, selected)

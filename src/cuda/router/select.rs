@@ -34,6 +34,7 @@ pub(super) fn gate(
     st: &Arc<CudaStream>,
     shape: Shape,
     logits: &CudaSlice<f32>,
+    bias: Option<&CudaSlice<f32>>,
 ) -> Result<Gated, GpuError> {
     let (t, e, k) = (
         shape.tokens as usize,
@@ -47,22 +48,24 @@ pub(super) fn gate(
         nonfinite: alloc(st, 1)?,
     };
     let (l, _gl) = logits.device_ptr(st);
+    let bias = bias.map(|b| b.device_ptr(st));
     let (pp, _gp) = g.probs.device_ptr_mut(st);
     let (tk, _gt) = g.topk.device_ptr_mut(st);
     let (ts, _gs) = g.topk_sum.device_ptr_mut(st);
     let (nf, _gn) = g.nonfinite.device_ptr_mut(st);
     let a = sys::capmoe_gate_args {
         logits: ptr(l),
+        bias: bias.as_ref().map_or(std::ptr::null(), |(b, _)| ptr(*b)),
         shape,
         probs: ptr_mut(pp),
         topk: ptr_mut(tk),
         topk_sum: ptr_mut(ts),
         nonfinite: ptr_mut(nf),
     };
-    // SAFETY: buffers sized for `shape` just above (logits by the caller's
-    // check); the guards live across the launch.
+    // SAFETY: buffers sized for `shape` just above (logits and bias by the
+    // caller's checks); the guards live across the launch.
     unsafe { launch::gate(&a, raw(st))? };
-    drop((_gl, _gp, _gt, _gs, _gn));
+    drop((_gl, bias, _gp, _gt, _gs, _gn));
     Ok(g)
 }
 
