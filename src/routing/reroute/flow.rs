@@ -4,8 +4,9 @@
 //! `v -> w` is `c + p[v] - p[w]`. A pseudoflow is eps-optimal when every
 //! residual arc has reduced cost `>= -eps`. `refine(eps)` turns an
 //! (alpha*eps)-optimal flow into an eps-optimal one that meets every supply.
-//! Everything runs in a fixed order (arcs in insertion order, active nodes
-//! FIFO), so the result is a function of the input alone.
+//! Everything runs in a fixed order (each node's arcs in an order set by the
+//! input and the pushes so far, active nodes FIFO), so the result is a
+//! function of the input alone.
 //!
 //! Prices are `i128`: a refine may move a price by a few multiples of the
 //! longest simple residual path times eps, which can pass `i64` even when
@@ -42,7 +43,16 @@ pub(crate) struct Net {
     excess: Vec<i64>,
     /// Arc index of each caller edge, in the order given.
     fwd: Vec<u32>,
+    /// Caller edge of each forward arc (`NONE` for reverse arcs), to keep
+    /// `fwd` right when arcs move.
+    edge: Vec<u32>,
+    /// Node `v`'s arcs with residual capacity are `first[v]..live[v]`, the
+    /// rest after them: scans skip saturated arcs (a bin's reverse arcs are
+    /// mostly empty: it holds a quarter of its candidate tokens).
+    live: Vec<u32>,
 }
+
+const NONE: u32 = u32::MAX;
 
 impl Net {
     /// `supply[v]` units leave node `v` (negative: enter it); supplies sum to 0.
@@ -61,8 +71,9 @@ impl Net {
         let mut next = deg;
         let mut arcs = vec![Arc::default(); m];
         let mut fwd = Vec::with_capacity(edges.len());
+        let mut edge = vec![NONE; m];
         let mut excess = supply.to_vec();
-        for e in edges {
+        for (i, e) in edges.iter().enumerate() {
             let (a, b) = (next[e.from as usize], next[e.to as usize]);
             next[e.from as usize] += 1;
             next[e.to as usize] += 1;
@@ -82,13 +93,45 @@ impl Net {
             excess[e.from as usize] -= e.flow;
             excess[e.to as usize] += e.flow;
             fwd.push(a as u32);
+            edge[a] = i as u32;
         }
-        Self {
+        let mut net = Self {
+            live: first[..n].to_vec(),
             first,
             arcs,
             price,
             excess,
             fwd,
+            edge,
+        };
+        // Partition every node's arcs: residual ones first, in their order.
+        for v in 0..n {
+            for a in net.first[v] as usize..net.first[v + 1] as usize {
+                if net.arcs[a].res > 0 {
+                    let l = net.live[v] as usize;
+                    net.swap(l, a);
+                    net.live[v] += 1;
+                }
+            }
+        }
+        net
+    }
+
+    /// Swaps arcs at positions `x` and `y` of one node, fixing the links to
+    /// them (their reverses' `rev`, and `fwd`).
+    #[inline]
+    fn swap(&mut self, x: usize, y: usize) {
+        if x == y {
+            return;
+        }
+        self.arcs.swap(x, y);
+        self.edge.swap(x, y);
+        for p in [x, y] {
+            let r = self.arcs[p].rev as usize;
+            self.arcs[r].rev = p as u32;
+            if self.edge[p] != NONE {
+                self.fwd[self.edge[p] as usize] = p as u32;
+            }
         }
     }
 
@@ -103,13 +146,29 @@ impl Net {
         arc.cost as i128 + self.price[v] - self.price[arc.to as usize]
     }
 
+    /// Sends `d` units along arc `a` (at `v`). Returns true when that
+    /// saturated `a`, which then left `v`'s live arcs: the arc now at `a` is
+    /// another one, not yet looked at.
     #[inline]
-    fn push(&mut self, v: usize, a: usize, d: i64) {
+    fn push(&mut self, v: usize, a: usize, d: i64) -> bool {
         let (w, r) = (self.arcs[a].to as usize, self.arcs[a].rev as usize);
         self.arcs[a].res -= d;
+        let was = self.arcs[r].res;
         self.arcs[r].res += d;
         self.excess[v] -= d;
         self.excess[w] += d;
+        if was == 0 {
+            let l = self.live[w] as usize;
+            self.swap(l, r);
+            self.live[w] += 1;
+        }
+        if self.arcs[a].res == 0 {
+            self.live[v] -= 1;
+            let l = self.live[v] as usize;
+            self.swap(a, l);
+            return true;
+        }
+        false
     }
 
     /// Cost scaling from an `eps0`-optimal state down to 1-optimal.
@@ -130,10 +189,15 @@ impl Net {
     fn refine(&mut self, eps: i128) {
         let n = self.first.len() - 1;
         for v in 0..n {
-            for a in self.first[v] as usize..self.first[v + 1] as usize {
-                if self.arcs[a].res > 0 && self.reduced(v, a) < -eps {
-                    self.push(v, a, self.arcs[a].res);
+            let mut a = self.first[v] as usize;
+            while a < self.live[v] as usize {
+                if self.reduced(v, a) < -eps {
+                    let res = self.arcs[a].res;
+                    if self.push(v, a, res) {
+                        continue;
+                    }
                 }
+                a += 1;
             }
         }
         let mut queued: Vec<bool> = self.excess.iter().map(|&x| x > 0).collect();
@@ -154,20 +218,22 @@ impl Net {
         queued: &mut [bool],
         queue: &mut VecDeque<u32>,
     ) {
-        let end = self.first[v + 1] as usize;
         while self.excess[v] > 0 {
-            let mut a = cur[v] as usize;
-            while a < end {
-                if self.arcs[a].res > 0 && self.reduced(v, a) < 0 {
+            let mut a = (cur[v] as usize).min(self.live[v] as usize);
+            while a < self.live[v] as usize {
+                if self.reduced(v, a) < 0 {
                     let w = self.arcs[a].to as usize;
                     let d = self.excess[v].min(self.arcs[a].res);
-                    self.push(v, a, d);
+                    let gone = self.push(v, a, d);
                     if self.excess[w] > 0 && !queued[w] {
                         queued[w] = true;
                         queue.push_back(w as u32);
                     }
                     if self.excess[v] == 0 {
                         break;
+                    }
+                    if gone {
+                        continue;
                     }
                 }
                 a += 1;
@@ -182,15 +248,13 @@ impl Net {
     /// Lowers `p[v]` as far as eps-optimality allows; the arc that binds
     /// becomes the current arc.
     fn relabel(&mut self, v: usize, eps: i128, cur: &mut [u32]) {
-        let (lo, hi) = (self.first[v] as usize, self.first[v + 1] as usize);
+        let (lo, hi) = (self.first[v] as usize, self.live[v] as usize);
         let mut best: Option<(i128, usize)> = None;
         for a in lo..hi {
             let arc = &self.arcs[a];
-            if arc.res > 0 {
-                let cand = self.price[arc.to as usize] - arc.cost as i128;
-                if best.is_none_or(|(b, _)| cand > b) {
-                    best = Some((cand, a));
-                }
+            let cand = self.price[arc.to as usize] - arc.cost as i128;
+            if best.is_none_or(|(b, _)| cand > b) {
+                best = Some((cand, a));
             }
         }
         // A node with excess always has a residual arc in a feasible network.
