@@ -25,8 +25,8 @@
 //! 3% sits between. Weights are bf16 on both sides for the fixture (its bf16
 //! checkpoint); for the random model the CPU keeps f32 weights, adding
 //! 2^-9 relative per weight (averaged out in the dot products). Routing
-//! must agree exactly: the router logits leave the GPU as f32 straight from
-//! cuBLAS's accumulator, and the test checks every layer's served experts
+//! must agree exactly: the device router gates on the f32 logits straight
+//! from cuBLAS's accumulator, and the test checks every layer's served experts
 //! equal the CPU's (a flip would be a near-tie at bf16 precision, which the
 //! failure message reports with the CPU's probabilities).
 #![cfg(feature = "cuda")]

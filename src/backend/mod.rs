@@ -361,10 +361,7 @@ pub trait Backend: Send + Sync + Sized {
         w: &MoeWeights<Self>,
         x: &Self::Act,
         router: &RouterConfig,
-    ) -> Result<MoeOutput<Self>, BackendError>
-    where
-        Self: Sized,
-    {
+    ) -> Result<MoeOutput<Self>, BackendError> {
         w.forward_host(self, x, router)
     }
 }

@@ -144,14 +144,20 @@ impl Gate {
     /// Token `t`'s full preference list: every expert, decreasing `p`, ties to
     /// the lower index.
     pub fn preference(&self, t: usize) -> Vec<u32> {
-        let p = self.prob_row(t);
         let mut order: Vec<u32> = (0..self.experts as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            p[b as usize]
-                .total_cmp(&p[a as usize])
-                .then_with(|| a.cmp(&b))
-        });
+        order.sort_unstable_by(preference_order(self.prob_row(t)));
         order
+    }
+}
+
+/// The preference order over a token's experts (`p` is its row): decreasing
+/// `p`, ties to the lower index. A total order, so any partial selection
+/// under it agrees with [`Gate::preference`].
+pub(crate) fn preference_order(p: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+    move |a, b| {
+        p[*b as usize]
+            .total_cmp(&p[*a as usize])
+            .then_with(|| a.cmp(b))
     }
 }
 

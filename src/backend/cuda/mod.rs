@@ -6,8 +6,8 @@
 //! once at upload from the loader's host tensors); every kernel computes in
 //! f32 and rounds its output once. Dense projections and the LM head go
 //! through cuBLAS (`cublasGemmEx`, bf16 x bf16 -> f32 compute); the router
-//! and LM-head logits leave the device as f32 straight from the GEMM
-//! ([`Backend::linear_to_host`]). The hand-written kernels are in
+//! logits feed the device router as f32 straight from the GEMM, and the
+//! LM-head logits leave the device that way ([`Backend::linear_to_host`]). The hand-written kernels are in
 //! cuda/model/ (twins: the CPU backend's ops). The MoE layer
 //! ([`Backend::moe`]) routes on the device with the router GEMM's f32
 //! logits ([`crate::cuda::GpuRouter`], bit-identical to the oracle) and runs

@@ -198,11 +198,19 @@ pub(super) fn forward_device(
 ) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
     let ffn = &w.experts.ffn;
     let shape = ffn.shape();
-    if (be.mat_shape(&w.gate)) != (shape.experts, x.cols) || x.cols != shape.hidden {
+    if x.cols != shape.hidden {
         return Err(crate::backend::shape_err(
-            "MoE input / router [experts, hidden]",
+            "MoE input [tokens, hidden]",
             vec![x.rows, x.cols],
             vec![x.rows, shape.hidden],
+        ));
+    }
+    let (e, h) = be.mat_shape(&w.gate);
+    if (e, h) != (shape.experts, shape.hidden) {
+        return Err(crate::backend::shape_err(
+            "router [experts, hidden]",
+            vec![e, h],
+            vec![shape.experts, shape.hidden],
         ));
     }
     let st = be.gpu.stream();

@@ -25,7 +25,7 @@
 
 use super::flow::{Edge, Net};
 use crate::routing::capacity::Bins;
-use crate::routing::gate::Gate;
+use crate::routing::gate::{preference_order, Gate};
 use crate::routing::served::Served;
 use crate::routing::RoutingError;
 
@@ -104,20 +104,15 @@ fn initial_candidates(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) 
     let mut order: Vec<u32> = Vec::with_capacity(experts);
     (0..tokens)
         .map(|t| {
-            let p = gate.prob_row(t);
-            let before = |a: &u32, b: &u32| {
-                p[*b as usize]
-                    .total_cmp(&p[*a as usize])
-                    .then_with(|| a.cmp(b))
-            };
+            let before = preference_order(gate.prob_row(t));
             order.clear();
             order.extend(0..experts as u32);
-            select_sorted(&mut order, width, before);
+            select_sorted(&mut order, width, &before);
             let mut c = order[..width].to_vec();
             let rest = &mut order[width..];
             let n = partition(rest, |e| roomy[e as usize]);
             let take = roomy_max.min(n);
-            select_sorted(&mut rest[..n], take, before);
+            select_sorted(&mut rest[..n], take, &before);
             c.extend_from_slice(&rest[..take]);
             c
         })
@@ -186,8 +181,7 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
         .flat_map(|(t, c)| c.iter().map(move |&e| (t, e as usize)))
         .map(|(t, e)| -(cost(t, e) as i128))
         .max()
-        .unwrap_or(0)
-        .max(1);
+        .unwrap_or(0);
     let mut net = build(gate, bins, &st, &supply, &cost, vec![0; z + 1]);
     let mut rounds = 0;
     loop {
@@ -205,7 +199,6 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
         net = build(gate, bins, &st, &supply, &cost, price);
         eps = worst;
     }
-    read_back(&net, &mut st);
     let served = Served::from_lists(st.cands.iter().zip(&st.on).map(|(c, f)| {
         c.iter()
             .zip(f)
