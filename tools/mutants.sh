@@ -10,7 +10,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
-work=$(mktemp -d "${TMPDIR:-/tmp}/capmoe-mutants.XXXXXX")
+# Scratch under target/, not /tmp: a CI run lost its /tmp scratch mid-run (something outside this
+# script removed it), and target/ is the build's own.
+mkdir -p target
+work=$(mktemp -d "$root/target/capmoe-mutants.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 san=
 [[ ${CAPMOE_EMU_SANITIZE:-0} == 1 ]] && san=sanitize
@@ -64,6 +67,7 @@ for m in "${mutants[@]}"; do
     (( keep )) || continue
   fi
   rm -rf "$work/cuda" "$work/out"
+  [[ -d $work ]] || { echo "FAIL: the scratch directory $work is gone (removed from outside)" >&2; exit 1; }
   cp -a cuda "$work/cuda"
   if ! python3 - "$work/cuda/$file" "$from" "$to" <<'PY'
 import ast, sys
@@ -86,6 +90,7 @@ PY
   verdict=survived
   while read -r tname bin; do
     # The test harness has no fail-fast: stop the binary at its first failing test or abort.
+    : > "$work/run.log"  # exists before the poll below first greps it
     LD_LIBRARY_PATH="$work/out" CAPMOE_EMU_SEED=7 ${san:+tools/emu-run.sh} timeout 900 \
       "$bin" --test-threads=2 > "$work/run.log" 2>&1 &
     pid=$!
