@@ -28,19 +28,19 @@ pub(crate) struct Edge {
 /// One residual arc. The fields a scan reads sit together: one cache line
 /// holds a few arcs of a node.
 #[derive(Clone, Copy, Default)]
-struct Arc {
-    cost: i64,
-    res: i64,
-    to: u32,
-    rev: u32,
+pub(super) struct Arc {
+    pub cost: i64,
+    pub res: i64,
+    pub to: u32,
+    pub rev: u32,
 }
 
 /// A residual network in CSR form: node `v`'s arcs are `first[v]..first[v+1]`.
 pub(crate) struct Net {
-    first: Vec<u32>,
-    arcs: Vec<Arc>,
+    pub(super) first: Vec<u32>,
+    pub(super) arcs: Vec<Arc>,
     pub price: Vec<i128>,
-    excess: Vec<i64>,
+    pub(super) excess: Vec<i64>,
     /// Arc index of each caller edge, in the order given.
     fwd: Vec<u32>,
     /// Caller edge of each forward arc (`NONE` for reverse arcs), to keep
@@ -49,7 +49,7 @@ pub(crate) struct Net {
     /// Node `v`'s arcs with residual capacity are `first[v]..live[v]`, the
     /// rest after them: scans skip saturated arcs (a bin's reverse arcs are
     /// mostly empty: it holds a quarter of its candidate tokens).
-    live: Vec<u32>,
+    pub(super) live: Vec<u32>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -141,7 +141,7 @@ impl Net {
     }
 
     #[inline]
-    fn reduced(&self, v: usize, a: usize) -> i128 {
+    pub(super) fn reduced(&self, v: usize, a: usize) -> i128 {
         let arc = &self.arcs[a];
         arc.cost as i128 + self.price[v] - self.price[arc.to as usize]
     }
@@ -150,7 +150,7 @@ impl Net {
     /// saturated `a`, which then left `v`'s live arcs: the arc now at `a` is
     /// another one, not yet looked at.
     #[inline]
-    fn push(&mut self, v: usize, a: usize, d: i64) -> bool {
+    pub(super) fn push(&mut self, v: usize, a: usize, d: i64) -> bool {
         let (w, r) = (self.arcs[a].to as usize, self.arcs[a].rev as usize);
         self.arcs[a].res -= d;
         let was = self.arcs[r].res;
@@ -171,16 +171,22 @@ impl Net {
         false
     }
 
-    /// Cost scaling from an `eps0`-optimal state down to 1-optimal.
-    pub fn scale(&mut self, eps0: i128, alpha: i128) {
+    /// Cost scaling from an `eps0`-optimal state down to eps `<= floor` (at
+    /// least 1); returns the eps reached.
+    pub fn scale_until(&mut self, eps0: i128, alpha: i128, floor: i128) -> i128 {
         let mut eps = eps0.max(1);
         loop {
             eps = (eps / alpha).max(1);
             self.refine(eps);
-            if eps == 1 {
-                return;
+            if eps <= floor.max(1) {
+                return eps;
             }
         }
+    }
+
+    /// Cost scaling from an `eps0`-optimal state down to 1-optimal.
+    pub fn scale(&mut self, eps0: i128, alpha: i128) {
+        self.scale_until(eps0, alpha, 1);
     }
 
     /// Makes the flow eps-optimal and balanced (every excess 0). Only arcs
@@ -188,18 +194,7 @@ impl Net {
     /// one), so a nearly optimal warm start stays nearly untouched.
     fn refine(&mut self, eps: i128) {
         let n = self.first.len() - 1;
-        for v in 0..n {
-            let mut a = self.first[v] as usize;
-            while a < self.live[v] as usize {
-                if self.reduced(v, a) < -eps {
-                    let res = self.arcs[a].res;
-                    if self.push(v, a, res) {
-                        continue;
-                    }
-                }
-                a += 1;
-            }
-        }
+        self.saturate_below(-eps);
         let mut queued: Vec<bool> = self.excess.iter().map(|&x| x > 0).collect();
         let mut queue: VecDeque<u32> = (0..n as u32).filter(|&v| queued[v as usize]).collect();
         let mut cur: Vec<u32> = self.first[..n].to_vec();
@@ -207,6 +202,22 @@ impl Net {
             let v = v as usize;
             queued[v] = false;
             self.discharge(v, eps, &mut cur, &mut queued, &mut queue);
+        }
+    }
+
+    /// Saturates every residual arc whose reduced cost is below `floor`.
+    pub(super) fn saturate_below(&mut self, floor: i128) {
+        for v in 0..self.first.len() - 1 {
+            let mut a = self.first[v] as usize;
+            while a < self.live[v] as usize {
+                if self.reduced(v, a) < floor {
+                    let res = self.arcs[a].res;
+                    if self.push(v, a, res) {
+                        continue;
+                    }
+                }
+                a += 1;
+            }
         }
     }
 

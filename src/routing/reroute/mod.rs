@@ -3,6 +3,7 @@
 mod flow;
 pub(crate) mod next_best;
 pub(crate) mod optimal;
+mod repair;
 #[cfg(test)]
 pub(crate) mod ssp;
 #[cfg(test)]

@@ -14,10 +14,14 @@
 //! is `>= 0`: no negative cycle, the flow is optimal for `q`.
 //!
 //! Candidates: each token starts with its `k + extra` most preferred experts
-//! (the arcs outside that set carry no flow). After solving, the dual prices
-//! certify the rest: an arc outside the set whose reduced cost is `< -1`
-//! joins the set, and scaling resumes from the worst such violation. When no
-//! arc violates, the flow is 1-optimal on the full graph, hence optimal.
+//! and its best ones among bins with room (the arcs outside that set carry
+//! no flow). The dual prices certify the rest: an arc outside the set whose
+//! reduced cost is `< -1` joins the set. The check runs part way down the
+//! descent, which then resumes a little above where it was, and at the end,
+//! where violations are repaired by shortest paths when few units are out
+//! of place (`repair.rs`) and by scaling from the worst violation
+//! otherwise. When no arc violates, the flow is 1-optimal on the full
+//! graph, hence optimal.
 //!
 //! Ties: among plans of equal mass the result is the one this fixed sequence
 //! of operations reaches (arcs in token order, each token's candidates in
@@ -32,6 +36,17 @@ use crate::routing::RoutingError;
 const FRAC_BITS: u32 = 48;
 /// Cost scaling factor per refine.
 const ALPHA: i128 = 4;
+/// The mid-descent certificate check comes once eps is below the start
+/// over `2^MID_CHECK_SHIFT` (7 of the ~28 refines at alpha 4, where the
+/// expensive top of the descent is done).
+const MID_CHECK_SHIFT: u32 = 14;
+/// After the mid-descent check the descent resumes at this multiple of the
+/// eps it reached (at most the worst violation).
+const MID_RESUME: i128 = 16;
+/// Units a certificate round may leave out of place and still be repaired by
+/// shortest paths (each phase costs about one scan of the network; a resumed
+/// scaling, about thirty).
+pub(crate) const REPAIR_MAX: i64 = 32;
 
 /// The solver's result with its certificate (the tests check it).
 #[cfg_attr(not(test), allow(dead_code))]
@@ -45,6 +60,12 @@ pub(crate) struct Solution {
     pub frac_bits: u32,
     /// How many times candidates were added.
     pub rounds: usize,
+    /// Rounds that shortest paths repaired.
+    pub repairs: usize,
+    /// Rounds that resumed the scaling.
+    pub resumes: usize,
+    /// Arcs the mid-descent check added.
+    pub mid_arcs: usize,
 }
 
 pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Result<Served, RoutingError> {
@@ -60,12 +81,33 @@ pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Result<Served, RoutingError> 
             expected: max_tokens,
         });
     }
-    Ok(solve(gate, bins, default_extra(k, experts), 2 * k).served)
+    Ok(solve(gate, bins, &Knobs::new(k, experts)).served)
 }
 
-/// Extra candidates per token beyond its top-k.
-pub(crate) fn default_extra(k: usize, experts: usize) -> usize {
-    k.min(experts - k)
+/// How the solver picks its first candidates and restores optimality.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Knobs {
+    /// Extra candidates per token beyond its top-k.
+    pub extra: usize,
+    /// Candidates per token among the bins plain top-k leaves with room.
+    pub roomy_max: usize,
+    /// Units out of place up to which a certificate round is repaired by
+    /// shortest paths rather than by resumed scaling.
+    pub repair_max: i64,
+    /// Check the certificate once part way down the descent too.
+    pub mid_check: bool,
+}
+
+impl Knobs {
+    /// The defaults for top-`k` of `experts`.
+    pub fn new(k: usize, experts: usize) -> Self {
+        Self {
+            extra: k.min(experts - k),
+            roomy_max: 2 * k,
+            repair_max: REPAIR_MAX,
+            mid_check: true,
+        }
+    }
 }
 
 /// `p` in fixed point with `frac` fraction bits (round to nearest).
@@ -154,7 +196,7 @@ struct State {
     bin_flow: Vec<i64>,
 }
 
-pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) -> Solution {
+pub(crate) fn solve(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
     let (tokens, k) = (gate.tokens(), gate.top_k());
     let nb = bins.count();
     let scale = 2 * (nb as i64 + 1) + 1;
@@ -162,7 +204,7 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
     let mul = (frac as f64).exp2();
     let cost = |t: usize, e: usize| -fixed_mul(gate.p(t, e), mul) * scale;
     let z = tokens + nb;
-    let cands = initial_candidates(gate, bins, extra, roomy_max);
+    let cands = initial_candidates(gate, bins, knobs.extra, knobs.roomy_max);
     let mut st = State {
         on: cands.iter().map(|c| vec![false; c.len()]).collect(),
         cands,
@@ -174,7 +216,7 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
     supply[tokens..].fill(0);
     supply[z] = -total;
     // A zero flow with zero prices is eps-optimal for eps = the largest |cost|.
-    let mut eps: i128 = st
+    let eps: i128 = st
         .cands
         .iter()
         .enumerate()
@@ -183,21 +225,58 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
         .max()
         .unwrap_or(0);
     let mut net = build(gate, bins, &st, &supply, &cost, vec![0; z + 1]);
-    let mut rounds = 0;
-    loop {
-        net.scale(eps, ALPHA);
+    let (mut rounds, mut repairs, mut resumes) = (0, 0, 0);
+    // One certificate check part way down: by then the prices show where
+    // overflow is worth placing (on olmoe-like skew at gamma 1, thousands
+    // of cold bins' arcs), and the rest of the descent takes the new arcs
+    // in at a few times the current eps instead of a second descent from
+    // the worst violation at the end.
+    let floor = if knobs.mid_check {
+        eps >> MID_CHECK_SHIFT
+    } else {
+        1
+    };
+    let e = net.scale_until(eps, ALPHA, floor);
+    let mut mid_arcs = 0;
+    if e > 1 {
         read_back(&net, &mut st);
+        let old_len: Vec<usize> = st.cands.iter().map(|c| c.len()).collect();
+        let worst = certify(gate, bins, &mut st, &net.price, &cost);
+        mid_arcs = st.cands.iter().map(Vec::len).sum::<usize>() - old_len.iter().sum::<usize>();
+        if worst > 0 {
+            let mut price = std::mem::take(&mut net.price);
+            raise_prices(gate, bins, &st, &mut price, &cost, &old_len);
+            drop(net);
+            net = build(gate, bins, &st, &supply, &cost, price);
+        }
+        net.scale(e.max(worst.min(e.saturating_mul(MID_RESUME))), ALPHA);
+    }
+    loop {
+        read_back(&net, &mut st);
+        let old_len: Vec<usize> = st.cands.iter().map(|c| c.len()).collect();
         let worst = certify(gate, bins, &mut st, &net.price, &cost);
         if worst == 0 {
             break;
         }
-        // Violating arcs joined: rebuild and resume scaling from the worst
-        // violation (a smaller start starves the refines into price wars).
+        // Violating arcs joined: rebuild, then restore 1-optimality.
         rounds += 1;
-        let price = std::mem::take(&mut net.price);
+        let mut price = std::mem::take(&mut net.price);
+        raise_prices(gate, bins, &st, &mut price, &cost, &old_len);
         drop(net);
         net = build(gate, bins, &st, &supply, &cost, price);
-        eps = worst;
+        let units = net.violation_units(knobs.repair_max);
+        if units == 0 {
+            // The raise alone restored 1-optimality.
+            continue;
+        }
+        if units <= knobs.repair_max && net.repair() {
+            repairs += 1;
+        } else {
+            // Resume scaling from the worst violation (a smaller start
+            // starves the refines into price wars).
+            resumes += 1;
+            net.scale(worst, ALPHA);
+        }
     }
     let served = Served::from_lists(st.cands.iter().zip(&st.on).map(|(c, f)| {
         c.iter()
@@ -212,6 +291,9 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, extra: usize, roomy_max: usize) ->
         scale,
         frac_bits: frac,
         rounds,
+        repairs,
+        resumes,
+        mid_arcs,
     }
 }
 
@@ -312,4 +394,37 @@ fn certify(
         }
     }
     worst
+}
+
+/// Before a certificate round's repair: a token whose new arcs break
+/// 1-optimality keeps at most as many of them violating as it drops units
+/// (what those units can use), and its price rises until the rest reach
+/// reduced cost -1. The raise makes its drop arc's reverse violate, so its
+/// dropped units come back: the excess left lands on bins and the sink, a
+/// short way from where it is needed, instead of one unit per new arc.
+fn raise_prices(
+    gate: &Gate,
+    bins: &Bins,
+    st: &State,
+    price: &mut [i128],
+    cost: &impl Fn(usize, usize) -> i64,
+    old_len: &[usize],
+) {
+    let tokens = gate.tokens();
+    let mut rcs: Vec<i128> = Vec::new();
+    for t in 0..tokens {
+        let new = &st.cands[t][old_len[t]..];
+        if new.is_empty() {
+            continue;
+        }
+        rcs.clear();
+        rcs.extend(new.iter().map(|&e| {
+            cost(t, e as usize) as i128 + price[t] - price[tokens + bins.bin(e as usize)]
+        }));
+        rcs.sort_unstable();
+        let j = usize::try_from(st.drop_flow[t]).unwrap_or(usize::MAX);
+        if let Some(&r) = rcs.get(j) {
+            price[t] += -1 - r;
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! optimality certificates: the solver's own dual prices, and an independent
 //! negative-cycle search on the full residual graph.
 
-use super::optimal::{default_extra, fixed, solve, Solution};
+use super::optimal::{fixed, solve, Knobs, Solution, REPAIR_MAX};
 use super::ssp::ssp_optimal;
 use crate::routing::capacity::{capacity, Bins, CapacityScope, Placement};
 use crate::routing::gate::Gate;
@@ -160,34 +160,50 @@ fn check_no_negative_cycle(c: &Case, s: &Served, frac: u32) {
     panic!("the residual graph has a negative cycle: the plan is not optimal");
 }
 
-fn full_check(c: &Case) {
-    let sol = solve(
-        &c.gate,
-        &c.bins,
-        default_extra(c.gate.top_k(), c.gate.experts()),
-        2 * c.gate.top_k(),
-    );
+/// The solution is feasible, certified, free of negative cycles and of the
+/// oracle's mass.
+fn check_optimal(c: &Case, sol: &Solution, oracle: &Served) {
     check_feasible(c, &sol.served);
-    check_dual(c, &sol);
+    check_dual(c, sol);
     check_no_negative_cycle(c, &sol.served, sol.frac_bits);
     // The oracle uses 48 fraction bits; so does the solver for these sizes.
     assert_eq!(sol.frac_bits, 48);
-    let old = ssp_optimal(&c.gate, &c.bins);
-    check_feasible(c, &old);
     assert_eq!(
         mass(c, &sol.served, 48),
-        mass(c, &old, 48),
+        mass(c, oracle, 48),
         "mass differs from the SSP oracle"
     );
+}
+
+fn full_check(c: &Case) {
+    let knobs = Knobs::new(c.gate.top_k(), c.gate.experts());
+    let sol = solve(&c.gate, &c.bins, &knobs);
+    let old = ssp_optimal(&c.gate, &c.bins);
+    check_feasible(c, &old);
+    check_optimal(c, &sol, &old);
     // Deterministic.
-    let again = solve(
-        &c.gate,
-        &c.bins,
-        default_extra(c.gate.top_k(), c.gate.experts()),
-        2 * c.gate.top_k(),
-    );
+    let again = solve(&c.gate, &c.bins, &knobs);
     assert_eq!(again.served.offsets, sol.served.offsets);
     assert_eq!(again.served.experts, sol.served.experts);
+    // Top-k alone as candidates: the certificate adds the rest, repaired
+    // by shortest paths however many units are out of place, or by resumed
+    // scaling however few.
+    for (repair_max, mid_check) in [(i64::MAX, false), (0, false), (REPAIR_MAX, true)] {
+        let bare = Knobs {
+            extra: 0,
+            roomy_max: 0,
+            repair_max,
+            mid_check,
+        };
+        let sol = solve(&c.gate, &c.bins, &bare);
+        check_optimal(c, &sol, &old);
+        let other = match repair_max {
+            0 => sol.repairs,
+            i64::MAX => sol.resumes,
+            _ => 0,
+        };
+        assert_eq!(other, 0, "repair_max {repair_max}");
+    }
 }
 
 fn logits_strategy(n: usize, experts: usize) -> impl Strategy<Value = Vec<f32>> {
@@ -243,16 +259,35 @@ fn fine_grained_shapes_match_the_oracle() {
 }
 
 /// Candidates that are too few must be found by the certificate: with no
-/// extra candidates the result is still optimal.
+/// extra candidates the result is still optimal, whichever way each round
+/// restores optimality.
 #[test]
 fn certificate_adds_missing_candidates() {
     let (t, e, k) = (200usize, 64usize, 4usize);
     let l = synthetic_logits(t, e, k, Skew::Olmoe, 3).unwrap();
     let c = case(&l, t, e, k, 1.0, 1, false);
-    let sol = solve(&c.gate, &c.bins, 0, 0);
-    assert!(sol.rounds > 0, "expected the certificate to add candidates");
-    check_dual(&c, &sol);
-    check_no_negative_cycle(&c, &sol.served, sol.frac_bits);
     let old = ssp_optimal(&c.gate, &c.bins);
-    assert_eq!(mass(&c, &sol.served, 48), mass(&c, &old, 48));
+    for (repair_max, mid_check) in [(0, false), (8, false), (i64::MAX, false), (8, true)] {
+        let knobs = Knobs {
+            extra: 0,
+            roomy_max: 0,
+            repair_max,
+            mid_check,
+        };
+        let sol = solve(&c.gate, &c.bins, &knobs);
+        if mid_check {
+            assert!(
+                sol.mid_arcs > 0,
+                "expected the mid-descent check to add candidates"
+            );
+        } else {
+            assert!(sol.rounds > 0, "expected the certificate to add candidates");
+        }
+        match repair_max {
+            0 => assert!(sol.repairs == 0 && sol.resumes > 0),
+            i64::MAX => assert!(sol.resumes == 0 && sol.repairs > 0),
+            _ => {}
+        }
+        check_optimal(&c, &sol, &old);
+    }
 }
