@@ -175,6 +175,16 @@ fn check_optimal(c: &Case, sol: &Solution, oracle: &Served) {
     );
 }
 
+/// Top-k alone as candidates, so that the certificate has arcs to add.
+fn bare(repair_max: i64, mid_check: bool) -> Knobs {
+    Knobs {
+        extra: 0,
+        roomy_max: 0,
+        repair_max,
+        mid_check,
+    }
+}
+
 fn full_check(c: &Case) {
     let knobs = Knobs::new(c.gate.top_k(), c.gate.experts());
     let sol = solve(&c.gate, &c.bins, &knobs);
@@ -189,13 +199,7 @@ fn full_check(c: &Case) {
     // by shortest paths however many units are out of place, or by resumed
     // scaling however few.
     for (repair_max, mid_check) in [(i64::MAX, false), (0, false), (REPAIR_MAX, true)] {
-        let bare = Knobs {
-            extra: 0,
-            roomy_max: 0,
-            repair_max,
-            mid_check,
-        };
-        let sol = solve(&c.gate, &c.bins, &bare);
+        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check));
         check_optimal(c, &sol, &old);
         let other = match repair_max {
             0 => sol.repairs,
@@ -268,13 +272,7 @@ fn certificate_adds_missing_candidates() {
     let c = case(&l, t, e, k, 1.0, 1, false);
     let old = ssp_optimal(&c.gate, &c.bins);
     for (repair_max, mid_check) in [(0, false), (8, false), (i64::MAX, false), (8, true)] {
-        let knobs = Knobs {
-            extra: 0,
-            roomy_max: 0,
-            repair_max,
-            mid_check,
-        };
-        let sol = solve(&c.gate, &c.bins, &knobs);
+        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check));
         if mid_check {
             assert!(
                 sol.mid_arcs > 0,
