@@ -43,6 +43,12 @@ const MID_CHECK_SHIFT: u32 = 14;
 /// After the mid-descent check the descent resumes at this multiple of the
 /// eps it reached (at most the worst violation).
 const MID_RESUME: i128 = 16;
+/// The mid-descent check is undone when it adds more than a
+/// `1/MID_MAX_SHARE` share of the arcs, or finds a violation above
+/// `MID_MAX_OVER` times the eps reached (olmoe skew at gamma 1: 1/22 and
+/// 180x; a skew of 20: 5.4x the arcs and 7600x).
+const MID_MAX_SHARE: usize = 8;
+const MID_MAX_OVER: i128 = 1024;
 /// Units a certificate round may leave out of place and still be repaired by
 /// shortest paths (each phase costs about one scan of the network; a resumed
 /// scaling, about thirty).
@@ -96,6 +102,10 @@ pub(crate) struct Knobs {
     pub repair_max: i64,
     /// Check the certificate once part way down the descent too.
     pub mid_check: bool,
+    /// Arcs a certificate check adds per token at most (the most violating):
+    /// under extreme skew nearly every arc violates at first, and taking
+    /// them all would multiply the network for arcs the optimum never uses.
+    pub per_token_max: usize,
 }
 
 impl Knobs {
@@ -106,6 +116,7 @@ impl Knobs {
             roomy_max: 2 * k,
             repair_max: REPAIR_MAX,
             mid_check: true,
+            per_token_max: 2 * k,
         }
     }
 }
@@ -230,7 +241,9 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
     // overflow is worth placing (on olmoe-like skew at gamma 1, thousands
     // of cold bins' arcs), and the rest of the descent takes the new arcs
     // in at a few times the current eps instead of a second descent from
-    // the worst violation at the end.
+    // the worst violation at the end. Prices still far from settled (many
+    // arcs, or violations far above eps: extreme skew) would flood the
+    // network and start price wars: then the check is undone.
     let floor = if knobs.mid_check {
         eps >> MID_CHECK_SHIFT
     } else {
@@ -241,20 +254,30 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
     if e > 1 {
         read_back(&net, &mut st);
         let old_len: Vec<usize> = st.cands.iter().map(|c| c.len()).collect();
-        let worst = certify(gate, bins, &mut st, &net.price, &cost);
-        mid_arcs = st.cands.iter().map(Vec::len).sum::<usize>() - old_len.iter().sum::<usize>();
-        if worst > 0 {
-            let mut price = std::mem::take(&mut net.price);
-            raise_prices(gate, bins, &st, &mut price, &cost, &old_len);
-            drop(net);
-            net = build(gate, bins, &st, &supply, &cost, price);
+        let before: usize = old_len.iter().sum();
+        let worst = certify(gate, bins, &mut st, &net.price, &cost, knobs.per_token_max);
+        let added = st.cands.iter().map(Vec::len).sum::<usize>() - before;
+        if added > before / MID_MAX_SHARE || worst > e.saturating_mul(MID_MAX_OVER) {
+            for ((c, on), &n) in st.cands.iter_mut().zip(&mut st.on).zip(&old_len) {
+                c.truncate(n);
+                on.truncate(n);
+            }
+            net.scale(e, ALPHA);
+        } else {
+            mid_arcs = added;
+            if worst > 0 {
+                let mut price = std::mem::take(&mut net.price);
+                raise_prices(gate, bins, &st, &mut price, &cost, &old_len);
+                drop(net);
+                net = build(gate, bins, &st, &supply, &cost, price);
+            }
+            net.scale(e.max(worst.min(e.saturating_mul(MID_RESUME))), ALPHA);
         }
-        net.scale(e.max(worst.min(e.saturating_mul(MID_RESUME))), ALPHA);
     }
     loop {
         read_back(&net, &mut st);
         let old_len: Vec<usize> = st.cands.iter().map(|c| c.len()).collect();
-        let worst = certify(gate, bins, &mut st, &net.price, &cost);
+        let worst = certify(gate, bins, &mut st, &net.price, &cost, knobs.per_token_max);
         if worst == 0 {
             break;
         }
@@ -357,18 +380,20 @@ fn read_back(net: &Net, st: &mut State) {
     }
 }
 
-/// Adds every arc outside the candidates whose reduced cost is below -1
-/// (it would break 1-optimality); returns the worst violation, 0 when there
-/// is none.
+/// Adds the arcs outside the candidates whose reduced cost is below -1 (they
+/// would break 1-optimality), at most `per_token` per token (the most
+/// violating); returns the worst violation added, 0 when there is none.
 fn certify(
     gate: &Gate,
     bins: &Bins,
     st: &mut State,
     price: &[i128],
     cost: &impl Fn(usize, usize) -> i64,
+    per_token: usize,
 ) -> i128 {
     let (tokens, experts) = (gate.tokens(), gate.experts());
     let mut is_cand = vec![false; experts];
+    let mut found: Vec<(i128, u32)> = Vec::new();
     let mut worst = 0;
     for t in 0..tokens {
         if st.cands[t].len() == experts {
@@ -377,20 +402,30 @@ fn certify(
         for &e in &st.cands[t] {
             is_cand[e as usize] = true;
         }
-        let old = st.cands[t].len();
+        found.clear();
         for (e, cand) in is_cand.iter().enumerate() {
             if *cand {
                 continue;
             }
             let rc = cost(t, e) as i128 + price[t] - price[tokens + bins.bin(e)];
             if rc < -1 {
-                worst = worst.max(-rc);
-                st.cands[t].push(e as u32);
-                st.on[t].push(false);
+                found.push((rc, e as u32));
             }
         }
-        for &e in &st.cands[t][..old] {
+        for &e in &st.cands[t] {
             is_cand[e as usize] = false;
+        }
+        if found.len() > per_token.max(1) {
+            let per_token = per_token.max(1);
+            // The most violating ones (ties to the lower expert), in expert order.
+            found.select_nth_unstable(per_token - 1);
+            found.truncate(per_token);
+            found.sort_unstable_by_key(|&(_, e)| e);
+        }
+        for &(rc, e) in &found {
+            worst = worst.max(-rc);
+            st.cands[t].push(e);
+            st.on[t].push(false);
         }
     }
     worst

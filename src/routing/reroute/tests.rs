@@ -176,12 +176,13 @@ fn check_optimal(c: &Case, sol: &Solution, oracle: &Served) {
 }
 
 /// Top-k alone as candidates, so that the certificate has arcs to add.
-fn bare(repair_max: i64, mid_check: bool) -> Knobs {
+fn bare(repair_max: i64, mid_check: bool, per_token_max: usize) -> Knobs {
     Knobs {
         extra: 0,
         roomy_max: 0,
         repair_max,
         mid_check,
+        per_token_max,
     }
 }
 
@@ -198,8 +199,13 @@ fn full_check(c: &Case) {
     // Top-k alone as candidates: the certificate adds the rest, repaired
     // by shortest paths however many units are out of place, or by resumed
     // scaling however few.
-    for (repair_max, mid_check) in [(i64::MAX, false), (0, false), (REPAIR_MAX, true)] {
-        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check));
+    let k = c.gate.top_k();
+    for (repair_max, mid_check, per_token) in [
+        (i64::MAX, false, usize::MAX),
+        (0, false, 1),
+        (REPAIR_MAX, true, 2 * k),
+    ] {
+        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check, per_token));
         check_optimal(c, &sol, &old);
         let other = match repair_max {
             0 => sol.repairs,
@@ -271,16 +277,17 @@ fn certificate_adds_missing_candidates() {
     let l = synthetic_logits(t, e, k, Skew::Olmoe, 3).unwrap();
     let c = case(&l, t, e, k, 1.0, 1, false);
     let old = ssp_optimal(&c.gate, &c.bins);
-    for (repair_max, mid_check) in [(0, false), (8, false), (i64::MAX, false), (8, true)] {
-        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check));
-        if mid_check {
-            assert!(
-                sol.mid_arcs > 0,
-                "expected the mid-descent check to add candidates"
-            );
-        } else {
-            assert!(sol.rounds > 0, "expected the certificate to add candidates");
-        }
+    for (repair_max, mid_check, per_token) in [
+        (0, false, usize::MAX),
+        (8, false, 1),
+        (i64::MAX, false, 2),
+        (8, true, usize::MAX),
+    ] {
+        let sol = solve(&c.gate, &c.bins, &bare(repair_max, mid_check, per_token));
+        // Top-k alone: the mid-descent check would add far more than an
+        // eighth of the arcs, so it is undone and the end adds them.
+        assert_eq!(sol.mid_arcs, 0);
+        assert!(sol.rounds > 0, "expected the certificate to add candidates");
         match repair_max {
             0 => assert!(sol.repairs == 0 && sol.resumes > 0),
             i64::MAX => assert!(sol.resumes == 0 && sol.repairs > 0),
@@ -288,4 +295,12 @@ fn certificate_adds_missing_candidates() {
         }
         check_optimal(&c, &sol, &old);
     }
+    // The default candidates: here the mid-descent check adds arcs and
+    // keeps them.
+    let sol = solve(&c.gate, &c.bins, &Knobs::new(k, e));
+    assert!(
+        sol.mid_arcs > 0,
+        "expected the mid-descent check to add candidates"
+    );
+    check_optimal(&c, &sol, &old);
 }
