@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ffn += dt;
         println!(
             "layer {l}: load {:?}, expert FFN {:.1} ms",
-            rec.plan.stats().load,
+            rec.totals.load,
             dt * 1e3
         );
     }

@@ -330,8 +330,16 @@ fn compare_models(
     let check = |tag: String,
                  c: &capmoe::model::ForwardOutput<CpuBackend>,
                  g: &capmoe::model::ForwardOutput<CudaBackend>| {
-        let cp: Vec<RoutingPlan> = c.layers.iter().map(|r| r.plan.clone()).collect();
-        let gp: Vec<RoutingPlan> = g.layers.iter().map(|r| r.plan.clone()).collect();
+        let cp: Vec<RoutingPlan> = c
+            .layers
+            .iter()
+            .map(|r| r.plan.clone().expect("plans kept"))
+            .collect();
+        let gp: Vec<RoutingPlan> = g
+            .layers
+            .iter()
+            .map(|r| r.plan.clone().expect("plans kept"))
+            .collect();
         same_plans(&tag, &cp, &gp);
         let scale = max_abs(&c.logits);
         assert!(scale > 0.0);
@@ -468,6 +476,16 @@ fn device_routed_moe_layer_matches_the_host_routed_one() {
                     let host = moe.forward_host(be, &h, &r).unwrap();
                     let dev = be.moe(moe, &h, &r).unwrap();
                     assert_eq!(dev.plan, host.plan, "{what}");
+                    // Deferred: the same kernels, so the same output bits;
+                    // the totals (capmoe_plan_stats) come back at settle.
+                    let (out, route) = be.moe_deferred(moe, &h, &r).unwrap();
+                    assert_eq!(
+                        be.download(&out).unwrap(),
+                        be.download(&dev.out).unwrap(),
+                        "{what} deferred"
+                    );
+                    let totals = be.settle(vec![route]).unwrap();
+                    assert_eq!(totals, vec![host.plan.totals()], "{what} totals");
                     let (a, b) = (
                         be.download(&dev.out).unwrap(),
                         be.download(&host.out).unwrap(),
@@ -480,4 +498,54 @@ fn device_routed_moe_layer_matches_the_host_routed_one() {
         }
     }
     eprintln!("{checked} device-routed layers equal the host-routed ones");
+}
+
+/// A forward pass without `keep_plans` keeps each layer's plan on the
+/// device and settles them once: the logits are the plan-keeping pass's bit
+/// for bit, every layer's totals are its plan's, and a NaN router logit in
+/// one layer is an error that names that layer.
+#[test]
+fn deferred_plans_settle_once_and_name_the_failing_layer() {
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let opts = InitOptions::new(7).with_skew(Skew::Ratio(1.6));
+    let mut model = Model::random_host(g, cfg, &opts).unwrap();
+    let k = model.config().num_experts_per_tok;
+    let prompts: [&[u32]; 2] = [&[3, 14, 15, 92, 65, 35], &[8, 9]];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for policy in ["drop:score", "reroute:next-best", "reroute:optimal"] {
+        let r = RouterConfig::new(k, policy.parse().unwrap()).with_capacity_factor(1.0);
+        let kept = ForwardOptions::new(r);
+        let (_, a) = model.prefill(&prompts, &kept).unwrap();
+        let (_, b) = model
+            .prefill(&prompts, &kept.clone().with_plans(false))
+            .unwrap();
+        assert_eq!(bits(&a.logits), bits(&b.logits), "{policy}");
+        for (l, (ra, rb)) in a.layers.iter().zip(&b.layers).enumerate() {
+            let plan = ra.plan.as_ref().expect("plans kept");
+            assert_eq!(rb.totals, plan.totals(), "{policy} layer {l}");
+            assert_eq!(ra.totals, rb.totals, "{policy} layer {l}");
+            assert!(rb.plan.is_none(), "{policy} layer {l}");
+        }
+    }
+    let layers = model.layers().len();
+    assert!(layers >= 2);
+    let bad = layers - 1;
+    let e = model.config().num_local_experts;
+    let mut bias = vec![0.0f32; e];
+    bias[e - 1] = f32::NAN;
+    model.layers_mut()[bad].moe.router_bias = Some(bias);
+    let r = RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+    let opts = ForwardOptions::new(r).with_plans(false);
+    let err = match model.prefill(&prompts, &opts) {
+        Ok(_) => panic!("a NaN router bias must fail the forward pass"),
+        Err(e) => e,
+    };
+    match &err {
+        capmoe::model::ModelError::Backend(capmoe::backend::BackendError::Layer {
+            layer, ..
+        }) => assert_eq!(*layer, bad, "{err}"),
+        other => panic!("expected the failing layer named, got {other}"),
+    }
+    assert!(err.to_string().contains("router logit at token"), "{err}");
 }

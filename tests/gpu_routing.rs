@@ -124,16 +124,29 @@ fn configs(experts: usize, k: usize) -> Vec<RouterConfig> {
 fn gpu_plans_are_bit_identical_to_the_oracle() {
     let Some(g) = gpu() else { return };
     let mut checked = 0;
+    // Every plan's summary, settled at the end in one download (E varies
+    // across the summaries, so their offsets in the read-back do too).
+    let (mut summaries, mut wants, mut names) = (Vec::new(), Vec::new(), Vec::new());
     for (name, t, e, k, logits) in cases() {
         let l = Logits::new(&logits, t, e).unwrap();
         for cfg in configs(e, k) {
             let want = route(&l, &cfg).unwrap();
-            let got = gpu_plan(&g, &cfg, &logits, t, e).to_host().unwrap();
+            let plan = gpu_plan(&g, &cfg, &logits, t, e);
+            let got = plan.to_host().unwrap();
             assert_eq!(got, want, "{name} {cfg:?}");
+            summaries.push(plan.into_summary().unwrap());
+            wants.push(want.totals());
+            names.push(format!("{name} {cfg:?}"));
             checked += 1;
         }
     }
-    eprintln!("{checked} plans bit-identical");
+    // capmoe_plan_stats against PlanTotals: integer sums, so bit for bit.
+    let totals = capmoe::cuda::settle(g.stream(), &summaries).unwrap();
+    assert_eq!(totals.len(), wants.len());
+    for ((got, want), name) in totals.iter().zip(&wants).zip(&names) {
+        assert_eq!(got, want, "{name}: device totals");
+    }
+    eprintln!("{checked} plans and their device totals bit-identical");
 }
 
 /// The router bias is added inside the gating kernel: the plan equals the
@@ -376,6 +389,27 @@ fn gpu_non_finite_logits_are_a_typed_error() {
             // The layout of the flagged plan is in range (no sticky device error).
             let host = d.to_host(&plan).unwrap();
             assert!(host.offsets.windows(2).all(|w| w[0] <= w[1]), "{policy}");
+            // Deferred, the same error comes back when the summary settles,
+            // after a clean summary (its index names the failing one).
+            let clean = GpuRouter::new(&g, RouterConfig::new(k, Policy::None))
+                .unwrap()
+                .route(&upload(&g, &vec![0.5; t * e]), t, e)
+                .unwrap();
+            let summaries = [clean.into_summary().unwrap(), plan.into_summary().unwrap()];
+            match capmoe::cuda::settle(g.stream(), &summaries) {
+                Err((
+                    1,
+                    GpuError::Routing(capmoe::RoutingError::NonFiniteLogit {
+                        token,
+                        expert,
+                        value,
+                    }),
+                )) => {
+                    assert_eq!((token, expert), (at / e, at % e), "{policy}");
+                    assert_eq!(value.to_bits(), bad.to_bits(), "{policy}");
+                }
+                other => panic!("{policy}: expected summary 1's NonFiniteLogit, got {other:?}"),
+            }
         }
     }
     // The context is still usable: a clean batch routes as on the CPU.
@@ -387,6 +421,33 @@ fn gpu_non_finite_logits_are_a_typed_error() {
         .route(&upload(&g, &logits), t, e)
         .unwrap();
     assert_eq!(got.to_host().unwrap(), want);
+}
+
+/// A next-best plan cut off before it converged is an error both ways: at
+/// `to_host` and when its summary settles (the flag travels in the one
+/// read-back).
+#[test]
+fn gpu_unconverged_next_best_is_an_error_when_deferred_too() {
+    let Some(g) = gpu() else { return };
+    let (t, e, k) = (64, 8, 2);
+    // Every token prefers experts 0 and 1: one round cannot place the overflow.
+    let logits: Vec<f32> = (0..t * e)
+        .map(|i| [4.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.25, 0.0][i % e])
+        .collect();
+    let cfg = RouterConfig::new(k, Policy::RerouteNextBest).with_capacity_factor(1.0);
+    let plan = GpuRouter::new(&g, cfg)
+        .unwrap()
+        .with_max_rounds(1)
+        .route(&upload(&g, &logits), t, e)
+        .unwrap();
+    assert!(
+        matches!(plan.to_host(), Err(GpuError::NotConverged { rounds: 1 })),
+        "one round must not converge on this batch"
+    );
+    match capmoe::cuda::settle(g.stream(), &[plan.into_summary().unwrap()]) {
+        Err((0, GpuError::NotConverged { rounds: 1 })) => {}
+        other => panic!("expected NotConverged from settle, got {other:?}"),
+    }
 }
 
 #[test]

@@ -153,7 +153,7 @@ fn batched_prefill_matches_single_sequences_without_capacity() {
         assert!(max_abs_diff(both.row(r).unwrap(), want) < 1e-5, "row {r}");
     }
     assert_eq!(both.spans, vec![0..5, 5..8]);
-    assert_eq!(both.layers[0].plan.tokens(), 8);
+    assert_eq!(both.layers[0].plan.as_ref().unwrap().tokens(), 8);
     let last = m
         .prefill(&[&a, &b], &opts.clone().with_logits(LogitsMode::Last))
         .unwrap()
@@ -167,18 +167,16 @@ fn every_policy_runs_end_to_end_and_records_plans() {
     let m = random_model(tiny(), 16);
     let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 128) as u32).collect();
     for policy in Policy::all() {
-        let mut rc = RouterConfig::new(2, policy).with_ranks(2);
-        if policy.has_capacity() {
-            rc = rc.with_capacity_factor(0.75);
-        }
+        let rc = router_at(policy, 0.75);
         let (_, out) = m.prefill(&[&ids], &ForwardOptions::new(rc)).unwrap();
         assert!(out.logits.iter().all(|v| v.is_finite()), "{policy}");
         assert_eq!(out.layers.len(), 2);
         for rec in &out.layers {
-            if let Some(c) = rec.plan.capacity() {
+            let plan = rec.plan.as_ref().unwrap();
+            if let Some(c) = plan.capacity() {
                 assert_eq!(c.per_expert, 15); // ceil(0.75 * 40 * 2 / 4)
                 if policy != Policy::ExpandLocal {
-                    assert!(rec.plan.stats().max_load <= 15, "{policy}");
+                    assert!(plan.stats().max_load <= 15, "{policy}");
                 }
             }
         }
@@ -196,10 +194,59 @@ fn every_policy_runs_end_to_end_and_records_plans() {
     }
 }
 
+/// Without `keep_plans` the backend defers its plans (`Backend::moe_deferred`
+/// and one `settle`): the same logits bit for bit, the same totals, no plan,
+/// and EP replay, which needs the plan, is a typed error.
+#[test]
+fn forward_without_plans_gives_the_same_logits_and_loads() {
+    let m = random_model(tiny(), 19);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 11 % 128) as u32).collect();
+    for policy in Policy::all() {
+        let rc = router_at(policy, 0.75);
+        let kept = ForwardOptions::new(rc).with_moe_inputs(true);
+        let (_, a) = m.prefill(&[&ids], &kept).unwrap();
+        let (_, b) = m.prefill(&[&ids], &kept.clone().with_plans(false)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.logits), bits(&b.logits), "{policy}");
+        assert_eq!(a.layers.len(), b.layers.len());
+        for (l, (ra, rb)) in a.layers.iter().zip(&b.layers).enumerate() {
+            let plan = ra.plan.as_ref().unwrap();
+            assert_eq!(ra.totals, plan.totals(), "{policy} layer {l}");
+            assert_eq!(ra.totals.load, plan.stats().load, "{policy} layer {l}");
+            assert_eq!(
+                ra.totals.dropped,
+                plan.stats().dropped,
+                "{policy} layer {l}"
+            );
+            assert_eq!(rb.totals, ra.totals, "{policy} layer {l}");
+            assert!(rb.plan.is_none());
+            assert!(matches!(
+                m.rank_work(l, rb, 0, 2),
+                Err(ModelError::NoPlan { layer }) if layer == l
+            ));
+        }
+        // A decode step after a plan-less prefill matches one after a kept one.
+        let (mut sa, _) = m.prefill(&[&ids[..7]], &kept).unwrap();
+        let (mut sb, _) = m
+            .prefill(&[&ids[..7]], &kept.clone().with_plans(false))
+            .unwrap();
+        let da = m.forward(&mut [&mut sa[0]], &[&[3]], &kept).unwrap();
+        let db = m
+            .forward(&mut [&mut sb[0]], &[&[3]], &kept.clone().with_plans(false))
+            .unwrap();
+        assert_eq!(bits(&da.logits), bits(&db.logits), "{policy} decode");
+    }
+}
+
 fn out_router(policy: Policy) -> RouterConfig {
+    router_at(policy, 1.5)
+}
+
+/// Top-2 over 2 ranks, at capacity factor `gamma` where the policy has one.
+fn router_at(policy: Policy, gamma: f64) -> RouterConfig {
     let rc = RouterConfig::new(2, policy).with_ranks(2);
     if policy.has_capacity() {
-        rc.with_capacity_factor(1.5)
+        rc.with_capacity_factor(gamma)
     } else {
         rc
     }
@@ -259,7 +306,7 @@ fn skew_biases_the_router_towards_one_expert_per_layer() {
         )
         .unwrap();
     for (l, rec) in out.layers.iter().enumerate() {
-        let s = rec.plan.stats();
+        let s = rec.plan.as_ref().unwrap().stats();
         assert!(s.imbalance() > 1.4, "layer {l}: {}", s.imbalance());
         let busiest = (0..4).max_by_key(|&e| s.load[e]).unwrap();
         assert_eq!(busiest, l % 4, "layer {l} loads {:?}", s.load);

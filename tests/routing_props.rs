@@ -122,6 +122,9 @@ fn check_plan(c: &Case, policy: Policy, plan: &RoutingPlan, g: &Gate) {
     let mut bin_load = vec![0u64; nbins];
     let mut load = vec![0u64; c.experts];
     let (mut dropped, mut rerouted, mut mass, mut top_mass) = (0u64, 0u64, 0.0f64, 0.0f64);
+    // PlanTotals' fixed point: trunc(p * 2^32), summed as integers.
+    let fx = |p: f32| (p as f64 * 4294967296.0).trunc() as u64;
+    let (mut mass_fx, mut top_fx) = (0u64, 0u64);
     for t in 0..c.tokens {
         let s = served(plan, t);
         let mut sorted = s.clone();
@@ -155,6 +158,7 @@ fn check_plan(c: &Case, policy: Policy, plan: &RoutingPlan, g: &Gate) {
             load[a.expert as usize] += 1;
             bin_load[bin_of(c, a.expert as usize)] += 1;
             mass += a.prob as f64;
+            mass_fx += fx(a.prob);
             rerouted += u64::from(!g.topk(t).contains(&a.expert));
         }
         if c.renormalize && !assigned.is_empty() && denom > 0.0 {
@@ -166,6 +170,7 @@ fn check_plan(c: &Case, policy: Policy, plan: &RoutingPlan, g: &Gate) {
         }
         dropped += c.k.saturating_sub(s.len()) as u64;
         top_mass += g.topk(t).iter().map(|&e| p[e as usize] as f64).sum::<f64>();
+        top_fx += g.topk(t).iter().map(|&e| fx(p[e as usize])).sum::<u64>();
         assert_eq!(plan.topk(t), g.topk(t));
     }
     let st = plan.stats();
@@ -175,6 +180,15 @@ fn check_plan(c: &Case, policy: Policy, plan: &RoutingPlan, g: &Gate) {
     assert_eq!(st.rerouted, rerouted);
     assert!((st.served_mass - mass).abs() < 1e-9);
     assert!((st.topk_mass - top_mass).abs() < 1e-9);
+    let tot = plan.totals();
+    assert_eq!(
+        (tot.load.as_slice(), tot.dropped, tot.rerouted),
+        (st.load.as_slice(), st.dropped, st.rerouted)
+    );
+    assert_eq!((tot.served_mass_fx, tot.topk_mass_fx), (mass_fx, top_fx));
+    assert_eq!(tot.served(), st.served);
+    // Truncation loses under 2^-32 per p: the ratio stays within 1e-6 of the f64 one.
+    assert!((tot.gate_mass_kept() - st.gate_mass_kept).abs() < 1e-6);
     if policy.has_capacity() {
         let cap = bin_cap(c, plan);
         for (b, &l) in bin_load.iter().enumerate() {

@@ -53,6 +53,8 @@ mutants=(
   "block_reduce: barrier before reusing red dropped|model/common.cuh|'  __syncthreads();  // red may still be read by a previous reduction\n'|''"
   "rmsnorm sums with max|model/rmsnorm.cu|'ss = block_reduce<true>(ss, red);'|'ss = block_reduce<false>(ss, red);'"
   "swiglu: silu sign|expert/ffn.cu|'expf(-a)'|'expf(a)'|gpu_ffn"
+  "plan stats: rerouted counts the top-k|routing/stats.cu|'rerouted += !in_top;'|'rerouted += in_top;'|gpu_model_parity"
+  "plan stats: warp sum skips lanes 16-31|routing/stats.cu|'for (int d = 16; d > 0; d >>= 1)'|'for (int d = 8; d > 0; d >>= 1)'|gpu_model_parity"
 )
 
 survived=0

@@ -150,6 +150,30 @@ typedef struct capmoe_plan_args {
 } capmoe_plan_args;
 int capmoe_plan(const capmoe_plan_args* args, capmoe_stream_t stream);
 
+/* Entries of capmoe_plan_stats's stats[]: slots dropped (sum over tokens of max(0, k - served)),
+ * served assignments outside the token's top-k, and the served and top-k gate mass, each p
+ * truncated to 2^-32 fixed point (integer sums: no order of the atomics changes them). */
+typedef enum capmoe_plan_stat {
+  CAPMOE_STAT_DROPPED = 0,
+  CAPMOE_STAT_REROUTED = 1,
+  CAPMOE_STAT_SERVED_MASS = 2,
+  CAPMOE_STAT_TOPK_MASS = 3,
+  CAPMOE_STATS = 4 /* the number of entries */
+} capmoe_plan_stat;
+
+/* A plan's totals (capmoe_plan_stat) from capmoe_gate's probs[T * E] and topk[T * k] and
+ * capmoe_plan's offsets[T + 1], expert_ids and probs_out; stats[CAPMOE_STATS] is zeroed here. */
+typedef struct capmoe_plan_stats_args {
+  const float* probs;
+  const int32_t* topk;
+  const int32_t* offsets;
+  const int32_t* expert_ids;
+  const float* probs_out;
+  capmoe_shape shape;
+  uint64_t* stats;
+} capmoe_plan_stats_args;
+int capmoe_plan_stats(const capmoe_plan_stats_args* args, capmoe_stream_t stream);
+
 size_t capmoe_dispatch_workspace(int64_t max_assign, int32_t experts);
 
 /* Expert-contiguous rows, each expert's segment padded to `tile`. Row buffers hold

@@ -40,6 +40,15 @@ pub enum BackendError {
     /// Routing the batch failed.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// MoE layer `layer`'s routing failed, found when the forward pass
+    /// settled its deferred plans ([`crate::backend::Backend::settle`]).
+    #[error("MoE layer {layer}: {source}")]
+    Layer {
+        /// The layer, in 0..layers.
+        layer: usize,
+        /// What was wrong there.
+        source: Box<BackendError>,
+    },
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
     #[error("device: {0}")]
     Device(#[source] DeviceError),

@@ -16,10 +16,10 @@ mod random;
 pub use cpu::CpuBackend;
 pub use error::{BackendError, DeviceError};
 pub use host::{HostTensor, Storage};
-pub use moe::{rank_experts, ExpertWeights, MoeOutput, MoeWeights};
+pub use moe::{rank_experts, DeferredRoute, ExpertWeights, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
-use crate::routing::{DispatchLayout, RouterConfig, RoutingPlan};
+use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -195,6 +195,10 @@ pub trait Backend: Send + Sync + Sized {
     /// per-expert host tensors; CUDA stacks them into one bf16 grouped-GEMM
     /// operand).
     type Experts: Send + Sync;
+    /// What [`Backend::moe_deferred`] leaves on the device of one layer's
+    /// routing until [`Backend::settle`] (`Infallible` on the CPU, which
+    /// routes on the host).
+    type DeviceRoute: Send;
 
     /// A short name for reports ("cpu", "cuda").
     fn name(&self) -> &'static str;
@@ -364,4 +368,28 @@ pub trait Backend: Send + Sync + Sized {
     ) -> Result<MoeOutput<Self>, BackendError> {
         w.forward_host(self, x, router)
     }
+
+    /// [`Backend::moe`] when the caller needs only the output now: a device
+    /// backend may keep the plan where it is, so the layer has no host sync,
+    /// and leave its checks (a NaN or Inf router logit, next-best's
+    /// convergence) to [`Backend::settle`]. The output is the one `moe`
+    /// gives. The default runs `moe` and keeps the plan's totals.
+    fn moe_deferred(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &Self::Act,
+        router: &RouterConfig,
+    ) -> Result<(Self::Act, DeferredRoute<Self::DeviceRoute>), BackendError> {
+        let m = self.moe(w, x, router)?;
+        Ok((m.out, DeferredRoute::Host(m.plan.totals())))
+    }
+
+    /// Finishes the layers [`Backend::moe_deferred`] ran, in order: their
+    /// checks, and each layer's [`PlanTotals`]. A device backend reads
+    /// them all back in one download (one sync per forward pass). The first
+    /// failing layer's error is returned as [`BackendError::Layer`].
+    fn settle(
+        &self,
+        routes: Vec<DeferredRoute<Self::DeviceRoute>>,
+    ) -> Result<Vec<PlanTotals>, BackendError>;
 }

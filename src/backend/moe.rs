@@ -2,7 +2,9 @@
 //! gate -> route (the routing contract) -> dispatch -> expert FFN -> combine.
 
 use super::{Backend, BackendError};
-use crate::routing::{route_gate, DispatchLayout, Gate, Logits, RouterConfig, RoutingPlan};
+use crate::routing::{
+    route_gate, DispatchLayout, Gate, Logits, PlanTotals, RouterConfig, RoutingPlan,
+};
 use std::ops::Range;
 
 /// One expert's SwiGLU weights, each `[out, in]`: `w1`, `w3` are
@@ -39,6 +41,17 @@ pub struct MoeOutput<B: Backend> {
     pub plan: RoutingPlan,
     /// The expert-major dispatch layout of that plan.
     pub layout: DispatchLayout,
+}
+
+/// One MoE layer's routing as [`Backend::moe_deferred`] leaves it: the
+/// plan's totals on the host already, or the device's record of the plan,
+/// read back with every other layer's by [`Backend::settle`].
+pub enum DeferredRoute<D> {
+    /// The plan's totals, known on the host.
+    Host(PlanTotals),
+    /// Still on the device (CUDA: the plan's non-finite check, its
+    /// convergence flag, its totals and its per-expert loads).
+    Device(D),
 }
 
 /// Experts owned by EP rank `rank` of `ranks`: the contiguous range
@@ -121,6 +134,18 @@ impl<B: Backend> MoeWeights<B> {
         router: &RouterConfig,
     ) -> Result<MoeOutput<B>, BackendError> {
         backend.moe(self, x, router)
+    }
+
+    /// The whole MoE layer without its plan coming back
+    /// ([`Backend::moe_deferred`]): the output and what
+    /// [`Backend::settle`] reads back once per forward pass.
+    pub fn forward_deferred(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<(B::Act, DeferredRoute<B::DeviceRoute>), BackendError> {
+        backend.moe_deferred(self, x, router)
     }
 
     /// The MoE layer routed on the host: [`MoeWeights::route`], then

@@ -97,6 +97,17 @@ pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuE
     check("capmoe_plan", sys::capmoe_plan(a, stream))
 }
 
+/// Sums a plan's totals (`capmoe_plan_stat`) into `stats`.
+///
+/// # Safety
+/// `probs` (`tokens * experts` f32) and `topk` (`tokens * k` i32) from
+/// [`gate`], `offsets` (`tokens + 1` i32), `expert_ids` and `probs_out` (at
+/// least `offsets[tokens]` entries) from [`plan`] over the same shape;
+/// `stats` holds `CAPMOE_STATS` u64.
+pub unsafe fn plan_stats(a: &sys::capmoe_plan_stats_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_plan_stats", sys::capmoe_plan_stats(a, stream))
+}
+
 /// Bytes of workspace [`dispatch`] needs for `max_assign` assignments
 /// over `experts` experts (a pure size query).
 pub fn dispatch_workspace(max_assign: i64, experts: i32) -> usize {

@@ -53,4 +53,4 @@ pub use context::GpuContext;
 pub use error::GpuError;
 pub use ffn::{ExpertFfn, FfnShape, MoeLayer, MoeLayerGraph, TuneOutcome, VariantPair};
 pub use fill::hashed_bf16;
-pub use router::{GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch};
+pub use router::{settle, GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch, PlanSummary};

@@ -17,6 +17,7 @@ pub type capmoe_status = ::core::ffi::c_int;
 pub type capmoe_rank = ::core::ffi::c_uint;
 pub type capmoe_select_mode = ::core::ffi::c_uint;
 pub type capmoe_next_best_flag = ::core::ffi::c_uint;
+pub type capmoe_plan_stat = ::core::ffi::c_uint;
 pub type capmoe_gg_fn = ::core::option::Option<
     unsafe extern "C" fn(
         args: *const capmoe_gg_args,
@@ -99,6 +100,17 @@ pub struct capmoe_plan_args {
     pub load: *mut u32,
     pub overflow: *mut i32,
     pub overflow_count: *mut i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct capmoe_plan_stats_args {
+    pub probs: *const f32,
+    pub topk: *const i32,
+    pub offsets: *const i32,
+    pub expert_ids: *const i32,
+    pub probs_out: *const f32,
+    pub shape: capmoe_shape,
+    pub stats: *mut u64,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -353,6 +365,31 @@ const _: () = {
     ["Offset of field: capmoe_plan_args::overflow_count"]
         [::core::mem::offset_of!(capmoe_plan_args, overflow_count) - 128usize];
 };
+pub const CAPMOE_STAT_DROPPED: capmoe_plan_stat = 0;
+pub const CAPMOE_STAT_REROUTED: capmoe_plan_stat = 1;
+pub const CAPMOE_STAT_SERVED_MASS: capmoe_plan_stat = 2;
+pub const CAPMOE_STAT_TOPK_MASS: capmoe_plan_stat = 3;
+pub const CAPMOE_STATS: capmoe_plan_stat = 4;
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of capmoe_plan_stats_args"][::core::mem::size_of::<capmoe_plan_stats_args>() - 64usize];
+    ["Alignment of capmoe_plan_stats_args"]
+        [::core::mem::align_of::<capmoe_plan_stats_args>() - 8usize];
+    ["Offset of field: capmoe_plan_stats_args::probs"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, probs) - 0usize];
+    ["Offset of field: capmoe_plan_stats_args::topk"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, topk) - 8usize];
+    ["Offset of field: capmoe_plan_stats_args::offsets"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, offsets) - 16usize];
+    ["Offset of field: capmoe_plan_stats_args::expert_ids"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, expert_ids) - 24usize];
+    ["Offset of field: capmoe_plan_stats_args::probs_out"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, probs_out) - 32usize];
+    ["Offset of field: capmoe_plan_stats_args::shape"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, shape) - 40usize];
+    ["Offset of field: capmoe_plan_stats_args::stats"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, stats) - 56usize];
+};
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of capmoe_dispatch_args"][::core::mem::size_of::<capmoe_dispatch_args>() - 120usize];
@@ -590,6 +627,15 @@ impl Default for capmoe_plan_args {
         }
     }
 }
+impl Default for capmoe_plan_stats_args {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 impl Default for capmoe_dispatch_args {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
@@ -680,6 +726,10 @@ unsafe extern "C" {
     pub fn capmoe_plan_workspace(tokens: i32, top_k: i32) -> usize;
     pub fn capmoe_plan(
         args: *const capmoe_plan_args,
+        stream: capmoe_stream_t,
+    ) -> ::core::ffi::c_int;
+    pub fn capmoe_plan_stats(
+        args: *const capmoe_plan_stats_args,
         stream: capmoe_stream_t,
     ) -> ::core::ffi::c_int;
     pub fn capmoe_dispatch_workspace(max_assign: i64, experts: i32) -> usize;

@@ -361,7 +361,9 @@ fn warm_up<B: Backend>(
     prompts: &[&[u32]],
     ranks: usize,
 ) -> Result<(), EpError> {
-    let opts = ForwardOptions::new(model.default_router()).with_logits(LogitsMode::Last);
+    let opts = ForwardOptions::new(model.default_router())
+        .with_logits(LogitsMode::Last)
+        .with_plans(false);
     let _ = model.prefill(prompts, &opts)?;
     if let Some(rec) = m.records.first() {
         let _ = model.run_rank_work(&model.rank_work(0, rec, 0, ranks)?)?;
@@ -385,7 +387,11 @@ fn time_round<B: Backend>(
         let mut router =
             RouterConfig::new(model.config().num_experts_per_tok, m.policy).with_ranks(setup.ranks);
         router.capacity_factor = m.gamma;
-        let opts = ForwardOptions::new(router).with_logits(LogitsMode::Last);
+        // Timed without plans: a device backend keeps them on the device, so
+        // its layers have no host sync (one read-back per pass).
+        let opts = ForwardOptions::new(router)
+            .with_logits(LogitsMode::Last)
+            .with_plans(false);
         let ((mut seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
         t.prefill.push(ms);
         if setup.throughput && setup.decode_steps > 0 {
@@ -450,7 +456,7 @@ fn forward_case<B: Backend>(
     let (mut served_mass, mut topk_mass) = (0.0, 0.0);
     let mut layers = Vec::with_capacity(out.layers.len());
     for (l, rec) in out.layers.iter().enumerate() {
-        let plan = &rec.plan;
+        let plan = rec.plan.as_ref().ok_or(ModelError::NoPlan { layer: l })?;
         let s = plan.stats();
         served_mass += s.served_mass;
         topk_mass += s.topk_mass;

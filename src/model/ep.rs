@@ -43,7 +43,8 @@ impl<B: Backend> Model<B> {
             .as_ref()
             .ok_or(ModelError::NoMoeInput { layer })?;
         let experts = rank_experts(rank, ranks, self.config.num_local_experts)?;
-        let layout = DispatchLayout::new(&record.plan, self.backend.dispatch_tile())?;
+        let plan = record.plan.as_ref().ok_or(ModelError::NoPlan { layer })?;
+        let layout = DispatchLayout::new(plan, self.backend.dispatch_tile())?;
         let rows = self.backend.dispatch(x, &layout)?;
         let rows_served = layout.counts()[experts.clone()]
             .iter()

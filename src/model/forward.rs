@@ -2,8 +2,8 @@
 
 use super::build::Model;
 use super::ModelError;
-use crate::backend::Backend;
-use crate::routing::{RouterConfig, RoutingPlan};
+use crate::backend::{Backend, DeferredRoute};
+use crate::routing::{PlanTotals, RouterConfig, RoutingPlan};
 use std::ops::Range;
 
 /// One sequence's state: its KV cache per layer and the ids it has seen.
@@ -48,6 +48,11 @@ pub struct ForwardOptions {
     /// Keep each layer's MoE input (the post-attention-normed hidden states)
     /// in the [`LayerRecord`], to replay one EP rank's expert work later.
     pub keep_moe_inputs: bool,
+    /// Keep each layer's routing plan in its [`LayerRecord`] (the default).
+    /// Without it a device backend keeps the plans on the device
+    /// ([`Backend::moe_deferred`]): no host sync inside a layer, and one
+    /// read-back per forward pass for the checks and the totals.
+    pub keep_plans: bool,
 }
 
 impl ForwardOptions {
@@ -57,6 +62,7 @@ impl ForwardOptions {
             router,
             logits: LogitsMode::All,
             keep_moe_inputs: false,
+            keep_plans: true,
         }
     }
     /// Sets which positions get logits.
@@ -69,13 +75,23 @@ impl ForwardOptions {
         self.keep_moe_inputs = keep;
         self
     }
+    /// Sets whether each layer's routing plan is kept in its [`LayerRecord`]
+    /// (see [`ForwardOptions::keep_plans`]).
+    pub fn with_plans(mut self, keep: bool) -> Self {
+        self.keep_plans = keep;
+        self
+    }
 }
 
 /// What one MoE layer did in a forward pass.
 pub struct LayerRecord<B: Backend> {
     /// The routing plan (assignments, loads, drops, gate mass kept) over all
-    /// tokens of the batch.
-    pub plan: RoutingPlan,
+    /// tokens of the batch; `None` when the pass ran without
+    /// [`ForwardOptions::keep_plans`].
+    pub plan: Option<RoutingPlan>,
+    /// The plan's loads, drops, reroutes and gate mass ([`PlanTotals`];
+    /// always kept, also when the plan stays on the device).
+    pub totals: PlanTotals,
     /// The layer's MoE input `[tokens, hidden]`, when asked for.
     pub moe_input: Option<B::Act>,
 }
@@ -166,7 +182,12 @@ impl<B: Backend> Model<B> {
         let geom = self.geom();
         let eps = c.rms_norm_eps as f32;
         let mut x = be.embed(&self.embed, &ids)?;
-        let mut records = Vec::with_capacity(self.layers.len());
+        let n_layers = self.layers.len();
+        let (mut plans, mut routes, mut inputs) = (
+            Vec::with_capacity(n_layers),
+            Vec::with_capacity(n_layers),
+            Vec::with_capacity(n_layers),
+        );
         for (li, layer) in self.layers.iter().enumerate() {
             let h = be.rms_norm(&x, &layer.input_norm, eps)?;
             let mut q = be.linear(&h, &layer.q_proj)?;
@@ -179,12 +200,19 @@ impl<B: Backend> Model<B> {
             let o = be.linear(&a, &layer.o_proj)?;
             be.add_assign(&mut x, &o)?;
             let h = be.rms_norm(&x, &layer.post_norm, eps)?;
-            let moe = layer.moe.forward(be, &h, &opts.router)?;
-            be.add_assign(&mut x, &moe.out)?;
-            records.push(LayerRecord {
-                plan: moe.plan,
-                moe_input: opts.keep_moe_inputs.then_some(h),
-            });
+            let out = if opts.keep_plans {
+                let moe = layer.moe.forward(be, &h, &opts.router)?;
+                routes.push(DeferredRoute::Host(moe.plan.totals()));
+                plans.push(Some(moe.plan));
+                moe.out
+            } else {
+                let (out, route) = layer.moe.forward_deferred(be, &h, &opts.router)?;
+                routes.push(route);
+                plans.push(None);
+                out
+            };
+            be.add_assign(&mut x, &out)?;
+            inputs.push(opts.keep_moe_inputs.then_some(h));
         }
         for (seq, toks) in seqs.iter_mut().zip(tokens) {
             seq.ids.extend_from_slice(toks);
@@ -205,6 +233,26 @@ impl<B: Backend> Model<B> {
             let n = be.rms_norm(&sel, &self.norm, eps)?;
             be.linear_to_host(&n, self.lm_head.as_ref().unwrap_or(&self.embed))?
         };
+        // The deferred layers' checks first: a NaN router logit is the cause
+        // of whatever the logits hold.
+        let totals = be.settle(routes)?;
+        if totals.len() != n_layers {
+            return Err(ModelError::Mismatch {
+                what: "layers settled by the backend",
+                got: totals.len(),
+                expected: n_layers,
+            });
+        }
+        let records = plans
+            .into_iter()
+            .zip(totals)
+            .zip(inputs)
+            .map(|((plan, totals), moe_input)| LayerRecord {
+                plan,
+                totals,
+                moe_input,
+            })
+            .collect();
         // Outputs never hold NaN or Inf: the first one is an error naming it.
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             let vocab = c.vocab_size.max(1);

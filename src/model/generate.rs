@@ -38,7 +38,9 @@ impl<B: Backend> Model<B> {
         // last position, no capacity overflow on a huge count.
         self.config()
             .check_generation(prompt.len(), opts.max_new_tokens)?;
-        let fo = ForwardOptions::new(opts.router.clone()).with_logits(LogitsMode::Last);
+        let fo = ForwardOptions::new(opts.router.clone())
+            .with_logits(LogitsMode::Last)
+            .with_plans(false);
         let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {
             if prompt.is_empty() {
@@ -80,7 +82,9 @@ impl<B: Backend> Model<B> {
             self.config()
                 .check_generation(p.len(), opts.max_new_tokens)?;
         }
-        let fo = ForwardOptions::new(opts.router.clone()).with_logits(LogitsMode::Last);
+        let fo = ForwardOptions::new(opts.router.clone())
+            .with_logits(LogitsMode::Last)
+            .with_plans(false);
         let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(opts.max_new_tokens); prompts.len()];
         let (mut seqs, first) = self.prefill(prompts, &fo)?;
         if opts.max_new_tokens == 0 {

@@ -111,4 +111,12 @@ pub enum ModelError {
         /// The layer.
         layer: usize,
     },
+    /// A layer record holds no routing plan: the forward pass ran without `keep_plans`.
+    #[error(
+        "layer record {layer} holds no routing plan; run the forward pass with keep_plans = true"
+    )]
+    NoPlan {
+        /// The layer.
+        layer: usize,
+    },
 }

@@ -35,7 +35,7 @@ pub fn forward_flops<B: Backend>(
     let router = 2.0 * t * h * cfg.num_local_experts as f64;
     let mut total = 0.0;
     for rec in &out.layers {
-        let served = rec.plan.len() as f64;
+        let served = rec.totals.served() as f64;
         let experts = served * 3.0 * 2.0 * h * cfg.intermediate_size as f64;
         total += proj + attn + router + experts;
     }

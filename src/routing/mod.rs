@@ -38,7 +38,7 @@ pub use gate::{softmax_row, Gate};
 pub use logits::Logits;
 pub use plan::{Assignment, CapacityInfo, PlanParts, RoutingPlan};
 pub use policy::{DropRank, Policy, POLICY_HELP};
-pub use stats::PlanStats;
+pub use stats::{mass_fx, PlanStats, PlanTotals};
 
 pub use crate::error::RoutingError;
 use served::Served;

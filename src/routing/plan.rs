@@ -5,7 +5,7 @@ use super::gate::Gate;
 use super::numerics::seq_sum;
 use super::policy::Policy;
 use super::served::Served;
-use super::stats::PlanStats;
+use super::stats::{mass_fx, PlanStats, PlanTotals};
 use super::CapacityScope;
 use crate::error::RoutingError;
 
@@ -62,6 +62,8 @@ pub struct RoutingPlan {
     prob: Vec<f32>,
     topk: Vec<u32>,
     stats: PlanStats,
+    /// The served and top-k gate mass in 2^-32 fixed point ([`PlanTotals`]).
+    mass_fx: (u64, u64),
 }
 
 impl RoutingPlan {
@@ -148,18 +150,24 @@ impl RoutingPlan {
         let mut load = vec![0u64; experts];
         let (mut dropped, mut rerouted) = (0u64, 0u64);
         let (mut served_mass, mut topk_mass) = (0.0f64, 0.0f64);
+        let (mut served_fx, mut topk_fx) = (0u64, 0u64);
         for t in 0..tokens {
             let top = gate.topk(t);
             let r = parts.offsets[t] as usize..parts.offsets[t + 1] as usize;
             for (&e, &pe) in parts.expert[r.clone()].iter().zip(&parts.prob[r.clone()]) {
                 load[e as usize] += 1;
                 served_mass += pe as f64;
+                served_fx += mass_fx(pe);
                 rerouted += u64::from(!top.contains(&e));
             }
             topk_mass += top
                 .iter()
                 .map(|&e| gate.p(t, e as usize) as f64)
                 .sum::<f64>();
+            topk_fx += top
+                .iter()
+                .map(|&e| mass_fx(gate.p(t, e as usize)))
+                .sum::<u64>();
             dropped += k.saturating_sub(r.len()) as u64;
         }
         let n = parts.expert.len();
@@ -191,6 +199,7 @@ impl RoutingPlan {
             prob: parts.prob,
             topk: gate.topk_all().to_vec(),
             stats,
+            mass_fx: (served_fx, topk_fx),
         }
     }
 
@@ -221,6 +230,18 @@ impl RoutingPlan {
     /// Loads, drops and gate mass (see [`PlanStats`]).
     pub fn stats(&self) -> &PlanStats {
         &self.stats
+    }
+
+    /// The statistics as a device sums them ([`PlanTotals`]; what a forward
+    /// pass keeps of a layer whose plan stays on the device).
+    pub fn totals(&self) -> PlanTotals {
+        PlanTotals {
+            load: self.stats.load.clone(),
+            dropped: self.stats.dropped,
+            rerouted: self.stats.rerouted,
+            served_mass_fx: self.mass_fx.0,
+            topk_mass_fx: self.mass_fx.1,
+        }
     }
     /// Total served assignments.
     pub fn len(&self) -> usize {

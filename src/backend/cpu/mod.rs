@@ -9,7 +9,7 @@ mod ops;
 
 pub use attention::CpuKv;
 
-use super::{AttnGeom, Backend, BackendError, ExpertWeights, HostTensor, Rope};
+use super::{AttnGeom, Backend, BackendError, DeferredRoute, ExpertWeights, HostTensor, Rope};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
 
@@ -36,6 +36,7 @@ impl Backend for CpuBackend {
     type Act = CpuTensor;
     type Kv = CpuKv;
     type Experts = Vec<ExpertWeights<CpuBackend>>;
+    type DeviceRoute = std::convert::Infallible;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -289,5 +290,19 @@ impl Backend for CpuBackend {
             rows: plan.tokens(),
             cols: expert_out.cols,
         })
+    }
+
+    /// Nothing to read back: the CPU routes on the host.
+    fn settle(
+        &self,
+        routes: Vec<DeferredRoute<std::convert::Infallible>>,
+    ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
+        Ok(routes
+            .into_iter()
+            .map(|r| match r {
+                DeferredRoute::Host(totals) => totals,
+                DeferredRoute::Device(never) => match never {},
+            })
+            .collect())
     }
 }

@@ -36,8 +36,8 @@ pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
 use crate::backend::shape_err;
 use crate::backend::{
-    name_seed32, AttnGeom, Backend, BackendError, CpuBackend, ExpertWeights, ExpertsShape,
-    HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
+    name_seed32, AttnGeom, Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights,
+    ExpertsShape, HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
 };
 use crate::cuda::{model_launch, GpuError};
 use crate::cuda::{ExpertFfn, FfnShape};
@@ -55,6 +55,7 @@ impl Backend for CudaBackend {
     type Act = CudaAct;
     type Kv = CudaKv;
     type Experts = CudaExperts;
+    type DeviceRoute = crate::cuda::PlanSummary;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -465,7 +466,7 @@ impl Backend for CudaBackend {
     /// same code as [`crate::cuda::MoeLayer`]. `reroute:optimal` has no
     /// device router yet and routes on the host (the plan is the same: both
     /// are the oracle's). The plan comes back to the host for the caller's
-    /// record: one download per layer (a device-side record is to come).
+    /// record: one download per layer ([`Backend::moe_deferred`] has none).
     fn moe(
         &self,
         w: &MoeWeights<Self>,
@@ -476,5 +477,31 @@ impl Backend for CudaBackend {
             return w.forward_host(self, x, router);
         }
         moe::forward_device(self, w, x, router)
+    }
+
+    /// [`Backend::moe`] with the plan left on the device as a
+    /// [`crate::cuda::PlanSummary`]: no host sync in the layer.
+    /// `reroute:optimal` (host-routed) and an empty batch keep their loads
+    /// on the host.
+    fn moe_deferred(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &CudaAct,
+        router: &RouterConfig,
+    ) -> Result<(CudaAct, DeferredRoute<Self::DeviceRoute>), BackendError> {
+        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
+            let m = w.forward_host(self, x, router)?;
+            return Ok((m.out, DeferredRoute::Host(m.plan.totals())));
+        }
+        let (out, summary) = moe::forward_deferred(self, w, x, router)?;
+        Ok((out, DeferredRoute::Device(summary)))
+    }
+
+    /// Every device summary in one download; see [`crate::cuda::settle`].
+    fn settle(
+        &self,
+        routes: Vec<DeferredRoute<Self::DeviceRoute>>,
+    ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
+        moe::settle(self, routes)
     }
 }

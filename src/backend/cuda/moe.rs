@@ -6,10 +6,12 @@
 
 use super::tensor::CudaAct;
 use super::CudaBackend;
-use crate::backend::{Backend, CpuBackend, ExpertWeights, MoeOutput, MoeWeights};
+use crate::backend::{
+    Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, MoeOutput, MoeWeights,
+};
 use crate::cuda::ffn::layer_forward;
-use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError, GpuRouter};
-use crate::routing::{DispatchLayout, RouterConfig, RoutingPlan, PAD};
+use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError, GpuPlan, GpuRouter, PlanSummary};
+use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -188,14 +190,14 @@ pub(super) fn combine(
     })
 }
 
-/// `Backend::moe` on the device (see there): logits from the router GEMM in
-/// f32, bias uploaded next to them, then [`layer_forward`].
-pub(super) fn forward_device(
+/// The layer on the device: logits from the router GEMM in f32, bias
+/// uploaded next to them, then [`layer_forward`]. Nothing is read back.
+fn run_device(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
     router: &RouterConfig,
-) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
+) -> Result<(CudaAct, GpuPlan), crate::backend::BackendError> {
     let ffn = &w.experts.ffn;
     let shape = ffn.shape();
     if x.cols != shape.hidden {
@@ -228,15 +230,70 @@ pub(super) fn forward_device(
     };
     let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
     let (out, gplan) = layer_forward(&gpu_router, ffn, &logits, bias.as_ref(), &x.data, x.rows)?;
+    let out = CudaAct {
+        data: out,
+        rows: x.rows,
+        cols: shape.hidden,
+    };
+    Ok((out, gplan))
+}
+
+/// `Backend::moe` on the device (see there): [`run_device`], then the plan
+/// downloaded and its layout made on the host.
+pub(super) fn forward_device(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
+    let (out, gplan) = run_device(be, w, x, router)?;
     let plan = gplan.to_host()?;
     let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
-    Ok(MoeOutput {
-        out: CudaAct {
-            data: out,
-            rows: x.rows,
-            cols: shape.hidden,
-        },
-        plan,
-        layout,
-    })
+    Ok(MoeOutput { out, plan, layout })
+}
+
+/// `Backend::moe_deferred` on the device: [`run_device`], the plan reduced
+/// to its [`PlanSummary`] (its totals enqueued; no read-back, so no host
+/// sync).
+pub(super) fn forward_deferred(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<(CudaAct, PlanSummary), crate::backend::BackendError> {
+    let (out, gplan) = run_device(be, w, x, router)?;
+    Ok((out, gplan.into_summary()?))
+}
+
+/// `Backend::settle`: the device summaries in one download, each error
+/// named by its layer.
+pub(super) fn settle(
+    be: &CudaBackend,
+    routes: Vec<DeferredRoute<PlanSummary>>,
+) -> Result<Vec<PlanTotals>, BackendError> {
+    let mut layers = Vec::new();
+    let mut summaries = Vec::new();
+    let mut out: Vec<Option<PlanTotals>> = Vec::with_capacity(routes.len());
+    for (l, r) in routes.into_iter().enumerate() {
+        match r {
+            DeferredRoute::Host(totals) => out.push(Some(totals)),
+            DeferredRoute::Device(s) => {
+                layers.push(l);
+                summaries.push(s);
+                out.push(None);
+            }
+        }
+    }
+    if !summaries.is_empty() {
+        let totals = crate::cuda::settle(be.gpu.stream(), &summaries).map_err(|(i, e)| {
+            BackendError::Layer {
+                layer: layers[i],
+                source: Box::new(e.into()),
+            }
+        })?;
+        for (l, v) in layers.into_iter().zip(totals) {
+            out[l] = Some(v);
+        }
+    }
+    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
 }

@@ -135,7 +135,11 @@ pub fn run_one<B: Backend>(
             sums.kl_rows += n;
         }
         for (li, rec) in out.layers.iter().enumerate() {
-            sums.add_plan(li, &rec.plan);
+            let plan = rec
+                .plan
+                .as_ref()
+                .ok_or_else(|| EvalError::Model(Box::new(ModelError::NoPlan { layer: li })))?;
+            sums.add_plan(li, plan);
         }
         progress.inc(1);
     }

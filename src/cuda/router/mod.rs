@@ -5,16 +5,19 @@
 //!
 //! One thing per file: gating and capacity selection (`select`), the plan
 //! (`plan`), the dispatch layout and GEMM arguments (`dispatch`), gather and
-//! combine (`combine`), and the buffer helpers (`buffers`).
+//! combine (`combine`), a plan's checks and loads kept for one later
+//! read-back (`summary`), and the buffer helpers (`buffers`).
 
 mod buffers;
 mod combine;
 mod dispatch;
 mod plan;
 mod select;
+mod summary;
 
 pub use dispatch::{GpuDispatch, GpuGemmArgs, HostDispatch};
 pub use plan::GpuPlan;
+pub use summary::{settle, PlanSummary};
 
 use super::context::GpuContext;
 use super::error::GpuError;

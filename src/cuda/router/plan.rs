@@ -137,19 +137,10 @@ impl GpuPlan {
 
     /// The first NaN or Inf logit the gating kernel saw (synchronises).
     fn check_finite(&self) -> Result<(), GpuError> {
-        let v = self.stream.clone_dtoh(&self.gated.nonfinite)?[0];
-        if v == 0 {
-            return Ok(());
-        }
-        let key = !v;
-        let at = (key >> 32) as usize;
-        let e = self.experts();
-        Err(crate::RoutingError::NonFiniteLogit {
-            token: at / e,
-            expert: at % e,
-            value: f32::from_bits(key as u32),
-        }
-        .into())
+        nonfinite_error(
+            self.stream.clone_dtoh(&self.gated.nonfinite)?[0],
+            self.experts(),
+        )
     }
 
     /// Copies the plan back (this synchronises) and checks it: a NaN or Inf
@@ -241,4 +232,21 @@ impl GpuPlan {
             })
             .collect()
     }
+}
+
+/// The gating kernel's non-finite record `v` (0: none; else the complement
+/// of `index << 32 | bits` of the first NaN or Inf logit) as the error.
+pub(super) fn nonfinite_error(v: u64, experts: usize) -> Result<(), GpuError> {
+    if v == 0 {
+        return Ok(());
+    }
+    let key = !v;
+    let at = (key >> 32) as usize;
+    let e = experts.max(1);
+    Err(crate::RoutingError::NonFiniteLogit {
+        token: at / e,
+        expert: at % e,
+        value: f32::from_bits(key as u32),
+    }
+    .into())
 }
