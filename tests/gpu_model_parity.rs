@@ -469,8 +469,13 @@ fn device_routed_moe_layer_matches_the_host_routed_one() {
                 if p.has_capacity() {
                     r = r.with_capacity_factor(1.0);
                 }
-                for bias in [None, layer_bias.clone()] {
-                    let what = format!("T{tokens} layer {li} {policy} bias {}", bias.is_some());
+                // A third, different bias: the backend's cached device copy
+                // must follow every change of the host bias.
+                let reversed = layer_bias
+                    .as_ref()
+                    .map(|b| b.iter().rev().copied().collect::<Vec<f32>>());
+                for bias in [None, layer_bias.clone(), reversed] {
+                    let what = format!("T{tokens} layer {li} {policy} bias {bias:?}");
                     model.layers_mut()[li].moe.router_bias = bias;
                     let (be, moe) = (model.backend(), &model.layers()[li].moe);
                     let host = moe.forward_host(be, &h, &r).unwrap();

@@ -146,7 +146,7 @@ impl Backend for CudaBackend {
             name_seed32(init.seed, &name(0, "w13")),
             init.bound() as f32,
         )?;
-        Ok(CudaExperts { ffn })
+        Ok(CudaExperts::new(ffn))
     }
 
     /// CUDA events around what `f` queues on the backend's stream, after a

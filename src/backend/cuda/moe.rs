@@ -14,22 +14,30 @@ use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError, GpuPlan, GpuRouter, P
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One layer's experts on the device: bf16 `W13`/`W2` behind the grouped
-/// GEMMs.
+/// GEMMs, and the layer's router bias as last uploaded.
 pub struct CudaExperts {
     pub(crate) ffn: ExpertFfn,
+    /// The host bias this device copy was made from: `MoeWeights::router_bias`
+    /// is a public field, so each call compares (E floats) before it reuses.
+    bias: Mutex<Option<(Vec<f32>, CudaSlice<f32>)>>,
 }
 
 impl CudaExperts {
+    pub(super) fn new(ffn: ExpertFfn) -> Self {
+        Self {
+            ffn,
+            bias: Mutex::new(None),
+        }
+    }
+
     pub(super) fn from_host(
         gpu: &GpuContext,
         host: &[ExpertWeights<CpuBackend>],
     ) -> Result<Self, GpuError> {
-        Ok(Self {
-            ffn: ExpertFfn::from_host(gpu, host)?,
-        })
+        Ok(Self::new(ExpertFfn::from_host(gpu, host)?))
     }
 
     /// The device expert FFN (weights and grouped-GEMM variants).
@@ -40,6 +48,10 @@ impl CudaExperts {
 
 fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
     i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Uploads `v`, or one `fill` when it is empty (CUDA allocations are never
@@ -217,7 +229,14 @@ fn run_device(
     }
     let st = be.gpu.stream();
     let logits = super::blas::linear::<f32>(&be.blas, st, x, &w.gate)?;
-    let bias = match &w.router_bias {
+    // The device bias is uploaded once and reused while the host bias is
+    // unchanged: no copy or allocation per call.
+    let mut cached = w
+        .experts
+        .bias
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &w.router_bias {
         Some(b) if b.len() != shape.experts => {
             return Err(crate::backend::shape_err(
                 "router bias",
@@ -225,11 +244,15 @@ fn run_device(
                 vec![shape.experts],
             ))
         }
-        Some(b) => Some(st.clone_htod(b)?),
-        None => None,
-    };
+        Some(b) if !cached.as_ref().is_some_and(|(host, _)| same_bits(host, b)) => {
+            *cached = Some((b.clone(), st.clone_htod(b)?));
+        }
+        _ => {}
+    }
+    let bias = w.router_bias.as_ref().and(cached.as_ref().map(|(_, d)| d));
     let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
-    let (out, gplan) = layer_forward(&gpu_router, ffn, &logits, bias.as_ref(), &x.data, x.rows)?;
+    let (out, gplan) = layer_forward(&gpu_router, ffn, &logits, bias, &x.data, x.rows)?;
+    drop(cached);
     let out = CudaAct {
         data: out,
         rows: x.rows,
