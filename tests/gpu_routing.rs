@@ -144,7 +144,7 @@ fn gpu_plans_are_bit_identical_to_the_oracle() {
     let totals = capmoe::cuda::settle(g.stream(), &summaries).unwrap();
     assert_eq!(totals.len(), wants.len());
     for ((got, want), name) in totals.iter().zip(&wants).zip(&names) {
-        assert_eq!(got, want, "{name}: device totals");
+        assert_eq!(got.as_ref().unwrap(), want, "{name}: device totals");
     }
     eprintln!("{checked} plans and their device totals bit-identical");
 }
@@ -390,22 +390,21 @@ fn gpu_non_finite_logits_are_a_typed_error() {
             let host = d.to_host(&plan).unwrap();
             assert!(host.offsets.windows(2).all(|w| w[0] <= w[1]), "{policy}");
             // Deferred, the same error comes back when the summary settles,
-            // after a clean summary (its index names the failing one).
+            // in the failing summary's own result (the clean one's is Ok).
             let clean = GpuRouter::new(&g, RouterConfig::new(k, Policy::None))
                 .unwrap()
                 .route(&upload(&g, &vec![0.5; t * e]), t, e)
                 .unwrap();
             let summaries = [clean.into_summary().unwrap(), plan.into_summary().unwrap()];
-            match capmoe::cuda::settle(g.stream(), &summaries) {
-                Err((
-                    1,
-                    GpuError::Routing(capmoe::RoutingError::NonFiniteLogit {
-                        token,
-                        expert,
-                        value,
-                    }),
-                )) => {
-                    assert_eq!((token, expert), (at / e, at % e), "{policy}");
+            let settled = capmoe::cuda::settle(g.stream(), &summaries).unwrap();
+            assert!(settled[0].is_ok(), "{policy}: the clean summary");
+            match &settled[1] {
+                Err(GpuError::Routing(capmoe::RoutingError::NonFiniteLogit {
+                    token,
+                    expert,
+                    value,
+                })) => {
+                    assert_eq!((*token, *expert), (at / e, at % e), "{policy}");
                     assert_eq!(value.to_bits(), bad.to_bits(), "{policy}");
                 }
                 other => panic!("{policy}: expected summary 1's NonFiniteLogit, got {other:?}"),
@@ -444,8 +443,8 @@ fn gpu_unconverged_next_best_is_an_error_when_deferred_too() {
         matches!(plan.to_host(), Err(GpuError::NotConverged { rounds: 1 })),
         "one round must not converge on this batch"
     );
-    match capmoe::cuda::settle(g.stream(), &[plan.into_summary().unwrap()]) {
-        Err((0, GpuError::NotConverged { rounds: 1 })) => {}
+    match capmoe::cuda::settle(g.stream(), &[plan.into_summary().unwrap()]).as_deref() {
+        Ok([Err(GpuError::NotConverged { rounds: 1 })]) => {}
         other => panic!("expected NotConverged from settle, got {other:?}"),
     }
 }

@@ -198,7 +198,7 @@ fn every_policy_runs_end_to_end_and_records_plans() {
 /// and one `settle`): the same logits bit for bit, the same totals, no plan,
 /// and EP replay, which needs the plan, is a typed error.
 #[test]
-fn forward_without_plans_gives_the_same_logits_and_loads() {
+fn forward_without_plans_gives_the_same_logits_and_totals() {
     let m = random_model(tiny(), 19);
     let ids: Vec<u32> = (0..40).map(|i| (i * 11 % 128) as u32).collect();
     for policy in Policy::all() {

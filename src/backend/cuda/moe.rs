@@ -308,14 +308,12 @@ pub(super) fn settle(
         }
     }
     if !summaries.is_empty() {
-        let totals = crate::cuda::settle(be.gpu.stream(), &summaries).map_err(|(i, e)| {
-            BackendError::Layer {
-                layer: layers[i],
-                source: Box::new(e.into()),
-            }
-        })?;
+        let totals = crate::cuda::settle(be.gpu.stream(), &summaries)?;
         for (l, v) in layers.into_iter().zip(totals) {
-            out[l] = Some(v);
+            out[l] = Some(v.map_err(|e| BackendError::Layer {
+                layer: l,
+                source: Box::new(e.into()),
+            })?);
         }
     }
     Ok(out.into_iter().map(Option::unwrap_or_default).collect())

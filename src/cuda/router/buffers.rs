@@ -28,8 +28,9 @@ pub(super) fn scratch<T: DeviceRepr>(
     // topk_sum in full, select and next-best write every served slot, cub and
     // the launchers write their workspace before reading it, the plan, dispatch
     // and combine outputs are read only up to the counts the kernels wrote
-    // (offsets[T], total_rows, T * hidden), clear_rows fills every row, and
-    // gemm_args writes all 3E problem sizes and E pointers of each array.
+    // (offsets[T], total_rows, T * hidden), clear_rows fills every row,
+    // gemm_args writes all 3E problem sizes and E pointers of each array, and
+    // capmoe_plan_stats zeroes its totals before it sums into them.
     Ok(unsafe { s.alloc::<T>(n.max(1)) }?)
 }
 

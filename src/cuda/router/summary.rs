@@ -2,7 +2,7 @@
 //! checks, totals and loads), kept on the device, and [`settle`], which
 //! reads many of them back in one download.
 
-use super::buffers::alloc;
+use super::buffers::{alloc, scratch};
 use super::plan::{nonfinite_error, GpuPlan};
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
@@ -34,7 +34,8 @@ impl GpuPlan {
     /// reads and frees the rest. No host sync.
     pub fn into_summary(self) -> Result<PlanSummary, GpuError> {
         let st = &self.stream;
-        let mut stats = alloc::<u64>(st, STATS)?;
+        // capmoe_plan_stats zeroes it itself.
+        let mut stats = scratch::<u64>(st, STATS)?;
         {
             let g = &self.gated;
             let (pp, _g1) = g.probs.device_ptr(st);
@@ -79,75 +80,68 @@ impl PlanSummary {
 /// Each summary's totals and per-expert loads, after its checks: a NaN or Inf
 /// logit is [`crate::RoutingError::NonFiniteLogit`] and an unconverged
 /// next-best is [`GpuError::NotConverged`], as [`GpuPlan::to_host`] reports
-/// them. The copies into one buffer are stream-ordered; the one download
-/// synchronises `stream`. An error carries the index of the first failing
-/// summary.
+/// them, one result per summary. The copies into one buffer are
+/// stream-ordered; the one download synchronises `stream`. The outer error
+/// is a failure of the read-back itself (a driver call, a summary of another
+/// stream), which no one summary caused.
 pub fn settle(
     stream: &Arc<CudaStream>,
     summaries: &[PlanSummary],
-) -> Result<Vec<PlanTotals>, (usize, GpuError)> {
+) -> Result<Vec<Result<PlanTotals, GpuError>>, GpuError> {
     let mut starts = Vec::with_capacity(summaries.len());
     let mut words = 0usize;
-    let at = |i: usize| move |e: GpuError| (i, e);
-    for (i, s) in summaries.iter().enumerate() {
+    for s in summaries {
         starts.push(words);
         words = words
             .checked_add(HEAD + s.experts)
             .ok_or(GpuError::TooLarge {
                 what: "plan summary words",
                 value: s.experts,
-            })
-            .map_err(at(i))?;
+            })?;
     }
-    let mut ledger = alloc::<u32>(stream, words).map_err(at(0))?;
-    for (i, (s, &w)) in summaries.iter().zip(&starts).enumerate() {
+    let mut ledger = alloc::<u32>(stream, words)?;
+    for (s, &w) in summaries.iter().zip(&starts) {
         if s.stream.cu_stream() != stream.cu_stream() {
-            return Err((
-                i,
-                GpuError::Shape {
-                    what: "plan summary's stream",
-                    got: "a stream of another GpuContext".into(),
-                    expected: "the stream the plans were routed on".into(),
-                },
-            ));
+            return Err(GpuError::Shape {
+                what: "plan summary's stream",
+                got: "a stream of another GpuContext".into(),
+                expected: "the stream the plans were routed on".into(),
+            });
         }
         if s.load.len() < s.experts {
-            return Err((i, too_small("load")));
+            return Err(too_small("load"));
         }
         let mut put = |src: &CudaView<'_, u32>, at: usize| {
-            stream
-                .memcpy_dtod(src, &mut ledger.slice_mut(at..at + src.len()))
-                .map_err(|e| (i, GpuError::from(e)))
+            stream.memcpy_dtod(src, &mut ledger.slice_mut(at..at + src.len()))
         };
         // SAFETY: a u64 is two plain u32 words, and the view is the buffer's
         // one u64.
-        let nf = unsafe { s.nonfinite.transmute::<u32>(2) }.ok_or((i, too_small("nonfinite")))?;
+        let nf = unsafe { s.nonfinite.transmute::<u32>(2) }.ok_or(too_small("nonfinite"))?;
         put(&nf, w)?;
         if let Some(flags) = &s.flags {
             let c = sys::CAPMOE_NB_CONVERGED as usize;
             if flags.len() <= c {
-                return Err((i, too_small("next-best flags")));
+                return Err(too_small("next-best flags"));
             }
             let f = flags.slice(c..c + 1);
             // SAFETY: an i32 flag (0 or 1) read as a u32 word, inside the buffer.
-            let f = unsafe { f.transmute::<u32>(1) }.ok_or((i, too_small("next-best flags")))?;
+            let f = unsafe { f.transmute::<u32>(1) }.ok_or(too_small("next-best flags"))?;
             put(&f, w + 2)?;
         }
         // SAFETY: CAPMOE_STATS u64 as twice as many plain u32 words.
-        let t = unsafe { s.stats.transmute::<u32>(2 * STATS) }.ok_or((i, too_small("stats")))?;
+        let t = unsafe { s.stats.transmute::<u32>(2 * STATS) }.ok_or(too_small("stats"))?;
         put(&t, w + 4)?;
         put(&s.load.slice(..s.experts), w + HEAD)?;
     }
-    let host = stream.clone_dtoh(&ledger).map_err(|e| (0, e.into()))?;
-    summaries
+    let host = stream.clone_dtoh(&ledger)?;
+    Ok(summaries
         .iter()
         .zip(&starts)
-        .enumerate()
-        .map(|(i, (s, &w))| {
+        .map(|(s, &w)| {
             let nf = u64::from(host[w]) | (u64::from(host[w + 1]) << 32);
-            nonfinite_error(nf, s.experts).map_err(at(i))?;
+            nonfinite_error(nf, s.experts)?;
             if s.flags.is_some() && host[w + 2] != 1 {
-                return Err((i, GpuError::NotConverged { rounds: s.rounds }));
+                return Err(GpuError::NotConverged { rounds: s.rounds });
             }
             let word = |j: usize| {
                 let at = w + 4 + 2 * j;
@@ -164,7 +158,7 @@ pub fn settle(
                 topk_mass_fx: word(sys::CAPMOE_STAT_TOPK_MASS as usize),
             })
         })
-        .collect()
+        .collect())
 }
 
 fn too_small(what: &'static str) -> GpuError {
