@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -44,6 +45,7 @@ enum cudaError_t {
   cudaErrorInvalidDeviceFunction = 98,
   cudaErrorNotSupported = 801,
   cudaErrorLaunchFailure = 719,
+  cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorUnknown = 999,
 };
 typedef cudaError_t cudaError;
@@ -109,9 +111,10 @@ uint64_t warp_op(Op op, unsigned mask, uint64_t value, int arg, int width);
 unsigned active_mask();
 void set_error(cudaError_t e);
 
-// Runs `thread(closure)` for every thread of every block (runtime.cpp).
+// Runs `thread(closure)` for every thread of every block (runtime.cpp): at the call, or at each
+// replay of the graph that `stream`'s capture becomes (so the closure is shared, not borrowed).
 void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-              void (*thread)(void*), void* closure);
+              void (*thread)(void*), std::shared_ptr<void> closure);
 
 template <class T>
 T implicit(T v) { return v; }
@@ -130,13 +133,15 @@ struct Launch {
     struct Closure {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> params;
-    } c{kernel, std::tuple<std::decay_t<P>...>(implicit<std::decay_t<P>>(std::forward<A>(a))...)};
+    };
+    auto c = std::make_shared<Closure>(
+        Closure{kernel, std::tuple<std::decay_t<P>...>(implicit<std::decay_t<P>>(std::forward<A>(a))...)});
     run_grid(name, grid, block, smem, stream,
              [](void* p) {
                auto* cl = static_cast<Closure*>(p);
                std::apply(cl->kernel, cl->params);  // by-value parameters: each thread gets copies
              },
-             &c);
+             std::move(c));
   }
 };
 

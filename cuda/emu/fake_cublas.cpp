@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "emu.cuh"
+#include "emu_stream.h"
 #include "include/cuda_bf16.h"
 
 namespace {
@@ -50,21 +51,24 @@ int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const voi
   if (lda < (transa ? k : m) || ldb < (transb ? n : k) || ldc < m) return kInvalid;
   if (lda < 1 || ldb < 1 || ldc < 1) return kInvalid;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  for (long long j = 0; j < n; ++j)
-    for (long long i = 0; i < m; ++i) {
-      float acc = 0.0f;
-      for (long long l = 0; l < k; ++l) {
-        const float a = load(A, atype, transa ? l + i * lda : i + l * lda);
-        const float b = load(B, btype, transb ? j + l * ldb : l + j * ldb);
-        acc += a * b;
+  // Host alpha and beta are read at the call; the product runs in stream order.
+  capmoe_emu::enqueue(static_cast<Handle*>(h)->stream, [=] {
+    for (long long j = 0; j < n; ++j)
+      for (long long i = 0; i < m; ++i) {
+        float acc = 0.0f;
+        for (long long l = 0; l < k; ++l) {
+          const float a = load(A, atype, transa ? l + i * lda : i + l * lda);
+          const float b = load(B, btype, transb ? j + l * ldb : l + j * ldb);
+          acc += a * b;
+        }
+        float v = al * acc;
+        if (be != 0.0f) v += be * load(C, ctype, i + j * ldc);
+        if (ctype == kR16BF)
+          static_cast<__nv_bfloat16*>(C)[i + j * ldc] = __float2bfloat16_rn(v);
+        else
+          static_cast<float*>(C)[i + j * ldc] = v;
       }
-      float v = al * acc;
-      if (be != 0.0f) v += be * load(C, ctype, i + j * ldc);
-      if (ctype == kR16BF)
-        static_cast<__nv_bfloat16*>(C)[i + j * ldc] = __float2bfloat16_rn(v);
-      else
-        static_cast<float*>(C)[i + j * ldc] = v;
-    }
+  });
   return kOk;
 }
 }

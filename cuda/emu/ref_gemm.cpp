@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include "emu.cuh"
+#include "emu_stream.h"
 #include "../include/capmoe_abi.h"
 #include "include/cuda_bf16.h"
 
@@ -55,34 +56,12 @@ constexpr int kBadArgument = -1;
 constexpr int kMaxGroups = 1024;
 // The SM90 kernel's workspace holds per-SM TMA descriptors; SM80's kDeviceOnly needs none.
 constexpr size_t kSm90BytesPerSm = 512;
-}  // namespace
 
-extern "C" size_t capmoe_emu_grouped_gemm_workspace(int sm90, int groups, int sm_count) {
-  if (groups < 1 || groups > kMaxGroups || sm_count < 1) return 0;
-  return sm90 ? static_cast<size_t>(sm_count) * kSm90BytesPerSm : 0;
-}
-
-extern "C" int capmoe_emu_grouped_gemm(int sm90, const capmoe_gg_args* args, capmoe_stream_t) {
-  if (!args) return kBadArgument;
-  const int groups = args->groups, max_n = args->max_n, max_k = args->max_k, sm_count = args->sm_count;
-  const int* problems = args->problems;
-  const void* const* a = args->a;
-  const void* const* b = args->b;
-  void* const* d = args->d;
-  const int64_t *lda = args->lda, *ldb = args->ldb, *ldd = args->ldd;
-  void* workspace = args->workspace;
-  const size_t workspace_bytes = args->workspace_bytes;
+void run(int sm90, int groups, int max_n, int max_k, const int* problems, const void* const* a, const void* const* b,
+         void* const* d, const int64_t* lda, const int64_t* ldb, const int64_t* ldd, void* workspace, size_t need) {
   using capmoe_emu::fatal;
-  // The launcher's own checks (the same as the templates' host code).
-  if (groups < 1 || groups > kMaxGroups || max_n < 8 || max_n % 8 != 0 || max_k < 8 || max_k % 8 != 0 ||
-      sm_count < 1 || !problems || !a || !lda || !b || !ldb || !d || !ldd)
-    return kBadArgument;
-  const size_t need = capmoe_emu_grouped_gemm_workspace(sm90, groups, sm_count);
-  if (workspace_bytes < need || (need > 0 && !workspace) || reinterpret_cast<uintptr_t>(workspace) % 64 != 0)
-    return kBadArgument;
   if (need) capmoe_emu::fill_random(workspace, need);
   const char* arch = sm90 ? "SM90 ptr-array" : "SM80 GemmGrouped";
-  // What the kernel reads on the device, checked here.
   for (int g = 0; g < groups; ++g) {
     const int m = problems[3 * g], n = problems[3 * g + 1], k = problems[3 * g + 2];
     if (m < 0) fatal("grouped GEMM (%s): group %d has m = %d", arch, g, m);
@@ -107,5 +86,32 @@ extern "C" int capmoe_emu_grouped_gemm(int sm90, const capmoe_gg_args* args, cap
     check_rows(arch, g, "D", D, m, ldd[g], n);
     gemm(A, lda[g], B, ldb[g], D, ldd[g], m, n, k);
   }
+}
+}  // namespace
+
+extern "C" size_t capmoe_emu_grouped_gemm_workspace(int sm90, int groups, int sm_count) {
+  if (groups < 1 || groups > kMaxGroups || sm_count < 1) return 0;
+  return sm90 ? static_cast<size_t>(sm_count) * kSm90BytesPerSm : 0;
+}
+
+extern "C" int capmoe_emu_grouped_gemm(int sm90, const capmoe_gg_args* args, capmoe_stream_t stream) {
+  if (!args) return kBadArgument;
+  const int groups = args->groups, max_n = args->max_n, max_k = args->max_k, sm_count = args->sm_count;
+  const int* problems = args->problems;
+  const void* const* a = args->a;
+  const void* const* b = args->b;
+  void* const* d = args->d;
+  const int64_t *lda = args->lda, *ldb = args->ldb, *ldd = args->ldd;
+  void* workspace = args->workspace;
+  const size_t workspace_bytes = args->workspace_bytes;
+  // The launcher's own checks (the same as the templates' host code).
+  if (groups < 1 || groups > kMaxGroups || max_n < 8 || max_n % 8 != 0 || max_k < 8 || max_k % 8 != 0 ||
+      sm_count < 1 || !problems || !a || !lda || !b || !ldb || !d || !ldd)
+    return kBadArgument;
+  const size_t need = capmoe_emu_grouped_gemm_workspace(sm90, groups, sm_count);
+  if (workspace_bytes < need || (need > 0 && !workspace) || reinterpret_cast<uintptr_t>(workspace) % 64 != 0)
+    return kBadArgument;
+  // What the kernel reads on the device, checked when it runs (in stream order).
+  capmoe_emu::enqueue(stream, [=] { run(sm90, groups, max_n, max_k, problems, a, b, d, lda, ldb, ldd, workspace, need); });
   return 0;
 }

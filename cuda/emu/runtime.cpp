@@ -12,6 +12,7 @@
 
 #include "emu.cuh"
 #include "emu_cub.h"
+#include "emu_stream.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CAPMOE_EMU_ASAN 1
@@ -420,21 +421,14 @@ uint64_t warp_op(Op op, unsigned mask, uint64_t value, int arg, int width) {
   return f.result;
 }
 
-void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, void (*thread)(void*),
-              void* closure) {
-  (void)stream;
+namespace {
+// One launch, run now: the blocks in a seeded random order (no block may depend on another
+// within a launch), each block's threads on fibers.
+void execute_grid(const char* kernel, dim3 grid, dim3 block, void (*thread)(void*), void* closure) {
   std::lock_guard<std::recursive_mutex> lock(g_lock);
-  seed_once();
   if (g_thread) fatal("kernel launch from inside a kernel (%s)", kernel);
-  const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 ||
-      nthreads > 1024 || block.z > 64 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-    set_error(cudaErrorInvalidConfiguration);
-    return;
-  }
-  if (smem > 0) fatal("%s: dynamic shared memory is not emulated", kernel);
   g_kernel = kernel;
-  g_nthreads = static_cast<unsigned>(nthreads);
+  g_nthreads = block.x * block.y * block.z;
   if (g_fibers.size() < g_nthreads) g_fibers.resize(g_nthreads);
   if (g_warps.size() < (g_nthreads + 31) / 32) g_warps.resize((g_nthreads + 31) / 32);
   for (unsigned i = 0; i < g_nthreads; ++i) {
@@ -444,7 +438,6 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream
   }
   g_body = thread;
   g_closure = closure;
-  // Blocks in a seeded random order too: no block may depend on another within a launch.
   const unsigned long long nblocks = 1ull * grid.x * grid.y * grid.z;
   std::vector<unsigned long long> order(nblocks);
   for (unsigned long long b = 0; b < nblocks; ++b) order[b] = b;
@@ -457,6 +450,24 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream
     run_block();
   }
   g_kernel = "";
+}
+}  // namespace
+
+// The configuration is checked at the call, as a GPU's launch does (also while capturing); the
+// grid runs now or at each replay of the captured graph.
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, void (*thread)(void*),
+              std::shared_ptr<void> closure) {
+  std::lock_guard<std::recursive_mutex> lock(g_lock);
+  seed_once();
+  if (g_thread) fatal("kernel launch from inside a kernel (%s)", kernel);
+  const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 ||
+      nthreads > 1024 || block.z > 64 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    set_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (smem > 0) fatal("%s: dynamic shared memory is not emulated", kernel);
+  enqueue(stream, [=] { execute_grid(kernel, grid, block, thread, closure.get()); });
 }
 
 // ---- cub support -----------------------------------------------------------------------------
@@ -547,6 +558,7 @@ const char* cudaGetErrorName(int e) {
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     default: return "cudaErrorUnknown";
   }
 }
@@ -559,20 +571,27 @@ const char* cudaGetErrorString(int e) {
     case cudaErrorInvalidDevicePointer: return "invalid device pointer (emulated)";
     case cudaErrorLaunchFailure: return "unspecified launch failure (emulated)";
     case cudaErrorNotSupported: return "operation not supported (emulated)";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing (emulated)";
     default: return "unknown error (emulated)";
   }
 }
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (count && !ptr) return cudaErrorInvalidValue;
-  if (count) std::memset(ptr, value, count);
+  if (count) enqueue(stream, [=] { std::memset(ptr, value, count); });
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, int, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, int, cudaStream_t stream) {
   if (count && (!dst || !src)) return cudaErrorInvalidValue;
-  if (count) std::memmove(dst, src, count);
+  if (count) enqueue(stream, [=] { std::memmove(dst, src, count); });
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (Capture* c = capture_of(stream)) {
+    invalidate(c, "cudaStreamSynchronize of the capturing stream (a host sync inside the graph)");
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 // Stream-ordered allocations start as random bytes, as recycled pool memory does.
 cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }

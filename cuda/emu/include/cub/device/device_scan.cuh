@@ -1,8 +1,10 @@
-// Emulation stand-in for cub's DeviceScan::ExclusiveSum (checks the temp-storage size).
+// Emulation stand-in for cub's DeviceScan::ExclusiveSum (checks the temp-storage size),
+// in stream order like the sort.
 #pragma once
 #include <iterator>
 #include "../../../emu.cuh"
 #include "../../../emu_cub.h"
+#include "../../../emu_stream.h"
 
 namespace cub {
 struct DeviceScan {
@@ -15,14 +17,16 @@ struct DeviceScan {
       temp_bytes = need;
       return cudaSuccess;
     }
-    ::capmoe_emu::check_scan(temp, temp_bytes, need, n, stream);
-    using T = typename std::iterator_traits<In>::value_type;
-    T acc{};
-    for (long long i = 0; i < n; ++i) {
-      const T v = in[i];  // read before the write: in == out is allowed
-      out[i] = acc;
-      acc = static_cast<T>(acc + v);
-    }
+    ::capmoe_emu::enqueue(stream, [=] {
+      ::capmoe_emu::check_scan(temp, temp_bytes, need, n, stream);
+      using T = typename std::iterator_traits<In>::value_type;
+      T acc{};
+      for (long long i = 0; i < n; ++i) {
+        const T v = in[i];  // read before the write: in == out is allowed
+        out[i] = acc;
+        acc = static_cast<T>(acc + v);
+      }
+    });
     return cudaSuccess;
   }
 };
