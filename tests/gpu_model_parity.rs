@@ -554,3 +554,129 @@ fn deferred_plans_settle_once_and_name_the_failing_layer() {
     }
     assert!(err.to_string().contains("router logit at token"), "{err}");
 }
+
+/// The CUDA decoder captures one decode step per batch size as a CUDA graph
+/// over a static KV cache with device positions, and replays it: every
+/// step's greedy tokens and every layer's plan totals (loads, drops,
+/// reroutes, fixed-point gate mass: a flipped bit in any router logit shows)
+/// equal the eager forward passes', through a batch that shrinks (a new
+/// graph), up to the positions it was sized for and no further. A NaN
+/// router logit fails the step and names the layer. `reroute:optimal`
+/// routes on the host, so it decodes eagerly.
+#[test]
+fn decode_graph_replays_the_eager_steps() {
+    use capmoe::model::{greedy_rows, Decoder, EagerDecoder, LogitsMode, ModelError};
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let opts = InitOptions::new(9).with_skew(Skew::Ratio(1.6));
+    let mut model = Model::random_host(g, cfg, &opts).unwrap();
+    let k = model.config().num_experts_per_tok;
+    let prompts: [&[u32]; 3] = [&[3, 14, 15, 92, 65, 35, 89], &[8, 9], &[27, 18, 28, 18]];
+    let steps = 5;
+    for policy in [
+        "none",
+        "drop:score",
+        "reroute:next-best",
+        "expand:local",
+        "reroute:optimal",
+    ] {
+        let p: Policy = policy.parse().unwrap();
+        let mut r = RouterConfig::new(k, p).with_ranks(2);
+        if p.has_capacity() {
+            r = r.with_capacity_factor(1.0);
+        }
+        let fo = ForwardOptions::new(r.clone())
+            .with_logits(LogitsMode::Last)
+            .with_plans(false);
+        let (seqs_a, first) = model.prefill(&prompts, &fo).unwrap();
+        let (seqs_b, _) = model.prefill(&prompts, &fo).unwrap();
+        let next = greedy_rows(&first).unwrap();
+        let mut eager = EagerDecoder::new(&model, seqs_a, next.clone(), &r).unwrap();
+        let mut graph = model.decoder(seqs_b, next, steps, &r).unwrap();
+        let want = if p == Policy::RerouteOptimal {
+            "forward"
+        } else {
+            "cuda-graph"
+        };
+        assert_eq!(graph.name(), want, "{policy}");
+        for step in 0..steps {
+            if step == 2 {
+                eager.retain(&[0, 2]).unwrap();
+                graph.retain(&[0, 2]).unwrap();
+            }
+            let (ta, tb) = (eager.step().unwrap(), graph.step().unwrap());
+            let what = format!("{policy} step {step}");
+            assert_eq!(tb, ta, "{what}: plan totals");
+            assert_eq!(graph.pending(), eager.pending(), "{what}: tokens");
+            assert_eq!(graph.batch(), if step < 2 { 3 } else { 2 }, "{what}");
+        }
+        if want == "cuda-graph" {
+            // The longest prompt (kept) has used every position it was sized for.
+            assert!(
+                matches!(graph.step(), Err(ModelError::Mismatch { .. })),
+                "{policy}: a step past the static cache must fail"
+            );
+        }
+    }
+    // A NaN router logit in the last layer: the replay's ledger names it.
+    let layers = model.layers().len();
+    let e = model.config().num_local_experts;
+    let r = RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+    let fo = ForwardOptions::new(r.clone())
+        .with_logits(LogitsMode::Last)
+        .with_plans(false);
+    let (seqs, first) = model.prefill(&prompts, &fo).unwrap();
+    let next = greedy_rows(&first).unwrap();
+    let mut bias = vec![0.0f32; e];
+    bias[0] = f32::NAN;
+    model.layers_mut()[layers - 1].moe.router_bias = Some(bias);
+    let mut graph = model.decoder(seqs, next, 2, &r).unwrap();
+    match graph.step() {
+        Err(ModelError::Backend(capmoe::backend::BackendError::Layer { layer, .. })) => {
+            assert_eq!(layer, layers - 1)
+        }
+        Err(other) => panic!("expected the failing layer named, got {other}"),
+        Ok(_) => panic!("a NaN router bias must fail the decode step"),
+    }
+}
+
+/// The decode step's greedy kernel against its twins, `model::argmax` and
+/// the forward pass's first non-finite logit, on random rows and on the
+/// adversarial ones: ties (first wins), a lone NaN, all NaN, +-Inf,
+/// -Inf everywhere, equal values across threads' strides, vocab 1.
+#[test]
+fn greedy_kernel_matches_argmax() {
+    let Some(g) = gpu() else { return };
+    let st = g.gpu().stream();
+    for vocab in [1usize, 7, 256, 1000, 32000] {
+        let mut rows: Vec<Vec<f32>> = (0..4).map(|s| rand(vocab, 100 + s, 4.0)).collect();
+        rows.push(vec![1.5; vocab]);
+        let mut tie = vec![0.0f32; vocab];
+        tie[vocab / 2] = 3.0;
+        tie[vocab - 1] = 3.0;
+        rows.push(tie);
+        let mut nan = rand(vocab, 7, 1.0);
+        nan[vocab / 3] = f32::NAN;
+        rows.push(nan);
+        rows.push(vec![f32::NAN; vocab]);
+        let mut inf = rand(vocab, 8, 1.0);
+        inf[vocab - 1] = f32::INFINITY;
+        inf[vocab / 4] = f32::NEG_INFINITY;
+        rows.push(inf);
+        rows.push(vec![f32::NEG_INFINITY; vocab]);
+        let flat: Vec<f32> = rows.concat();
+        let d = st.clone_htod(&flat).unwrap();
+        let got = capmoe::cuda::greedy(st, &d, rows.len(), vocab).unwrap();
+        for (r, (row, pick)) in rows.iter().zip(&got).enumerate() {
+            let want = capmoe::model::argmax(row).map_or(0, |i| i as u32);
+            assert_eq!(pick.token, want, "vocab {vocab} row {r}");
+            let bad = row.iter().position(|x| !x.is_finite());
+            let nf = pick.nonfinite.map(|(c, v)| (c, v.to_bits()));
+            assert_eq!(
+                nf,
+                bad.map(|c| (c, row[c].to_bits())),
+                "vocab {vocab} row {r}"
+            );
+        }
+    }
+}

@@ -331,6 +331,46 @@ typedef struct capmoe_attn_args {
 } capmoe_attn_args;
 int capmoe_model_attention(const capmoe_attn_args* args, capmoe_stream_t stream);
 
+/* One decode step's attention over a static cache, positions on the device (a CUDA graph replays
+ * it unchanged). Sequence b's new rows q [b] ([batch, heads * head_dim]), k, v [b] ([batch,
+ * kv_heads * head_dim]) sit at position positions[b]: k and v are written to cache row
+ * b * max_positions + positions[b], then q attends rows b * max_positions + 0 .. positions[b].
+ * k_cache, v_cache: [batch * max_positions, kv_heads * head_dim] bf16; out like q. A position
+ * outside [0, max_positions) writes nothing to the cache and zeros to out. */
+typedef struct capmoe_decode_attn_args {
+  const void* q;
+  const void* k;
+  const void* v;
+  const int32_t* positions;
+  void* k_cache;
+  void* v_cache;
+  void* out;
+  int32_t batch;
+  int32_t max_positions;
+  int32_t heads;
+  int32_t kv_heads;
+  int32_t head_dim; /* <= 256 */
+  int32_t window;   /* 0: plain causal */
+  float scale;
+} capmoe_decode_attn_args;
+int capmoe_model_decode_attention(const capmoe_decode_attn_args* args, capmoe_stream_t stream);
+
+/* Greedy pick of a decode step: next[r] = the first largest of logits [r] ([rows, vocab] f32;
+ * NaN never wins; 0 when every logit is NaN). nonfinite[r] is 0 when row r is finite, else
+ * ~(column << 32 | f32 bits) of its first NaN or Inf (as capmoe_gate's record). When ids is not
+ * NULL, ids[r] = next[r]; when positions is not NULL, positions[r] += 1 (the graph's own advance
+ * to the next step). */
+typedef struct capmoe_greedy_args {
+  const float* logits;
+  int32_t rows;
+  int32_t vocab;
+  uint64_t* nonfinite;
+  uint32_t* next;
+  uint32_t* ids;
+  int32_t* positions;
+} capmoe_greedy_args;
+int capmoe_model_greedy(const capmoe_greedy_args* args, capmoe_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

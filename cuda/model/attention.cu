@@ -4,6 +4,7 @@
 // (n = 1) are the same kernel. Query i sits at position p0 + i (p0 = len - n) and sees keys j with
 // max(0, pos + 1 - window) <= j <= pos (window 0: plain causal). CPU twin:
 // backend::cpu::attention::attend (scores q.k * scale, softmax, P V; f32 there, bf16 inputs here).
+// The decode variant reads positions from the device and a static cache (the decode graph).
 #include "../include/capmoe_abi.h"
 #include "../common/status.cuh"
 #include "common.cuh"
@@ -14,22 +15,16 @@ namespace model {
 constexpr int kAttnThreads = 128;
 constexpr int kMaxHeadDim = 2 * kAttnThreads;
 
-__global__ void __launch_bounds__(kAttnThreads)
-    attention_kernel(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc, int n, int len,
-                     int heads, int kv_heads, int hd, int window, float scale, __nv_bfloat16* out) {
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float red[32];
-  const int i = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-  const int kvh = h / (heads / kv_heads);
-  const int pos = len - n + i;
+// One (query row, head): the row at position `pos` attends keys lo..pos of its cache (rows
+// kvw apart, this head's kv slice first). The prefill and decode kernels share it, so a decode
+// step over the static cache is bit for bit the eager one.
+__device__ void attend(const __nv_bfloat16* qrow, const __nv_bfloat16* kh, const __nv_bfloat16* vh, int pos,
+                       int window, size_t kvw, int hd, float scale, __nv_bfloat16* orow, float* qs, float* ps,
+                       float* red) {
+  const int tid = threadIdx.x;
   const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
-  const size_t qw = static_cast<size_t>(heads) * hd, kvw = static_cast<size_t>(kv_heads) * hd;
-  const __nv_bfloat16* qrow = q + static_cast<size_t>(i) * qw + static_cast<size_t>(h) * hd;
   for (int d = tid; d < hd; d += blockDim.x) qs[d] = ld(qrow + d);
   __syncthreads();
-  const __nv_bfloat16* kh = kc + static_cast<size_t>(kvh) * hd;
-  const __nv_bfloat16* vh = vc + static_cast<size_t>(kvh) * hd;
   float m = -CUDART_INF_F, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
   for (int j0 = lo; j0 <= pos; j0 += blockDim.x) {
     const int j = j0 + tid;
@@ -57,9 +52,57 @@ __global__ void __launch_bounds__(kAttnThreads)
     m = new_m;
     __syncthreads();  // ps is rewritten by the next chunk
   }
-  __nv_bfloat16* orow = out + static_cast<size_t>(i) * qw + static_cast<size_t>(h) * hd;
   if (tid < hd) orow[tid] = bf(acc0 / l);
   if (tid + kAttnThreads < hd) orow[tid + kAttnThreads] = bf(acc1 / l);
+}
+
+__global__ void __launch_bounds__(kAttnThreads)
+    attention_kernel(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc, int n, int len,
+                     int heads, int kv_heads, int hd, int window, float scale, __nv_bfloat16* out) {
+  __shared__ float qs[kMaxHeadDim];
+  __shared__ float ps[kAttnThreads];
+  __shared__ float red[32];
+  const int i = blockIdx.x, h = blockIdx.y;
+  const int kvh = h / (heads / kv_heads);
+  const size_t qw = static_cast<size_t>(heads) * hd, kvw = static_cast<size_t>(kv_heads) * hd;
+  const size_t qo = static_cast<size_t>(i) * qw + static_cast<size_t>(h) * hd;
+  attend(q + qo, kc + static_cast<size_t>(kvh) * hd, vc + static_cast<size_t>(kvh) * hd, len - n + i, window, kvw,
+         hd, scale, out + qo, qs, ps, red);
+}
+
+// Decode over the static cache: block (b, h) is sequence b's one new row at positions[b], its
+// cache rows b * max_positions .. (appended by kv_append_kernel). An out-of-range position
+// (refused by the host before launch) writes zeros rather than reading past the cache.
+__global__ void __launch_bounds__(kAttnThreads)
+    decode_attention_kernel(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc,
+                            const int* positions, int max_positions, int heads, int kv_heads, int hd, int window,
+                            float scale, __nv_bfloat16* out) {
+  __shared__ float qs[kMaxHeadDim];
+  __shared__ float ps[kAttnThreads];
+  __shared__ float red[32];
+  const int b = blockIdx.x, h = blockIdx.y;
+  const int kvh = h / (heads / kv_heads);
+  const size_t qw = static_cast<size_t>(heads) * hd, kvw = static_cast<size_t>(kv_heads) * hd;
+  const size_t qo = static_cast<size_t>(b) * qw + static_cast<size_t>(h) * hd;
+  const int pos = positions[b];
+  if (pos < 0 || pos >= max_positions) {
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) out[qo + d] = bf(0.0f);
+    return;
+  }
+  const size_t base = static_cast<size_t>(b) * max_positions * kvw + static_cast<size_t>(kvh) * hd;
+  attend(q + qo, kc + base, vc + base, pos, window, kvw, hd, scale, out + qo, qs, ps, red);
+}
+
+// k, v: [batch, kvw] new rows; row b goes to cache row b * max_positions + positions[b].
+__global__ void kv_append_kernel(const __nv_bfloat16* k, const __nv_bfloat16* v, const int* positions,
+                                 int max_positions, int kvw, __nv_bfloat16* kc, __nv_bfloat16* vc) {
+  const int b = blockIdx.x, pos = positions[b];
+  if (pos < 0 || pos >= max_positions) return;
+  const size_t dst = (static_cast<size_t>(b) * max_positions + pos) * kvw, src = static_cast<size_t>(b) * kvw;
+  for (int i = threadIdx.x; i < kvw; i += blockDim.x) {
+    kc[dst + i] = k[src + i];
+    vc[dst + i] = v[src + i];
+  }
 }
 
 }  // namespace model
@@ -82,5 +125,32 @@ extern "C" int capmoe_model_attention(const capmoe_attn_args* args, capmoe_strea
       static_cast<const __nv_bfloat16*>(a.q), static_cast<const __nv_bfloat16*>(a.k_cache),
       static_cast<const __nv_bfloat16*>(a.v_cache), s.n, s.len, s.heads, s.kv_heads, s.head_dim, s.window, s.scale,
       static_cast<__nv_bfloat16*>(a.out));
+  return last_status();
+}
+
+static bool valid_decode(const capmoe_decode_attn_args& a) {
+  return a.batch >= 0 && a.max_positions >= 1 && a.heads >= 1 && a.kv_heads >= 1 && a.heads % a.kv_heads == 0 &&
+         a.head_dim >= 1 && a.head_dim <= capmoe::model::kMaxHeadDim && a.window >= 0 && a.positions && a.k_cache &&
+         a.v_cache;
+}
+
+// Appends each sequence's new key and value row at its device position, then attends: the
+// decode step's attention with no host value in it but the shapes.
+extern "C" int capmoe_model_decode_attention(const capmoe_decode_attn_args* args, capmoe_stream_t stream) {
+  using namespace capmoe;
+  if (!args || !valid_decode(*args)) return kBadArgument;
+  const capmoe_decode_attn_args& a = *args;
+  if (a.batch == 0) return 0;
+  if (!a.q || !a.k || !a.v || !a.out) return kBadArgument;
+  const int kvw = a.kv_heads * a.head_dim;
+  const int threads = kvw >= 256 ? 256 : 32 * ((kvw + 31) / 32);
+  CAPMOE_LAUNCH(static_cast<unsigned>(a.batch), threads, 0, stream, model::kv_append_kernel)(
+      static_cast<const __nv_bfloat16*>(a.k), static_cast<const __nv_bfloat16*>(a.v), a.positions, a.max_positions,
+      kvw, static_cast<__nv_bfloat16*>(a.k_cache), static_cast<__nv_bfloat16*>(a.v_cache));
+  const dim3 grid(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.heads));
+  CAPMOE_LAUNCH(grid, model::kAttnThreads, 0, stream, model::decode_attention_kernel)(
+      static_cast<const __nv_bfloat16*>(a.q), static_cast<const __nv_bfloat16*>(a.k_cache),
+      static_cast<const __nv_bfloat16*>(a.v_cache), a.positions, a.max_positions, a.heads, a.kv_heads, a.head_dim,
+      a.window, a.scale, static_cast<__nv_bfloat16*>(a.out));
   return last_status();
 }

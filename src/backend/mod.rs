@@ -19,6 +19,7 @@ pub use host::{HostTensor, Storage};
 pub use moe::{rank_experts, DeferredRoute, ExpertWeights, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
+use crate::model::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan};
 use std::ops::Range;
 use std::time::Instant;
@@ -392,4 +393,22 @@ pub trait Backend: Send + Sync + Sized {
         &self,
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
     ) -> Result<Vec<PlanTotals>, BackendError>;
+
+    /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
+    /// ([`Model::decoder`] checked their positions). The default steps by
+    /// forward passes ([`EagerDecoder`]); the CUDA backend replays one
+    /// captured CUDA graph per batch size over a static KV cache.
+    fn decoder<'m>(
+        model: &'m Model<Self>,
+        seqs: Vec<Sequence<Self>>,
+        pending: Vec<u32>,
+        steps: usize,
+        router: &RouterConfig,
+    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
+    where
+        Self: 'm,
+    {
+        let _ = steps;
+        Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?))
+    }
 }

@@ -149,3 +149,33 @@ pub unsafe fn attention(
         sys::capmoe_model_attention(&a, stream),
     )
 }
+
+/// One decode step's key/value append and attention over the static cache
+/// (the args' doc in capmoe_abi.h); the args struct carries the device
+/// pointers and shapes.
+///
+/// # Safety
+/// `q` and `out` hold `batch * heads * head_dim` bf16, `k` and `v`
+/// `batch * kv_heads * head_dim`, `positions` `batch` i32, `k_cache` and
+/// `v_cache` `batch * max_positions * kv_heads * head_dim` bf16 with each
+/// sequence's rows `0..positions[b]` written; device memory valid until
+/// `stream` has run the kernels.
+pub unsafe fn decode_attention(
+    a: &sys::capmoe_decode_attn_args,
+    stream: Stream,
+) -> Result<(), GpuError> {
+    check(
+        "capmoe_model_decode_attention",
+        sys::capmoe_model_decode_attention(a, stream),
+    )
+}
+
+/// The greedy pick of a decode step, and the decode graph's own advance.
+///
+/// # Safety
+/// `logits` holds `rows * vocab` f32, `nonfinite` `rows` u64, `next` `rows`
+/// u32, `ids` (when not null) `rows` u32 and `positions` (when not null)
+/// `rows` i32; device memory valid until `stream` has run the kernel.
+pub unsafe fn greedy(a: &sys::capmoe_greedy_args, stream: Stream) -> Result<(), GpuError> {
+    check("capmoe_model_greedy", sys::capmoe_model_greedy(a, stream))
+}

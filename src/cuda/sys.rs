@@ -227,6 +227,35 @@ pub struct capmoe_attn_args {
     pub out: *mut ::core::ffi::c_void,
     pub shape: capmoe_attn_shape,
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct capmoe_decode_attn_args {
+    pub q: *const ::core::ffi::c_void,
+    pub k: *const ::core::ffi::c_void,
+    pub v: *const ::core::ffi::c_void,
+    pub positions: *const i32,
+    pub k_cache: *mut ::core::ffi::c_void,
+    pub v_cache: *mut ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub batch: i32,
+    pub max_positions: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub window: i32,
+    pub scale: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct capmoe_greedy_args {
+    pub logits: *const f32,
+    pub rows: i32,
+    pub vocab: i32,
+    pub nonfinite: *mut u64,
+    pub next: *mut u32,
+    pub ids: *mut u32,
+    pub positions: *mut i32,
+}
 pub const CAPMOE_STATUS_OK: capmoe_status = 0;
 pub const CAPMOE_STATUS_BAD_ARGUMENT: capmoe_status = -1;
 pub const CAPMOE_STATUS_REJECTED: capmoe_status = -2;
@@ -591,6 +620,60 @@ const _: () = {
     ["Offset of field: capmoe_attn_args::shape"]
         [::core::mem::offset_of!(capmoe_attn_args, shape) - 32usize];
 };
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of capmoe_decode_attn_args"]
+        [::core::mem::size_of::<capmoe_decode_attn_args>() - 88usize];
+    ["Alignment of capmoe_decode_attn_args"]
+        [::core::mem::align_of::<capmoe_decode_attn_args>() - 8usize];
+    ["Offset of field: capmoe_decode_attn_args::q"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, q) - 0usize];
+    ["Offset of field: capmoe_decode_attn_args::k"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, k) - 8usize];
+    ["Offset of field: capmoe_decode_attn_args::v"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, v) - 16usize];
+    ["Offset of field: capmoe_decode_attn_args::positions"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, positions) - 24usize];
+    ["Offset of field: capmoe_decode_attn_args::k_cache"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, k_cache) - 32usize];
+    ["Offset of field: capmoe_decode_attn_args::v_cache"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, v_cache) - 40usize];
+    ["Offset of field: capmoe_decode_attn_args::out"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, out) - 48usize];
+    ["Offset of field: capmoe_decode_attn_args::batch"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, batch) - 56usize];
+    ["Offset of field: capmoe_decode_attn_args::max_positions"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, max_positions) - 60usize];
+    ["Offset of field: capmoe_decode_attn_args::heads"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, heads) - 64usize];
+    ["Offset of field: capmoe_decode_attn_args::kv_heads"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, kv_heads) - 68usize];
+    ["Offset of field: capmoe_decode_attn_args::head_dim"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, head_dim) - 72usize];
+    ["Offset of field: capmoe_decode_attn_args::window"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, window) - 76usize];
+    ["Offset of field: capmoe_decode_attn_args::scale"]
+        [::core::mem::offset_of!(capmoe_decode_attn_args, scale) - 80usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of capmoe_greedy_args"][::core::mem::size_of::<capmoe_greedy_args>() - 48usize];
+    ["Alignment of capmoe_greedy_args"][::core::mem::align_of::<capmoe_greedy_args>() - 8usize];
+    ["Offset of field: capmoe_greedy_args::logits"]
+        [::core::mem::offset_of!(capmoe_greedy_args, logits) - 0usize];
+    ["Offset of field: capmoe_greedy_args::rows"]
+        [::core::mem::offset_of!(capmoe_greedy_args, rows) - 8usize];
+    ["Offset of field: capmoe_greedy_args::vocab"]
+        [::core::mem::offset_of!(capmoe_greedy_args, vocab) - 12usize];
+    ["Offset of field: capmoe_greedy_args::nonfinite"]
+        [::core::mem::offset_of!(capmoe_greedy_args, nonfinite) - 16usize];
+    ["Offset of field: capmoe_greedy_args::next"]
+        [::core::mem::offset_of!(capmoe_greedy_args, next) - 24usize];
+    ["Offset of field: capmoe_greedy_args::ids"]
+        [::core::mem::offset_of!(capmoe_greedy_args, ids) - 32usize];
+    ["Offset of field: capmoe_greedy_args::positions"]
+        [::core::mem::offset_of!(capmoe_greedy_args, positions) - 40usize];
+};
 impl Default for capmoe_gate_args {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
@@ -708,6 +791,24 @@ impl Default for capmoe_attn_args {
         }
     }
 }
+impl Default for capmoe_decode_attn_args {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+impl Default for capmoe_greedy_args {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 unsafe extern "C" {
     pub fn capmoe_status_string(code: i32) -> *const ::core::ffi::c_char;
     pub fn capmoe_gate(
@@ -803,6 +904,14 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
     pub fn capmoe_model_attention(
         args: *const capmoe_attn_args,
+        stream: capmoe_stream_t,
+    ) -> ::core::ffi::c_int;
+    pub fn capmoe_model_decode_attention(
+        args: *const capmoe_decode_attn_args,
+        stream: capmoe_stream_t,
+    ) -> ::core::ffi::c_int;
+    pub fn capmoe_model_greedy(
+        args: *const capmoe_greedy_args,
         stream: capmoe_stream_t,
     ) -> ::core::ffi::c_int;
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::backend::Backend;
-use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError, Sequence};
+use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
 use crate::trace::Rng;
@@ -392,18 +392,17 @@ fn time_round<B: Backend>(
         let opts = ForwardOptions::new(router)
             .with_logits(LogitsMode::Last)
             .with_plans(false);
-        let ((mut seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
+        let ((seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
         t.prefill.push(ms);
         if setup.throughput && setup.decode_steps > 0 {
-            let mut next = next_tokens(&out.logits, out.vocab);
+            let next = next_tokens(&out.logits, out.vocab);
             drop(out);
+            // The backend's decoder (CUDA: the step captured once as a graph,
+            // outside the timing, then replayed).
+            let mut dec = model.decoder(seqs, next, setup.decode_steps, &opts.router)?;
             for _ in 0..setup.decode_steps {
-                let toks: Vec<[u32; 1]> = next.iter().map(|&id| [id]).collect();
-                let tok_refs: Vec<&[u32]> = toks.iter().map(|x| &x[..]).collect();
-                let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
-                let (step, ms) = be.timed(|| model.forward(&mut refs, &tok_refs, &opts))?;
+                let (_, ms) = be.timed(|| dec.step())?;
                 t.decode.push(ms);
-                next = next_tokens(&step.logits, step.vocab);
             }
         }
     }

@@ -117,6 +117,107 @@ impl<B: Backend> ForwardOutput<B> {
     }
 }
 
+/// What a decoder layer takes from the pass it is part of: RoPE at the new
+/// rows' positions, attention over the caches, and the MoE layer. The eager
+/// forward pass keeps positions and caches on the host side of the
+/// [`Backend`] API; the CUDA decode graph keeps them on the device. Both run
+/// the same layer body ([`Model::run_layer`]).
+pub(crate) trait LayerIo<B: Backend> {
+    /// RoPE in place on `x = [rows, heads * head_dim]`.
+    fn rope(&mut self, model: &Model<B>, x: &mut B::Act, heads: usize) -> Result<(), ModelError>;
+    /// Attention of layer `layer` (appending `k`, `v` to its caches).
+    fn attend(
+        &mut self,
+        model: &Model<B>,
+        layer: usize,
+        q: &B::Act,
+        k: &B::Act,
+        v: &B::Act,
+    ) -> Result<B::Act, ModelError>;
+    /// The MoE layer `layer` on its input `h` (post-attention-normed).
+    fn moe(&mut self, model: &Model<B>, layer: usize, h: B::Act) -> Result<B::Act, ModelError>;
+}
+
+impl<B: Backend> Model<B> {
+    /// One decoder layer on the residual stream `x`: pre-norm attention,
+    /// then pre-norm MoE, each added back.
+    pub(crate) fn run_layer(
+        &self,
+        li: usize,
+        x: &mut B::Act,
+        io: &mut impl LayerIo<B>,
+    ) -> Result<(), ModelError> {
+        let (be, layer) = (&self.backend, &self.layers[li]);
+        let eps = self.config.rms_norm_eps as f32;
+        let geom = self.geom();
+        let h = be.rms_norm(x, &layer.input_norm, eps)?;
+        let mut q = be.linear(&h, &layer.q_proj)?;
+        let mut k = be.linear(&h, &layer.k_proj)?;
+        let v = be.linear(&h, &layer.v_proj)?;
+        io.rope(self, &mut q, geom.heads)?;
+        io.rope(self, &mut k, geom.kv_heads)?;
+        let a = io.attend(self, li, &q, &k, &v)?;
+        let o = be.linear(&a, &layer.o_proj)?;
+        be.add_assign(x, &o)?;
+        let h = be.rms_norm(x, &layer.post_norm, eps)?;
+        let out = io.moe(self, li, h)?;
+        be.add_assign(x, &out)?;
+        Ok(())
+    }
+}
+
+/// The forward pass's [`LayerIo`]: host positions and per-sequence caches
+/// through the [`Backend`] API; each layer's plan, totals and input kept as
+/// the options say.
+struct EagerIo<'a, 's, B: Backend> {
+    seqs: &'a mut [&'s mut Sequence<B>],
+    positions: &'a [usize],
+    spans: &'a [Range<usize>],
+    opts: &'a ForwardOptions,
+    plans: Vec<Option<RoutingPlan>>,
+    routes: Vec<DeferredRoute<B::DeviceRoute>>,
+    inputs: Vec<Option<B::Act>>,
+}
+
+impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
+    fn rope(&mut self, model: &Model<B>, x: &mut B::Act, heads: usize) -> Result<(), ModelError> {
+        Ok(model.backend.rope(x, heads, self.positions, &model.rope)?)
+    }
+
+    fn attend(
+        &mut self,
+        model: &Model<B>,
+        layer: usize,
+        q: &B::Act,
+        k: &B::Act,
+        v: &B::Act,
+    ) -> Result<B::Act, ModelError> {
+        let mut caches: Vec<&mut B::Kv> =
+            self.seqs.iter_mut().map(|s| &mut s.caches[layer]).collect();
+        Ok(model
+            .backend
+            .attention(q, k, v, &mut caches, self.spans, &model.geom())?)
+    }
+
+    fn moe(&mut self, model: &Model<B>, layer: usize, h: B::Act) -> Result<B::Act, ModelError> {
+        let (be, router) = (&model.backend, &self.opts.router);
+        let moe = &model.layers[layer].moe;
+        let out = if self.opts.keep_plans {
+            let m = moe.forward(be, &h, router)?;
+            self.routes.push(DeferredRoute::Host(m.plan.totals()));
+            self.plans.push(Some(m.plan));
+            m.out
+        } else {
+            let (out, route) = moe.forward_deferred(be, &h, router)?;
+            self.routes.push(route);
+            self.plans.push(None);
+            out
+        };
+        self.inputs.push(self.opts.keep_moe_inputs.then_some(h));
+        Ok(out)
+    }
+}
+
 impl<B: Backend> Model<B> {
     /// A new, empty sequence.
     pub fn new_sequence(&self) -> Sequence<B> {
@@ -179,41 +280,28 @@ impl<B: Backend> Model<B> {
             positions.extend(seq.len()..seq.len() + toks.len());
             spans.push(start..ids.len());
         }
-        let geom = self.geom();
         let eps = c.rms_norm_eps as f32;
         let mut x = be.embed(&self.embed, &ids)?;
         let n_layers = self.layers.len();
-        let (mut plans, mut routes, mut inputs) = (
-            Vec::with_capacity(n_layers),
-            Vec::with_capacity(n_layers),
-            Vec::with_capacity(n_layers),
-        );
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = be.rms_norm(&x, &layer.input_norm, eps)?;
-            let mut q = be.linear(&h, &layer.q_proj)?;
-            let mut k = be.linear(&h, &layer.k_proj)?;
-            let v = be.linear(&h, &layer.v_proj)?;
-            be.rope(&mut q, geom.heads, &positions, &self.rope)?;
-            be.rope(&mut k, geom.kv_heads, &positions, &self.rope)?;
-            let mut caches: Vec<&mut B::Kv> = seqs.iter_mut().map(|s| &mut s.caches[li]).collect();
-            let a = be.attention(&q, &k, &v, &mut caches, &spans, &geom)?;
-            let o = be.linear(&a, &layer.o_proj)?;
-            be.add_assign(&mut x, &o)?;
-            let h = be.rms_norm(&x, &layer.post_norm, eps)?;
-            let out = if opts.keep_plans {
-                let moe = layer.moe.forward(be, &h, &opts.router)?;
-                routes.push(DeferredRoute::Host(moe.plan.totals()));
-                plans.push(Some(moe.plan));
-                moe.out
-            } else {
-                let (out, route) = layer.moe.forward_deferred(be, &h, &opts.router)?;
-                routes.push(route);
-                plans.push(None);
-                out
-            };
-            be.add_assign(&mut x, &out)?;
-            inputs.push(opts.keep_moe_inputs.then_some(h));
+        let mut io = EagerIo {
+            seqs,
+            positions: &positions,
+            spans: &spans,
+            opts,
+            plans: Vec::with_capacity(n_layers),
+            routes: Vec::with_capacity(n_layers),
+            inputs: Vec::with_capacity(n_layers),
+        };
+        for li in 0..n_layers {
+            self.run_layer(li, &mut x, &mut io)?;
         }
+        let EagerIo {
+            seqs,
+            plans,
+            routes,
+            inputs,
+            ..
+        } = io;
         for (seq, toks) in seqs.iter_mut().zip(tokens) {
             seq.ids.extend_from_slice(toks);
         }

@@ -1,6 +1,7 @@
 //! Greedy generation.
 
 use super::build::Model;
+use super::decode::greedy_rows;
 use super::forward::{ForwardOptions, LogitsMode};
 use super::ModelError;
 use crate::backend::Backend;
@@ -38,41 +39,22 @@ impl<B: Backend> Model<B> {
         // last position, no capacity overflow on a huge count.
         self.config()
             .check_generation(prompt.len(), opts.max_new_tokens)?;
-        let fo = ForwardOptions::new(opts.router.clone())
-            .with_logits(LogitsMode::Last)
-            .with_plans(false);
-        let mut out = Vec::with_capacity(opts.max_new_tokens);
         if opts.max_new_tokens == 0 {
             if prompt.is_empty() {
                 return Err(ModelError::EmptyInput("the prompt has no tokens"));
             }
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let (mut seqs, first) = self.prefill(&[prompt], &fo)?;
-        let mut next = first
-            .row(0)
-            .and_then(argmax)
-            .ok_or(ModelError::EmptyInput("no logits"))? as u32;
-        loop {
-            out.push(next);
-            if out.len() == opts.max_new_tokens || opts.eos.contains(&next) {
-                return Ok(out);
-            }
-            let step = self.forward(&mut [&mut seqs[0]], &[&[next]], &fo)?;
-            next = step
-                .row(0)
-                .and_then(argmax)
-                .ok_or(ModelError::EmptyInput("no logits"))? as u32;
-        }
+        let mut out = self.generate_batch(&[prompt], opts)?;
+        Ok(out.pop().unwrap_or_default())
     }
-}
 
-impl<B: Backend> Model<B> {
     /// Greedy generation for several prompts at once: one batched prefill,
     /// then one batched decode step per new token over the sequences still
     /// running (a sequence stops at `max_new_tokens` or after an eos id).
-    /// Capacity is computed over each step's batch. Returns each prompt's
-    /// new ids.
+    /// Capacity is computed over each step's batch. The steps run through
+    /// the backend's [`Decoder`](super::Decoder) (on CUDA: one captured
+    /// graph per batch size). Returns each prompt's new ids.
     pub fn generate_batch(
         &self,
         prompts: &[&[u32]],
@@ -86,43 +68,31 @@ impl<B: Backend> Model<B> {
             .with_logits(LogitsMode::Last)
             .with_plans(false);
         let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(opts.max_new_tokens); prompts.len()];
-        let (mut seqs, first) = self.prefill(prompts, &fo)?;
+        let (seqs, first) = self.prefill(prompts, &fo)?;
         if opts.max_new_tokens == 0 {
             return Ok(out);
         }
-        let mut next: Vec<u32> = (0..prompts.len())
-            .map(|s| {
-                first
-                    .row(s)
-                    .and_then(argmax)
-                    .map(|i| i as u32)
-                    .ok_or(ModelError::EmptyInput("no logits"))
-            })
-            .collect::<Result<_, _>>()?;
+        let first = greedy_rows(&first)?;
+        let steps = opts.max_new_tokens - 1;
+        let mut dec = self.decoder(seqs, first, steps, &opts.router)?;
+        // running[i]: the prompt of the decoder's sequence i.
         let mut running: Vec<usize> = (0..prompts.len()).collect();
         loop {
-            running.retain(|&s| {
-                out[s].push(next[s]);
-                out[s].len() < opts.max_new_tokens && !opts.eos.contains(&next[s])
-            });
-            if running.is_empty() {
+            let mut keep = Vec::with_capacity(running.len());
+            for (i, (&s, &tok)) in running.iter().zip(dec.pending()).enumerate() {
+                out[s].push(tok);
+                if out[s].len() < opts.max_new_tokens && !opts.eos.contains(&tok) {
+                    keep.push(i);
+                }
+            }
+            if keep.is_empty() {
                 return Ok(out);
             }
-            let toks: Vec<[u32; 1]> = running.iter().map(|&s| [next[s]]).collect();
-            let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
-            let mut refs: Vec<&mut super::forward::Sequence<B>> = seqs
-                .iter_mut()
-                .enumerate()
-                .filter(|(s, _)| running.contains(s))
-                .map(|(_, q)| q)
-                .collect();
-            let step = self.forward(&mut refs, &tok_refs, &fo)?;
-            for (r, &s) in running.iter().enumerate() {
-                next[s] = step
-                    .row(r)
-                    .and_then(argmax)
-                    .ok_or(ModelError::EmptyInput("no logits"))? as u32;
+            if keep.len() < running.len() {
+                dec.retain(&keep)?;
+                running = keep.iter().map(|&i| running[i]).collect();
             }
+            dec.step()?;
         }
     }
 }

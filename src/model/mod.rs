@@ -19,6 +19,7 @@
 
 mod build;
 mod config;
+mod decode;
 mod ep;
 mod forward;
 mod generate;
@@ -29,7 +30,10 @@ mod weights;
 
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
+pub(crate) use decode::check_keep;
+pub use decode::{greedy_rows, Decoder, EagerDecoder};
 pub use ep::RankWork;
+pub(crate) use forward::LayerIo;
 pub use forward::{ForwardOptions, ForwardOutput, LayerRecord, LogitsMode, Sequence};
 pub use generate::{argmax, GenerateOptions};
 pub use init::{random_tensor, InitOptions};

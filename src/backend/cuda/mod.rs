@@ -27,6 +27,7 @@
 
 mod attention;
 mod blas;
+mod decode;
 mod device;
 mod moe;
 mod tensor;
@@ -48,6 +49,88 @@ use device::{bf16_bits, i32_of};
 use std::ops::Range;
 
 pub use device::CudaBackend;
+
+impl CudaBackend {
+    /// [`Backend::embed`] of `rows` ids already on the device (each below
+    /// the vocabulary: the kernel writes zeros for one that is not).
+    pub(super) fn embed_device(
+        &self,
+        table: &CudaMat,
+        ids: &cudarc::driver::CudaSlice<u32>,
+        rows: usize,
+    ) -> Result<CudaAct, GpuError> {
+        let (vocab, hidden) = (table.out, table.inp);
+        if ids.len() < rows {
+            return Err(GpuError::Shape {
+                what: "device token ids",
+                got: ids.len().to_string(),
+                expected: format!("at least {rows}"),
+            });
+        }
+        let st = self.gpu.stream();
+        let mut out = self.alloc(rows * hidden)?;
+        if rows > 0 {
+            let (t, _g1) = table.data.device_ptr(st);
+            let (i, _g2) = ids.device_ptr(st);
+            let (o, _g3) = out.device_ptr_mut(st);
+            // SAFETY: table holds vocab * hidden, ids at least rows u32, out rows * hidden.
+            unsafe {
+                model_launch::embed(
+                    t,
+                    i,
+                    i32_of("tokens", rows)?,
+                    i32_of("vocab", vocab)?,
+                    i32_of("hidden", hidden)?,
+                    o,
+                    self.raw(),
+                )?
+            };
+        }
+        Ok(CudaAct {
+            data: out,
+            rows,
+            cols: hidden,
+        })
+    }
+
+    /// [`Backend::rope`] with the positions (one per row of `x`) and the
+    /// frequencies already on the device.
+    pub(super) fn rope_device(
+        &self,
+        x: &mut CudaAct,
+        heads: usize,
+        positions: &cudarc::driver::CudaSlice<i32>,
+        inv_freq: &cudarc::driver::CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        let half = inv_freq.len();
+        if positions.len() < x.rows || heads == 0 || x.cols != heads * 2 * half {
+            return Err(GpuError::Shape {
+                what: "RoPE rows / positions / heads * head_dim",
+                got: format!("{} / {} / {}", x.rows, positions.len(), x.cols),
+                expected: format!("positions >= rows, cols = {heads} * 2 * {half}"),
+            });
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let st = self.gpu.stream();
+        let (pp, _g1) = positions.device_ptr(st);
+        let (ip, _g2) = inv_freq.device_ptr(st);
+        let (xp, _g3) = x.data.device_ptr_mut(st);
+        // SAFETY: x holds rows * heads * hd bf16, positions at least rows i32, inv hd / 2 f32.
+        unsafe {
+            model_launch::rope(
+                xp,
+                pp,
+                ip,
+                i32_of("rows", x.rows)?,
+                i32_of("heads", heads)?,
+                i32_of("half head dim", half)?,
+                self.raw(),
+            )
+        }
+    }
+}
 
 impl Backend for CudaBackend {
     type Mat = CudaMat;
@@ -196,31 +279,15 @@ impl Backend for CudaBackend {
                 vocab,
             });
         }
-        let st = self.gpu.stream();
-        let mut out = self.alloc(ids.len() * hidden)?;
-        if !ids.is_empty() {
-            let ids_d = st.clone_htod(ids)?;
-            let (t, _g1) = table.data.device_ptr(st);
-            let (i, _g2) = ids_d.device_ptr(st);
-            let (o, _g3) = out.device_ptr_mut(st);
-            // SAFETY: table holds vocab * hidden, ids rows u32, out rows * hidden.
-            unsafe {
-                model_launch::embed(
-                    t,
-                    i,
-                    i32_of("tokens", ids.len())?,
-                    i32_of("vocab", vocab)?,
-                    i32_of("hidden", hidden)?,
-                    o,
-                    self.raw(),
-                )?
-            };
+        if ids.is_empty() {
+            return Ok(CudaAct {
+                data: self.alloc(0)?,
+                rows: 0,
+                cols: hidden,
+            });
         }
-        Ok(CudaAct {
-            data: out,
-            rows: ids.len(),
-            cols: hidden,
-        })
+        let ids_d = self.gpu.stream().clone_htod(ids)?;
+        Ok(self.embed_device(table, &ids_d, ids.len())?)
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaVector, eps: f32) -> Result<CudaAct, BackendError> {
@@ -346,29 +413,14 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        let st = self.gpu.stream();
         let pos = positions
             .iter()
             .map(|&p| i32_of("position", p))
             .collect::<Result<Vec<i32>, _>>()?;
+        let st = self.gpu.stream();
         let pos = st.clone_htod(&pos)?;
         let inv = st.clone_htod(&rope.inv_freq)?;
-        let (pp, _g1) = pos.device_ptr(st);
-        let (ip, _g2) = inv.device_ptr(st);
-        let (xp, _g3) = x.data.device_ptr_mut(st);
-        // SAFETY: x holds rows * heads * hd bf16, pos rows i32, inv hd / 2 f32.
-        unsafe {
-            model_launch::rope(
-                xp,
-                pp,
-                ip,
-                i32_of("rows", x.rows)?,
-                i32_of("heads", heads)?,
-                i32_of("half head dim", rope.inv_freq.len())?,
-                self.raw(),
-            )?
-        };
-        Ok(())
+        Ok(self.rope_device(x, heads, &pos, &inv)?)
     }
 
     fn new_kv(&self, kv_heads: usize, head_dim: usize) -> CudaKv {
@@ -503,5 +555,21 @@ impl Backend for CudaBackend {
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
     ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
         moe::settle(self, routes)
+    }
+
+    /// One CUDA graph per batch size over a static KV cache (see
+    /// `backend::cuda::decode`); `reroute:optimal`, which routes on the
+    /// host, steps eagerly.
+    fn decoder<'m>(
+        model: &'m crate::model::Model<Self>,
+        seqs: Vec<crate::model::Sequence<Self>>,
+        pending: Vec<u32>,
+        steps: usize,
+        router: &RouterConfig,
+    ) -> Result<Box<dyn crate::model::Decoder + 'm>, crate::model::ModelError>
+    where
+        Self: 'm,
+    {
+        decode::decoder(model, seqs, pending, steps, router)
     }
 }

@@ -65,7 +65,21 @@ pub struct MoeLayerGraph<'a> {
 
 /// Turns cudarc's cross-stream event tracking back on when dropped (also
 /// when the capture fails half way), if it was on before.
-struct TrackingOff<'a>(&'a Arc<cudarc::driver::CudaContext>, bool);
+pub(crate) struct TrackingOff<'a>(&'a Arc<cudarc::driver::CudaContext>, bool);
+
+impl<'a> TrackingOff<'a> {
+    /// Switches tracking off for `ctx` until the guard drops.
+    ///
+    /// # Safety
+    /// As [`MoeLayerGraph::capture`]: no other thread may enqueue work on any
+    /// stream of `ctx` while the guard lives.
+    pub(crate) unsafe fn new(ctx: &'a Arc<cudarc::driver::CudaContext>) -> Self {
+        let on = ctx.is_event_tracking();
+        // SAFETY: the caller's contract.
+        unsafe { ctx.disable_event_tracking() };
+        Self(ctx, on)
+    }
+}
 
 impl Drop for TrackingOff<'_> {
     fn drop(&mut self) {
@@ -108,8 +122,8 @@ impl<'a> MoeLayerGraph<'a> {
         stream.synchronize()?;
 
         let ctx = stream.context().clone();
-        let tracking = TrackingOff(&ctx, ctx.is_event_tracking());
-        ctx.disable_event_tracking();
+        // SAFETY: the caller's contract (no other thread on this context).
+        let tracking = unsafe { TrackingOff::new(&ctx) };
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
         let captured = (|| -> Result<(), GpuError> {
             let (tmp, plan) = layer.forward(&logits, &x, tokens)?;

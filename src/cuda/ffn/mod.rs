@@ -18,6 +18,7 @@ pub mod variants;
 pub use crate::expert::FfnShape;
 pub use expert_ffn::ExpertFfn;
 pub use graph::MoeLayerGraph;
+pub(crate) use graph::TrackingOff;
 pub(crate) use moe_layer::layer_forward;
 pub use moe_layer::MoeLayer;
 pub use select::VariantPair;

@@ -17,6 +17,7 @@ mod summary;
 
 pub use dispatch::{GpuDispatch, GpuGemmArgs, HostDispatch};
 pub use plan::GpuPlan;
+pub(crate) use summary::LedgerLayout;
 pub use summary::{settle, PlanSummary};
 
 use super::context::GpuContext;

@@ -1,0 +1,526 @@
+//! The CUDA backend's [`Decoder`]: one decode step of the whole batch,
+//! every layer (attention with the KV-cache append, the MoE layer routed on
+//! the device with capacity over the decode batch) and the greedy pick,
+//! captured once per batch size as one CUDA graph and replayed.
+//!
+//! A graph replays the same launches on the same buffers, so everything a
+//! step changes lives on the device: the ids fed next and the positions
+//! (advanced by the greedy kernel inside the graph), and a static KV cache
+//! per layer, `[batch * max_positions, kv_heads * head_dim]`, sized once for
+//! the most positions the decoder will reach. The step's temporaries are
+//! stream-ordered allocations inside the graph (memory nodes). After each
+//! replay the host reads one record: each row's non-finite check, the
+//! tokens picked and every layer's plan ledger (checks and totals, as
+//! [`crate::cuda::settle`] reads them). That download is the step's only
+//! host sync; there is none inside the graph.
+//!
+//! `reroute:optimal` routes on the host, so its steps cannot be captured:
+//! [`Backend::decoder`] gives it the eager decoder.
+
+use super::tensor::CudaAct;
+use super::{blas, i32_of, CudaBackend};
+use crate::backend::{Backend, BackendError};
+use crate::cuda::ffn::TrackingOff;
+use crate::cuda::{model_launch, sys, GpuError, LedgerLayout, PlanSummary};
+use crate::model::{check_keep, Decoder, LayerIo, Model, ModelError, Sequence};
+use crate::routing::{PlanTotals, RouterConfig};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
+
+/// The device state of one batch size: what the captured graph reads and
+/// writes in place.
+struct DecodeState {
+    batch: usize,
+    /// Token fed to each sequence next `[batch]`.
+    ids: CudaSlice<u32>,
+    /// Each sequence's position of that token `[batch]`.
+    positions: CudaSlice<i32>,
+    /// Per layer: keys and values `[batch * max_positions, kv_heads * head_dim]`.
+    k: Vec<CudaSlice<u16>>,
+    v: Vec<CudaSlice<u16>>,
+    /// `[2 batch]` words of per-row non-finite records (u64), `[batch]`
+    /// picked tokens, then the plan ledger.
+    record: CudaSlice<u32>,
+}
+
+/// Greedy decode steps as graph replays (see the module doc).
+pub(super) struct GraphDecoder<'m> {
+    model: &'m Model<CudaBackend>,
+    router: RouterConfig,
+    max_positions: usize,
+    inv_freq: CudaSlice<f32>,
+    // Dropped before `state`: the graph holds raw pointers into it.
+    graph: Option<CudaGraph>,
+    layout: Option<LedgerLayout>,
+    state: DecodeState,
+    pending: Vec<u32>,
+    lens: Vec<usize>,
+}
+
+fn too_large(what: &'static str, value: usize) -> ModelError {
+    ModelError::Backend(GpuError::TooLarge { what, value }.into())
+}
+
+impl<'m> GraphDecoder<'m> {
+    /// Copies each sequence's cache into a static one sized for `steps`
+    /// more positions, then captures the step. `Model::decoder` checked the
+    /// positions; `seqs` and `pending` agree in length.
+    pub(super) fn new(
+        model: &'m Model<CudaBackend>,
+        seqs: Vec<Sequence<CudaBackend>>,
+        pending: Vec<u32>,
+        steps: usize,
+        router: &RouterConfig,
+    ) -> Result<Self, ModelError> {
+        if seqs.is_empty() {
+            return Err(ModelError::EmptyInput("no sequences to decode"));
+        }
+        if seqs.len() != pending.len() {
+            return Err(ModelError::Mismatch {
+                what: "pending tokens vs sequences",
+                got: pending.len(),
+                expected: seqs.len(),
+            });
+        }
+        let vocab = model.config.vocab_size;
+        if let Some((s, &id)) = pending
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= vocab)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                sequence: s,
+                position: seqs[s].len(),
+                id,
+                vocab,
+            });
+        }
+        let lens: Vec<usize> = seqs.iter().map(Sequence::len).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let max_positions = longest
+            .checked_add(steps)
+            .ok_or_else(|| too_large("decode positions", steps))?
+            .max(1);
+        let be = model.backend();
+        let inv_freq = be.gpu.stream().clone_htod(&model.rope.inv_freq)?;
+        let mut state = DecodeState::alloc(model, seqs.len(), max_positions)?;
+        let width = model.config.num_key_value_heads * model.config.head_dim;
+        for (b, seq) in seqs.iter().enumerate() {
+            for (li, kv) in seq.caches.iter().enumerate() {
+                if kv.len == 0 {
+                    continue;
+                }
+                let (Some(k), Some(v)) = (kv.k.as_ref(), kv.v.as_ref()) else {
+                    return Err(ModelError::Mismatch {
+                        what: "cached positions without a cache buffer",
+                        got: kv.len,
+                        expected: 0,
+                    });
+                };
+                state.copy_in(
+                    model,
+                    li,
+                    b * max_positions * width,
+                    (k, v),
+                    0,
+                    kv.len * width,
+                )?;
+            }
+        }
+        state.upload(model, &pending, &lens)?;
+        drop(seqs);
+        let mut dec = Self {
+            model,
+            router: router.clone(),
+            max_positions,
+            inv_freq,
+            graph: None,
+            layout: None,
+            state,
+            pending,
+            lens,
+        };
+        dec.capture()?;
+        Ok(dec)
+    }
+
+    /// Runs the step once eagerly without the advance (first-call set-up
+    /// such as the expert GEMMs' tuning happens outside the graph; what it
+    /// writes, the next replay writes again), then captures it with the
+    /// advance.
+    fn capture(&mut self) -> Result<(), ModelError> {
+        self.graph = None;
+        let be = self.model.backend();
+        let st = be.gpu.stream().clone();
+        drop(self.enqueue_step(false)?);
+        st.synchronize()?;
+        let ctx = st.context().clone();
+        // SAFETY: the backend's context is used by this thread alone while
+        // the step is captured (the Backend API takes &self on one stream;
+        // a caller sharing it across threads must not decode meanwhile).
+        let tracking = unsafe { TrackingOff::new(&ctx) };
+        st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+        let captured = self.enqueue_step(true);
+        // End the capture in every case, so the stream is usable again.
+        let graph = st.end_capture(CUgraphInstantiate_flags(0));
+        drop(tracking);
+        let layout = captured?;
+        let graph = graph?.ok_or_else(|| {
+            ModelError::Backend(
+                GpuError::Shape {
+                    what: "captured decode step",
+                    got: "an empty graph".into(),
+                    expected: "the step's kernels".into(),
+                }
+                .into(),
+            )
+        })?;
+        graph.upload()?;
+        self.graph = Some(graph);
+        self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// Enqueues one step on the device state; `advance` adds the ids and
+    /// positions update. Returns the ledger layout of its plans (their
+    /// words are copied into the record).
+    fn enqueue_step(&mut self, advance: bool) -> Result<LedgerLayout, ModelError> {
+        let model = self.model;
+        let be = model.backend();
+        let st = be.gpu.stream();
+        let batch = self.state.batch;
+        let mut x = be.embed_device(&model.embed, &self.state.ids, batch)?;
+        let mut io = GraphIo {
+            state: &mut self.state,
+            inv_freq: &self.inv_freq,
+            max_positions: self.max_positions,
+            router: &self.router,
+            summaries: Vec::with_capacity(model.layers.len()),
+        };
+        for li in 0..model.layers.len() {
+            model.run_layer(li, &mut x, &mut io)?;
+        }
+        let summaries = io.summaries;
+        let n = be.rms_norm(&x, &model.norm, model.config.rms_norm_eps as f32)?;
+        drop(x);
+        let head = model.lm_head.as_ref().unwrap_or(&model.embed);
+        let logits = blas::linear::<f32>(&be.blas, st, &n, head)?;
+        let layout = LedgerLayout::of(&summaries)?;
+        let state = &mut self.state;
+        {
+            let (lp, _g1) = logits.device_ptr(st);
+            let (rp, _g2) = state.record.device_ptr_mut(st);
+            let (ip, _g3) = state.ids.device_ptr_mut(st);
+            let (pp, _g4) = state.positions.device_ptr_mut(st);
+            let a = sys::capmoe_greedy_args {
+                logits: lp as *const f32,
+                rows: i32_of("decode batch", batch)?,
+                vocab: i32_of("vocabulary", head.out)?,
+                nonfinite: rp as *mut u64,
+                next: (rp + 8 * batch as u64) as *mut u32,
+                ids: if advance {
+                    ip as *mut u32
+                } else {
+                    std::ptr::null_mut()
+                },
+                positions: if advance {
+                    pp as *mut i32
+                } else {
+                    std::ptr::null_mut()
+                },
+            };
+            // SAFETY: logits holds batch * vocab f32 (the LM head's GEMM);
+            // the record's first 2 batch words are batch u64 (256-byte
+            // aligned allocation), the next batch words the picks; ids and
+            // positions hold batch each. All alive until the stream ran it.
+            unsafe { model_launch::greedy(&a, be.raw())? };
+        }
+        let mut ledger = state.record.slice_mut(3 * batch..);
+        layout.gather(st, &summaries, &mut ledger)?;
+        Ok(layout)
+    }
+}
+
+impl DecodeState {
+    fn alloc(
+        model: &Model<CudaBackend>,
+        batch: usize,
+        max_positions: usize,
+    ) -> Result<Self, ModelError> {
+        let c = &model.config;
+        let width = c.num_key_value_heads * c.head_dim;
+        let cache = batch
+            .checked_mul(max_positions)
+            .and_then(|n| n.checked_mul(width))
+            .ok_or_else(|| too_large("static KV cache elements", max_positions))?;
+        let ledger = LedgerLayout::words_for(c.num_hidden_layers, c.num_local_experts)
+            .and_then(|w| w.checked_add(3 * batch))
+            .ok_or_else(|| too_large("decode record words", batch))?;
+        let st = model.backend().gpu.stream();
+        let zeros = |n: usize| st.alloc_zeros::<u16>(n.max(1));
+        let mut k = Vec::with_capacity(c.num_hidden_layers);
+        let mut v = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            k.push(zeros(cache)?);
+            v.push(zeros(cache)?);
+        }
+        Ok(Self {
+            batch,
+            ids: st.alloc_zeros::<u32>(batch)?,
+            positions: st.alloc_zeros::<i32>(batch)?,
+            k,
+            v,
+            record: st.alloc_zeros::<u32>(ledger)?,
+        })
+    }
+
+    /// Copies `n` elements of layer `li`'s keys and values, from element
+    /// `from` of `src`, to this state's caches at element `at`.
+    fn copy_in(
+        &mut self,
+        model: &Model<CudaBackend>,
+        li: usize,
+        at: usize,
+        src: (&CudaSlice<u16>, &CudaSlice<u16>),
+        from: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let st = model.backend().gpu.stream();
+        st.memcpy_dtod(
+            &src.0.slice(from..from + n),
+            &mut self.k[li].slice_mut(at..at + n),
+        )?;
+        st.memcpy_dtod(
+            &src.1.slice(from..from + n),
+            &mut self.v[li].slice_mut(at..at + n),
+        )?;
+        Ok(())
+    }
+
+    fn upload(
+        &mut self,
+        model: &Model<CudaBackend>,
+        pending: &[u32],
+        lens: &[usize],
+    ) -> Result<(), ModelError> {
+        let st = model.backend().gpu.stream();
+        let pos = lens
+            .iter()
+            .map(|&l| i32_of("position", l))
+            .collect::<Result<Vec<i32>, _>>()?;
+        st.memcpy_htod(pending, &mut self.ids)?;
+        st.memcpy_htod(&pos, &mut self.positions)?;
+        Ok(())
+    }
+}
+
+/// The step's [`LayerIo`]: positions and caches on the device.
+struct GraphIo<'a> {
+    state: &'a mut DecodeState,
+    inv_freq: &'a CudaSlice<f32>,
+    max_positions: usize,
+    router: &'a RouterConfig,
+    summaries: Vec<PlanSummary>,
+}
+
+impl LayerIo<CudaBackend> for GraphIo<'_> {
+    fn rope(
+        &mut self,
+        model: &Model<CudaBackend>,
+        x: &mut CudaAct,
+        heads: usize,
+    ) -> Result<(), ModelError> {
+        Ok(model
+            .backend()
+            .rope_device(x, heads, &self.state.positions, self.inv_freq)?)
+    }
+
+    fn attend(
+        &mut self,
+        model: &Model<CudaBackend>,
+        layer: usize,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+    ) -> Result<CudaAct, ModelError> {
+        let be = model.backend();
+        let st = be.gpu.stream();
+        let g = model.geom();
+        let (batch, qw, kvw) = (
+            self.state.batch,
+            g.heads * g.head_dim,
+            g.kv_heads * g.head_dim,
+        );
+        if (q.rows, q.cols, k.rows, k.cols, v.rows, v.cols) != (batch, qw, batch, kvw, batch, kvw) {
+            return Err(ModelError::Backend(crate::backend::shape_err(
+                "decode q, k, v [batch, width]",
+                vec![q.rows, q.cols, k.rows, k.cols, v.rows, v.cols],
+                vec![batch, qw, batch, kvw, batch, kvw],
+            )));
+        }
+        if g.head_dim > 256 {
+            return Err(ModelError::Backend(crate::backend::shape_err(
+                "attention head_dim (at most 256 on the GPU)",
+                vec![g.head_dim],
+                vec![256],
+            )));
+        }
+        let mut out = be.alloc(batch * qw)?;
+        let (qp, _g1) = q.data.device_ptr(st);
+        let (kp, _g2) = k.data.device_ptr(st);
+        let (vp, _g3) = v.data.device_ptr(st);
+        let (pp, _g4) = self.state.positions.device_ptr(st);
+        let (kc, _g5) = self.state.k[layer].device_ptr_mut(st);
+        let (vc, _g6) = self.state.v[layer].device_ptr_mut(st);
+        let (op, _g7) = out.device_ptr_mut(st);
+        let a = sys::capmoe_decode_attn_args {
+            q: qp as _,
+            k: kp as _,
+            v: vp as _,
+            positions: pp as _,
+            k_cache: kc as _,
+            v_cache: vc as _,
+            out: op as _,
+            batch: i32_of("decode batch", batch)?,
+            max_positions: i32_of("static cache positions", self.max_positions)?,
+            heads: i32_of("heads", g.heads)?,
+            kv_heads: i32_of("kv heads", g.kv_heads)?,
+            head_dim: i32_of("head dim", g.head_dim)?,
+            window: i32_of("sliding window", g.window.unwrap_or(0))?,
+            scale: g.scale,
+        };
+        // SAFETY: shapes checked above; the caches hold batch * max_positions
+        // rows of kvw (DecodeState::alloc), positions batch i32 below
+        // max_positions (GraphDecoder::step checks the host mirror before
+        // each replay); all alive until the stream has run the kernels.
+        unsafe { model_launch::decode_attention(&a, be.raw())? };
+        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7));
+        Ok(CudaAct {
+            data: out,
+            rows: batch,
+            cols: qw,
+        })
+    }
+
+    fn moe(
+        &mut self,
+        model: &Model<CudaBackend>,
+        layer: usize,
+        h: CudaAct,
+    ) -> Result<CudaAct, ModelError> {
+        let w = &model.layers[layer].moe;
+        let (out, summary) = super::moe::forward_deferred(model.backend(), w, &h, self.router)?;
+        self.summaries.push(summary);
+        Ok(out)
+    }
+}
+
+impl Decoder for GraphDecoder<'_> {
+    fn name(&self) -> &'static str {
+        "cuda-graph"
+    }
+
+    fn batch(&self) -> usize {
+        self.state.batch
+    }
+
+    fn pending(&self) -> &[u32] {
+        &self.pending
+    }
+
+    fn step(&mut self) -> Result<Vec<PlanTotals>, ModelError> {
+        if let Some(&len) = self.lens.iter().find(|&&l| l >= self.max_positions) {
+            return Err(ModelError::Mismatch {
+                what: "decode position (the static KV cache is full: more steps than the decoder was made for)",
+                got: len,
+                expected: self.max_positions,
+            });
+        }
+        let (Some(graph), Some(layout)) = (&self.graph, &self.layout) else {
+            return Err(ModelError::EmptyInput("no captured decode step"));
+        };
+        let st = self.model.backend().gpu.stream();
+        graph.launch()?;
+        let host = st.clone_dtoh(&self.state.record)?;
+        let batch = self.state.batch;
+        // The layers' checks first, as the forward pass orders them.
+        let mut totals = Vec::with_capacity(self.model.layers.len());
+        for (layer, t) in layout.read(&host[3 * batch..]).into_iter().enumerate() {
+            totals.push(t.map_err(|e| {
+                ModelError::Backend(BackendError::Layer {
+                    layer,
+                    source: Box::new(e.into()),
+                })
+            })?);
+        }
+        for row in 0..batch {
+            let nf = u64::from(host[2 * row]) | (u64::from(host[2 * row + 1]) << 32);
+            if nf != 0 {
+                let rec = !nf;
+                return Err(ModelError::NonFiniteOutput {
+                    row,
+                    column: (rec >> 32) as usize,
+                    value: f32::from_bits(rec as u32),
+                });
+            }
+        }
+        self.pending = host[2 * batch..3 * batch].to_vec();
+        for l in &mut self.lens {
+            *l += 1;
+        }
+        Ok(totals)
+    }
+
+    /// A new state for the kept sequences (their static cache rows copied
+    /// on the device), and the step captured again for the new batch size.
+    fn retain(&mut self, keep: &[usize]) -> Result<(), ModelError> {
+        check_keep(keep, self.state.batch)?;
+        if keep.len() == self.state.batch {
+            return Ok(());
+        }
+        let mp = self.max_positions;
+        let mut next = DecodeState::alloc(self.model, keep.len(), mp)?;
+        let c = &self.model.config;
+        let width = c.num_key_value_heads * c.head_dim;
+        for (i, &b) in keep.iter().enumerate() {
+            let old = &self.state;
+            for li in 0..c.num_hidden_layers {
+                next.copy_in(
+                    self.model,
+                    li,
+                    i * mp * width,
+                    (&old.k[li], &old.v[li]),
+                    b * mp * width,
+                    self.lens[b] * width,
+                )?;
+            }
+        }
+        self.pending = keep.iter().map(|&b| self.pending[b]).collect();
+        self.lens = keep.iter().map(|&b| self.lens[b]).collect();
+        next.upload(self.model, &self.pending, &self.lens)?;
+        self.graph = None;
+        self.state = next;
+        self.capture()
+    }
+}
+
+/// [`Backend::decoder`] of the CUDA backend.
+pub(super) fn decoder<'m>(
+    model: &'m Model<CudaBackend>,
+    seqs: Vec<Sequence<CudaBackend>>,
+    pending: Vec<u32>,
+    steps: usize,
+    router: &RouterConfig,
+) -> Result<Box<dyn Decoder + 'm>, ModelError> {
+    if router.policy == crate::routing::Policy::RerouteOptimal {
+        return Ok(Box::new(crate::model::EagerDecoder::new(
+            model, seqs, pending, router,
+        )?));
+    }
+    Ok(Box::new(GraphDecoder::new(
+        model, seqs, pending, steps, router,
+    )?))
+}
