@@ -1,5 +1,7 @@
 # Sourced by nsys-moe-layer.sh and nsys-decode-step.sh: one Nsight Systems timeline of the
-# benchmark and its summary tables. Needs: TOKENS, NAME.
+# benchmark and its summary tables. Needs: NAME, and TOKENS (the layer benchmark's flags) or FLAGS
+# (the benchmark's flags as given). Optional: NSYS_EXTRA (more nsys profile flags), AFTER (a
+# function run once the report exists, with $nsys and $rep set).
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -7,12 +9,13 @@ nsys="$(find_tool nsys)" || {
   echo "nsys: Nsight Systems not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-systems); ncu-*.sh need only ncu" >&2
   exit 1
 }
-# shellcheck disable=SC2046
-resolve_runner $(layer_flags "$TOKENS")
+# shellcheck disable=SC2046,SC2086
+resolve_runner ${FLAGS:-$(layer_flags "$TOKENS")}
 rep="$OUT/$NAME"
 echo "nsys: tracing ${RUN[*]}" >&2
 rc=0
-"$nsys" profile --trace cuda,nvtx,osrt --sample none --cpuctxsw none \
+# shellcheck disable=SC2086
+"$nsys" profile --trace cuda,nvtx,osrt --sample none --cpuctxsw none ${NSYS_EXTRA:-} \
   --force-overwrite true --output "$rep" "${RUN[@]}" >"$rep.log" 2>&1 || rc=$?
 tail -n 20 "$rep.log"
 if [ -f "$rep.nsys-rep" ]; then
@@ -23,6 +26,7 @@ if [ -f "$rep.nsys-rep" ]; then
   "$nsys" stats --force-export true --format csv --output "$rep" \
     --report gpukernsum --report cudaapisum --report gpumemtimesum "$rep.nsys-rep" >>"$rep-stats.log" 2>&1 || true
   "$nsys" stats --force-export true --report cuda_gpu_kern_sum "$rep.nsys-rep" 2>/dev/null | head -n 40 || true
+  if [ -n "${AFTER:-}" ]; then "$AFTER"; fi
   echo "nsys: wrote $rep.nsys-rep (open in the Nsight Systems GUI) and ${rep}_*.csv summaries" >&2
 else
   echo "nsys: no report (exit $rc); see $rep.log" >&2
