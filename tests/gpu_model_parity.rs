@@ -567,6 +567,8 @@ fn deferred_plans_settle_once_and_name_the_failing_layer() {
 fn decode_graph_replays_the_eager_steps() {
     use capmoe::model::{greedy_rows, Decoder, EagerDecoder, LogitsMode, ModelError};
     let Some(g) = gpu() else { return };
+    // SAFETY: this test's backend has its own context and stream, used by this thread only.
+    let g = unsafe { g.with_decode_graphs() };
     let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
     let opts = InitOptions::new(9).with_skew(Skew::Ratio(1.6));
     let mut model = Model::random_host(g, cfg, &opts).unwrap();
@@ -617,6 +619,18 @@ fn decode_graph_replays_the_eager_steps() {
                 "{policy}: a step past the static cache must fail"
             );
         }
+    }
+    // Not opted in: the same backend type decodes by forward passes.
+    {
+        let plain = gpu().expect("the GPU opened above");
+        let m = Model::random_host(plain, model.config().clone(), &opts).unwrap();
+        let r = m.default_router();
+        let fo = ForwardOptions::new(r.clone()).with_logits(LogitsMode::Last);
+        let (seqs, first) = m.prefill(&prompts, &fo).unwrap();
+        let dec = m
+            .decoder(seqs, greedy_rows(&first).unwrap(), 2, &r)
+            .unwrap();
+        assert_eq!(dec.name(), "forward");
     }
     // A NaN router logit in the last layer: the replay's ledger names it.
     let layers = model.layers().len();

@@ -47,7 +47,11 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
     match args.device {
         ModelDevice::Cpu => f.run(args.load_on(CpuBackend)?),
         #[cfg(feature = "cuda")]
-        ModelDevice::Cuda => f.run(args.load_on(capmoe::cuda::CudaBackend::open()?)?),
+        ModelDevice::Cuda => {
+            // SAFETY: the CLI owns this context and uses it from this thread only.
+            let be = unsafe { capmoe::cuda::CudaBackend::open()?.with_decode_graphs() };
+            f.run(args.load_on(be)?)
+        }
         #[cfg(not(feature = "cuda"))]
         ModelDevice::Cuda => Err(CliError::Usage(
             "--device cuda needs a capmoe built with `--features cuda`; this build has the CPU backend only".into(),

@@ -15,7 +15,10 @@
 //! host sync; there is none inside the graph.
 //!
 //! `reroute:optimal` routes on the host, so its steps cannot be captured:
-//! [`Backend::decoder`] gives it the eager decoder.
+//! [`Backend::decoder`] gives it the eager decoder, as it does when no step
+//! will run, or when the backend was not made with
+//! [`CudaBackend::with_decode_graphs`] (capturing is only sound when no
+//! other thread uses the CUDA context meanwhile).
 
 use super::tensor::CudaAct;
 use super::{blas, i32_of, CudaBackend};
@@ -155,9 +158,9 @@ impl<'m> GraphDecoder<'m> {
         drop(self.enqueue_step(false)?);
         st.synchronize()?;
         let ctx = st.context().clone();
-        // SAFETY: the backend's context is used by this thread alone while
-        // the step is captured (the Backend API takes &self on one stream;
-        // a caller sharing it across threads must not decode meanwhile).
+        // SAFETY: the backend was made with `with_decode_graphs`, whose
+        // contract is that no other thread uses this context while a
+        // decoder is made or retains (which is when this runs).
         let tracking = unsafe { TrackingOff::new(&ctx) };
         st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
         let captured = self.enqueue_step(true);
@@ -515,7 +518,12 @@ pub(super) fn decoder<'m>(
     steps: usize,
     router: &RouterConfig,
 ) -> Result<Box<dyn Decoder + 'm>, ModelError> {
-    if router.policy == crate::routing::Policy::RerouteOptimal {
+    // No graph when it could not be captured soundly (not opted in), when
+    // the policy routes on the host, or when no step will run.
+    if !model.backend().decode_graphs
+        || router.policy == crate::routing::Policy::RerouteOptimal
+        || steps == 0
+    {
         return Ok(Box::new(crate::model::EagerDecoder::new(
             model, seqs, pending, router,
         )?));

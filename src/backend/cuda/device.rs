@@ -38,6 +38,9 @@ impl From<cudarc::driver::DriverError> for crate::model::ModelError {
 pub struct CudaBackend {
     pub(super) gpu: GpuContext,
     pub(super) blas: Arc<CudaBlas>,
+    /// Whether `Backend::decoder` may capture decode graphs
+    /// ([`CudaBackend::with_decode_graphs`]).
+    pub(super) decode_graphs: bool,
 }
 
 pub(super) fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
@@ -72,7 +75,28 @@ impl CudaBackend {
         Ok(Self {
             gpu: gpu.clone(),
             blas: Arc::new(blas),
+            decode_graphs: false,
         })
+    }
+
+    /// Lets [`Model::decoder`](crate::model::Model::decoder) (and so
+    /// generation and the e2e benchmark's decode) capture each batch size's
+    /// decode step as one CUDA graph and replay it. Without it the backend
+    /// decodes by forward passes (the same tokens, one host sync per step
+    /// and layer-by-layer launches).
+    ///
+    /// # Safety
+    /// A capture switches cudarc's cross-stream event tracking off for the
+    /// backend's whole CUDA context while it runs (a wait on an event
+    /// recorded outside a capture is illegal inside it), as
+    /// [`crate::cuda::MoeLayerGraph::capture`] does. So while a
+    /// `Model::decoder` call or a [`Decoder::retain`](crate::model::Decoder::retain)
+    /// of its decoder runs, no other thread may enqueue work on any stream of
+    /// that context (the `capmoe` binary owns its context and runs one
+    /// thread on it).
+    pub unsafe fn with_decode_graphs(mut self) -> Self {
+        self.decode_graphs = true;
+        self
     }
 
     /// Device 0.
