@@ -620,6 +620,33 @@ fn decode_graph_replays_the_eager_steps() {
             );
         }
     }
+    // The bar's shape: a decode batch of 64 replays as one graph per step,
+    // capacity over the 64 tokens.
+    {
+        let r = RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+        let fo = ForwardOptions::new(r.clone())
+            .with_logits(LogitsMode::Last)
+            .with_plans(false);
+        let many: Vec<Vec<u32>> = (0..64u32)
+            .map(|s| (0..1 + s % 5).map(|i| (s * 7 + i * 3) % 128).collect())
+            .collect();
+        let refs: Vec<&[u32]> = many.iter().map(Vec::as_slice).collect();
+        let (seqs_a, first) = model.prefill(&refs, &fo).unwrap();
+        let (seqs_b, _) = model.prefill(&refs, &fo).unwrap();
+        let next = greedy_rows(&first).unwrap();
+        let mut eager = EagerDecoder::new(&model, seqs_a, next.clone(), &r).unwrap();
+        let mut graph = model.decoder(seqs_b, next, 2, &r).unwrap();
+        assert_eq!((graph.name(), graph.batch()), ("cuda-graph", 64));
+        for step in 0..2 {
+            let (ta, tb) = (eager.step().unwrap(), graph.step().unwrap());
+            assert_eq!(tb, ta, "batch 64 step {step}: plan totals");
+            assert!(
+                ta.iter().any(|t| t.dropped > 0),
+                "gamma 1 over 64 tokens drops"
+            );
+            assert_eq!(graph.pending(), eager.pending(), "batch 64 step {step}");
+        }
+    }
     // Not opted in: the same backend type decodes by forward passes.
     {
         let plain = gpu().expect("the GPU opened above");
@@ -693,4 +720,81 @@ fn greedy_kernel_matches_argmax() {
             );
         }
     }
+}
+
+/// EP rank replay on CUDA runs from the recorded pass's own device plan and
+/// layout (`Backend::moe_kept`): the kept layout is the recorded plan's host
+/// layout, and each rank's real rows equal the host-layout replay's
+/// (`Backend::expert_ffn`, arguments made on the host and uploaded), for
+/// device-routed policies and for host-routed `reroute:optimal`.
+#[test]
+fn rank_replay_runs_on_the_device_layout() {
+    use capmoe::routing::{DispatchLayout, PAD};
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let opts = InitOptions::new(13).with_skew(Skew::Ratio(1.6));
+    let model = Model::random_host(g, cfg, &opts).unwrap();
+    let be = model.backend();
+    let (k, h) = (
+        model.config().num_experts_per_tok,
+        model.config().hidden_size,
+    );
+    let prompts: [&[u32]; 2] = [&[5, 10, 15, 20, 25, 30, 35, 40, 45], &[1, 2, 3, 4, 5]];
+    let mut checked = 0;
+    for policy in ["none", "drop:score", "reroute:next-best", "reroute:optimal"] {
+        let p: Policy = policy.parse().unwrap();
+        let mut r = RouterConfig::new(k, p).with_ranks(2);
+        if p.has_capacity() {
+            r = r.with_capacity_factor(1.0);
+        }
+        let (_, out) = model
+            .prefill(&prompts, &ForwardOptions::new(r).with_moe_inputs(true))
+            .unwrap();
+        for (l, rec) in out.layers.iter().enumerate() {
+            let plan = rec.plan.as_ref().unwrap();
+            let layout = DispatchLayout::new(plan, be.dispatch_tile()).unwrap();
+            let kept = rec.replay.as_ref().expect("kept with plans and inputs");
+            assert_eq!(
+                CudaBackend::rank_layout(kept),
+                &layout,
+                "{policy} layer {l}"
+            );
+            let rows = be
+                .dispatch(rec.moe_input.as_ref().unwrap(), &layout)
+                .unwrap();
+            let experts = &model.layers()[l].moe.experts;
+            for ranks in [1usize, 2, 4] {
+                for rank in 0..ranks {
+                    let w = model.rank_work(l, rec, rank, ranks).unwrap();
+                    let dev = be.download(&model.run_rank_work(&w).unwrap()).unwrap();
+                    let host = be
+                        .download(
+                            &be.expert_ffn(&rows, &layout, experts, w.experts.clone())
+                                .unwrap(),
+                        )
+                        .unwrap();
+                    assert_eq!(
+                        dev.len(),
+                        host.len(),
+                        "{policy} layer {l} rank {rank}/{ranks}"
+                    );
+                    let first = layout.offsets()[w.experts.start] as usize;
+                    for (i, (d, c)) in dev.chunks(h).zip(host.chunks(h)).enumerate() {
+                        if layout.row_tokens()[first + i] == PAD {
+                            continue; // padding: zero on the host path, unwritten here
+                        }
+                        let what = format!("{policy} layer {l} rank {rank}/{ranks} row {i}");
+                        if cfg!(feature = "emulate") {
+                            // One reference GEMM serves every variant: the same bits.
+                            assert_eq!(d, c, "{what}");
+                        } else {
+                            close(&what, d, c, 2.0f32.powi(-7), 1e-3 * max_abs(c).max(1e-3));
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} rank replays from the device layout match the host-layout ones");
 }

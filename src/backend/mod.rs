@@ -16,7 +16,7 @@ mod random;
 pub use cpu::CpuBackend;
 pub use error::{BackendError, DeviceError};
 pub use host::{HostTensor, Storage};
-pub use moe::{rank_experts, DeferredRoute, ExpertWeights, MoeOutput, MoeWeights};
+pub use moe::{rank_experts, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
 use crate::model::{Decoder, EagerDecoder, Model, ModelError, Sequence};
@@ -200,6 +200,11 @@ pub trait Backend: Send + Sync + Sized {
     /// routing until [`Backend::settle`] (`Infallible` on the CPU, which
     /// routes on the host).
     type DeviceRoute: Send;
+    /// What [`Backend::moe_kept`] keeps of one layer for EP rank replay
+    /// ([`crate::model::Model::rank_work`]): the CPU keeps the host layout
+    /// and rows ([`HostRankLayer`]); CUDA keeps its device plan, layout and
+    /// rows.
+    type RankLayer: Send + Sync;
 
     /// A short name for reports ("cpu", "cuda").
     fn name(&self) -> &'static str;
@@ -393,6 +398,43 @@ pub trait Backend: Send + Sync + Sized {
         &self,
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
     ) -> Result<Vec<PlanTotals>, BackendError>;
+
+    /// [`Backend::moe`], also keeping what replaying one EP rank's experts
+    /// needs ([`Backend::RankLayer`]). Same output and plan as `moe`.
+    fn moe_kept(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &Self::Act,
+        router: &RouterConfig,
+    ) -> Result<(MoeOutput<Self>, Self::RankLayer), BackendError>;
+
+    /// The host dispatch layout of a kept layer.
+    fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout;
+
+    /// The FFN of experts `range` on a kept layer: one EP rank's expert
+    /// work, as [`Backend::expert_ffn`] on the layer's rows. Returns the rows
+    /// `offsets[range.start] .. offsets[range.end]` of its layout, `[those
+    /// rows, hidden]`; padding rows are zero on the CPU and unwritten on
+    /// CUDA's device layout.
+    fn rank_ffn(
+        &self,
+        layer: &Self::RankLayer,
+        experts: &Self::Experts,
+        range: Range<usize>,
+    ) -> Result<Self::Act, BackendError>;
+
+    /// Routing alone, the plan discarded: what a layer pays to route `x`
+    /// (router GEMM, bias, the policy), for the benchmark's routing time.
+    /// The default is [`MoeWeights::route`] (on the host); CUDA routes on the
+    /// device.
+    fn route_only(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &Self::Act,
+        router: &RouterConfig,
+    ) -> Result<(), BackendError> {
+        w.route(self, x, router).map(drop)
+    }
 
     /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
     /// ([`Model::decoder`] checked their positions). The default steps by

@@ -173,10 +173,56 @@ impl<B: Backend> MoeWeights<B> {
         x: &B::Act,
         plan: &RoutingPlan,
     ) -> Result<(B::Act, DispatchLayout), BackendError> {
+        let (out, kept) = self.run_plan(backend, x, plan)?;
+        Ok((out, kept.layout))
+    }
+
+    /// [`MoeWeights::forward_host`], also keeping the layout and the
+    /// dispatched rows for EP rank replay (the CPU's [`Backend::moe_kept`]).
+    pub fn forward_host_kept(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<(MoeOutput<B>, HostRankLayer<B>), BackendError> {
+        let plan = self.route(backend, x, router)?;
+        let (out, kept) = self.run_plan(backend, x, &plan)?;
+        let layout = kept.layout.clone();
+        Ok((MoeOutput { out, plan, layout }, kept))
+    }
+
+    fn run_plan(
+        &self,
+        backend: &B,
+        x: &B::Act,
+        plan: &RoutingPlan,
+    ) -> Result<(B::Act, HostRankLayer<B>), BackendError> {
         let layout = DispatchLayout::new(plan, backend.dispatch_tile())?;
         let rows = backend.dispatch(x, &layout)?;
         let y = backend.expert_ffn(&rows, &layout, &self.experts, 0..self.num_experts())?;
         let out = backend.combine(plan, &layout, &y)?;
-        Ok((out, layout))
+        Ok((out, HostRankLayer { layout, rows }))
+    }
+}
+
+/// What EP rank replay keeps of a MoE layer run through the backend's
+/// primitives over a host plan: the dispatch layout and the dispatched rows
+/// (every expert's).
+pub struct HostRankLayer<B: Backend> {
+    /// The layer's expert-major dispatch layout.
+    pub layout: DispatchLayout,
+    /// The rows dispatched by it, `[layout.rows(), hidden]`.
+    pub rows: B::Act,
+}
+
+impl<B: Backend> HostRankLayer<B> {
+    /// Experts `range` on the kept rows ([`Backend::expert_ffn`]).
+    pub fn ffn(
+        &self,
+        backend: &B,
+        experts: &B::Experts,
+        range: std::ops::Range<usize>,
+    ) -> Result<B::Act, BackendError> {
+        backend.expert_ffn(&self.rows, &self.layout, experts, range)
     }
 }

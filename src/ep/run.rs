@@ -468,12 +468,14 @@ fn forward_case<B: Backend>(
                 let moe = &model.layers()[l].moe;
                 let mut times = Vec::with_capacity(iters);
                 for _ in 0..iters {
-                    let (p, ms) = model.backend().timed(|| {
-                        moe.route(model.backend(), x, router)
+                    // The backend's own routing (CUDA: on the device).
+                    let ((), ms) = model.backend().timed(|| {
+                        model
+                            .backend()
+                            .route_only(moe, x, router)
                             .map_err(ModelError::from)
                     })?;
                     times.push(ms);
-                    drop(p);
                 }
                 median(&times)
             }

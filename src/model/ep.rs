@@ -8,45 +8,52 @@ use crate::routing::DispatchLayout;
 use std::ops::Range;
 
 /// One rank's expert work, prepared (dispatched) so that running it times
-/// the expert FFN alone.
-pub struct RankWork<B: Backend> {
+/// the expert FFN alone. It borrows the layer's record: the layout and rows
+/// the backend kept there ([`LayerRecord::replay`]; on CUDA the device plan
+/// and layout of the recorded pass itself).
+pub struct RankWork<'r, B: Backend> {
     /// The recorded layer, in 0..layers.
     pub layer: usize,
     /// Experts this rank owns (`rank * E / R .. (rank + 1) * E / R`).
     pub experts: Range<usize>,
     /// Assignments (rows) these experts serve.
     pub rows_served: usize,
+    kept: &'r B::RankLayer,
+}
+
+impl<B: Backend> RankWork<'_, B> {
     /// Dispatch layout of the recorded plan (every expert, not only this rank's).
-    pub layout: DispatchLayout,
-    rows: B::Act,
+    pub fn layout(&self) -> &DispatchLayout {
+        B::rank_layout(self.kept)
+    }
 }
 
 impl<B: Backend> Model<B> {
     /// Prepares rank `rank` of `ranks`'s expert work for `layer` from a
-    /// forward pass's record (run with `keep_moe_inputs`): the layout of the
-    /// recorded plan and the dispatched rows of every expert.
-    pub fn rank_work(
+    /// forward pass's record (run with `keep_moe_inputs` and `keep_plans`).
+    pub fn rank_work<'r>(
         &self,
         layer: usize,
-        record: &LayerRecord<B>,
+        record: &'r LayerRecord<B>,
         rank: usize,
         ranks: usize,
-    ) -> Result<RankWork<B>, ModelError> {
+    ) -> Result<RankWork<'r, B>, ModelError> {
         if layer >= self.layers.len() {
             return Err(ModelError::NoSuchLayer {
                 layer,
                 layers: self.layers.len(),
             });
         }
-        let x = record
-            .moe_input
-            .as_ref()
-            .ok_or(ModelError::NoMoeInput { layer })?;
+        if record.moe_input.is_none() {
+            return Err(ModelError::NoMoeInput { layer });
+        }
         let experts = rank_experts(rank, ranks, self.config.num_local_experts)?;
-        let plan = record.plan.as_ref().ok_or(ModelError::NoPlan { layer })?;
-        let layout = DispatchLayout::new(plan, self.backend.dispatch_tile())?;
-        let rows = self.backend.dispatch(x, &layout)?;
-        let rows_served = layout.counts()[experts.clone()]
+        let kept = record
+            .replay
+            .as_ref()
+            .filter(|_| record.plan.is_some())
+            .ok_or(ModelError::NoPlan { layer })?;
+        let rows_served = B::rank_layout(kept).counts()[experts.clone()]
             .iter()
             .map(|&c| c as usize)
             .sum();
@@ -54,17 +61,15 @@ impl<B: Backend> Model<B> {
             layer,
             experts,
             rows_served,
-            layout,
-            rows,
+            kept,
         })
     }
 
-    /// Runs a prepared rank's expert FFNs; returns their output rows
-    /// (`[rows of the rank's experts, hidden]`).
-    pub fn run_rank_work(&self, work: &RankWork<B>) -> Result<B::Act, ModelError> {
-        Ok(self.backend.expert_ffn(
-            &work.rows,
-            &work.layout,
+    /// Runs a prepared rank's expert FFNs ([`Backend::rank_ffn`]); returns
+    /// their output rows (`[rows of the rank's experts, hidden]`).
+    pub fn run_rank_work(&self, work: &RankWork<'_, B>) -> Result<B::Act, ModelError> {
+        Ok(self.backend.rank_ffn(
+            work.kept,
             &self.layers[work.layer].moe.experts,
             work.experts.clone(),
         )?)

@@ -46,7 +46,9 @@ pub struct ForwardOptions {
     /// Which positions get logits.
     pub logits: LogitsMode,
     /// Keep each layer's MoE input (the post-attention-normed hidden states)
-    /// in the [`LayerRecord`], to replay one EP rank's expert work later.
+    /// in the [`LayerRecord`], and (with [`ForwardOptions::keep_plans`]) what
+    /// replaying one EP rank's expert work later needs
+    /// ([`LayerRecord::replay`]).
     pub keep_moe_inputs: bool,
     /// Keep each layer's routing plan in its [`LayerRecord`] (the default).
     /// Without it a device backend keeps the plans on the device
@@ -94,6 +96,9 @@ pub struct LayerRecord<B: Backend> {
     pub totals: PlanTotals,
     /// The layer's MoE input `[tokens, hidden]`, when asked for.
     pub moe_input: Option<B::Act>,
+    /// What EP rank replay needs of the layer ([`Backend::moe_kept`]), kept
+    /// with the MoE input when the plans are kept too.
+    pub replay: Option<B::RankLayer>,
 }
 
 /// The result of a forward pass.
@@ -177,6 +182,7 @@ struct EagerIo<'a, 's, B: Backend> {
     plans: Vec<Option<RoutingPlan>>,
     routes: Vec<DeferredRoute<B::DeviceRoute>>,
     inputs: Vec<Option<B::Act>>,
+    replays: Vec<Option<B::RankLayer>>,
 }
 
 impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
@@ -203,14 +209,21 @@ impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
         let (be, router) = (&model.backend, &self.opts.router);
         let moe = &model.layers[layer].moe;
         let out = if self.opts.keep_plans {
-            let m = moe.forward(be, &h, router)?;
+            let (m, replay) = if self.opts.keep_moe_inputs {
+                let (m, kept) = be.moe_kept(moe, &h, router)?;
+                (m, Some(kept))
+            } else {
+                (moe.forward(be, &h, router)?, None)
+            };
             self.routes.push(DeferredRoute::Host(m.plan.totals()));
             self.plans.push(Some(m.plan));
+            self.replays.push(replay);
             m.out
         } else {
             let (out, route) = moe.forward_deferred(be, &h, router)?;
             self.routes.push(route);
             self.plans.push(None);
+            self.replays.push(None);
             out
         };
         self.inputs.push(self.opts.keep_moe_inputs.then_some(h));
@@ -291,6 +304,7 @@ impl<B: Backend> Model<B> {
             plans: Vec::with_capacity(n_layers),
             routes: Vec::with_capacity(n_layers),
             inputs: Vec::with_capacity(n_layers),
+            replays: Vec::with_capacity(n_layers),
         };
         for li in 0..n_layers {
             self.run_layer(li, &mut x, &mut io)?;
@@ -300,6 +314,7 @@ impl<B: Backend> Model<B> {
             plans,
             routes,
             inputs,
+            replays,
             ..
         } = io;
         for (seq, toks) in seqs.iter_mut().zip(tokens) {
@@ -334,11 +349,12 @@ impl<B: Backend> Model<B> {
         let records = plans
             .into_iter()
             .zip(totals)
-            .zip(inputs)
-            .map(|((plan, totals), moe_input)| LayerRecord {
+            .zip(inputs.into_iter().zip(replays))
+            .map(|((plan, totals), (moe_input, replay))| LayerRecord {
                 plan,
                 totals,
                 moe_input,
+                replay,
             })
             .collect();
         // Outputs never hold NaN or Inf: the first one is an error naming it.

@@ -30,9 +30,11 @@ mod weights;
 
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
+#[cfg(feature = "cuda")]
 pub(crate) use decode::check_keep;
 pub use decode::{greedy_rows, Decoder, EagerDecoder};
 pub use ep::RankWork;
+#[cfg(feature = "cuda")]
 pub(crate) use forward::LayerIo;
 pub use forward::{ForwardOptions, ForwardOutput, LayerRecord, LogitsMode, Sequence};
 pub use generate::{argmax, GenerateOptions};

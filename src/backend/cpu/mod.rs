@@ -37,6 +37,7 @@ impl Backend for CpuBackend {
     type Kv = CpuKv;
     type Experts = Vec<ExpertWeights<CpuBackend>>;
     type DeviceRoute = std::convert::Infallible;
+    type RankLayer = super::HostRankLayer<CpuBackend>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -290,6 +291,26 @@ impl Backend for CpuBackend {
             rows: plan.tokens(),
             cols: expert_out.cols,
         })
+    }
+
+    fn moe_kept(
+        &self,
+        w: &super::MoeWeights<Self>,
+        x: &CpuTensor,
+        router: &crate::routing::RouterConfig,
+    ) -> Result<(super::MoeOutput<Self>, Self::RankLayer), BackendError> {
+        w.forward_host_kept(self, x, router)
+    }
+    fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout {
+        &layer.layout
+    }
+    fn rank_ffn(
+        &self,
+        layer: &Self::RankLayer,
+        experts: &Self::Experts,
+        range: Range<usize>,
+    ) -> Result<CpuTensor, BackendError> {
+        layer.ffn(self, experts, range)
     }
 
     /// Nothing to read back: the CPU routes on the host.

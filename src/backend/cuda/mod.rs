@@ -32,7 +32,7 @@ mod device;
 mod moe;
 mod tensor;
 
-pub use moe::CudaExperts;
+pub use moe::{CudaExperts, CudaRankLayer, DeviceRankLayer};
 pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
 use crate::backend::shape_err;
@@ -139,6 +139,7 @@ impl Backend for CudaBackend {
     type Kv = CudaKv;
     type Experts = CudaExperts;
     type DeviceRoute = crate::cuda::PlanSummary;
+    type RankLayer = moe::CudaRankLayer;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -547,6 +548,54 @@ impl Backend for CudaBackend {
         }
         let (out, summary) = moe::forward_deferred(self, w, x, router)?;
         Ok((out, DeferredRoute::Device(summary)))
+    }
+
+    /// Routes on the device as [`Backend::moe`] does and keeps the device
+    /// plan, layout and rows ([`moe::CudaRankLayer`]); host-routed layers
+    /// (`reroute:optimal`, an empty batch) keep the host ones.
+    fn moe_kept(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &CudaAct,
+        router: &RouterConfig,
+    ) -> Result<(MoeOutput<Self>, moe::CudaRankLayer), BackendError> {
+        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
+            let (m, kept) = w.forward_host_kept(self, x, router)?;
+            return Ok((m, moe::CudaRankLayer::Host(Box::new(kept))));
+        }
+        moe::forward_kept(self, w, x, router)
+    }
+
+    fn rank_layout(layer: &moe::CudaRankLayer) -> &DispatchLayout {
+        match layer {
+            moe::CudaRankLayer::Host(h) => &h.layout,
+            moe::CudaRankLayer::Device(d) => &d.layout,
+        }
+    }
+
+    /// One rank's experts on the kept device layout: no upload, the
+    /// range's groups of the device-made GEMM arguments.
+    fn rank_ffn(
+        &self,
+        layer: &moe::CudaRankLayer,
+        experts: &CudaExperts,
+        range: Range<usize>,
+    ) -> Result<CudaAct, BackendError> {
+        moe::rank_ffn(self, layer, experts, range)
+    }
+
+    /// The router GEMM and the device router (the host oracle for
+    /// `reroute:optimal`), nothing read back.
+    fn route_only(
+        &self,
+        w: &MoeWeights<Self>,
+        x: &CudaAct,
+        router: &RouterConfig,
+    ) -> Result<(), BackendError> {
+        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
+            return w.route(self, x, router).map(drop);
+        }
+        moe::route_only(self, w, x, router)
     }
 
     /// Every device summary in one download; see [`crate::cuda::settle`].

@@ -7,10 +7,13 @@
 use super::tensor::CudaAct;
 use super::CudaBackend;
 use crate::backend::{
-    Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, MoeOutput, MoeWeights,
+    Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput,
+    MoeWeights,
 };
-use crate::cuda::ffn::layer_forward;
-use crate::cuda::{launch, ExpertFfn, GpuContext, GpuError, GpuPlan, GpuRouter, PlanSummary};
+use crate::cuda::ffn::{layer_forward, LayerRun};
+use crate::cuda::{
+    launch, ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary,
+};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ops::Range;
@@ -202,16 +205,17 @@ pub(super) fn combine(
     })
 }
 
-/// The layer on the device: logits from the router GEMM in f32, bias
-/// uploaded next to them, then [`layer_forward`]. Nothing is read back.
-fn run_device(
+/// Runs `f` with the device router of `router`, the router GEMM's f32
+/// logits of `x` and the layer's device bias (uploaded once and reused
+/// while the host bias is unchanged: no copy or allocation per call).
+fn with_router<R>(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
     router: &RouterConfig,
-) -> Result<(CudaAct, GpuPlan), crate::backend::BackendError> {
-    let ffn = &w.experts.ffn;
-    let shape = ffn.shape();
+    f: impl FnOnce(&GpuRouter, &CudaSlice<f32>, Option<&CudaSlice<f32>>) -> Result<R, GpuError>,
+) -> Result<R, crate::backend::BackendError> {
+    let shape = w.experts.ffn.shape();
     if x.cols != shape.hidden {
         return Err(crate::backend::shape_err(
             "MoE input [tokens, hidden]",
@@ -229,8 +233,6 @@ fn run_device(
     }
     let st = be.gpu.stream();
     let logits = super::blas::linear::<f32>(&be.blas, st, x, &w.gate)?;
-    // The device bias is uploaded once and reused while the host bias is
-    // unchanged: no copy or allocation per call.
     let mut cached = w
         .experts
         .bias
@@ -251,14 +253,136 @@ fn run_device(
     }
     let bias = w.router_bias.as_ref().and(cached.as_ref().map(|(_, d)| d));
     let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
-    let (out, gplan) = layer_forward(&gpu_router, ffn, &logits, bias, &x.data, x.rows)?;
-    drop(cached);
+    Ok(f(&gpu_router, &logits, bias)?)
+}
+
+/// A device-routed layer's plan, dispatch layout and gathered rows.
+type DeviceParts = (GpuPlan, GpuDispatch, CudaSlice<u16>);
+
+/// The layer on the device: [`with_router`], then [`layer_forward`].
+/// Nothing is read back. Returns the output and the device plan, layout
+/// and rows.
+fn run_device(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<(CudaAct, DeviceParts), crate::backend::BackendError> {
+    let ffn = &w.experts.ffn;
+    let LayerRun {
+        out,
+        plan,
+        dispatch,
+        rows,
+    } = with_router(be, w, x, router, |r, logits, bias| {
+        layer_forward(r, ffn, logits, bias, &x.data, x.rows)
+    })?;
     let out = CudaAct {
         data: out,
         rows: x.rows,
-        cols: shape.hidden,
+        cols: ffn.shape().hidden,
     };
-    Ok((out, gplan))
+    Ok((out, (plan, dispatch, rows)))
+}
+
+/// `Backend::route_only` on the device: the router GEMM and the device
+/// router, the plan dropped (stream-ordered; nothing read back).
+pub(super) fn route_only(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<(), crate::backend::BackendError> {
+    let e = w.experts.ffn.shape().experts;
+    with_router(be, w, x, router, |r, logits, bias| {
+        r.route_biased(logits, bias, x.rows, e).map(drop)
+    })
+}
+
+/// What the CUDA backend keeps of a layer for EP rank replay: the device
+/// plan, its dispatch layout and gathered rows (and the layout's host twin,
+/// for each rank's row span); or, for a host-routed layer
+/// (`reroute:optimal`, an empty batch), the host layout and rows.
+pub enum CudaRankLayer {
+    /// Routed on the host.
+    Host(Box<HostRankLayer<CudaBackend>>),
+    /// Routed on the device.
+    Device(Box<DeviceRankLayer>),
+}
+
+/// A device-routed layer kept for EP rank replay.
+pub struct DeviceRankLayer {
+    /// The host twin of `dispatch` (bit for bit: the emulated tests check it).
+    pub layout: DispatchLayout,
+    /// The device plan.
+    pub plan: GpuPlan,
+    /// Its device dispatch layout.
+    pub dispatch: GpuDispatch,
+    /// The rows it gathered, `[max rows, hidden]`.
+    pub rows: CudaSlice<u16>,
+}
+
+/// `Backend::moe_kept`: [`run_device`], the plan downloaded for the record
+/// and the device plan, layout and rows kept.
+pub(super) fn forward_kept(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<(MoeOutput<CudaBackend>, CudaRankLayer), crate::backend::BackendError> {
+    let (out, (gplan, dispatch, rows)) = run_device(be, w, x, router)?;
+    let plan = gplan.to_host()?;
+    let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
+    let kept = CudaRankLayer::Device(Box::new(DeviceRankLayer {
+        layout: layout.clone(),
+        plan: gplan,
+        dispatch,
+        rows,
+    }));
+    Ok((MoeOutput { out, plan, layout }, kept))
+}
+
+/// `Backend::rank_ffn` of a kept layer: on the device layout, the range's
+/// groups of the device-made GEMM arguments and its rows (no upload), the
+/// rows then copied out in one device copy.
+pub(super) fn rank_ffn(
+    be: &CudaBackend,
+    layer: &CudaRankLayer,
+    experts: &CudaExperts,
+    range: Range<usize>,
+) -> Result<CudaAct, crate::backend::BackendError> {
+    let d = match layer {
+        CudaRankLayer::Host(h) => return h.ffn(be, experts, range),
+        CudaRankLayer::Device(d) => d,
+    };
+    let (layout, plan, dispatch, rows) = (&d.layout, &d.plan, &d.dispatch, &d.rows);
+    let hidden = experts.ffn.shape().hidden;
+    let offs = layout.offsets();
+    if range.start > range.end || range.end + 1 > offs.len() {
+        return Err(BackendError::ExpertRange {
+            start: range.start,
+            end: range.end,
+            experts: offs.len().saturating_sub(1),
+        });
+    }
+    let span = offs[range.start] as usize..offs[range.end] as usize;
+    let y = experts
+        .ffn
+        .forward_experts(plan, dispatch, rows, range, span.clone())?;
+    let st = be.gpu.stream();
+    let n = span.len() * hidden;
+    let mut out = be.alloc(n)?;
+    if n > 0 {
+        st.memcpy_dtod(
+            &y.slice(span.start * hidden..span.end * hidden),
+            &mut out.slice_mut(..n),
+        )?;
+    }
+    Ok(CudaAct {
+        data: out,
+        rows: span.len(),
+        cols: hidden,
+    })
 }
 
 /// `Backend::moe` on the device (see there): [`run_device`], then the plan
@@ -269,7 +393,7 @@ pub(super) fn forward_device(
     x: &CudaAct,
     router: &RouterConfig,
 ) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
-    let (out, gplan) = run_device(be, w, x, router)?;
+    let (out, (gplan, ..)) = run_device(be, w, x, router)?;
     let plan = gplan.to_host()?;
     let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
     Ok(MoeOutput { out, plan, layout })
@@ -284,7 +408,7 @@ pub(super) fn forward_deferred(
     x: &CudaAct,
     router: &RouterConfig,
 ) -> Result<(CudaAct, PlanSummary), crate::backend::BackendError> {
-    let (out, gplan) = run_device(be, w, x, router)?;
+    let (out, (gplan, ..)) = run_device(be, w, x, router)?;
     Ok((out, gplan.into_summary()?))
 }
 

@@ -11,6 +11,7 @@ use crate::expert::tune::TuneCache;
 use crate::expert::FfnShape;
 use crate::expert::{init, interleave};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use std::ops::Range;
 use std::sync::RwLock;
 
 /// The experts of one MoE layer on one GPU, bf16.
@@ -293,8 +294,59 @@ impl ExpertFfn {
             rows,
             max_rows,
             pick,
+            0..experts,
+            (d.row_token(), d.total_rows(), 0..max_rows),
+            &|n, k, abc| d.gemm_args(plan, n, k, 2, abc),
+        )
+    }
+
+    /// [`Self::forward`] for experts `experts` only (one EP rank's work),
+    /// over the device plan's own layout: the grouped GEMMs run the range's
+    /// groups of the device-made arguments, SwiGLU the rows `span` (the
+    /// range's rows `offsets[experts.start]..offsets[experts.end]` of the
+    /// layout, which the caller knows from the plan's host twin). Nothing is
+    /// uploaded. Only the range's real rows of the output are written.
+    pub fn forward_experts(
+        &self,
+        plan: &GpuPlan,
+        d: &GpuDispatch,
+        rows: &CudaSlice<u16>,
+        experts: Range<usize>,
+        span: Range<usize>,
+    ) -> Result<CudaSlice<u16>, GpuError> {
+        let (e, hidden) = (self.shape.experts, self.shape.hidden);
+        let max_rows = d.max_rows();
+        if plan.experts() != e
+            || experts.start > experts.end
+            || experts.end > e
+            || span.start > span.end
+            || span.end > max_rows
+        {
+            return Err(GpuError::Shape {
+                what: "expert range / row span of a device layout",
+                got: format!(
+                    "experts {}..{} of {}, rows {}..{}",
+                    experts.start,
+                    experts.end,
+                    plan.experts(),
+                    span.start,
+                    span.end
+                ),
+                expected: format!("experts within 0..{e}, rows within 0..{max_rows}"),
+            });
+        }
+        self.check_rows(rows, max_rows)?;
+        if experts.is_empty() || span.is_empty() || plan.tokens() == 0 {
+            // SAFETY: no rows of the range: nothing reads the output.
+            return Ok(unsafe { self.gpu.stream().alloc::<u16>((max_rows * hidden).max(1)) }?);
+        }
+        let pick = self.variants_for(plan.tokens(), plan.config().top_k);
+        self.pipeline(
+            rows,
+            max_rows,
+            pick,
             experts,
-            (d.row_token(), d.total_rows()),
+            (d.row_token(), d.total_rows(), span),
             &|n, k, abc| d.gemm_args(plan, n, k, 2, abc),
         )
     }
@@ -312,17 +364,18 @@ impl ExpertFfn {
         Ok(())
     }
 
-    /// GEMM1 -> SwiGLU -> GEMM2 over `n_rows` routed rows, `groups` groups
-    /// per GEMM. `make_args(n, k, [a, b, d])` makes a GEMM's device arguments
-    /// over those base addresses; `live` (row tokens, PAD for rows to skip,
-    /// and the row count on the device) tells SwiGLU which rows are real.
+    /// GEMM1 -> SwiGLU -> GEMM2 over `n_rows` routed rows, groups `groups`
+    /// of the arguments per GEMM. `make_args(n, k, [a, b, d])` makes a GEMM's
+    /// device arguments over those base addresses; `live` (row tokens, PAD
+    /// for rows to skip, the row count on the device, and the span of rows
+    /// that may be live) tells SwiGLU which rows are real.
     pub(super) fn pipeline(
         &self,
         rows: &CudaSlice<u16>,
         n_rows: usize,
         pick: VariantPair,
-        groups: usize,
-        live: (&CudaSlice<u32>, &CudaSlice<i32>),
+        groups: Range<usize>,
+        live: (&CudaSlice<u32>, &CudaSlice<i32>, Range<usize>),
         make_args: &dyn Fn(usize, usize, [u64; 3]) -> Result<crate::cuda::GpuGemmArgs, GpuError>,
     ) -> Result<CudaSlice<u16>, GpuError> {
         let (hidden, inter) = (self.shape.hidden, self.shape.intermediate);
@@ -339,24 +392,36 @@ impl ExpertFfn {
         let (b, _gb) = self.w13.device_ptr(st);
         let (c, _gc) = h13.device_ptr_mut(st);
         let args1 = make_args(2 * inter, hidden, [a, b, c])?;
-        self.run_groups(pick.gemm1, &args1, 0, groups, 2 * inter, hidden)?;
+        self.run_groups(pick.gemm1, &args1, 0, groups.clone(), 2 * inter, hidden)?;
         drop((_ga, _gb, _gc));
 
-        // SwiGLU: h = silu(h13[:, 0::2]) * h13[:, 1::2] on the real rows.
+        // SwiGLU: h = silu(h13[:, 0::2]) * h13[:, 1::2] on the real rows of
+        // the span (row r of the span is row span.start + r of the buffers).
+        let span = live.2;
+        if span.end > n_rows || span.start > span.end {
+            return Err(GpuError::Shape {
+                what: "SwiGLU row span",
+                got: format!("{}..{}", span.start, span.end),
+                expected: format!("within 0..{n_rows}"),
+            });
+        }
         let (src, _g1) = h13.device_ptr(st);
         let (rt, _g2) = live.0.device_ptr(st);
         let (tr, _g3) = live.1.device_ptr(st);
         let (dst, _g4) = h.device_ptr_mut(st);
-        // SAFETY: h13 holds n_rows * 2I, h n_rows * I; the live arrays are
-        // sized for n_rows rows (callers' contract); I % 8 == 0 (FfnShape).
+        let at = span.start as u64;
+        // SAFETY: h13 holds n_rows * 2I, h n_rows * I bf16, and the span's
+        // rows lie inside (checked); the live arrays are sized for n_rows
+        // rows (callers' contract), so row_token + span.start is too;
+        // I % 8 == 0 (FfnShape), so each offset row stays 16-byte aligned.
         unsafe {
             launch::swiglu_bf16(
-                src,
-                rt,
+                src + at * 2 * inter as u64 * 2,
+                rt + at * 4,
                 tr,
-                n_rows as i64,
+                span.len() as i64,
                 to_i32("intermediate", inter)?,
-                dst,
+                dst + at * inter as u64 * 2,
                 st.cu_stream() as _,
             )?
         };
@@ -382,32 +447,45 @@ impl ExpertFfn {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
-        self.run_groups(v, args, which, self.shape.experts, n, k)
+        self.run_groups(v, args, which, 0..self.shape.experts, n, k)
     }
 
-    /// [`Self::run`] over the first `groups` entries of `args` (at most E).
+    /// [`Self::run`] over entries `groups` of `args` (within E).
     pub(super) fn run_groups(
         &self,
         v: &CompiledVariant,
         args: &crate::cuda::GpuGemmArgs,
         which: usize,
-        groups: usize,
+        groups: Range<usize>,
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
-        if groups == 0 || groups > self.shape.experts || args.problems.len() < 3 * groups {
+        let [pa, pb, pd] = &args.ptrs;
+        let enough = [pa, pb, pd].iter().all(|p| p.len() >= groups.end);
+        if groups.is_empty()
+            || groups.end > self.shape.experts
+            || args.problems.len() < 3 * groups.end
+            || !enough
+        {
             return Err(GpuError::Shape {
                 what: "grouped GEMM groups",
-                got: groups.to_string(),
-                expected: format!("1..={} with arguments for each", self.shape.experts),
+                got: format!("{}..{}", groups.start, groups.end),
+                expected: format!(
+                    "a non-empty range within 0..{} with arguments for each",
+                    self.shape.experts
+                ),
             });
         }
+        let first = groups.start as u64;
+        let groups = groups.len();
         let st = self.gpu.stream();
         let (problems, _g0) = args.problems.device_ptr(st);
-        let [pa, pb, pd] = &args.ptrs;
+        // The range's entries: problems are int[3], pointers u64.
+        let problems = problems + first * 3 * 4;
         let (a, _g1) = pa.device_ptr(st);
         let (b, _g2) = pb.device_ptr(st);
         let (d, _g3) = pd.device_ptr(st);
+        let (a, b, d) = (a + first * 8, b + first * 8, d + first * 8);
         let [la, lb, ld] = &self.ld[which];
         let (lda, _g4) = la.device_ptr(st);
         let (ldb, _g5) = lb.device_ptr(st);
@@ -428,7 +506,7 @@ impl ExpertFfn {
             workspace_bytes: self.workspace.len(),
             sm_count: self.sm_count as i32,
         };
-        // SAFETY: `args` holds (at least) `groups` problems of (n, k) and
+        // SAFETY: `args` holds (at least) entries first..first + groups (checked) of (n, k) and
         // pointers into buffers sized for them (made by `GpuDispatch::gemm_args`
         // or `forward_layout` from the same layout); the ld arrays hold E >=
         // groups entries matching the dense layouts; the workspace was sized for

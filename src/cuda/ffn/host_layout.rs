@@ -80,8 +80,8 @@ impl ExpertFfn {
             rows,
             n_rows,
             pick,
-            experts.len(),
-            (&row_token, &total),
+            0..experts.len(),
+            (&row_token, &total, 0..n_rows),
             &upload,
         )
     }

@@ -1,7 +1,7 @@
 //! [`MoeLayer`]: routing, dispatch, the expert FFN and combine on one stream.
 
 use super::ExpertFfn;
-use crate::cuda::{GpuError, GpuPlan, GpuRouter};
+use crate::cuda::{GpuDispatch, GpuError, GpuPlan, GpuRouter};
 use cudarc::driver::CudaSlice;
 
 /// Rows per expert are padded to this many in the dispatch layout. The
@@ -56,8 +56,18 @@ impl MoeLayer {
         x: &CudaSlice<u16>,
         tokens: usize,
     ) -> Result<(CudaSlice<u16>, GpuPlan), GpuError> {
-        layer_forward(&self.router, &self.ffn, logits, None, x, tokens)
+        let run = layer_forward(&self.router, &self.ffn, logits, None, x, tokens)?;
+        Ok((run.out, run.plan))
     }
+}
+
+/// What [`layer_forward`] leaves: the output, and the plan, its dispatch
+/// layout and the dispatched rows (which EP rank replay reuses).
+pub(crate) struct LayerRun {
+    pub(crate) out: CudaSlice<u16>,
+    pub(crate) plan: GpuPlan,
+    pub(crate) dispatch: GpuDispatch,
+    pub(crate) rows: CudaSlice<u16>,
 }
 
 /// The one MoE layer on the GPU, shared by [`MoeLayer`] and the CUDA
@@ -71,12 +81,17 @@ pub(crate) fn layer_forward(
     bias: Option<&CudaSlice<f32>>,
     x: &CudaSlice<u16>,
     tokens: usize,
-) -> Result<(CudaSlice<u16>, GpuPlan), GpuError> {
+) -> Result<LayerRun, GpuError> {
     let shape = ffn.shape();
     let plan = router.route_biased(logits, bias, tokens, shape.experts)?;
-    let d = plan.dispatch(DISPATCH_TILE)?;
-    let rows = plan.gather_bf16(&d, x, shape.hidden)?;
-    let y = ffn.forward(&plan, &d, &rows)?;
-    let out = plan.combine_bf16(&d, &y, shape.hidden)?;
-    Ok((out, plan))
+    let dispatch = plan.dispatch(DISPATCH_TILE)?;
+    let rows = plan.gather_bf16(&dispatch, x, shape.hidden)?;
+    let y = ffn.forward(&plan, &dispatch, &rows)?;
+    let out = plan.combine_bf16(&dispatch, &y, shape.hidden)?;
+    Ok(LayerRun {
+        out,
+        plan,
+        dispatch,
+        rows,
+    })
 }
