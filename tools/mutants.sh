@@ -55,6 +55,8 @@ mutants=(
   "swiglu: silu sign|expert/ffn.cu|'expf(-a)'|'expf(a)'|gpu_ffn"
   "plan stats: rerouted counts the top-k|routing/stats.cu|'rerouted += !in_top;'|'rerouted += in_top;'|gpu_model_parity"
   "plan stats: warp sum skips lanes 16-31|routing/stats.cu|'for (int d = 16; d > 0; d >>= 1)'|'for (int d = 8; d > 0; d >>= 1)'|gpu_model_parity"
+  "plan record: loads reversed|routing/stats.cu|'record[CAPMOE_REC_HEAD + t] = load[t];'|'record[CAPMOE_REC_HEAD + t] = load[experts - 1 - t];'|gpu_model_parity"
+  "plan record: convergence flag ignored|routing/stats.cu|'nb_flags ? static_cast<unsigned>(nb_flags[CAPMOE_NB_CONVERGED]) : 1u'|'1u'|gpu_routing"
   "greedy: ties to the higher column|model/greedy.cu|'(v == w && i < j)'|'(v == w && i > j)'|gpu_model_parity"
   "decode graph: positions never advance|model/greedy.cu|'  if (positions) positions[r] += 1;'|'  (void)positions;'|gpu_model_parity"
   "decode append: keys from the value row|model/attention.cu|'    kc[dst + i] = k[src + i];'|'    kc[dst + i] = v[src + i];'|gpu_model_parity"

@@ -161,17 +161,38 @@ typedef enum capmoe_plan_stat {
   CAPMOE_STATS = 4 /* the number of entries */
 } capmoe_plan_stat;
 
-/* A plan's totals (capmoe_plan_stat) from capmoe_gate's probs[T * E] and topk[T * k] and
- * capmoe_plan's offsets[T + 1], expert_ids and probs_out; stats[CAPMOE_STATS] is zeroed here. */
+/* A plan's record, what the host reads of it after the fact, in u32 words:
+ *   [CAPMOE_REC_NONFINITE, +2)  capmoe_gate's non-finite record (a u64),
+ *   [CAPMOE_REC_CONVERGED]      capmoe_next_best's flags[CAPMOE_NB_CONVERGED] (1 without flags),
+ *   [CAPMOE_REC_STATS, +2 * CAPMOE_STATS)  the capmoe_plan_stat totals (u64 each),
+ *   [CAPMOE_REC_HEAD, +E)       the per-expert load,
+ * CAPMOE_REC_HEAD + E rounded up to even words in all (capmoe_plan_record_words), so that records
+ * laid end to end keep their u64s 8-byte aligned. */
+typedef enum capmoe_plan_record_word {
+  CAPMOE_REC_NONFINITE = 0,
+  CAPMOE_REC_CONVERGED = 2,
+  CAPMOE_REC_STATS = 4,
+  CAPMOE_REC_HEAD = 12
+} capmoe_plan_record_word;
+
+/* Writes a plan's record from capmoe_gate's probs[T * E], topk[T * k] and nonfinite, capmoe_plan's
+ * offsets[T + 1], expert_ids, probs_out and load[E], and next_best_flags (CAPMOE_NB_FLAGS ints,
+ * or NULL without reroute:next-best). record: capmoe_plan_record_words(E) words, 8-byte aligned,
+ * entirely written here (its totals zeroed first). */
 typedef struct capmoe_plan_stats_args {
   const float* probs;
   const int32_t* topk;
   const int32_t* offsets;
   const int32_t* expert_ids;
   const float* probs_out;
+  const uint64_t* nonfinite;
+  const uint32_t* load;
+  const int32_t* next_best_flags;
   capmoe_shape shape;
-  uint64_t* stats;
+  uint32_t* record;
 } capmoe_plan_stats_args;
+/* Words of one plan record of `experts` experts (0 for experts < 1). */
+int32_t capmoe_plan_record_words(int32_t experts);
 int capmoe_plan_stats(const capmoe_plan_stats_args* args, capmoe_stream_t stream);
 
 size_t capmoe_dispatch_workspace(int64_t max_assign, int32_t experts);

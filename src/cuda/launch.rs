@@ -97,13 +97,15 @@ pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuE
     check("capmoe_plan", sys::capmoe_plan(a, stream))
 }
 
-/// Sums a plan's totals (`capmoe_plan_stat`) into `stats`.
+/// Writes a plan's record (its checks, `capmoe_plan_stat` totals and loads).
 ///
 /// # Safety
-/// `probs` (`tokens * experts` f32) and `topk` (`tokens * k` i32) from
-/// [`gate`], `offsets` (`tokens + 1` i32), `expert_ids` and `probs_out` (at
-/// least `offsets[tokens]` entries) from [`plan`] over the same shape;
-/// `stats` holds `CAPMOE_STATS` u64.
+/// `probs` (`tokens * experts` f32), `topk` (`tokens * k` i32) and
+/// `nonfinite` (one u64) from [`gate`], `offsets` (`tokens + 1` i32),
+/// `expert_ids` and `probs_out` (at least `offsets[tokens]` entries) and
+/// `load` (`experts` u32) from [`plan`] over the same shape;
+/// `next_best_flags` null or `CAPMOE_NB_FLAGS` i32; `record` holds
+/// `capmoe_plan_record_words(experts)` u32, 8-byte aligned.
 pub unsafe fn plan_stats(a: &sys::capmoe_plan_stats_args, stream: Stream) -> Result<(), GpuError> {
     check("capmoe_plan_stats", sys::capmoe_plan_stats(a, stream))
 }

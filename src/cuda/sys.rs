@@ -18,6 +18,7 @@ pub type capmoe_rank = ::core::ffi::c_uint;
 pub type capmoe_select_mode = ::core::ffi::c_uint;
 pub type capmoe_next_best_flag = ::core::ffi::c_uint;
 pub type capmoe_plan_stat = ::core::ffi::c_uint;
+pub type capmoe_plan_record_word = ::core::ffi::c_uint;
 pub type capmoe_gg_fn = ::core::option::Option<
     unsafe extern "C" fn(
         args: *const capmoe_gg_args,
@@ -109,8 +110,11 @@ pub struct capmoe_plan_stats_args {
     pub offsets: *const i32,
     pub expert_ids: *const i32,
     pub probs_out: *const f32,
+    pub nonfinite: *const u64,
+    pub load: *const u32,
+    pub next_best_flags: *const i32,
     pub shape: capmoe_shape,
-    pub stats: *mut u64,
+    pub record: *mut u32,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -399,9 +403,13 @@ pub const CAPMOE_STAT_REROUTED: capmoe_plan_stat = 1;
 pub const CAPMOE_STAT_SERVED_MASS: capmoe_plan_stat = 2;
 pub const CAPMOE_STAT_TOPK_MASS: capmoe_plan_stat = 3;
 pub const CAPMOE_STATS: capmoe_plan_stat = 4;
+pub const CAPMOE_REC_NONFINITE: capmoe_plan_record_word = 0;
+pub const CAPMOE_REC_CONVERGED: capmoe_plan_record_word = 2;
+pub const CAPMOE_REC_STATS: capmoe_plan_record_word = 4;
+pub const CAPMOE_REC_HEAD: capmoe_plan_record_word = 12;
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of capmoe_plan_stats_args"][::core::mem::size_of::<capmoe_plan_stats_args>() - 64usize];
+    ["Size of capmoe_plan_stats_args"][::core::mem::size_of::<capmoe_plan_stats_args>() - 88usize];
     ["Alignment of capmoe_plan_stats_args"]
         [::core::mem::align_of::<capmoe_plan_stats_args>() - 8usize];
     ["Offset of field: capmoe_plan_stats_args::probs"]
@@ -414,10 +422,16 @@ const _: () = {
         [::core::mem::offset_of!(capmoe_plan_stats_args, expert_ids) - 24usize];
     ["Offset of field: capmoe_plan_stats_args::probs_out"]
         [::core::mem::offset_of!(capmoe_plan_stats_args, probs_out) - 32usize];
+    ["Offset of field: capmoe_plan_stats_args::nonfinite"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, nonfinite) - 40usize];
+    ["Offset of field: capmoe_plan_stats_args::load"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, load) - 48usize];
+    ["Offset of field: capmoe_plan_stats_args::next_best_flags"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, next_best_flags) - 56usize];
     ["Offset of field: capmoe_plan_stats_args::shape"]
-        [::core::mem::offset_of!(capmoe_plan_stats_args, shape) - 40usize];
-    ["Offset of field: capmoe_plan_stats_args::stats"]
-        [::core::mem::offset_of!(capmoe_plan_stats_args, stats) - 56usize];
+        [::core::mem::offset_of!(capmoe_plan_stats_args, shape) - 64usize];
+    ["Offset of field: capmoe_plan_stats_args::record"]
+        [::core::mem::offset_of!(capmoe_plan_stats_args, record) - 80usize];
 };
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -829,6 +843,7 @@ unsafe extern "C" {
         args: *const capmoe_plan_args,
         stream: capmoe_stream_t,
     ) -> ::core::ffi::c_int;
+    pub fn capmoe_plan_record_words(experts: i32) -> i32;
     pub fn capmoe_plan_stats(
         args: *const capmoe_plan_stats_args,
         stream: capmoe_stream_t,

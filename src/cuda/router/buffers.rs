@@ -30,7 +30,7 @@ pub(super) fn scratch<T: DeviceRepr>(
     // and combine outputs are read only up to the counts the kernels wrote
     // (offsets[T], total_rows, T * hidden), clear_rows fills every row,
     // gemm_args writes all 3E problem sizes and E pointers of each array, and
-    // capmoe_plan_stats zeroes its totals before it sums into them.
+    // capmoe_plan_stats writes its whole record (totals zeroed first).
     Ok(unsafe { s.alloc::<T>(n.max(1)) }?)
 }
 

@@ -7,35 +7,52 @@ use super::plan::{nonfinite_error, GpuPlan};
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
 use crate::routing::PlanTotals;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
-/// u32 words per summary before the loads: the gating kernel's non-finite
+/// u32 words of a record before the loads: the gating kernel's non-finite
 /// record (a u64), next-best's convergence flag, one word of padding, then
-/// the `CAPMOE_STATS` u64 totals.
-const HEAD: usize = 4 + 2 * STATS;
-const STATS: usize = sys::CAPMOE_STATS as usize;
+/// the `CAPMOE_STATS` u64 totals (cuda/include/capmoe_abi.h).
+const HEAD: usize = sys::CAPMOE_REC_HEAD as usize;
 
-/// A device plan reduced to its checks, its totals (`capmoe_plan_stats`) and
-/// its per-expert loads; everything else is freed (stream-ordered). Nothing
-/// is read back until [`settle`].
+/// Words of one plan record of `experts` experts (the launcher's own count:
+/// the loads rounded up to even words).
+fn record_words(experts: usize) -> Result<usize, GpuError> {
+    let e = i32::try_from(experts).map_err(|_| GpuError::TooLarge {
+        what: "experts of a plan record",
+        value: experts,
+    })?;
+    // SAFETY: a pure function of its argument (no memory, no device).
+    let w = unsafe { sys::capmoe_plan_record_words(e) };
+    usize::try_from(w)
+        .ok()
+        .filter(|&w| w >= HEAD + experts)
+        .ok_or(GpuError::TooLarge {
+            what: "experts of a plan record",
+            value: experts,
+        })
+}
+
+/// A device plan reduced to its record (`capmoe_plan_stats`: its checks,
+/// totals and per-expert loads, in one buffer); everything else is freed
+/// (stream-ordered). Nothing is read back until [`settle`].
 pub struct PlanSummary {
     stream: Arc<CudaStream>,
     experts: usize,
     rounds: usize,
-    nonfinite: CudaSlice<u64>,
-    load: CudaSlice<u32>,
-    stats: CudaSlice<u64>,
-    flags: Option<CudaSlice<i32>>,
+    /// Whether the plan came from next-best rounds (its convergence counts).
+    next_best: bool,
+    record: CudaSlice<u32>,
 }
 
 impl GpuPlan {
-    /// Enqueues the plan's totals (`capmoe_plan_stats`), keeps what [`settle`]
-    /// reads and frees the rest. No host sync.
+    /// Enqueues the plan's record (`capmoe_plan_stats`) and frees the rest.
+    /// No host sync.
     pub fn into_summary(self) -> Result<PlanSummary, GpuError> {
         let st = &self.stream;
-        // capmoe_plan_stats zeroes it itself.
-        let mut stats = scratch::<u64>(st, STATS)?;
+        let experts = self.experts();
+        // capmoe_plan_stats writes every word of it.
+        let mut record = scratch::<u32>(st, record_words(experts)?)?;
         {
             let g = &self.gated;
             let (pp, _g1) = g.probs.device_ptr(st);
@@ -43,29 +60,36 @@ impl GpuPlan {
             let (of, _g3) = self.offsets.device_ptr(st);
             let (ex, _g4) = self.expert_ids.device_ptr(st);
             let (po, _g5) = self.probs_out.device_ptr(st);
-            let (sp, _g6) = stats.device_ptr_mut(st);
+            let (nf, _g6) = g.nonfinite.device_ptr(st);
+            let (ld, _g7) = self.load.device_ptr(st);
+            let flags = self.flags.as_ref().map(|f| f.device_ptr(st));
+            let (rp, _g8) = record.device_ptr_mut(st);
             let a = sys::capmoe_plan_stats_args {
                 probs: ptr(pp),
                 topk: ptr(tk),
                 offsets: ptr(of),
                 expert_ids: ptr(ex),
                 probs_out: ptr(po),
+                nonfinite: ptr(nf),
+                load: ptr(ld),
+                next_best_flags: flags.as_ref().map_or(std::ptr::null(), |(f, _)| ptr(*f)),
                 shape: self.shape,
-                stats: ptr_mut(sp),
+                record: ptr_mut(rp),
             };
-            // SAFETY: the gate's probs and topk and the plan's offsets,
-            // expert_ids and probs_out were sized by GpuPlan::build for this
-            // shape; stats holds CAPMOE_STATS u64.
+            // SAFETY: the gate's probs, topk and nonfinite and the plan's
+            // offsets, expert_ids, probs_out and load (E) were sized by
+            // GpuPlan::build for this shape; the flags hold CAPMOE_NB_FLAGS;
+            // the record holds capmoe_plan_record_words(E) words and is a
+            // fresh (256-byte aligned) allocation.
             unsafe { launch::plan_stats(&a, st.cu_stream() as Stream)? };
+            drop(flags);
         }
         Ok(PlanSummary {
-            experts: self.experts(),
-            stream: self.stream,
+            experts,
             rounds: self.rounds,
-            nonfinite: self.gated.nonfinite,
-            load: self.load,
-            stats,
-            flags: self.flags,
+            next_best: self.flags.is_some(),
+            stream: self.stream,
+            record,
         })
     }
 }
@@ -122,10 +146,10 @@ impl LedgerLayout {
                 start: words,
                 experts: s.experts,
                 rounds: s.rounds,
-                flags: s.flags.is_some(),
+                flags: s.next_best,
             });
             words = words
-                .checked_add(HEAD + s.experts)
+                .checked_add(record_words(s.experts)?)
                 .ok_or(GpuError::TooLarge {
                     what: "plan summary words",
                     value: s.experts,
@@ -141,7 +165,7 @@ impl LedgerLayout {
 
     /// Words a ledger of `layers` summaries of `experts` experts each needs.
     pub(crate) fn words_for(layers: usize, experts: usize) -> Option<usize> {
-        layers.checked_mul(HEAD.checked_add(experts)?)
+        layers.checked_mul(record_words(experts).ok()?)
     }
 
     /// Enqueues the device copies of every summary into `ledger` (no host
@@ -164,31 +188,15 @@ impl LedgerLayout {
                     expected: "the stream the plans were routed on".into(),
                 });
             }
-            if s.load.len() < s.experts {
-                return Err(too_small("load"));
+            let n = record_words(s.experts)?;
+            if s.record.len() < n {
+                return Err(too_small("plan record"));
             }
-            let w = e.start;
-            let mut put = |src: &CudaView<'_, u32>, at: usize| {
-                stream.memcpy_dtod(src, &mut ledger.slice_mut(at..at + src.len()))
-            };
-            // SAFETY: a u64 is two plain u32 words, and the view is the buffer's
-            // one u64.
-            let nf = unsafe { s.nonfinite.transmute::<u32>(2) }.ok_or(too_small("nonfinite"))?;
-            put(&nf, w)?;
-            if let Some(flags) = &s.flags {
-                let c = sys::CAPMOE_NB_CONVERGED as usize;
-                if flags.len() <= c {
-                    return Err(too_small("next-best flags"));
-                }
-                let f = flags.slice(c..c + 1);
-                // SAFETY: an i32 flag (0 or 1) read as a u32 word, inside the buffer.
-                let f = unsafe { f.transmute::<u32>(1) }.ok_or(too_small("next-best flags"))?;
-                put(&f, w + 2)?;
-            }
-            // SAFETY: CAPMOE_STATS u64 as twice as many plain u32 words.
-            let t = unsafe { s.stats.transmute::<u32>(2 * STATS) }.ok_or(too_small("stats"))?;
-            put(&t, w + 4)?;
-            put(&s.load.slice(..s.experts), w + HEAD)?;
+            // Records are laid end to end: one copy per summary.
+            stream.memcpy_dtod(
+                &s.record.slice(..n),
+                &mut ledger.slice_mut(e.start..e.start + n),
+            )?;
         }
         Ok(())
     }
@@ -207,13 +215,18 @@ impl LedgerLayout {
             .iter()
             .map(|e| {
                 let w = e.start;
-                let nf = u64::from(host[w]) | (u64::from(host[w + 1]) << 32);
+                let (nf, conv, stats) = (
+                    w + sys::CAPMOE_REC_NONFINITE as usize,
+                    w + sys::CAPMOE_REC_CONVERGED as usize,
+                    w + sys::CAPMOE_REC_STATS as usize,
+                );
+                let nf = u64::from(host[nf]) | (u64::from(host[nf + 1]) << 32);
                 nonfinite_error(nf, e.experts)?;
-                if e.flags && host[w + 2] != 1 {
+                if e.flags && host[conv] != 1 {
                     return Err(GpuError::NotConverged { rounds: e.rounds });
                 }
                 let word = |j: usize| {
-                    let at = w + 4 + 2 * j;
+                    let at = stats + 2 * j;
                     u64::from(host[at]) | (u64::from(host[at + 1]) << 32)
                 };
                 Ok(PlanTotals {
