@@ -18,9 +18,28 @@ constexpr int kMaxHeadDim = 2 * kAttnThreads;
 // One (query row, head): the row at position `pos` attends keys lo..pos of its cache (rows
 // kvw apart, this head's kv slice first). The prefill and decode kernels share it, so a decode
 // step over the static cache is bit for bit the eager one.
+struct AttnSmem {
+  float qs[kMaxHeadDim];
+  float ps[kAttnThreads];
+  float red[32];
+};
+
+// Where block (row, h) finds its q and output row and its kv head's first column.
+struct RowHead {
+  size_t qo, kv, kvw;
+};
+__device__ __forceinline__ RowHead row_head(int row, int h, int heads, int kv_heads, int hd) {
+  const size_t qw = static_cast<size_t>(heads) * hd;
+  const int kvh = h / (heads / kv_heads);
+  return {static_cast<size_t>(row) * qw + static_cast<size_t>(h) * hd, static_cast<size_t>(kvh) * hd,
+          static_cast<size_t>(kv_heads) * hd};
+}
+
 __device__ void attend(const __nv_bfloat16* qrow, const __nv_bfloat16* kh, const __nv_bfloat16* vh, int pos,
-                       int window, size_t kvw, int hd, float scale, __nv_bfloat16* orow, float* qs, float* ps,
-                       float* red) {
+                       int window, size_t kvw, int hd, float scale, __nv_bfloat16* orow, AttnSmem& sm) {
+  float* qs = sm.qs;
+  float* ps = sm.ps;
+  float* red = sm.red;
   const int tid = threadIdx.x;
   const int lo = window > 0 ? max(0, pos + 1 - window) : 0;
   for (int d = tid; d < hd; d += blockDim.x) qs[d] = ld(qrow + d);
@@ -59,15 +78,10 @@ __device__ void attend(const __nv_bfloat16* qrow, const __nv_bfloat16* kh, const
 __global__ void __launch_bounds__(kAttnThreads)
     attention_kernel(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc, int n, int len,
                      int heads, int kv_heads, int hd, int window, float scale, __nv_bfloat16* out) {
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float red[32];
-  const int i = blockIdx.x, h = blockIdx.y;
-  const int kvh = h / (heads / kv_heads);
-  const size_t qw = static_cast<size_t>(heads) * hd, kvw = static_cast<size_t>(kv_heads) * hd;
-  const size_t qo = static_cast<size_t>(i) * qw + static_cast<size_t>(h) * hd;
-  attend(q + qo, kc + static_cast<size_t>(kvh) * hd, vc + static_cast<size_t>(kvh) * hd, len - n + i, window, kvw,
-         hd, scale, out + qo, qs, ps, red);
+  __shared__ AttnSmem sm;
+  const int i = blockIdx.x;
+  const RowHead rh = row_head(i, blockIdx.y, heads, kv_heads, hd);
+  attend(q + rh.qo, kc + rh.kv, vc + rh.kv, len - n + i, window, rh.kvw, hd, scale, out + rh.qo, sm);
 }
 
 // Decode over the static cache: block (b, h) is sequence b's one new row at positions[b], its
@@ -77,20 +91,16 @@ __global__ void __launch_bounds__(kAttnThreads)
     decode_attention_kernel(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc,
                             const int* positions, int max_positions, int heads, int kv_heads, int hd, int window,
                             float scale, __nv_bfloat16* out) {
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float red[32];
-  const int b = blockIdx.x, h = blockIdx.y;
-  const int kvh = h / (heads / kv_heads);
-  const size_t qw = static_cast<size_t>(heads) * hd, kvw = static_cast<size_t>(kv_heads) * hd;
-  const size_t qo = static_cast<size_t>(b) * qw + static_cast<size_t>(h) * hd;
+  __shared__ AttnSmem sm;
+  const int b = blockIdx.x;
+  const RowHead rh = row_head(b, blockIdx.y, heads, kv_heads, hd);
   const int pos = positions[b];
   if (pos < 0 || pos >= max_positions) {
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) out[qo + d] = bf(0.0f);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) out[rh.qo + d] = bf(0.0f);
     return;
   }
-  const size_t base = static_cast<size_t>(b) * max_positions * kvw + static_cast<size_t>(kvh) * hd;
-  attend(q + qo, kc + base, vc + base, pos, window, kvw, hd, scale, out + qo, qs, ps, red);
+  const size_t base = static_cast<size_t>(b) * max_positions * rh.kvw + rh.kv;
+  attend(q + rh.qo, kc + base, vc + base, pos, window, rh.kvw, hd, scale, out + rh.qo, sm);
 }
 
 // k, v: [batch, kvw] new rows; row b goes to cache row b * max_positions + positions[b].
