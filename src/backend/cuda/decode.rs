@@ -108,8 +108,30 @@ impl<'m> GraphDecoder<'m> {
         let inv_freq = be.gpu.stream().clone_htod(&model.rope.inv_freq)?;
         let mut state = DecodeState::alloc(model, seqs.len(), max_positions)?;
         let width = model.config.num_key_value_heads * model.config.head_dim;
+        let c = &model.config;
         for (b, seq) in seqs.iter().enumerate() {
+            if seq.caches.len() != c.num_hidden_layers {
+                return Err(ModelError::Mismatch {
+                    what: "sequence cache layers",
+                    got: seq.caches.len(),
+                    expected: c.num_hidden_layers,
+                });
+            }
             for (li, kv) in seq.caches.iter().enumerate() {
+                if (kv.kv_heads, kv.head_dim) != (c.num_key_value_heads, c.head_dim) {
+                    return Err(ModelError::Mismatch {
+                        what: "cache kv_heads * head_dim (a sequence of another model?)",
+                        got: kv.kv_heads * kv.head_dim,
+                        expected: width,
+                    });
+                }
+                if kv.len != seq.len() {
+                    return Err(ModelError::Mismatch {
+                        what: "cached positions vs the sequence's length",
+                        got: kv.len,
+                        expected: seq.len(),
+                    });
+                }
                 if kv.len == 0 {
                     continue;
                 }
@@ -290,6 +312,14 @@ impl DecodeState {
     ) -> Result<(), ModelError> {
         if n == 0 {
             return Ok(());
+        }
+        let fits = |len: usize, start: usize| start.checked_add(n).is_some_and(|e| e <= len);
+        if !fits(src.0.len().min(src.1.len()), from) || !fits(self.k[li].len(), at) {
+            return Err(ModelError::Mismatch {
+                what: "cache rows copied (past a buffer's end)",
+                got: n,
+                expected: self.k[li].len().saturating_sub(at),
+            });
         }
         let st = model.backend().gpu.stream();
         st.memcpy_dtod(
