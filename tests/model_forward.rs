@@ -410,3 +410,57 @@ fn custom_sources_and_router_bias_are_checked() {
         Err(ModelError::Backend(_))
     ));
 }
+
+/// The eager decoder: each step is a forward pass of the pending tokens
+/// (same logits' argmax as a hand-rolled loop), `retain` keeps sequences in
+/// order, bad `retain` lists are typed errors, and `Model::decoder` refuses
+/// more steps than the model has positions.
+#[test]
+fn eager_decoder_steps_retains_and_refuses() {
+    use capmoe::model::{greedy_rows, Decoder, EagerDecoder};
+    let m = random_model(tiny(), 23);
+    let r = m.default_router();
+    let fo = ForwardOptions::new(r.clone()).with_logits(LogitsMode::Last);
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[7, 8], &[100, 5, 6, 7]];
+    let (seqs, first) = m.prefill(&prompts, &fo).unwrap();
+    let (mut hand, _) = m.prefill(&prompts, &fo).unwrap();
+    let next = greedy_rows(&first).unwrap();
+    let mut dec = m.decoder(seqs, next.clone(), 3, &r).unwrap();
+    assert_eq!((dec.name(), dec.batch()), ("forward", 3));
+    let mut want = next;
+    for step in 0..3 {
+        if step == 1 {
+            dec.retain(&[0, 2]).unwrap();
+            hand.remove(1);
+            want = vec![want[0], want[2]];
+        }
+        let toks: Vec<[u32; 1]> = want.iter().map(|&t| [t]).collect();
+        let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
+        let mut refs: Vec<_> = hand.iter_mut().collect();
+        let out = m.forward(&mut refs, &tok_refs, &fo).unwrap();
+        want = greedy_rows(&out).unwrap();
+        let totals = dec.step().unwrap();
+        assert_eq!(dec.pending(), &want[..], "step {step}");
+        let loads: Vec<u64> = totals[0].load.clone();
+        assert_eq!(loads, out.layers[0].totals.load, "step {step}");
+    }
+    assert!(matches!(dec.retain(&[]), Err(ModelError::EmptyInput(_))));
+    assert!(matches!(
+        dec.retain(&[1, 0]),
+        Err(ModelError::Mismatch { .. })
+    ));
+    assert!(matches!(dec.retain(&[2]), Err(ModelError::Mismatch { .. })));
+    // Positions: a prompt near the end of the model's positions cannot take more steps.
+    let max = m.config().max_position_embeddings;
+    let (seqs, first) = m.prefill(&[&[1, 2]], &fo).unwrap();
+    assert!(matches!(
+        m.decoder(seqs, greedy_rows(&first).unwrap(), max, &r),
+        Err(ModelError::Config(_))
+    ));
+    // Pending tokens must match the sequences.
+    let (seqs, _) = m.prefill(&[&[1, 2]], &fo).unwrap();
+    assert!(matches!(
+        EagerDecoder::new(&m, seqs, vec![1, 2], &r),
+        Err(ModelError::Mismatch { .. })
+    ));
+}
