@@ -417,7 +417,7 @@ fn custom_sources_and_router_bias_are_checked() {
 /// more steps than the model has positions.
 #[test]
 fn eager_decoder_steps_retains_and_refuses() {
-    use capmoe::model::{greedy_rows, Decoder, EagerDecoder};
+    use capmoe::model::{greedy_rows, EagerDecoder};
     let m = random_model(tiny(), 23);
     let r = m.default_router();
     let fo = ForwardOptions::new(r.clone()).with_logits(LogitsMode::Last);
