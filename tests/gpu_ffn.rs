@@ -18,7 +18,10 @@ use capmoe::expert::{init, FfnShape};
 use capmoe::routing::{route, DispatchLayout, Logits, Policy, RouterConfig};
 use capmoe::trace::Rng;
 
+mod gpu_lock;
+
 fn gpu() -> Option<GpuContext> {
+    gpu_lock::shared();
     match GpuContext::new(0) {
         Ok(g) => Some(g),
         // Under emulation the fake driver is always there: never skip.
@@ -448,6 +451,7 @@ fn forward_layout_matches_forward_per_rank() {
 /// computes, for fresh inputs written between launches too.
 #[test]
 fn captured_layer_replays_the_eager_layer() {
+    let _alone = gpu_lock::alone();
     let Some(g) = gpu() else { return };
     let h = SHAPE.hidden;
     for policy in ["none", "drop:score", "reroute:next-best", "expand:local"] {
@@ -464,7 +468,7 @@ fn captured_layer_replays_the_eager_layer() {
         )
         .unwrap();
         for tokens in [1usize, 37, 300] {
-            // SAFETY: this test's GpuContext is used by this thread only.
+            // SAFETY: gpu_lock::alone: no other test uses the device (its primary context) meanwhile.
             let mut graph =
                 unsafe { capmoe::cuda::MoeLayerGraph::capture(&layer, tokens) }.unwrap();
             for seed in [1u32, 2] {

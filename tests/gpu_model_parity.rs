@@ -38,7 +38,10 @@ use capmoe::routing::{Policy, RouterConfig, RoutingPlan};
 use capmoe::trace::Skew;
 use std::path::PathBuf;
 
+mod gpu_lock;
+
 fn gpu() -> Option<CudaBackend> {
+    gpu_lock::shared();
     if let Some(why) = GpuContext::unavailable() {
         // Under emulation the fake driver is always there: never skip.
         if cfg!(feature = "emulate") {
@@ -566,8 +569,9 @@ fn deferred_plans_settle_once_and_name_the_failing_layer() {
 #[test]
 fn decode_graph_replays_the_eager_steps() {
     use capmoe::model::{greedy_rows, Decoder, EagerDecoder, LogitsMode, ModelError};
+    let _alone = gpu_lock::alone();
     let Some(g) = gpu() else { return };
-    // SAFETY: this test's backend has its own context and stream, used by this thread only.
+    // SAFETY: gpu_lock::alone: no other test uses the device (its primary context) meanwhile.
     let g = unsafe { g.with_decode_graphs() };
     let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
     let opts = InitOptions::new(9).with_skew(Skew::Ratio(1.6));

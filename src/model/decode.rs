@@ -65,6 +65,18 @@ pub(crate) fn check_keep(keep: &[usize], batch: usize) -> Result<(), ModelError>
     Ok(())
 }
 
+/// Checks that each of `seqs` sequences has one pending token.
+pub(crate) fn check_pending(seqs: usize, pending: &[u32]) -> Result<(), ModelError> {
+    if seqs != pending.len() {
+        return Err(ModelError::Mismatch {
+            what: "pending tokens vs sequences",
+            got: pending.len(),
+            expected: seqs,
+        });
+    }
+    Ok(())
+}
+
 /// The greedy next token of each logit row of `out` (first largest; an
 /// empty row is [`ModelError::EmptyInput`]).
 pub fn greedy_rows<B: Backend>(out: &ForwardOutput<B>) -> Result<Vec<u32>, ModelError> {
@@ -96,13 +108,7 @@ impl<'m, B: Backend> EagerDecoder<'m, B> {
         pending: Vec<u32>,
         router: &RouterConfig,
     ) -> Result<Self, ModelError> {
-        if seqs.len() != pending.len() {
-            return Err(ModelError::Mismatch {
-                what: "pending tokens vs sequences",
-                got: pending.len(),
-                expected: seqs.len(),
-            });
-        }
+        check_pending(seqs.len(), &pending)?;
         let opts = ForwardOptions::new(router.clone())
             .with_logits(LogitsMode::Last)
             .with_plans(false);

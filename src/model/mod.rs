@@ -31,7 +31,7 @@ mod weights;
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
 #[cfg(feature = "cuda")]
-pub(crate) use decode::check_keep;
+pub(crate) use decode::{check_keep, check_pending};
 pub use decode::{greedy_rows, Decoder, EagerDecoder};
 pub use ep::RankWork;
 #[cfg(feature = "cuda")]

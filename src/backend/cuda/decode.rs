@@ -25,7 +25,7 @@ use super::{blas, i32_of, CudaBackend};
 use crate::backend::{Backend, BackendError};
 use crate::cuda::ffn::TrackingOff;
 use crate::cuda::{model_launch, sys, GpuError, LedgerLayout, PlanSummary};
-use crate::model::{check_keep, Decoder, LayerIo, Model, ModelError, Sequence};
+use crate::model::{check_keep, check_pending, Decoder, LayerIo, Model, ModelError, Sequence};
 use crate::routing::{PlanTotals, RouterConfig};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
@@ -78,13 +78,7 @@ impl<'m> GraphDecoder<'m> {
         if seqs.is_empty() {
             return Err(ModelError::EmptyInput("no sequences to decode"));
         }
-        if seqs.len() != pending.len() {
-            return Err(ModelError::Mismatch {
-                what: "pending tokens vs sequences",
-                got: pending.len(),
-                expected: seqs.len(),
-            });
-        }
+        check_pending(seqs.len(), &pending)?;
         let vocab = model.config.vocab_size;
         if let Some((s, &id)) = pending
             .iter()
@@ -282,12 +276,16 @@ impl DecodeState {
             .and_then(|w| w.checked_add(3 * batch))
             .ok_or_else(|| too_large("decode record words", batch))?;
         let st = model.backend().gpu.stream();
-        let zeros = |n: usize| st.alloc_zeros::<u16>(n.max(1));
+        // Not zeroed (a pass over every layer's cache, at each retain too):
+        // attention reads rows 0..=positions[b] of a sequence only, and each
+        // of those is copied in (copy_in) or appended by a step first.
+        // SAFETY: see above; no other reader exists.
+        let uninit = |n: usize| unsafe { st.alloc::<u16>(n.max(1)) };
         let mut k = Vec::with_capacity(c.num_hidden_layers);
         let mut v = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {
-            k.push(zeros(cache)?);
-            v.push(zeros(cache)?);
+            k.push(uninit(cache)?);
+            v.push(uninit(cache)?);
         }
         Ok(Self {
             batch,

@@ -12,8 +12,11 @@
 //! ([`Backend::moe`]) routes on the device with the router GEMM's f32
 //! logits ([`crate::cuda::GpuRouter`], bit-identical to the oracle) and runs
 //! the same layer code as [`crate::cuda::MoeLayer`]; the per-primitive
-//! entries (dispatch, expert_ffn, combine over a host plan) remain for the
-//! EP benchmark's per-rank replay.
+//! entries (dispatch, expert_ffn, combine over a host plan) serve host-routed
+//! layers (`reroute:optimal`) and their EP rank replay; a device-routed
+//! layer's ranks replay from its own device plan and layout
+//! ([`Backend::rank_ffn`]). Decode steps replay one CUDA graph per batch size
+//! once opted in ([`CudaBackend::with_decode_graphs`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

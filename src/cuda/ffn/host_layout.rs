@@ -1,6 +1,8 @@
 //! The expert FFN over a dispatch layout made on the host (the CPU oracle's
 //! `DispatchLayout`), for callers that route on the host: the CUDA backend's
-//! `reroute:optimal` layers and one EP rank's replay of its experts.
+//! `reroute:optimal` layers and one EP rank's replay of such a layer (a
+//! device-routed layer's ranks replay from its device layout:
+//! `ExpertFfn::forward_experts`).
 
 use super::expert_ffn::{to_i32, ExpertFfn};
 use crate::cuda::{GpuError, GpuGemmArgs};
