@@ -234,3 +234,43 @@ fn trace_writes_a_routable_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("out of reach"), "{}", stderr(&o));
 }
+
+#[test]
+fn rank_flags_that_would_change_nothing_are_refused() {
+    let f = temp("r.npy", &npy::to_bytes(&[0.0; 8], 2, 4));
+    let path = f.to_str().unwrap();
+    let base = ["route", "--logits", path, "--top-k", "1"];
+    let run = |extra: &[&str]| capmoe(&[&base[..], extra].concat());
+    // No capacity, so nothing to share per rank.
+    let o = run(&["--capacity-scope", "rank", "--ranks", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--capacity-scope rank"),
+        "{}",
+        stderr(&o)
+    );
+    // Ranks matter only for rank scope and expand:local.
+    for extra in [
+        &["--ranks", "2"][..],
+        &["--policy", "drop:score", "--ranks", "2"][..],
+    ] {
+        let o = run(extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        assert!(stderr(&o).contains("changes nothing"), "{}", stderr(&o));
+    }
+    // Where ranks matter they are accepted.
+    for extra in [
+        &[
+            "--policy",
+            "drop:score",
+            "--ranks",
+            "2",
+            "--capacity-scope",
+            "rank",
+        ][..],
+        &["--policy", "expand:local", "--ranks", "2"][..],
+    ] {
+        let o = run(extra);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+    }
+}

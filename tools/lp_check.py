@@ -45,8 +45,10 @@ def main():
     p = z / z.sum(axis=1, keepdims=True)
 
     cmd = [a.capmoe, "route", "--logits", a.trace, "--top-k", str(k), "--policy", "reroute:optimal",
-           "--capacity-factor", repr(a.capacity_factor), "--ranks", str(a.ranks),
-           "--capacity-scope", a.capacity_scope, "--format", "json"]
+           "--capacity-factor", repr(a.capacity_factor), "--capacity-scope", a.capacity_scope,
+           "--format", "json"]
+    if a.capacity_scope == "rank":  # capmoe refuses --ranks where it would change nothing
+        cmd += ["--ranks", str(a.ranks)]
     t0 = time.time()
     plan = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     capmoe_s = time.time() - t0

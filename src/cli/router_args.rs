@@ -40,6 +40,20 @@ impl RouterArgs {
                 "--top-k K is required: the number of experts each token picks".into(),
             ));
         };
+        // A flag that would change nothing is refused, as `--capacity-factor` with `none` is.
+        if self.capacity_scope == CapacityScope::Rank && !self.policy.has_capacity() {
+            return Err(CliError::Usage(format!(
+                "--capacity-scope rank shares capacity among a rank's experts, but policy `{}` has no capacity: drop the flag or pick a capacity policy",
+                self.policy
+            )));
+        }
+        if let Some(r) = self.ranks {
+            if self.policy != Policy::ExpandLocal && self.capacity_scope != CapacityScope::Rank {
+                return Err(CliError::Usage(format!(
+                    "--ranks {r} changes nothing here: routing uses ranks only for --capacity-scope rank and expand:local"
+                )));
+            }
+        }
         let ranks = match (self.policy, self.ranks) {
             (Policy::ExpandLocal, None) => {
                 return Err(CliError::Usage(
