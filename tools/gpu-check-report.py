@@ -39,10 +39,44 @@ def parse_tests(text):
         passed += int(m.group(2))
         failed += int(m.group(3))
         ignored += int(m.group(4))
-    failures = re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)
+    failures = failed_names(text)
     skips = [l.strip() for l in text.splitlines() if re.search(r"\bskip", l, re.I)]
+    causes = {name: first_panic(text, name) for name in failures}
     return {"summary_found": seen, "passed": passed, "failed": failed, "ignored": ignored,
-            "skip_messages": len(skips), "failed_tests": failures, "skip_lines": skips[:10]}
+            "skip_messages": len(skips), "failed_tests": failures, "skip_lines": skips[:10],
+            "causes": causes, "aborted": abort_reason(text)}
+
+
+def failed_names(text):
+    """The names in libtest's closing `failures:` list (the last block: the first one holds the
+    captured output, and with --nocapture a test's `... FAILED` line is split by its output)."""
+    names = []
+    for block in re.finditer(r"^failures:\n((?:    \S+\n)+)", text, re.M):
+        names = [l.strip() for l in block.group(1).splitlines()]
+    if not names:  # no closing block (the binary died): the per-test lines, where intact
+        names = re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)
+    return list(dict.fromkeys(names))
+
+
+def first_panic(text, name):
+    """`thread 'NAME' panicked at FILE:LINE:` and the message lines after it, up to the next
+    test's output or the backtrace note."""
+    m = re.search(r"thread '" + re.escape(name) + r"' panicked at (.*)$", text, re.M)
+    if not m:
+        return ""
+    lines = [m.group(1).strip()]
+    for line in text[m.end():].splitlines()[1:12]:
+        if re.match(r"(note: |stack backtrace:|test \S+ \.\.\.|thread '|failures:|----)", line):
+            break
+        lines.append(line.rstrip())
+    return "\n".join(l for l in lines if l.strip())[:1500]
+
+
+def abort_reason(text):
+    """A binary that died without a summary: the last panic or abort line says why."""
+    hits = re.findall(r"^(thread '.*' panicked at .*|.*panic in a destructor.*|.*fatal runtime error.*|"
+                      r"Aborted.*|Segmentation fault.*)$", text, re.M)
+    return hits[-1][:500] if hits else ""
 
 
 def parse_benches(text):
@@ -308,7 +342,10 @@ def main():
                "seconds": float(secs or 0), "note": note,
                "tail": "\n".join(text.splitlines()[-TAIL_LINES:])}
         row["log"] = log
-        if kind == "test":
+        row["log_file"] = os.path.join("logs", os.path.basename(log)) if log else ""
+        if kind == "rerun":
+            row["ok"] = True
+        elif kind == "test":
             row.update(parse_tests(text))
             row["ok"] = row["exit_code"] == 0 and row["failed"] == 0
         elif kind == "peer":
@@ -317,6 +354,13 @@ def main():
             row["benchmarks"] = parse_benches(text)
             row["ok"] = row["exit_code"] == 0
         rows.append(row)
+    # A rerun row (kind `rerun`, name `BINARY::TEST::HOW`) belongs to its binary's row.
+    for r in [r for r in rows if r["kind"] == "rerun"]:
+        binary, test, how = (r["name"].split("::") + ["", ""])[:3]
+        owner = next((o for o in rows if o["kind"] == "test" and o["name"] == binary), None)
+        if owner is not None:
+            owner["rerun"] = {"test": test, "how": how, "exit_code": r["exit_code"], "tail": r["tail"]}
+    rows = [r for r in rows if r["kind"] != "rerun"]
     tests = [r for r in rows if r["kind"] == "test"]
     report = {
         "meta": meta, "gpu": gpu, "binaries": rows,
@@ -345,7 +389,16 @@ def main():
            "(a GPU test that printed a skip message passed without a GPU).", ""]
     for r in tests:
         if r["failed_tests"]:
+            first = r["failed_tests"][0]
             md.append(f"Failed in {r['name']}: " + ", ".join(f"`{x}`" for x in r["failed_tests"]))
+            md += ["", f"First failure in {r['name']}: `{first}`", "", "```",
+                   r["causes"].get(first) or "(no `panicked at` line for it in the log)", "```", ""]
+        elif not r["ok"] and r.get("aborted"):
+            md += ["", f"{r['name']} died without a summary; its last panic or abort line:", "", "```",
+                   r["aborted"], "```", ""]
+        if r.get("rerun"):
+            md += [f"Rerun of `{r['rerun']['test']}` alone ({r['rerun']['how']}): exit "
+                   f"{r['rerun']['exit_code']}", "", "```", r["rerun"]["tail"], "```", ""]
         if r["skip_lines"]:
             md += [f"Skips in {r['name']}:", "", "```", *r["skip_lines"], "```", ""]
     md += ["## Benchmarks", "", "| binary | benchmark | time [low est high] |", "| --- | --- | --- |"]
