@@ -278,8 +278,13 @@ fn attention_prefill_and_decode_match_cpu() {
     }
 }
 
+/// The fixture, found at run time first: on the device the packed binary runs in another
+/// checkout than the one it was built in (tools/gpu-check.sh sets CAPMOE_FIXTURES).
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-mixtral/bf16")
+    std::env::var_os("CAPMOE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+        .join("tiny-mixtral/bf16")
 }
 
 fn served(plan: &RoutingPlan) -> Vec<Vec<u32>> {

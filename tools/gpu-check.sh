@@ -302,6 +302,7 @@ if [ -n "$build_root" ] && [ ! -e "$build_root" ] && [ "$build_root" != "$root" 
 fi
 cd "$root"
 export CARGO_MANIFEST_DIR="$root" RUST_BACKTRACE=1 CRITERION_HOME="$work/criterion" NO_COLOR=1
+export CAPMOE_FIXTURES="$root/tests/fixtures"  # tests look here before their compile-time path
 # The GPU tests that run the CLI (`capmoe bench`) find the packed binary here.
 export CAPMOE_BIN="$bins/capmoe"
 # The headline EP run (test-gpu_ep_bench's full_bench_from_env): Mixtral-8x7B experts, EP-8, the
