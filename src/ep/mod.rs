@@ -16,6 +16,7 @@
 //! [`Model::rank_work`]: crate::model::Model::rank_work
 //! [`Model::run_rank_work`]: crate::model::Model::run_rank_work
 
+pub mod comm;
 mod error;
 mod fidelity;
 pub mod gpu;
