@@ -1,5 +1,6 @@
 //! Collectives between EP ranks (design.md §9): one [`Communicator`] trait, with an in-process
-//! implementation ([`LocalComm`], threads: tests and single-machine runs without MPI).
+//! implementation ([`LocalComm`], threads: tests and single-machine runs without MPI) and an MPI
+//! one (`MpiComm`, feature `mpi`: one process per rank under `mpirun`).
 //!
 //! The trait moves bytes; [`all_gather`], [`all_to_all_v`] and [`gather_to_root`] give typed
 //! views over any [`bytemuck::Pod`] element. Counts are known on both sides of an all-to-all-v:
@@ -28,16 +29,20 @@
 
 mod error;
 mod local;
+#[cfg(feature = "mpi")]
+mod mpi;
 #[cfg(test)]
 mod tests;
 
 pub use error::CommError;
 pub use local::{run_local, LocalComm, RankFailure};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiComm;
 
 use bytemuck::Pod;
 
 /// Collectives among `size` ranks. Every rank calls the same collectives in the same order.
-pub trait Communicator: Send {
+pub trait Communicator {
     /// This rank, `0..size`.
     fn rank(&self) -> usize;
     /// Ranks in the group.
