@@ -16,6 +16,7 @@ pub mod ep;
 pub mod error;
 pub mod expert;
 pub mod io;
+pub mod online;
 pub mod progress;
 pub mod routing;
 pub mod trace;
