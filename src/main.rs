@@ -23,8 +23,11 @@ enum Command {
     /// Route a trace of router logits under a capacity policy and report the plan.
     #[command(after_long_help = policy_help())]
     Route(cli::route::RouteArgs),
-    /// Write a synthetic router trace with a chosen skew (.npy, float32).
+    /// Write a synthetic router trace with a chosen skew (.npy, float32), or a folder of forwards whose skew shifts.
     Trace(cli::trace::TraceArgs),
+    /// Route a folder of forwards with the load monitor and a capacity controller (fixed gamma or a latency budget) in the loop.
+    #[command(after_long_help = cli::replay::REPLAY_HELP)]
+    Replay(cli::replay::ReplayArgs),
     /// Run token ids through a Mixtral model (checkpoint or built-in random) and print logits.
     #[command(after_long_help = MODEL_HELP)]
     Logits(cli::logits::LogitsArgs),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cli::bench::run(a, &mut out),
         Command::Route(a) => cli::route::run(a, &mut out),
         Command::Trace(a) => cli::trace::run(a, &mut out),
+        Command::Replay(a) => cli::replay::run(a, &mut out),
         Command::Logits(a) => cli::logits::run(a, &mut out),
         Command::Generate(a) => cli::generate::run(a, &mut out),
         Command::Eval(a) => cli::eval::run(a, &mut out),

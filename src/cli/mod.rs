@@ -6,6 +6,7 @@ pub mod generate;
 pub mod logits;
 pub mod model_args;
 pub mod progress;
+pub mod replay;
 pub mod route;
 pub mod router_args;
 pub mod table;

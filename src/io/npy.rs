@@ -58,13 +58,16 @@ pub enum NpyError {
         /// The header's `descr`, as written.
         descr: String,
     },
-    #[error("{path} has shape {shape:?}; expected a 2-D [tokens, experts] array")]
-    /// The array is not 2-D.
+    #[error("{path} has shape {shape:?}; expected a {expected} array")]
+    /// The array has another rank than the reader's (2-D [tokens, experts], or 3-D
+    /// [layers, tokens, experts] in C order for [`read_layers`]).
     Rank {
         /// The file.
         path: PathBuf,
         /// The header's shape.
         shape: Vec<usize>,
+        /// What the reader expects, e.g. `2-D [tokens, experts]`.
+        expected: &'static str,
     },
     #[error("{path} has shape {shape:?}, more than {limit} values; expected at most {limit} (capmoe's bound on one matrix)")]
     /// The shape holds more than [`MAX_VALUES`] values (or overflows).
@@ -168,8 +171,16 @@ fn preamble(pre: &[u8], path: &Path) -> Result<(usize, usize), NpyError> {
     Ok((hlen, start))
 }
 
-/// The header's checks that need the path: dtype, rank, size.
-fn checked_header(text: &[u8], path: &Path) -> Result<Header, NpyError> {
+/// What a reader accepts: a 2-D matrix, or a C-order 3-D stack read as `[L * T, E]`.
+#[derive(Clone, Copy, PartialEq)]
+enum Want {
+    Matrix,
+    Layers,
+}
+
+/// The header's checks that need the path: dtype, rank, size. A 3-D stack's shape comes back
+/// flattened to `[L * T, E]` (its bytes are exactly that matrix's).
+fn checked_header(text: &[u8], path: &Path, want: Want) -> Result<Header, NpyError> {
     let h = parse_header(text).map_err(|why| format_err(path, why))?;
     if h.dtype.is_none() {
         return Err(NpyError::Dtype {
@@ -177,10 +188,18 @@ fn checked_header(text: &[u8], path: &Path) -> Result<Header, NpyError> {
             descr: h.descr,
         });
     }
-    if h.shape.len() != 2 {
+    let ok = match want {
+        Want::Matrix => h.shape.len() == 2,
+        Want::Layers => h.shape.len() == 3 && !h.fortran,
+    };
+    if !ok {
         return Err(NpyError::Rank {
             path: path.to_path_buf(),
             shape: h.shape,
+            expected: match want {
+                Want::Matrix => "2-D [tokens, experts]",
+                Want::Layers => "3-D C-order [layers, tokens, experts]",
+            },
         });
     }
     if h.values().is_none_or(|n| n > MAX_VALUES) {
@@ -189,6 +208,11 @@ fn checked_header(text: &[u8], path: &Path) -> Result<Header, NpyError> {
             shape: h.shape,
             limit: MAX_VALUES,
         });
+    }
+    let mut h = h;
+    if want == Want::Layers {
+        // values() above bounds the product.
+        h.shape = vec![h.shape[0] * h.shape[1], h.shape[2]];
     }
     Ok(h)
 }
@@ -211,6 +235,40 @@ fn truncated(h: &Header, got: usize, want: usize, path: &Path) -> NpyError {
 /// hold exactly what the header claims (for a pipe, as it arrives, up to
 /// the claim).
 pub fn read_matrix(path: &Path) -> Result<Matrix, NpyError> {
+    read(path, Want::Matrix)
+}
+
+/// Reads a 3-D C-order `[layers, tokens, experts]` float array (one forward's router logits, as
+/// `capmoe trace --forwards` and `--record-router` write them) as the `[layers * tokens,
+/// experts]` matrix of the same bytes, with the layer count. Same checks as [`read_matrix`].
+pub fn read_layers(path: &Path) -> Result<(usize, Matrix), NpyError> {
+    let layers = peek_layers(path)?;
+    let m = read(path, Want::Layers)?;
+    Ok((layers, m))
+}
+
+/// The leading dimension of a 3-D file's header (read before any data).
+fn peek_layers(path: &Path) -> Result<usize, NpyError> {
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut head = Vec::with_capacity(12);
+    (&mut f).take(12).read_to_end(&mut head).map_err(io)?;
+    let (hlen, start) = preamble(&head, path)?;
+    (&mut f)
+        .take((start + hlen).saturating_sub(head.len()) as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let text = head
+        .get(start..start + hlen)
+        .ok_or_else(|| format_err(path, "the header runs past the end of the file"))?;
+    let h = parse_header(text).map_err(|why| format_err(path, why))?;
+    Ok(h.shape.first().copied().unwrap_or(0))
+}
+
+fn read(path: &Path, want: Want) -> Result<Matrix, NpyError> {
     let io = |source| NpyError::Io {
         path: path.to_path_buf(),
         source,
@@ -228,7 +286,7 @@ pub fn read_matrix(path: &Path) -> Result<Matrix, NpyError> {
     if head.len() < end {
         return Err(format_err(path, "the header runs past the end of the file"));
     }
-    let h = checked_header(&head[start..end], path)?;
+    let h = checked_header(&head[start..end], path, want)?;
     let want = h.data_bytes().ok_or_else(|| NpyError::TooLarge {
         path: path.to_path_buf(),
         shape: h.shape.clone(),
@@ -261,7 +319,7 @@ pub fn parse_matrix(bytes: &[u8], path: &Path) -> Result<Matrix, NpyError> {
     let header = bytes
         .get(start..start + hlen)
         .ok_or_else(|| format_err(path, "the header runs past the end of the file"))?;
-    let h = checked_header(header, path)?;
+    let h = checked_header(header, path, Want::Matrix)?;
     let data = &bytes[start + hlen..];
     match h.data_bytes() {
         Some(want) if want == data.len() => decode(&h, data, path),
@@ -333,6 +391,41 @@ fn decode(h: &Header, data: &[u8], path: &Path) -> Result<Matrix, NpyError> {
     })
 }
 
+/// Serialises a C-order f32 `[layers, tokens, experts]` stack as `.npy` version 1.0 (what
+/// [`read_layers`] reads); `data.len()` must be the product, else an error.
+pub fn layers_to_bytes(
+    data: &[f32],
+    layers: usize,
+    tokens: usize,
+    experts: usize,
+) -> Result<Vec<u8>, NpyError> {
+    let shape = vec![layers, tokens, experts];
+    if layers
+        .checked_mul(tokens)
+        .and_then(|n| n.checked_mul(experts))
+        != Some(data.len())
+    {
+        return Err(NpyError::Truncated {
+            path: PathBuf::from("<layers_to_bytes>"),
+            shape,
+            width: 4,
+            got: data.len() * 4,
+            want: layers
+                .saturating_mul(tokens)
+                .saturating_mul(experts)
+                .saturating_mul(4),
+        });
+    }
+    let dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({layers}, {tokens}, {experts}), }}"
+    );
+    let mut out = header_bytes(&dict);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
 /// Serialises a row-major f32 matrix as `.npy` version 1.0.
 ///
 /// # Panics
@@ -344,22 +437,30 @@ pub fn to_bytes(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
         rows.checked_mul(cols),
         "matrix data must be rows * cols"
     );
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // Pad so that the data starts on a 64-byte boundary, ending in '\n'.
+    let mut out = header_bytes(&format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}"
+    ));
+    out.reserve(data.len() * 4);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Magic, version 1.0, and the header dict padded so that the data starts on a 64-byte
+/// boundary, ending in '\n'.
+fn header_bytes(dict: &str) -> Vec<u8> {
+    let mut header = dict.to_string();
     let total = (MAGIC.len() + 4 + header.len() + 1).div_ceil(64) * 64;
     while MAGIC.len() + 4 + header.len() + 1 < total {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(total + data.len() * 4);
+    let mut out = Vec::with_capacity(total);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
 }
 
@@ -473,5 +574,26 @@ mod tests {
             parse_matrix(&with_header("<f4", "(2, 2)", false, &[0; 12]), p),
             Err(NpyError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn layer_stacks_round_trip_and_other_ranks_are_refused() {
+        let dir = std::env::temp_dir().join(format!("capmoe-npy-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32 * 0.5).collect();
+        let f = dir.join("f.npy");
+        std::fs::write(&f, layers_to_bytes(&data, 2, 3, 4).unwrap()).unwrap();
+        let (layers, m) = read_layers(&f).unwrap();
+        assert_eq!((layers, m.rows, m.cols), (2, 6, 4));
+        assert_eq!(m.data, data);
+        // A 3-D file is not a matrix, and a matrix is not a stack.
+        let e = read_matrix(&f).unwrap_err();
+        assert!(e.to_string().contains("expected a 2-D"), "{e}");
+        let g = dir.join("g.npy");
+        std::fs::write(&g, to_bytes(&data, 6, 4)).unwrap();
+        let e = read_layers(&g).unwrap_err();
+        assert!(e.to_string().contains("expected a 3-D"), "{e}");
+        assert!(layers_to_bytes(&data, 2, 3, 5).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -156,11 +156,11 @@ fn check_shape(shape: MoeShape, cost: &CostModel) -> Result<(), OnlineError> {
     cost.validate()
 }
 
-/// Predicted demand per expert for `tokens` tokens: the monitor's EMA shares, or uniform
-/// before it has seen the layer.
+/// Predicted demand of the experts for `tokens` tokens, in decreasing order: the monitor's
+/// demand profile, or uniform before it has seen the layer.
 fn predicted_demand(monitor: &LoadMonitor, l: usize, shape: MoeShape, tokens: usize) -> Vec<f64> {
     let slots = (tokens * shape.top_k) as f64;
-    match monitor.demand_share(l) {
+    match monitor.demand_profile(l) {
         Some(s) if s.len() == shape.experts => s.iter().map(|x| x * slots).collect(),
         _ => vec![slots / shape.experts as f64; shape.experts],
     }
@@ -299,13 +299,17 @@ impl CapacityController for Budget {
             .iter()
             .map(|d| d.iter().copied().fold(0.0, f64::max).ceil() as u64)
             .collect();
+        // What a dropped slot of each layer is worth in gate mass (1 until drops were seen).
+        let worth: Vec<f64> = (0..s.layers)
+            .map(|l| monitor.mass_per_dropped_slot(l).unwrap_or(1.0))
+            .collect();
         let step = |l: usize, c: u64| -> Option<(f64, f64)> {
             if c >= top[l] {
                 return None;
             }
             let slots = (tokens * s.top_k) as f64;
-            let gain =
-                dropped_share(&demand[l], c, slots) - dropped_share(&demand[l], c + 1, slots);
+            let gain = worth[l]
+                * (dropped_share(&demand[l], c, slots) - dropped_share(&demand[l], c + 1, slots));
             let extra = layer_cost(l, c + 1) - layer_cost(l, c);
             (gain > 0.0).then_some((gain, extra))
         };

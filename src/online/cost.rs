@@ -72,3 +72,24 @@ pub fn rank_rows_bound(c: u64, experts_per_rank: usize, tokens: usize, top_k: us
     let by_tokens = (tokens as u64).saturating_mul(top_k.min(experts_per_rank) as u64);
     by_capacity.min(by_tokens)
 }
+
+/// A gamma whose capacity `ceil(gamma T k / E)` is exactly `c`, so that a per-layer capacity
+/// reaches any router that takes gamma (the CPU oracle and the device router alike). `None`
+/// when `c` is 0, the shape is empty, or no valid gamma gives `c` (beyond
+/// [`MAX_CAPACITY_FACTOR`](crate::routing::MAX_CAPACITY_FACTOR)).
+pub fn gamma_for_capacity(c: u64, tokens: usize, top_k: usize, experts: usize) -> Option<f64> {
+    if c == 0 || tokens == 0 || top_k == 0 || experts == 0 {
+        return None;
+    }
+    let at = |g: f64| crate::routing::capacity(g, tokens, top_k, experts).ok();
+    let mut g = c as f64 * experts as f64 / (tokens as f64 * top_k as f64);
+    // The quotient can land an ulp off either way; walk to the value whose ceiling is `c`.
+    for _ in 0..64 {
+        match at(g)? {
+            x if x == c => return Some(g),
+            x if x > c => g = f64::from_bits(g.to_bits() - 1),
+            _ => g = f64::from_bits(g.to_bits() + 1),
+        }
+    }
+    None
+}

@@ -109,6 +109,8 @@ pub struct LayerSnapshot {
     pub mean_served: Vec<f64>,
     /// Per expert: EMA of its share of the layer's demand (sums to 1 once anything was seen).
     pub demand_share_ema: Vec<f64>,
+    /// EMA of the demand shares sorted in decreasing order ([`LoadMonitor::demand_profile`]).
+    pub demand_profile_ema: Vec<f64>,
     /// Mean over max of the window's mean served load (1 = perfectly balanced; vLLM's
     /// balancedness). 1 when nothing was served.
     pub balancedness: f64,
@@ -128,6 +130,8 @@ pub struct LayerSnapshot {
 struct LayerWindow {
     obs: VecDeque<LayerObservation>,
     ema: Vec<f64>,
+    profile: Vec<f64>,
+    mass_per_slot: Option<f64>,
 }
 
 /// A bounded ring window per layer of [`LayerObservation`]s, with an EMA of each expert's
@@ -197,14 +201,21 @@ impl LoadMonitor {
         }
         let total: u64 = o.demand.iter().sum();
         if total > 0 {
-            let share = o.demand.iter().map(|&d| d as f64 / total as f64);
-            if w.ema.is_empty() {
-                w.ema = share.collect();
-            } else {
-                for (m, s) in w.ema.iter_mut().zip(share) {
-                    *m += self.alpha * (s - *m);
-                }
-            }
+            let share: Vec<f64> = o.demand.iter().map(|&d| d as f64 / total as f64).collect();
+            let mut sorted = share.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            ema(&mut w.ema, &share, self.alpha);
+            ema(&mut w.profile, &sorted, self.alpha);
+        }
+        // Gate mass a dropped slot carries, relative to an average top-k slot: drop:score drops
+        // the smallest p first, so a layer's slots are not all worth the same.
+        let slots = (o.tokens as f64) * (o.top_k as f64);
+        if o.dropped > 0 && slots > 0.0 && o.gate_mass_kept.is_finite() {
+            let r = (1.0 - o.gate_mass_kept).max(0.0) / (o.dropped as f64 / slots);
+            w.mass_per_slot = Some(match w.mass_per_slot {
+                None => r,
+                Some(m) => m + self.alpha * (r - m),
+            });
         }
         if w.obs.len() == self.window {
             w.obs.pop_front();
@@ -233,6 +244,22 @@ impl LoadMonitor {
             .filter(|s| !s.is_empty())
     }
 
+    /// Layer `layer`'s EMA of its demand profile: the shares sorted in decreasing order, so the
+    /// hottest expert's share first whichever expert it is. Capacity needs only this profile
+    /// (how much the busiest experts ask), and it does not blur when the hot experts move.
+    pub fn demand_profile(&self, layer: usize) -> Option<&[f64]> {
+        self.layers
+            .get(layer)
+            .map(|w| w.profile.as_slice())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Layer `layer`'s EMA of the gate mass a dropped slot carries, relative to an average
+    /// top-k slot (`(1 - gate_mass_kept) / dropped share`); `None` before any drop was seen.
+    pub fn mass_per_dropped_slot(&self, layer: usize) -> Option<f64> {
+        self.layers.get(layer).and_then(|w| w.mass_per_slot)
+    }
+
     /// Every layer's window statistics.
     pub fn snapshot(&self) -> Vec<LayerSnapshot> {
         self.layers
@@ -240,6 +267,16 @@ impl LoadMonitor {
             .enumerate()
             .map(|(layer, w)| window_stats(layer, w))
             .collect()
+    }
+}
+
+fn ema(m: &mut Vec<f64>, x: &[f64], alpha: f64) {
+    if m.is_empty() {
+        *m = x.to_vec();
+    } else {
+        for (m, v) in m.iter_mut().zip(x) {
+            *m += alpha * (v - *m);
+        }
     }
 }
 
@@ -280,6 +317,7 @@ fn window_stats(layer: usize, w: &LayerWindow) -> LayerSnapshot {
             w.obs.iter().map(|o| o.gate_mass_kept).sum::<f64>() / n as f64
         },
         demand_share_ema: w.ema.clone(),
+        demand_profile_ema: w.profile.clone(),
         mean_demand,
         mean_served,
         mean_rank_rows,

@@ -32,6 +32,8 @@ fn window_statistics_equal_hand_computed_values() {
     assert_eq!(s.gate_mass_kept, 0.625);
     // EMA of the share of expert 0: 0.75, then 0.75 + 0.5 (0.5 - 0.75), then + 0.5 (1 - 0.625).
     assert_eq!(s.demand_share_ema, vec![0.8125, 0.1875]);
+    // Sorted shares: 0.75, 0.5, 1 for the hottest expert, whichever it was.
+    assert_eq!(s.demand_profile_ema, vec![0.8125, 0.1875]);
 }
 
 #[test]
@@ -204,25 +206,31 @@ fn the_row_bound_holds_for_routed_plans() {
 
 #[test]
 fn prediction_recovers_within_ten_forwards_after_a_skew_shift() {
+    // The controller predicts from the demand profile (sorted shares). A shift of which
+    // experts are hot leaves it unchanged; a shift of how skewed the layer is decays
+    // geometrically (weight 0.25: below a tenth of the jump within 10 forwards, 0.75^9 < 0.1).
     let mut m = LoadMonitor::new(16, 0.25).unwrap();
     let a = [60u64, 20, 10, 10];
-    let b = [10u64, 10, 20, 60];
     for _ in 0..20 {
         m.observe(0, obs(&a, &a, 0, 1.0, &[100])).unwrap();
     }
-    let err = |m: &LoadMonitor| -> f64 {
-        m.demand_share(0)
-            .unwrap()
-            .iter()
-            .zip(b)
-            .map(|(s, x)| (s - x as f64 / 100.0).abs())
-            .sum()
+    let err = |m: &LoadMonitor, want: [f64; 4]| -> f64 {
+        let p = m.demand_profile(0).unwrap();
+        p.iter().zip(want).map(|(s, x)| (s - x).abs()).sum()
     };
-    let before = err(&m);
+    let moved = [10u64, 10, 20, 60];
+    m.observe(0, obs(&moved, &moved, 0, 1.0, &[100])).unwrap();
+    assert!(
+        err(&m, [0.6, 0.2, 0.1, 0.1]) < 1e-12,
+        "hot experts moved, profile must not"
+    );
+    let b = [30u64, 30, 20, 20];
+    let want = [0.3, 0.3, 0.2, 0.2];
+    let before = err(&m, want);
     let mut after = Vec::new();
     for _ in 0..10 {
         m.observe(0, obs(&b, &b, 0, 1.0, &[100])).unwrap();
-        after.push(err(&m));
+        after.push(err(&m, want));
     }
     assert!(after.windows(2).all(|w| w[1] < w[0]), "{after:?}");
     assert!(after[9] < 0.1 * before, "{} vs {before}", after[9]);
@@ -313,4 +321,31 @@ fn expositions_render_every_layer() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["forward"], 9);
     assert_eq!(rows[1]["layer"], 1);
+}
+
+#[test]
+fn gamma_for_capacity_hits_every_capacity_exactly() {
+    for (t, k, e) in [
+        (1, 1, 1),
+        (3, 2, 8),
+        (4096, 2, 8),
+        (16384, 8, 256),
+        (7, 3, 5),
+        (1000, 6, 60),
+    ] {
+        for c in [1u64, 2, 3, 7, 100, 1536, 4096, 131_072] {
+            match gamma_for_capacity(c, t, k, e) {
+                Some(g) => assert_eq!(
+                    crate::routing::capacity(g, t, k, e).unwrap(),
+                    c,
+                    "{t} {k} {e} {c}"
+                ),
+                None => assert!(
+                    c as f64 > crate::routing::MAX_CAPACITY_FACTOR * (t * k) as f64 / e as f64
+                ),
+            }
+        }
+    }
+    assert_eq!(gamma_for_capacity(0, 8, 2, 8), None);
+    assert_eq!(gamma_for_capacity(3, 0, 2, 8), None);
 }
