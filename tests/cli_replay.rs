@@ -2,7 +2,7 @@
 //! a skew-shifting trace, and the hostile inputs of both.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn capmoe(args: &[&str]) -> Output {
@@ -49,7 +49,7 @@ fn shifting_trace(name: &str) -> PathBuf {
     d
 }
 
-fn replay(traces: &PathBuf, controller: &str) -> Value {
+fn replay(traces: &Path, controller: &str) -> Value {
     let o = capmoe(&[
         "replay",
         "--traces",
