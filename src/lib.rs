@@ -10,6 +10,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench")]
+pub mod chart;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ep;

@@ -33,7 +33,10 @@ mod tests;
 pub use error::EpError;
 pub use fidelity::{Fidelity, LogProbs};
 pub use latency::{a2a_traffic, median, A2aTraffic, LatencyModel};
-pub use results::*;
+pub use results::{
+    method_lines, Baseline, BenchReport, CaseReport, CaseSummary, LayerReport, ModelInfo,
+    SetupInfo, Throughput,
+};
 pub use run::{prompt_ids, run, run_prompts};
 pub use setup::{
     cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_ITERS, MAX_BENCH_TOKENS,

@@ -32,6 +32,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Replaces `path` atomically with a file that `write` makes itself (for
+/// writers that want a path, not bytes, such as an image encoder): `write`
+/// gets a fresh hidden temporary path in `path`'s directory that keeps
+/// `path`'s extension (`dir/.name.tmp.PID.N.ext`, since some writers pick
+/// the format from it); the file is then fsync'd, renamed over `path`, and
+/// the directory fsync'd (on Unix). On any error the temporary file is
+/// removed and `path` is left as it was.
+pub fn replace_with<E: From<Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut tmp = temp_path(path)?.into_os_string();
+    if let Some(ext) = path.extension() {
+        tmp.push(".");
+        tmp.push(ext);
+    }
+    let tmp = PathBuf::from(tmp);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::File::open(&tmp)?.sync_all()?;
+        Ok(std::fs::rename(&tmp, path)?)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(path);
+    Ok(())
+}
+
 /// `dir/.name.tmp.PID.N`: hidden, unique within and across processes.
 fn temp_path(path: &Path) -> Result<PathBuf, Error> {
     let name = path.file_name().ok_or_else(|| {
@@ -79,6 +108,33 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
         // A missing directory is an error, and the target is untouched.
         assert!(write_atomic(&dir.join("no/such/x"), b"y").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A writer that leaves half a file and fails keeps the old file and no
+    /// debris; one that succeeds replaces it whole, through a temporary path
+    /// with the target's extension.
+    #[test]
+    fn replace_with_keeps_the_old_file_on_failure() {
+        let dir = std::env::temp_dir().join(format!("capmoe-replace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("load.png");
+        std::fs::write(&path, "old").unwrap();
+        let torn = replace_with(&path, |p| -> Result<(), Error> {
+            std::fs::write(p, "half")?;
+            Err(Error::other("interrupted"))
+        });
+        assert!(torn.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no debris");
+        replace_with(&path, |p| -> Result<(), Error> {
+            assert_eq!(p.extension().unwrap(), "png");
+            std::fs::write(p, "new")
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no debris");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,109 +14,15 @@ use crate::backend::HostTensor;
 use crate::io::file::read_regular_text;
 use crate::io::json::{parse_strict, parse_strict_slice};
 use memmap2::Mmap;
-use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use thiserror::Error;
 
-/// Errors reading a checkpoint.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum WeightError {
-    /// A file could not be opened, read or mapped.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid safetensors file (truncated or corrupt?): {source}")]
-    /// The safetensors crate rejected a shard.
-    Safetensors {
-        /// The shard.
-        path: String,
-        /// The parser's error.
-        source: safetensors::SafeTensorError,
-    },
-    #[error("{path}: {msg}")]
-    /// The index file is malformed, or a JSON header is not strict.
-    Index {
-        /// The index file or shard.
-        path: String,
-        /// What was wrong and what was expected.
-        msg: String,
-    },
-    #[error("no weights in {0}: expected model.safetensors or model.safetensors.index.json")]
-    /// The path holds neither weights file; holds the path.
-    NoWeights(String),
-    #[error("tensor `{name}` is missing from the checkpoint (expected shape {expected:?})")]
-    /// A tensor the config needs is absent.
-    Missing {
-        /// Tensor name.
-        name: String,
-        /// Shape the config implies.
-        expected: Vec<usize>,
-    },
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    /// A tensor's shape disagrees with the config.
-    Shape {
-        /// Tensor name.
-        name: String,
-        /// Shape in the checkpoint.
-        found: Vec<usize>,
-        /// Shape the config implies.
-        expected: Vec<usize>,
-    },
-    #[error("tensor `{name}` has dtype {dtype}; expected F32, BF16 or F16")]
-    /// A tensor is not F32, BF16 or F16.
-    Dtype {
-        /// Tensor name.
-        name: String,
-        /// Its dtype, as safetensors names it.
-        dtype: String,
-    },
-    #[error("tensor `{name}` appears in both {first} and {second}")]
-    /// Two shards hold the same tensor.
-    Duplicate {
-        /// Tensor name.
-        name: String,
-        /// The shard seen first.
-        first: String,
-        /// The shard seen second.
-        second: String,
-    },
-    #[error("the checkpoint has {} tensor(s) a Mixtral model does not use: {}", names.len(), names.join(", "))]
-    /// The checkpoint holds tensors the model does not use.
-    Extra {
-        /// Their names.
-        names: Vec<String>,
-    },
-    #[error(
-        "tensor `{name}` holds {value} at index {index:?}; expected finite weights (no NaN or Inf)"
-    )]
-    /// A weight is NaN or infinite.
-    NonFinite {
-        /// Tensor name.
-        name: String,
-        /// Multi-index of the first such value.
-        index: Vec<usize>,
-        /// The value (after conversion to f32).
-        value: f32,
-    },
-    #[error("tensor `{name}` holds {bytes} bytes; its shape and dtype need {expected}")]
-    /// A tensor's byte length disagrees with its shape and dtype.
-    DataSize {
-        /// Tensor name.
-        name: String,
-        /// Bytes it holds.
-        bytes: usize,
-        /// Bytes its shape and dtype need.
-        expected: usize,
-    },
-}
+mod convert;
+mod error;
+use convert::{convert, first_non_finite_f32, unravel};
+pub use error::WeightError;
 
 /// Largest `model.safetensors.index.json` read, in bytes.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
@@ -422,65 +328,6 @@ impl WeightFiles {
         }
         m
     }
-}
-
-/// Values per parallel chunk when converting or scanning.
-const CHUNK: usize = 1 << 16;
-
-/// Converts 2-byte values to f32; also returns the index of the first value
-/// that is not finite (checked in the same pass).
-fn convert(bytes: &[u8], f: impl Fn(u16) -> f32 + Sync) -> (Vec<f32>, Option<usize>) {
-    let mut out = vec![0.0f32; bytes.len() / 2];
-    let chunk = |ci: usize, o: &mut [f32], b: &[u8]| {
-        let mut bad = None;
-        for (k, (o, c)) in o.iter_mut().zip(b.chunks_exact(2)).enumerate() {
-            *o = f(u16::from_le_bytes([c[0], c[1]]));
-            if bad.is_none() && !o.is_finite() {
-                bad = Some(ci * CHUNK + k);
-            }
-        }
-        bad
-    };
-    // One chunk runs here: handing it to the pool costs more than it saves.
-    let bad = if out.len() <= CHUNK {
-        chunk(0, &mut out, bytes)
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(bytes.par_chunks(2 * CHUNK))
-            .enumerate()
-            .filter_map(|(ci, (o, b))| chunk(ci, o, b))
-            .min()
-    };
-    (out, bad)
-}
-
-/// Index of the first little-endian f32 in `bytes` that is NaN or Inf.
-fn first_non_finite_f32(bytes: &[u8]) -> Option<usize> {
-    let chunk = |ci: usize, b: &[u8]| {
-        b.chunks_exact(4)
-            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
-            .map(|k| ci * CHUNK + k)
-    };
-    if bytes.len() <= 4 * CHUNK {
-        return chunk(0, bytes);
-    }
-    bytes
-        .par_chunks(4 * CHUNK)
-        .enumerate()
-        .filter_map(|(ci, b)| chunk(ci, b))
-        .min()
-}
-
-/// Row-major flat index `i` as a multi-index of `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for (k, &d) in shape.iter().enumerate().rev() {
-        if d > 0 {
-            idx[k] = i % d;
-            i /= d;
-        }
-    }
-    idx
 }
 
 /// Refuses a safetensors header that repeats a key (the parser keeps the

@@ -115,15 +115,9 @@ pub fn write_out(dir: &Path, r: &EvalReport) -> Result<(), CliError> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(r)?;
     capmoe::io::atomic::write_atomic(&dir.join("eval.json"), &json)?;
-    // plotters picks the format from the extension, so the temporary name ends in .png too.
-    let tmp = dir.join(format!(".accuracy.{}.tmp.png", std::process::id()));
-    let drawn = plot::accuracy(&tmp, r).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError::Usage(format!("cannot draw {}: {e}", tmp.display()))
-    });
-    drawn?;
-    std::fs::rename(&tmp, dir.join("accuracy.png"))?;
-    Ok(())
+    let png = dir.join("accuracy.png");
+    plot::accuracy(&png, r)
+        .map_err(|e| CliError::Usage(format!("cannot draw {}: {e}", png.display())))
 }
 
 /// Runs the protocol for every policy and gamma of `args`; returns the report.

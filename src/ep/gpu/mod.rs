@@ -42,9 +42,14 @@ mod assemble;
 mod results;
 mod setup;
 
-pub use assemble::*;
-pub use results::*;
-pub use setup::*;
+pub use assemble::{assemble_case, assemble_group, bar_rows, nvml_uuid};
+pub use results::{
+    method_lines, BarRow, CaseMeasurement, DeviceInfo, GpuBenchReport, GpuCaseReport, GpuSetupInfo,
+    GroupReport, Skipped, FIDELITY_NOTE,
+};
+pub use setup::{
+    GpuBenchSetup, LayerShape, BAR, MAX_WARMUP, MIN_CASE_MS_RANGE, TELEMETRY_MS_RANGE,
+};
 
 #[cfg(feature = "cuda")]
 mod run;

@@ -1,42 +1,18 @@
-//! PNG figures of the GPU benchmark (plotters' bitmap backend, text from a
-//! shipped font as in [`crate::ep::plot`]): for every batch size, a grid of
-//! panels (a row per EP size, a column per skew) of speedup against gamma
-//! per policy with its ideal ratio, and of P50/P99 layer latency.
+//! PNG figures of the GPU benchmark, drawn with the shared chart setup of
+//! [`crate::chart`]: for every batch size, a grid of panels (a row per EP
+//! size, a column per skew) of speedup against gamma per policy with its
+//! ideal ratio, and of P50/P99 layer latency.
 
 use super::{GpuBenchReport, GpuCaseReport, GroupReport};
-use crate::ep::plot::{color, fonts, range, render_atomic, Res, FONT};
+use crate::chart::{
+    by_policy, gamma_range, range, save_png, Area, DrawResult, GammaPanel, RGBColor, Series,
+    SeriesLabelPosition, BLACK, SMALL,
+};
 use crate::ep::EpError;
-use plotters::coord::Shift;
-use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 /// A per-case value to plot (`None`: no point).
 type Metric<'a> = &'a dyn Fn(&GpuCaseReport) -> Option<f64>;
-
-/// Capacity policies of a group in order, each with its cases by gamma.
-fn by_policy(g: &GroupReport) -> Vec<(String, Vec<&GpuCaseReport>)> {
-    let mut out: Vec<(String, Vec<&GpuCaseReport>)> = Vec::new();
-    for c in g.cases.iter().filter(|c| c.capacity_factor.is_some()) {
-        match out.iter_mut().find(|(p, _)| *p == c.policy) {
-            Some((_, v)) => v.push(c),
-            None => out.push((c.policy.clone(), vec![c])),
-        }
-    }
-    for (_, v) in &mut out {
-        v.sort_by(|a, b| a.capacity_factor.partial_cmp(&b.capacity_factor).unwrap());
-    }
-    out
-}
-
-fn gamma_range(r: &GpuBenchReport) -> (f64, f64) {
-    let (lo, hi) = range(r.setup.capacity_factors.iter().copied(), None);
-    if hi - lo < 0.2 {
-        (lo - 0.25, hi + 0.25)
-    } else {
-        (lo, hi)
-    }
-}
 
 /// One line per capacity policy of `metric` (solid) and, if given, of
 /// `dashed` in the same colour; black dashed horizontal references.
@@ -51,10 +27,23 @@ fn panel(
     dashed: Option<(&str, Metric<'_>)>,
     refs: &[(String, f64, RGBColor)],
     legend: SeriesLabelPosition,
-) -> Res {
-    let series = by_policy(g);
-    let (x0, x1) = gamma_range(r);
-    let vals = series.iter().flat_map(|(_, v)| {
+) -> DrawResult {
+    let groups = by_policy(&g.cases, |c| &c.policy, |c| c.capacity_factor);
+    let points = |cases: &[&GpuCaseReport], f: Metric<'_>| -> Vec<(f64, f64)> {
+        cases
+            .iter()
+            .filter_map(|c| Some((c.capacity_factor?, f(c)?)))
+            .collect()
+    };
+    let series: Vec<Series> = groups
+        .iter()
+        .map(|(p, cases)| Series {
+            label: p.clone(),
+            points: points(cases, metric),
+            dashed: dashed.map(|(_, f)| points(cases, f)).unwrap_or_default(),
+        })
+        .collect();
+    let vals = groups.iter().flat_map(|(_, v)| {
         v.iter().flat_map(|c| {
             let d = dashed.and_then(|(_, f)| f(c));
             [metric(c), d].into_iter().flatten()
@@ -64,62 +53,18 @@ fn panel(
     if y0 == y1 {
         (y0, y1) = (y0 - 1.0, y1 + 1.0);
     }
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 17))
-        .margin(10)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc("capacity factor gamma")
-        .y_desc(y_desc)
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 13))
-        .draw()?;
-    for (label, v, col) in refs {
-        let col = *col;
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(x0, *v), (x1, *v)],
-                6,
-                4,
-                col.stroke_width(1),
-            ))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col));
+    GammaPanel {
+        style: &SMALL,
+        title,
+        y_desc,
+        x: gamma_range(&r.setup.capacity_factors),
+        y: (y0, y1),
+        refs,
+        series: &series,
+        dashed_label: dashed.map(|d| d.0),
+        legend,
     }
-    for (i, (p, cases)) in series.iter().enumerate() {
-        let col = color(i);
-        let pts: Vec<(f64, f64)> = cases
-            .iter()
-            .filter_map(|c| Some((c.capacity_factor?, metric(c)?)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?
-            .label(p.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&pt| Circle::new(pt, 3, col.filled())))?;
-        if let Some((what, f)) = dashed {
-            let d: Vec<(f64, f64)> = cases
-                .iter()
-                .filter_map(|c| Some((c.capacity_factor?, f(c)?)))
-                .collect();
-            let s = chart.draw_series(DashedLineSeries::new(d, 5, 4, col.stroke_width(1)))?;
-            if i == 0 {
-                s.label(what)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col));
-            }
-        }
-    }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 11))
-        .position(legend)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    .draw(area)
 }
 
 /// The groups of batch size `t` laid out as rows (EP sizes) x columns (skews).
@@ -141,26 +86,25 @@ fn figure(
     path: &Path,
     r: &GpuBenchReport,
     t: usize,
-    draw: &dyn Fn(&Area<'_>, &GroupReport) -> Res,
-) -> Res {
+    draw: &dyn Fn(&Area<'_>, &GroupReport) -> DrawResult,
+) -> DrawResult {
     let (ranks, skews) = grid(r, t);
     let (w, h) = (640u32, 430u32);
-    let root = BitMapBackend::new(path, (w * skews.len() as u32, h * ranks.len() as u32))
-        .into_drawing_area();
-    root.fill(&WHITE)?;
-    let areas = root.split_evenly((ranks.len(), skews.len()));
-    for (i, &rk) in ranks.iter().enumerate() {
-        for (j, sk) in skews.iter().enumerate() {
-            if let Some(g) = r.group(t, sk, rk) {
-                draw(&areas[i * skews.len() + j], g)?;
+    let size = (w * skews.len() as u32, h * ranks.len() as u32);
+    save_png(path, size, |root| {
+        let areas = root.split_evenly((ranks.len(), skews.len()));
+        for (i, &rk) in ranks.iter().enumerate() {
+            for (j, sk) in skews.iter().enumerate() {
+                if let Some(g) = r.group(t, sk, rk) {
+                    draw(&areas[i * skews.len() + j], g)?;
+                }
             }
         }
-    }
-    root.present()?;
-    Ok(())
+        Ok(())
+    })
 }
 
-fn speedup(path: &Path, r: &GpuBenchReport, t: usize) -> Res {
+fn speedup(path: &Path, r: &GpuBenchReport, t: usize) -> DrawResult {
     figure(path, r, t, &|a, g| {
         panel(
             a,
@@ -179,7 +123,7 @@ fn speedup(path: &Path, r: &GpuBenchReport, t: usize) -> Res {
     })
 }
 
-fn latency(path: &Path, r: &GpuBenchReport, t: usize) -> Res {
+fn latency(path: &Path, r: &GpuBenchReport, t: usize) -> DrawResult {
     figure(path, r, t, &|a, g| {
         let mut refs = Vec::new();
         if let Some(n) = g.case("none", None) {
@@ -214,7 +158,6 @@ fn latency(path: &Path, r: &GpuBenchReport, t: usize) -> Res {
 /// Writes `gpu-speedup-T<T>.png` and `gpu-latency-T<T>.png` for every batch
 /// size that has capacity cases; returns their paths.
 pub fn write_figures(dir: &Path, r: &GpuBenchReport) -> Result<Vec<PathBuf>, EpError> {
-    fonts();
     let mut out = Vec::new();
     let mut sizes: Vec<usize> = Vec::new();
     for g in &r.groups {
@@ -226,12 +169,12 @@ pub fn write_figures(dir: &Path, r: &GpuBenchReport) -> Result<Vec<PathBuf>, EpE
         for (name, f) in [
             (
                 format!("gpu-speedup-T{t}.png"),
-                speedup as fn(&Path, &GpuBenchReport, usize) -> Res,
+                speedup as fn(&Path, &GpuBenchReport, usize) -> DrawResult,
             ),
             (format!("gpu-latency-T{t}.png"), latency),
         ] {
             let p = dir.join(name);
-            render_atomic(&p, &|q| f(q, r, t)).map_err(|e| EpError::Plot {
+            f(&p, r, t).map_err(|e| EpError::Plot {
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;
