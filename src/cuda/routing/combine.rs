@@ -1,7 +1,8 @@
 //! Gather of token rows into dispatch order and the weighted combine back.
 
-use super::buffers::{scratch, to_i32};
+use super::buffers::scratch;
 use super::{GpuDispatch, GpuPlan};
+use crate::cuda::error::to_i32;
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};

@@ -2,7 +2,9 @@
 //! for a caller with logits on the device. The decode graph launches the
 //! same kernel with its own device state (`backend::cuda::decode`).
 
-use super::{model_launch, sys, GpuError};
+use super::launch as model_launch;
+use crate::cuda::error::to_i32;
+use crate::cuda::{sys, GpuError};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
@@ -35,8 +37,6 @@ pub fn greedy(
             expected: format!("at least {rows} * vocab values, vocab >= 1"),
         });
     }
-    let to_i32 =
-        |what, v: usize| i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v });
     let (r32, v32) = (to_i32("greedy rows", rows)?, to_i32("vocabulary", vocab)?);
     if rows == 0 {
         return Ok(Vec::new());
