@@ -97,6 +97,14 @@ pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuE
     check("capmoe_plan", sys::capmoe_plan(a, stream))
 }
 
+/// u32 words of one plan record of `experts` experts (`capmoe_plan_stats`'
+/// record: its head, then the loads rounded up to even words; a pure size
+/// query).
+pub fn plan_record_words(experts: i32) -> i32 {
+    // SAFETY: a pure function of its argument (no memory, no device).
+    unsafe { sys::capmoe_plan_record_words(experts) }
+}
+
 /// Writes a plan's record (its checks, `capmoe_plan_stat` totals and loads).
 ///
 /// # Safety

@@ -6,7 +6,7 @@
 //! One thing per file, named after the host twins in `crate::routing` and the
 //! kernels in cuda/routing/: gating (`gate`), capacity selection (`select`), the plan
 //! (`plan`), the dispatch layout and GEMM arguments (`dispatch`), gather and
-//! combine (`combine`), a plan's checks and loads kept for one later
+//! combine (`combine`, on the typed row maps of `rows`), a plan's checks and loads kept for one later
 //! read-back (`summary`), and the buffer helpers (`buffers`).
 
 mod buffers;
@@ -14,6 +14,7 @@ mod combine;
 mod dispatch;
 mod gate;
 mod plan;
+pub(crate) mod rows;
 mod select;
 mod summary;
 
