@@ -2,7 +2,8 @@
 //! turns its status code into a [`GpuError`]. Launchers with runs of
 //! same-typed arguments take their `sys` parameter struct (named fields);
 //! [`ptr`] and [`ptr_mut`] turn cudarc's device addresses into its fields.
-//! Callers (router, ffn, backend) validate every shape first.
+//! Callers (`routing`, `expert`, `model::ops`; `backend::cuda` until it moves
+//! onto `model::ops` and `routing::rows`) validate every shape first.
 
 use super::error::GpuError;
 use super::sys;
