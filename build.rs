@@ -3,17 +3,18 @@
 //! With `--features cuda`:
 //! - nvcc comes from `NVCC`, `CUDA_HOME`, `PATH`, then `.cuda/` (what `tools/setup-cuda.sh`
 //!   installs); CUTLASS from `CUTLASS_DIR`, then `.cuda/` (build/toolchain.rs).
-//! - Each `cuda/**/*.cu` (not `_*.cu`, not under a `cutlass/` or the emulation's `emu/` folder)
+//! - Each `cuda/**/*.cu` (not `_*.cu`, not under a `cutlass/` or `templates/`
+//!   folder or the emulation's `emu/` folder)
 //!   becomes its own static library through its own `cc::Build`, for `CAPMOE_CUDA_ARCHS`
 //!   (default `80;90a`), with portable PTX of the newest embedded (`compute_90`, not
 //!   `compute_90a`, so that newer GPUs can JIT it). The shared flags live in one place:
 //!   `toolchain::nvcc_flags`.
 //! - The CUTLASS grouped-GEMM variants declared in src/expert/variants.rs (included here through
-//!   `#[path]`) are generated from build/templates/ into `OUT_DIR/ffn/<name>.cu` and built the
+//!   `#[path]`) are generated from cuda/expert/templates/ into `OUT_DIR/ffn/<name>.cu` and built the
 //!   same way, each with CUTLASS's include folder and its own archs: SM90 ones for `sm_90a` when
 //!   `90a` is listed, SM80 ones for every listed arch >= 80 (build/ffn.rs). Each exports
 //!   `capmoe_gg_<name>` and `capmoe_gg_<name>_workspace`; `OUT_DIR/ffn_variants.rs` declares them
-//!   and lists them in `COMPILED` (included by src/cuda/ffn/variants.rs). `CAPMOE_FFN_VARIANTS=a,b`
+//!   and lists them in `COMPILED` (included by src/cuda/expert/variants.rs). `CAPMOE_FFN_VARIANTS=a,b`
 //!   builds only those, `none` none (an SM90 variant costs 45-70 s of nvcc and 3.4 GB on 2 cores).
 //! - Rebuilds: cargo reruns this script when a file under cuda/ or build/ or one of
 //!   `toolchain::ENV_VARS` changes. A file's library is then reused from

@@ -114,7 +114,10 @@ fn collect(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>)
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
-            if p.file_name().is_none_or(|n| n != "cutlass") {
+            // Vendored CUTLASS and the CUTLASS templates (cuda/expert/templates/) are no kernels.
+            if p.file_name()
+                .is_none_or(|n| n != "cutlass" && n != "templates")
+            {
                 collect(base, &p, out);
             }
         } else if p.extension().is_some_and(|x| x == "cu")

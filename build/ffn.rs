@@ -1,6 +1,6 @@
 //! The CUTLASS grouped-GEMM variants of the expert FFN (declared in src/expert/variants.rs): which
 //! ones this build compiles, their generated .cu files (`OUT_DIR/ffn/<name>.cu`, from the templates
-//! in build/templates/) and the Rust table of what was compiled (`OUT_DIR/ffn_variants.rs`).
+//! in cuda/expert/templates/) and the Rust table of what was compiled (`OUT_DIR/ffn_variants.rs`).
 //!
 //! - SM90 variants: `sm_90a` SASS only, when `90a` is among the archs (wgmma and TMA are
 //!   arch-specific, so no PTX: it could not run anywhere else).
@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
-const SM90_TEMPLATE: &str = include_str!("templates/gg_sm90.cu");
-const SM80_TEMPLATE: &str = include_str!("templates/gg_sm80.cu");
+const SM90_TEMPLATE: &str = include_str!("../cuda/expert/templates/gg_sm90.cu");
+const SM80_TEMPLATE: &str = include_str!("../cuda/expert/templates/gg_sm80.cu");
 
 /// A variant chosen for this build: its index in `VARIANTS` and its source file.
 pub struct Planned {
@@ -134,7 +134,9 @@ fn fill(template: &str, vars: &[(&str, String)]) -> Result<String, String> {
         placeholder.then(|| word.to_string())
     });
     match left {
-        Some(w) => Err(format!("build/templates: placeholder @{w}@ has no value")),
+        Some(w) => Err(format!(
+            "cuda/expert/templates: placeholder @{w}@ has no value"
+        )),
         None => Ok(s),
     }
 }
@@ -229,7 +231,7 @@ pub fn plan(out: &Path, tc: &Toolchain, archs: &[Arch]) -> Result<Vec<Planned>, 
     Ok(planned)
 }
 
-/// `OUT_DIR/ffn_variants.rs`, included by src/cuda/ffn/variants.rs: the launchers' declarations
+/// `OUT_DIR/ffn_variants.rs`, included by src/cuda/expert/variants.rs: the launchers' declarations
 /// and `COMPILED`, the compiled variants in `VARIANTS` order. The including module defines
 /// `GgWorkspaceFn`, `GgRunFn` and `CompiledVariant` and imports `sys`; each declaration is checked
 /// against the header's `capmoe_gg_fn` / `capmoe_gg_workspace_fn` (as generated into sys.rs), so

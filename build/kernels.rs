@@ -30,14 +30,19 @@ impl Fnv {
 /// so that editing it neither compiles it with nvcc nor invalidates the cached libraries.
 const NOT_NVCC: &[&str] = &["emu"];
 
-/// Every file under `dir`, sorted, skipping folders named `cutlass` when `skip_cutlass`.
+/// Folders under cuda/ whose .cu files are no kernels of their own: vendored `cutlass` trees and
+/// the CUTLASS `templates` (cuda/expert/templates/) that build/ffn.rs instantiates into OUT_DIR.
+const NOT_KERNELS: &[&str] = &["cutlass", "templates"];
+
+/// Every file under `dir`, sorted, skipping the `NOT_KERNELS` folders when `skip_cutlass`.
 fn walk(dir: &Path, skip_cutlass: bool, out: &mut Vec<PathBuf>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            if !(skip_cutlass && p.file_name().is_some_and(|n| n == "cutlass")) {
+            let named = |n: &std::ffi::OsStr| NOT_KERNELS.iter().any(|k| n == *k);
+            if !(skip_cutlass && p.file_name().is_some_and(named)) {
                 walk(&p, skip_cutlass, out);
             }
         } else {
@@ -65,7 +70,7 @@ pub struct Source {
 }
 
 /// The hand-written kernels: cuda/**/*.cu except files whose name starts with `_` (scratch) and
-/// folders named `cutlass`, each for `gencode`. The CUTLASS instantiations are generated into
+/// the `NOT_KERNELS` folders, each for `gencode`. The CUTLASS instantiations are generated into
 /// OUT_DIR instead (build/ffn.rs).
 pub fn sources(cuda_dir: &Path, gencode: &[String]) -> Vec<Source> {
     let mut files = Vec::new();

@@ -18,7 +18,7 @@ echo "$cxx ${flags[*]//$src/CUDA_DIR}" > "$out/flags.new"  # the same flags for 
 if ! cmp -s "$out/flags.new" "$out/flags"; then rm -f "$out"/obj/*.o; fi
 mv "$out/flags.new" "$out/flags"
 stale() { [[ ! -f $2 || $1 -nt $2 ]] || [[ -n $(find "$src" \( -name '*.cuh' -o -name '*.h' \) -newer "$2" | head -1) ]]; }
-files=$(cd "$src" && find . -name '*.cu' -not -path '*/cutlass/*' -not -name '_*' | sort)
+files=$(cd "$src" && find . -name '*.cu' -not -path '*/cutlass/*' -not -path '*/templates/*' -not -name '_*' | sort)
 objs=()
 pids=()
 jobs=${CAPMOE_EMU_JOBS:-2}

@@ -34,7 +34,7 @@ if [ "$have_version" != "$want_version" ]; then
 fi
 
 # No triple-chevron launch outside the launch macro: the CPU emulation replaces the macro only.
-if chevrons=$(grep -rn '<<<' cuda build/templates --include='*.cu' --include='*.cuh' --include='*.h' | grep -v '^cuda/common/launch.cuh:'); then
+if chevrons=$(grep -rn '<<<' cuda --include='*.cu' --include='*.cuh' --include='*.h' | grep -v '^cuda/common/launch.cuh:'); then
   echo "gen-bindings: kernel launches must go through CAPMOE_LAUNCH (cuda/common/launch.cuh):" >&2
   echo "$chevrons" >&2
   exit 1

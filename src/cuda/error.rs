@@ -1,4 +1,5 @@
-//! Errors of the CUDA backend.
+//! Errors of the CUDA kernel layer, and the one size check every launcher
+//! needs ([`to_i32`]).
 
 use crate::RoutingError;
 use thiserror::Error;
@@ -74,4 +75,10 @@ pub enum GpuError {
     #[error(transparent)]
     /// The routing configuration or input was rejected.
     Routing(#[from] RoutingError),
+}
+
+/// `v` as one of the kernels' 32-bit sizes or indices, or
+/// [`GpuError::TooLarge`] naming `what`. The one place this check lives.
+pub(crate) fn to_i32(what: &'static str, v: usize) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
 }

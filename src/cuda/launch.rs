@@ -2,7 +2,8 @@
 //! turns its status code into a [`GpuError`]. Launchers with runs of
 //! same-typed arguments take their `sys` parameter struct (named fields);
 //! [`ptr`] and [`ptr_mut`] turn cudarc's device addresses into its fields.
-//! Callers (router, ffn, backend) validate every shape first.
+//! Callers (`routing`, `expert`, `model::ops`; `backend::cuda` until it moves
+//! onto `model::ops` and `routing::rows`) validate every shape first.
 
 use super::error::GpuError;
 use super::sys;
@@ -95,6 +96,14 @@ pub fn plan_workspace(tokens: i32, k: i32) -> usize {
 /// `overflow_count` one i32; `workspace_bytes >= plan_workspace(tokens, k)`.
 pub unsafe fn plan(a: &sys::capmoe_plan_args, stream: Stream) -> Result<(), GpuError> {
     check("capmoe_plan", sys::capmoe_plan(a, stream))
+}
+
+/// u32 words of one plan record of `experts` experts (`capmoe_plan_stats`'
+/// record: its head, then the loads rounded up to even words; a pure size
+/// query).
+pub fn plan_record_words(experts: i32) -> i32 {
+    // SAFETY: a pure function of its argument (no memory, no device).
+    unsafe { sys::capmoe_plan_record_words(experts) }
 }
 
 /// Writes a plan's record (its checks, `capmoe_plan_stat` totals and loads).

@@ -4,7 +4,7 @@
 
 use super::tensor::{CudaAct, CudaKv};
 use crate::backend::AttnGeom;
-use crate::cuda::model_launch::{self, AttnShape};
+use crate::cuda::model::launch::{self as model_launch, AttnShape};
 use crate::cuda::GpuError;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use std::ops::Range;

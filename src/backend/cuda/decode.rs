@@ -23,8 +23,9 @@
 use super::tensor::CudaAct;
 use super::{blas, i32_of, CudaBackend};
 use crate::backend::{Backend, BackendError};
-use crate::cuda::ffn::TrackingOff;
-use crate::cuda::{model_launch, sys, GpuError, LedgerLayout, PlanSummary};
+use crate::cuda::expert::TrackingOff;
+use crate::cuda::model::launch as model_launch;
+use crate::cuda::{sys, GpuError, LedgerLayout, PlanSummary};
 use crate::model::{check_keep, check_pending, Decoder, LayerIo, Model, ModelError, Sequence};
 use crate::routing::{PlanTotals, RouterConfig};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};

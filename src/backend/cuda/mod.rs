@@ -43,7 +43,8 @@ use crate::backend::{
     name_seed32, AttnGeom, Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights,
     ExpertsShape, HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
 };
-use crate::cuda::{model_launch, GpuError};
+use crate::cuda::model::launch as model_launch;
+use crate::cuda::GpuError;
 use crate::cuda::{ExpertFfn, FfnShape};
 use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;

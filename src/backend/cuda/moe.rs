@@ -10,7 +10,7 @@ use crate::backend::{
     Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput,
     MoeWeights,
 };
-use crate::cuda::ffn::{layer_forward, LayerRun};
+use crate::cuda::expert::{layer_forward, LayerRun};
 use crate::cuda::{
     launch, ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary,
 };
@@ -143,7 +143,7 @@ pub(super) fn expert_ffn(
         let (op, _g3) = out.device_ptr_mut(st);
         // SAFETY: y holds layout.rows() * hidden, idx n entries below that, out n * hidden.
         unsafe {
-            crate::cuda::model_launch::gather_rows(
+            crate::cuda::model::launch::gather_rows(
                 yp,
                 ip,
                 i32_of("rows", n)?,

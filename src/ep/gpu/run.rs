@@ -8,7 +8,7 @@ use super::{
     assemble_group, bar_rows, method_lines, nvml_uuid, CaseMeasurement, DeviceInfo, GpuBenchReport,
     GpuBenchSetup, GpuSetupInfo, Skipped, FIDELITY_NOTE,
 };
-use crate::cuda::gate::Gate;
+use crate::cuda::timing::LaunchGate;
 use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter};
 use crate::ep::{a2a_traffic, EpError, LatencyModel};
 use crate::progress::Progress;
@@ -277,7 +277,7 @@ pub fn run(
             Some("turned off by the caller (launch_gate = false)".to_string()),
         )
     } else {
-        match Gate::new(gpu) {
+        match LaunchGate::new(gpu) {
             Ok(g) => (Some(g), None),
             Err(e) => (
                 None,

@@ -2,7 +2,7 @@
 
 use super::telemetry::Telemetry;
 use super::WindowSummary;
-use crate::cuda::gate::Gate;
+use crate::cuda::timing::LaunchGate;
 use crate::cuda::{GpuContext, GpuError};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::CudaEvent;
@@ -30,7 +30,7 @@ pub(super) struct Timed {
 /// Times blocks of work with CUDA events on the context's stream.
 pub(super) struct Timer<'a> {
     pub(super) gpu: &'a GpuContext,
-    pub(super) gate: Option<Gate>,
+    pub(super) gate: Option<LaunchGate>,
     /// Why the gate is off, when it is.
     pub(super) gate_note: Option<String>,
     /// Watchdog openings over the run (the gate is dropped after the first).
@@ -55,7 +55,7 @@ pub(super) struct Block {
 impl Timer<'_> {
     /// Watchdog openings so far.
     pub(super) fn timeouts(&self) -> usize {
-        self.gate_timeouts + self.gate.as_ref().map_or(0, Gate::timeouts)
+        self.gate_timeouts + self.gate.as_ref().map_or(0, LaunchGate::timeouts)
     }
 
     pub(super) fn events(&self, n: usize) -> Result<Vec<CudaEvent>, GpuError> {
@@ -107,7 +107,7 @@ impl Timer<'_> {
         st.synchronize()?;
         // A watchdog that fired means something in the calls waits on the
         // host or the queue overflowed: time the rest without the gate.
-        let fired = self.gate.as_ref().map_or(0, Gate::timeouts);
+        let fired = self.gate.as_ref().map_or(0, LaunchGate::timeouts);
         if fired > 0 {
             self.gate_note = Some(format!(
                 "the gate's watchdog fired ({fired} times); the rest of the run was timed without the gate"

@@ -2,8 +2,9 @@
 //! with CUDA events on a balanced synthetic load and keeps the fastest in the
 //! on-disk cache (`expert::tune` holds the cache and the choice logic).
 
-use super::expert_ffn::{to_i32, ExpertFfn};
+use super::expert_ffn::ExpertFfn;
 use super::variants::CompiledVariant;
+use crate::cuda::error::to_i32;
 use crate::cuda::{GpuError, GpuGemmArgs};
 use crate::expert::tune::{self as host, TuneKey};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;

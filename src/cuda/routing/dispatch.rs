@@ -1,8 +1,9 @@
 //! [`GpuDispatch`]: a plan's expert-contiguous padded rows on the device, and
 //! the grouped-GEMM arguments made from them.
 
-use super::buffers::{alloc, as_u32, scratch, to_i32};
+use super::buffers::{alloc, as_u32, scratch};
 use super::GpuPlan;
+use crate::cuda::error::to_i32;
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
 use crate::routing::{GemmProblem, GroupedGemmArgs, PAD};

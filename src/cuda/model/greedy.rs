@@ -2,8 +2,10 @@
 //! for a caller with logits on the device. The decode graph launches the
 //! same kernel with its own device state (`backend::cuda::decode`).
 
-use super::{model_launch, sys, GpuError};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use super::ops;
+use crate::cuda::error::to_i32;
+use crate::cuda::GpuError;
+use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::Arc;
 
 /// One logit row's greedy pick.
@@ -35,35 +37,21 @@ pub fn greedy(
             expected: format!("at least {rows} * vocab values, vocab >= 1"),
         });
     }
-    let to_i32 =
-        |what, v: usize| i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v });
-    let (r32, v32) = (to_i32("greedy rows", rows)?, to_i32("vocabulary", vocab)?);
+    to_i32("greedy rows", rows)?;
+    to_i32("vocabulary", vocab)?;
     if rows == 0 {
         return Ok(Vec::new());
     }
-    let mut nonfinite = stream.alloc_zeros::<u64>(rows)?;
-    let mut next = stream.alloc_zeros::<u32>(rows)?;
-    {
-        let (lp, _g1) = logits.device_ptr(stream);
-        let (np, _g2) = nonfinite.device_ptr_mut(stream);
-        let (xp, _g3) = next.device_ptr_mut(stream);
-        let a = sys::capmoe_greedy_args {
-            logits: lp as *const f32,
-            rows: r32,
-            vocab: v32,
-            nonfinite: np as *mut u64,
-            next: xp as *mut u32,
-            ids: std::ptr::null_mut(),
-            positions: std::ptr::null_mut(),
-        };
-        // SAFETY: logits holds rows * vocab f32 (checked), nonfinite and next
-        // rows each; the guards keep them alive until the stream ran it.
-        unsafe { model_launch::greedy(&a, stream.cu_stream() as _)? };
-    }
-    let (nf, picks) = (stream.clone_dtoh(&nonfinite)?, stream.clone_dtoh(&next)?);
+    // The decode record's layout: rows u64 non-finite records, then the picks.
+    let mut record = stream.alloc_zeros::<u32>(3 * rows)?;
+    ops::greedy_into(stream, logits, (rows, vocab), &mut record, None)?;
+    let words = stream.clone_dtoh(&record)?;
+    let (nf, picks) = words.split_at(2 * rows);
+    let nf = nf
+        .chunks(2)
+        .map(|w| u64::from(w[0]) | u64::from(w[1]) << 32);
     Ok(nf
-        .into_iter()
-        .zip(picks)
+        .zip(picks.iter().copied())
         .map(|(f, token)| GreedyRow {
             token,
             nonfinite: (f != 0).then(|| ((!f >> 32) as usize, f32::from_bits(!f as u32))),

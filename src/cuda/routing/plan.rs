@@ -2,7 +2,8 @@
 //! oracle's [`RoutingPlan`].
 
 use super::buffers::{alloc, as_u32, scratch};
-use super::select::{Gated, Selected};
+use super::gate::Gated;
+use super::select::Selected;
 use crate::cuda::launch::{self, ptr, ptr_mut, Shape, Stream};
 use crate::cuda::{sys, GpuError};
 use crate::routing::{CapacityInfo, Gate, Overflow, PlanParts, RouterConfig, RoutingPlan};

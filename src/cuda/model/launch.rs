@@ -1,11 +1,12 @@
 //! `result` layer of the model kernels (cuda/model/): each launcher of
-//! [`super::sys`] behind an `unsafe fn` with its `# Safety` contract, status
-//! codes turned into [`GpuError`]. The safe caller is `cuda::backend`, which
-//! checks every shape and keeps cudarc's pointer guards alive across the call.
+//! [`crate::cuda::sys`] behind an `unsafe fn` with its `# Safety` contract,
+//! status codes turned into [`GpuError`]. The safe callers (the typed
+//! functions of [`super`], and `backend::cuda` until it moves onto them) check
+//! every shape and keep cudarc's pointer guards alive across the call.
 
-use super::error::GpuError;
-use super::launch::{check, ptr as p, ptr_mut as m, DevPtr, Stream};
-use super::sys;
+use crate::cuda::error::GpuError;
+use crate::cuda::launch::{check, ptr as p, ptr_mut as m, DevPtr, Stream};
+use crate::cuda::sys;
 
 /// `out[r] = table[ids[r]]`.
 ///

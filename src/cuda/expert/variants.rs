@@ -1,7 +1,7 @@
 //! The CUTLASS grouped-GEMM variants compiled into this build.
 //!
-//! The variants are declared in [`crate::expert::variants`] (re-exported
-//! here); build.rs generates and compiles one CUTLASS instantiation per
+//! The variants are declared in [`crate::expert::variants`] (the items used
+//! here are re-exported); build.rs generates and compiles one CUTLASS instantiation per
 //! variant its archs can run (build/ffn.rs) and writes
 //! `OUT_DIR/ffn_variants.rs`, included below: the `extern "C"` launchers and
 //! [`COMPILED`]. `CAPMOE_FFN_VARIANTS` can narrow the set, down to none.
@@ -20,7 +20,7 @@
 use crate::cuda::sys;
 use std::ffi::c_int;
 
-pub use crate::expert::variants::*;
+pub use crate::expert::variants::{Schedule, Variant, VARIANTS};
 
 /// `capmoe_gg_<name>_workspace(groups, sm_count)`: bytes of device
 /// workspace the launcher needs for `groups` groups on a GPU with

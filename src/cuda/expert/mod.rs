@@ -11,6 +11,7 @@ mod gemm;
 mod graph;
 mod host_layout;
 mod moe_layer;
+mod pipeline;
 mod select;
 mod tune;
 pub mod variants;

@@ -3,15 +3,18 @@
 //! in between. [`GpuPlan::to_host`] returns the same [`RoutingPlan`] shape as
 //! the CPU oracle, so tests compare them directly.
 //!
-//! One thing per file: gating and capacity selection (`select`), the plan
+//! One thing per file, named after the host twins in `crate::routing` and the
+//! kernels in cuda/routing/: gating (`gate`), capacity selection (`select`), the plan
 //! (`plan`), the dispatch layout and GEMM arguments (`dispatch`), gather and
-//! combine (`combine`), a plan's checks and loads kept for one later
+//! combine (`combine`, on the typed row maps of `rows`), a plan's checks and loads kept for one later
 //! read-back (`summary`), and the buffer helpers (`buffers`).
 
 mod buffers;
 mod combine;
 mod dispatch;
+mod gate;
 mod plan;
+pub(crate) mod rows;
 mod select;
 mod summary;
 
@@ -21,10 +24,9 @@ pub(crate) use summary::LedgerLayout;
 pub use summary::{settle, PlanSummary};
 
 use super::context::GpuContext;
-use super::error::GpuError;
+use super::error::{to_i32, GpuError};
 use super::launch::Shape;
 use crate::routing::{plan_capacity, Policy, RouterConfig, RoutingPlan};
-use buffers::to_i32;
 use cudarc::driver::CudaSlice;
 
 /// Routes batches on one GPU under one configuration.
@@ -150,7 +152,7 @@ impl GpuRouter {
             k: k as i32,
         };
         let st = self.gpu.stream().clone();
-        let gated = select::gate(&st, shape, logits, bias)?;
+        let gated = gate::gate(&st, shape, logits, bias)?;
         let rounds = self.max_rounds.unwrap_or(2 * experts + 16);
         let selected = select::select(&st, cfg, shape, stride, capacity, rounds, &gated)?;
         GpuPlan::build(st, cfg, capacity, shape, stride, rounds, gated, selected)

@@ -1,4 +1,7 @@
-//! A launch gate: holds a stream until the host has queued a whole chunk of
+//! Timing support for the benchmarks (`ep::gpu`'s timer), not the gating
+//! kernel (that is [`crate::cuda::routing`]'s `gate`).
+//!
+//! [`LaunchGate`] holds a stream until the host has queued a whole chunk of
 //! work, so that CUDA events time the GPU's work and not the host's launch
 //! gaps.
 //!
@@ -63,7 +66,7 @@ struct Armed {
 }
 
 /// See the module docs.
-pub struct Gate {
+pub struct LaunchGate {
     opener: Arc<Opener>,
     gen: u32,
     armed: Arc<(Mutex<Armed>, Condvar)>,
@@ -71,7 +74,7 @@ pub struct Gate {
     watchdog: Option<JoinHandle<()>>,
 }
 
-impl Gate {
+impl LaunchGate {
     /// A gate for streams of `gpu`'s context. Fails where stream memory
     /// operations are unavailable; callers then time without a gate.
     pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
@@ -106,7 +109,7 @@ impl Gate {
     }
 
     /// Shuts the gate: work queued on `stream` after this waits until
-    /// [`Gate::open`].
+    /// [`LaunchGate::open`].
     pub fn shut(&mut self, stream: &CudaStream) -> Result<(), GpuError> {
         self.gen = self.gen.wrapping_add(1);
         // SAFETY: as in `Opener::open`; `stream` belongs to the same context.
@@ -174,7 +177,7 @@ fn watchdog(opener: &Opener, armed: &(Mutex<Armed>, Condvar), fired: &AtomicUsiz
     }
 }
 
-impl Drop for Gate {
+impl Drop for LaunchGate {
     fn drop(&mut self) {
         // Never leave a stream waiting on a flag that is about to be freed.
         let _ = self.opener.open(self.gen);

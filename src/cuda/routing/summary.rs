@@ -4,6 +4,7 @@
 
 use super::buffers::{alloc, scratch};
 use super::plan::{nonfinite_error, GpuPlan};
+use crate::cuda::error::to_i32;
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
 use crate::routing::PlanTotals;
@@ -18,12 +19,8 @@ const HEAD: usize = sys::CAPMOE_REC_HEAD as usize;
 /// Words of one plan record of `experts` experts (the launcher's own count:
 /// the loads rounded up to even words).
 fn record_words(experts: usize) -> Result<usize, GpuError> {
-    let e = i32::try_from(experts).map_err(|_| GpuError::TooLarge {
-        what: "experts of a plan record",
-        value: experts,
-    })?;
-    // SAFETY: a pure function of its argument (no memory, no device).
-    let w = unsafe { sys::capmoe_plan_record_words(e) };
+    let e = to_i32("experts of a plan record", experts)?;
+    let w = launch::plan_record_words(e);
     usize::try_from(w)
         .ok()
         .filter(|&w| w >= HEAD + experts)

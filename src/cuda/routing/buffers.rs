@@ -4,10 +4,6 @@ use crate::cuda::GpuError;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::Arc;
 
-pub(super) fn to_i32(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
-
 /// A zeroed device buffer of `n` elements (at least 1: no zero-byte allocs).
 pub(super) fn alloc<T: DeviceRepr + ValidAsZeroBits>(
     s: &Arc<CudaStream>,

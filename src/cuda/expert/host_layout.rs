@@ -4,7 +4,8 @@
 //! device-routed layer's ranks replay from its device layout:
 //! `ExpertFfn::forward_experts`).
 
-use super::expert_ffn::{to_i32, ExpertFfn};
+use super::expert_ffn::ExpertFfn;
+use crate::cuda::error::to_i32;
 use crate::cuda::{GpuError, GpuGemmArgs};
 use crate::routing::{DispatchLayout, PAD};
 use cudarc::driver::CudaSlice;
