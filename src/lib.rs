@@ -13,14 +13,13 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ep;
-pub mod error;
 pub mod expert;
 pub mod io;
 pub mod progress;
 pub mod routing;
 pub mod trace;
 
-pub use error::{RoutingError, MAX_EXPERTS};
+pub use routing::{RoutingError, MAX_EXPERTS};
 pub mod backend;
 pub mod model;
 

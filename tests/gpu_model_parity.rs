@@ -31,8 +31,9 @@
 //! failure message reports with the CPU's probabilities).
 #![cfg(feature = "cuda")]
 
+use capmoe::backend::CudaBackend;
 use capmoe::backend::{AttnGeom, Backend, CpuBackend, HostTensor, Rope};
-use capmoe::cuda::{CudaBackend, GpuContext};
+use capmoe::cuda::GpuContext;
 use capmoe::model::{ForwardOptions, InitOptions, Model, Sequence};
 use capmoe::routing::{Policy, RouterConfig, RoutingPlan};
 use capmoe::trace::Skew;

@@ -1,6 +1,6 @@
 //! The backends' error type.
 
-use crate::error::RoutingError;
+use crate::routing::RoutingError;
 use thiserror::Error;
 
 /// Errors from a backend operation.

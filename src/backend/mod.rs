@@ -14,6 +14,8 @@ pub mod moe;
 mod random;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use error::{BackendError, DeviceError};
 pub use host::{HostTensor, Storage};
 pub use moe::{rank_experts, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput, MoeWeights};

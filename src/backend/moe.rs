@@ -66,15 +66,15 @@ pub fn rank_experts(
     rank: usize,
     ranks: usize,
     experts: usize,
-) -> Result<Range<usize>, crate::RoutingError> {
+) -> Result<Range<usize>, crate::routing::RoutingError> {
     if ranks == 0 {
-        return Err(crate::RoutingError::ZeroRanks);
+        return Err(crate::routing::RoutingError::ZeroRanks);
     }
     if experts % ranks != 0 {
-        return Err(crate::RoutingError::RanksDoNotDivideExperts { ranks, experts });
+        return Err(crate::routing::RoutingError::RanksDoNotDivideExperts { ranks, experts });
     }
     if rank >= ranks {
-        return Err(crate::RoutingError::ShapeMismatch {
+        return Err(crate::routing::RoutingError::ShapeMismatch {
             what: "rank index (must be below ranks)",
             len: rank,
             expected: ranks,

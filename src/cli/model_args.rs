@@ -49,7 +49,7 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
         #[cfg(feature = "cuda")]
         ModelDevice::Cuda => {
             // SAFETY: the CLI owns this context and uses it from this thread only.
-            let be = unsafe { capmoe::cuda::CudaBackend::open()?.with_decode_graphs() };
+            let be = unsafe { capmoe::backend::CudaBackend::open()?.with_decode_graphs() };
             f.run(args.load_on(be)?)
         }
         #[cfg(not(feature = "cuda"))]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GreedyRow {
     /// The first largest logit's column (NaN never wins; 0 when every
-    /// logit is NaN), as [`crate::model::argmax`].
+    /// logit is NaN), as the model's `argmax`.
     pub token: u32,
     /// The row's first NaN or Inf logit, `(column, value)`, if any.
     pub nonfinite: Option<(usize, f32)>,

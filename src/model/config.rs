@@ -1,8 +1,8 @@
 //! `MixtralConfig`: the model shape, read from a Hugging Face config.json as
 //! transformers v4 and v5 write it, or taken from a built-in name.
 
-use crate::error::MAX_EXPERTS;
 use crate::io::{file::read_regular_text, json::parse_strict};
+use crate::routing::MAX_EXPERTS;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;

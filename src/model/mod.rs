@@ -42,7 +42,7 @@ pub use init::{random_tensor, InitOptions};
 pub use weights::{WeightError, WeightFiles};
 
 use crate::backend::BackendError;
-use crate::error::RoutingError;
+use crate::routing::RoutingError;
 use crate::trace::TraceError;
 use thiserror::Error;
 
@@ -125,4 +125,18 @@ pub enum ModelError {
         /// The layer.
         layer: usize,
     },
+}
+
+#[cfg(feature = "cuda")]
+impl From<crate::cuda::GpuError> for ModelError {
+    fn from(e: crate::cuda::GpuError) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for ModelError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Self::Backend(e.into())
+    }
 }

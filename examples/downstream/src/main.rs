@@ -124,7 +124,7 @@ fn main() {
     }
 }
 
-/// With `cuda`, the same layer would run on `capmoe::cuda::CudaBackend` (on the engine's own
+/// With `cuda`, the same layer would run on `capmoe::backend::CudaBackend` (on the engine's own
 /// stream: `GpuContext::from_stream`); this example only needs it to compile beside cudarc's
 /// dynamic linking, so it does not open a device.
 #[cfg(feature = "cuda")]

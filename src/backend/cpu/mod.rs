@@ -8,6 +8,7 @@ pub(crate) mod gemm;
 mod ops;
 
 pub use attention::CpuKv;
+pub use gemm::gemm_rate;
 
 use super::{AttnGeom, Backend, BackendError, DeferredRoute, ExpertWeights, HostTensor, Rope};
 use crate::routing::{DispatchLayout, RoutingPlan};

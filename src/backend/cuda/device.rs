@@ -19,18 +19,6 @@ impl From<cudarc::driver::DriverError> for BackendError {
     }
 }
 
-impl From<GpuError> for crate::model::ModelError {
-    fn from(e: GpuError) -> Self {
-        Self::Backend(e.into())
-    }
-}
-
-impl From<cudarc::driver::DriverError> for crate::model::ModelError {
-    fn from(e: cudarc::driver::DriverError) -> Self {
-        Self::Backend(e.into())
-    }
-}
-
 /// The CUDA backend: one GPU context and stream, and a cuBLAS handle on it.
 /// Every operation is stream-ordered; only `download` (and the host-side
 /// routing, which downloads the router logits) synchronise.

@@ -20,7 +20,8 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use capmoe::cuda::{CudaBackend, GpuContext};
+//! use capmoe::backend::CudaBackend;
+//! use capmoe::cuda::GpuContext;
 //! use capmoe::model::{InitOptions, MixtralConfig, Model};
 //! let be = CudaBackend::new(&GpuContext::new(0)?)?;
 //! let model = Model::random(be, MixtralConfig::builtin("tiny")?, &InitOptions::new(7))?;

@@ -122,11 +122,12 @@ pub(super) fn whole_model<B: Backend>(
 }
 
 /// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
-/// the CPU benchmark's method on [`capmoe::cuda::CudaBackend`]; returns the
+/// the CPU benchmark's method on [`capmoe::backend::CudaBackend`]; returns the
 /// report (also written under --out).
 #[cfg(feature = "cuda")]
 pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
-    use capmoe::cuda::{CudaBackend, GpuContext};
+    use capmoe::backend::CudaBackend;
+    use capmoe::cuda::GpuContext;
     refuse_flags(args)?;
     if mode(args) != Mode::GpuE2e {
         return Err(CliError::Usage(
