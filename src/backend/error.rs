@@ -90,3 +90,13 @@ impl PartialEq for DeviceError {
         self.to_string() == other.to_string()
     }
 }
+
+impl From<crate::io::ShapeError> for BackendError {
+    fn from(e: crate::io::ShapeError) -> Self {
+        Self::Shape {
+            what: e.what,
+            got: e.got,
+            expected: e.expected,
+        }
+    }
+}

@@ -9,16 +9,16 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
-mod host;
 pub mod moe;
 mod random;
 
+pub use crate::expert::HostExpert;
+pub use crate::io::{HostTensor, ShapeError, Storage};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use error::{BackendError, DeviceError};
-pub use host::{HostTensor, Storage};
-pub use moe::{rank_experts, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput, MoeWeights};
+pub use moe::{rank_experts, DeferredRoute, HostRankLayer, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
 use crate::model::{Decoder, EagerDecoder, Model, ModelError, Sequence};
@@ -219,7 +219,7 @@ pub trait Backend: Send + Sync + Sized {
     fn vector(&self, t: HostTensor) -> Result<Self::Vector, BackendError>;
     /// Takes one layer's experts, as host tensors `[out, in]` (shapes
     /// checked by the loader).
-    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<Self::Experts, BackendError>;
+    fn experts(&self, host: Vec<HostExpert>) -> Result<Self::Experts, BackendError>;
     /// Number of experts in a prepared set.
     fn num_experts(experts: &Self::Experts) -> usize;
 
@@ -251,7 +251,7 @@ pub trait Backend: Send + Sync + Sized {
         let (h, i) = (shape.hidden, shape.intermediate);
         let host = (0..shape.experts)
             .map(|j| {
-                Ok(ExpertWeights::<CpuBackend> {
+                Ok(HostExpert {
                     w1: CpuBackend.mat(random_host_tensor(&name(j, "w1"), &[i, h], init))?,
                     w2: CpuBackend.mat(random_host_tensor(&name(j, "w2"), &[h, i], init))?,
                     w3: CpuBackend.mat(random_host_tensor(&name(j, "w3"), &[i, h], init))?,

@@ -7,19 +7,6 @@ use crate::routing::{
 };
 use std::ops::Range;
 
-/// One expert's SwiGLU weights, each `[out, in]`: `w1`, `w3` are
-/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`. As
-/// `ExpertWeights<CpuBackend>` (host tensors) this is also what
-/// [`Backend::experts`] takes.
-pub struct ExpertWeights<B: Backend> {
-    /// Gate projection `[intermediate, hidden]` (goes through SiLU).
-    pub w1: B::Mat,
-    /// Down projection `[hidden, intermediate]`.
-    pub w2: B::Mat,
-    /// Up projection `[intermediate, hidden]`.
-    pub w3: B::Mat,
-}
-
 /// One layer's MoE block: the router and the experts.
 pub struct MoeWeights<B: Backend> {
     /// Router `[experts, hidden]`.

@@ -5,7 +5,7 @@ use super::init::InitOptions;
 use super::weights::{WeightError, WeightFiles};
 use super::{names, ModelError};
 use crate::backend::{
-    AttnGeom, Backend, CpuBackend, ExpertWeights, ExpertsShape, HostTensor, MoeWeights, RandomInit,
+    AttnGeom, Backend, CpuBackend, ExpertsShape, HostExpert, HostTensor, MoeWeights, RandomInit,
     Rope,
 };
 use crate::progress::Progress;
@@ -269,7 +269,7 @@ impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> Wei
         let (h, i) = (s.hidden, s.intermediate);
         let mut host = Vec::with_capacity(s.experts);
         for j in 0..s.experts {
-            host.push(ExpertWeights::<CpuBackend> {
+            host.push(HostExpert {
                 w1: CpuBackend.mat(self.take(&names::expert(l, j, "w1"), &[i, h])?)?,
                 w2: CpuBackend.mat(self.take(&names::expert(l, j, "w2"), &[h, i])?)?,
                 w3: CpuBackend.mat(self.take(&names::expert(l, j, "w3"), &[i, h])?)?,

@@ -10,7 +10,7 @@ mod ops;
 pub use attention::CpuKv;
 pub use gemm::gemm_rate;
 
-use super::{AttnGeom, Backend, BackendError, DeferredRoute, ExpertWeights, HostTensor, Rope};
+use super::{AttnGeom, Backend, BackendError, DeferredRoute, HostExpert, HostTensor, Rope};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
 
@@ -36,7 +36,7 @@ impl Backend for CpuBackend {
     type Vector = HostTensor;
     type Act = CpuTensor;
     type Kv = CpuKv;
-    type Experts = Vec<ExpertWeights<CpuBackend>>;
+    type Experts = Vec<HostExpert>;
     type DeviceRoute = std::convert::Infallible;
     type RankLayer = super::HostRankLayer<CpuBackend>;
 
@@ -67,13 +67,10 @@ impl Backend for CpuBackend {
         }
         Ok(t)
     }
-    fn experts(
-        &self,
-        host: Vec<ExpertWeights<CpuBackend>>,
-    ) -> Result<Vec<ExpertWeights<CpuBackend>>, BackendError> {
+    fn experts(&self, host: Vec<HostExpert>) -> Result<Vec<HostExpert>, BackendError> {
         Ok(host)
     }
-    fn num_experts(experts: &Vec<ExpertWeights<CpuBackend>>) -> usize {
+    fn num_experts(experts: &Vec<HostExpert>) -> usize {
         experts.len()
     }
 
@@ -242,7 +239,7 @@ impl Backend for CpuBackend {
         &self,
         rows: &CpuTensor,
         layout: &DispatchLayout,
-        experts: &Vec<ExpertWeights<Self>>,
+        experts: &Vec<HostExpert>,
         range: Range<usize>,
     ) -> Result<CpuTensor, BackendError> {
         let n_experts = layout.counts().len();

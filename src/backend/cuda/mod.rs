@@ -41,8 +41,8 @@ pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
 use crate::backend::shape_err;
 use crate::backend::{
-    name_seed32, AttnGeom, Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights,
-    ExpertsShape, HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
+    name_seed32, AttnGeom, Backend, BackendError, DeferredRoute, ExpertsShape, HostExpert,
+    HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
 };
 use crate::cuda::{model_launch, GpuError};
 use crate::cuda::{ExpertFfn, FfnShape};
@@ -175,7 +175,7 @@ impl Backend for CudaBackend {
         let data = self.gpu.stream().clone_htod(t.data())?;
         Ok(CudaVector { data, len: t.len() })
     }
-    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<CudaExperts, BackendError> {
+    fn experts(&self, host: Vec<HostExpert>) -> Result<CudaExperts, BackendError> {
         Ok(CudaExperts::from_host(&self.gpu, &host)?)
     }
     fn num_experts(experts: &CudaExperts) -> usize {

@@ -7,8 +7,7 @@
 use super::tensor::CudaAct;
 use super::CudaBackend;
 use crate::backend::{
-    Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput,
-    MoeWeights,
+    Backend, BackendError, DeferredRoute, HostExpert, HostRankLayer, MoeOutput, MoeWeights,
 };
 use crate::cuda::ffn::{layer_forward, LayerRun};
 use crate::cuda::{
@@ -36,10 +35,7 @@ impl CudaExperts {
         }
     }
 
-    pub(super) fn from_host(
-        gpu: &GpuContext,
-        host: &[ExpertWeights<CpuBackend>],
-    ) -> Result<Self, GpuError> {
+    pub(super) fn from_host(gpu: &GpuContext, host: &[HostExpert]) -> Result<Self, GpuError> {
         Ok(Self::new(ExpertFfn::from_host(gpu, host)?))
     }
 
