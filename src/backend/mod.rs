@@ -21,7 +21,6 @@ pub use error::{BackendError, DeviceError};
 pub use moe::{rank_experts, DeferredRoute, HostRankLayer, MoeOutput, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
-use crate::model::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan};
 use std::ops::Range;
 use std::time::Instant;
@@ -436,23 +435,5 @@ pub trait Backend: Send + Sync + Sized {
         router: &RouterConfig,
     ) -> Result<(), BackendError> {
         w.route(self, x, router).map(drop)
-    }
-
-    /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
-    /// ([`Model::decoder`] checked their positions). The default steps by
-    /// forward passes ([`EagerDecoder`]); the CUDA backend replays one
-    /// captured CUDA graph per batch size over a static KV cache.
-    fn decoder<'m>(
-        model: &'m Model<Self>,
-        seqs: Vec<Sequence<Self>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
-    where
-        Self: 'm,
-    {
-        let _ = steps;
-        Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?))
     }
 }

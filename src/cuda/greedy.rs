@@ -1,6 +1,6 @@
 //! The safe door to the decode step's greedy kernel (`capmoe_model_greedy`),
 //! for a caller with logits on the device. The decode graph launches the
-//! same kernel with its own device state (`backend::cuda::decode`).
+//! same kernel with its own device state (`model::graph_decode`).
 
 use super::{model_launch, sys, GpuError};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};

@@ -2,7 +2,7 @@
 //! expert work, and the summary against the baseline.
 
 use super::*;
-use crate::backend::Backend;
+use crate::model::DecodeBackend;
 use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
@@ -48,7 +48,7 @@ fn check_prompts(prompts: &[Vec<u32>], setup: &BenchSetup, vocab: usize) -> Resu
 }
 
 /// What one case's forward pass and replay give before the baseline is known.
-struct Measured<B: Backend> {
+struct Measured<B: DecodeBackend> {
     policy: Policy,
     gamma: Option<f64>,
     layers: Vec<LayerReport>,
@@ -70,7 +70,7 @@ struct Measured<B: Backend> {
 /// [`BenchSetup::throughput`] every round also times the case's own prefill
 /// and decode steps. Every time is taken by [`Backend::timed`]. `progress`
 /// ticks once per case in each phase; pass [`NoProgress`](crate::progress::NoProgress) for none.
-pub fn run<B: Backend>(
+pub fn run<B: DecodeBackend>(
     model: &Model<B>,
     setup: &BenchSetup,
     progress: &dyn Progress,
@@ -92,7 +92,7 @@ pub fn run<B: Backend>(
 /// a trained router shows the load skew it learned. `prompts` must hold
 /// `setup.batch` sequences of `setup.seq_len` ids, each below the vocabulary
 /// size ([`EpError::Prompts`] otherwise).
-pub fn run_prompts<B: Backend>(
+pub fn run_prompts<B: DecodeBackend>(
     model: &Model<B>,
     setup: &BenchSetup,
     prompts: &[Vec<u32>],
@@ -355,7 +355,7 @@ impl CaseTimes {
 }
 
 /// One untimed run of the baseline prefill and of the first rank's work.
-fn warm_up<B: Backend>(
+fn warm_up<B: DecodeBackend>(
     model: &Model<B>,
     m: &Measured<B>,
     prompts: &[&[u32]],
@@ -374,7 +374,7 @@ fn warm_up<B: Backend>(
 /// One timing round of one case: its prefill (when `baseline` or with
 /// throughput) and decode steps, then every layer's rank work, one rank at a
 /// time, each timed alone by the backend ([`Backend::timed`]).
-fn time_round<B: Backend>(
+fn time_round<B: DecodeBackend>(
     model: &Model<B>,
     m: &Measured<B>,
     prompts: &[&[u32]],
@@ -428,7 +428,7 @@ pub(super) fn next_tokens(logits: &[f32], vocab: usize) -> Vec<u32> {
 /// Prefills the batch under `router`: plans, statistics, all-to-all traffic,
 /// routing time and fidelity (the first case, `none`, sets the baseline
 /// distributions). Rank times are filled in by the timing rounds.
-fn forward_case<B: Backend>(
+fn forward_case<B: DecodeBackend>(
     model: &Model<B>,
     prompts: &[&[u32]],
     router: &RouterConfig,

@@ -1,6 +1,6 @@
 //! Greedy decode steps over a batch of sequences: the [`Decoder`] trait, and
 //! [`EagerDecoder`], which runs each step as a forward pass. A backend may
-//! decode its own way ([`Backend::decoder`]: the CUDA backend replays one
+//! decode its own way ([`DecodeBackend::decoder`]: the CUDA backend replays one
 //! CUDA graph per batch size); generation and the benchmark's decode go
 //! through [`Model::decoder`] either way.
 //!
@@ -153,11 +153,37 @@ impl<B: Backend> Decoder for EagerDecoder<'_, B> {
     }
 }
 
-impl<B: Backend> Model<B> {
+/// A backend's way of stepping a [`Decoder`]: a capability of the model's
+/// (the backend knows no model). The default steps by forward passes
+/// ([`EagerDecoder`]), so another backend implements it with an empty
+/// `impl DecodeBackend for MyBackend {}`; the CUDA backend replays one
+/// captured CUDA graph per batch size over a static KV cache (feature
+/// `cuda`).
+pub trait DecodeBackend: Backend {
+    /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
+    /// ([`Model::decoder`] checked their positions).
+    fn decoder<'m>(
+        model: &'m Model<Self>,
+        seqs: Vec<Sequence<Self>>,
+        pending: Vec<u32>,
+        steps: usize,
+        router: &RouterConfig,
+    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
+    where
+        Self: 'm,
+    {
+        let _ = steps;
+        Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?))
+    }
+}
+
+impl DecodeBackend for crate::backend::CpuBackend {}
+
+impl<B: DecodeBackend> Model<B> {
     /// A [`Decoder`] over freshly prefilled `seqs` with their first pending
     /// tokens, for at most `steps` steps (a device backend sizes its static
     /// KV cache by it), routing every MoE layer under `router`. The
-    /// backend chooses how ([`Backend::decoder`]).
+    /// backend chooses how ([`DecodeBackend::decoder`]).
     pub fn decoder<'m>(
         &'m self,
         seqs: Vec<Sequence<B>>,

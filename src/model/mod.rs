@@ -23,6 +23,8 @@ mod decode;
 mod ep;
 mod forward;
 mod generate;
+#[cfg(feature = "cuda")]
+mod graph_decode;
 mod init;
 pub mod names;
 pub mod roofline;
@@ -30,9 +32,7 @@ mod weights;
 
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
-#[cfg(feature = "cuda")]
-pub(crate) use decode::{check_keep, check_pending};
-pub use decode::{greedy_rows, Decoder, EagerDecoder};
+pub use decode::{greedy_rows, DecodeBackend, Decoder, EagerDecoder};
 pub use ep::RankWork;
 #[cfg(feature = "cuda")]
 pub(crate) use forward::LayerIo;

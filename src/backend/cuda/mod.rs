@@ -30,11 +30,10 @@
 //! ```
 
 mod attention;
-mod blas;
-mod decode;
+pub(crate) mod blas;
 mod device;
-mod moe;
-mod tensor;
+pub(crate) mod moe;
+pub(crate) mod tensor;
 
 pub use moe::{CudaExperts, CudaRankLayer, DeviceRankLayer};
 pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
@@ -49,7 +48,8 @@ use crate::cuda::{ExpertFfn, FfnShape};
 use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
-use device::{bf16_bits, i32_of};
+use device::bf16_bits;
+pub(crate) use device::i32_of;
 use std::ops::Range;
 
 pub use device::CudaBackend;
@@ -57,7 +57,7 @@ pub use device::CudaBackend;
 impl CudaBackend {
     /// [`Backend::embed`] of `rows` ids already on the device (each below
     /// the vocabulary: the kernel writes zeros for one that is not).
-    pub(super) fn embed_device(
+    pub(crate) fn embed_device(
         &self,
         table: &CudaMat,
         ids: &cudarc::driver::CudaSlice<u32>,
@@ -99,7 +99,7 @@ impl CudaBackend {
 
     /// [`Backend::rope`] with the positions (one per row of `x`) and the
     /// frequencies already on the device.
-    pub(super) fn rope_device(
+    pub(crate) fn rope_device(
         &self,
         x: &mut CudaAct,
         heads: usize,
@@ -608,21 +608,5 @@ impl Backend for CudaBackend {
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
     ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
         moe::settle(self, routes)
-    }
-
-    /// One CUDA graph per batch size over a static KV cache (see
-    /// `backend::cuda::decode`); `reroute:optimal`, which routes on the
-    /// host, steps eagerly.
-    fn decoder<'m>(
-        model: &'m crate::model::Model<Self>,
-        seqs: Vec<crate::model::Sequence<Self>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn crate::model::Decoder + 'm>, crate::model::ModelError>
-    where
-        Self: 'm,
-    {
-        decode::decoder(model, seqs, pending, steps, router)
     }
 }
