@@ -49,6 +49,10 @@ pub enum BackendError {
         /// What was wrong there.
         source: Box<BackendError>,
     },
+    /// A backend broke the [`crate::backend::Backend`] contract (e.g. a
+    /// device route given to the default `settle`).
+    #[error("backend contract: {0}")]
+    Contract(&'static str),
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
     #[error("device: {0}")]
     Device(#[source] DeviceError),

@@ -1,6 +1,6 @@
 //! Greedy decode steps over a batch of sequences: the [`Decoder`] trait, and
 //! [`EagerDecoder`], which runs each step as a forward pass. A backend may
-//! decode its own way ([`DecodeBackend::decoder`]: the CUDA backend replays one
+//! decode its own way ([`ModelBackend::decoder`]: the CUDA backend replays one
 //! CUDA graph per batch size); generation and the benchmark's decode go
 //! through [`Model::decoder`] either way.
 //!
@@ -24,7 +24,7 @@
 use super::build::Model;
 use super::forward::{ForwardOptions, ForwardOutput, LogitsMode, Sequence};
 use super::generate::argmax;
-use super::ModelError;
+use super::{ModelBackend, ModelError};
 use crate::backend::Backend;
 use crate::routing::{PlanTotals, RouterConfig};
 
@@ -153,37 +153,11 @@ impl<B: Backend> Decoder for EagerDecoder<'_, B> {
     }
 }
 
-/// A backend's way of stepping a [`Decoder`]: a capability of the model's
-/// (the backend knows no model). The default steps by forward passes
-/// ([`EagerDecoder`]), so another backend implements it with an empty
-/// `impl DecodeBackend for MyBackend {}`; the CUDA backend replays one
-/// captured CUDA graph per batch size over a static KV cache (feature
-/// `cuda`).
-pub trait DecodeBackend: Backend {
-    /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
-    /// ([`Model::decoder`] checked their positions).
-    fn decoder<'m>(
-        model: &'m Model<Self>,
-        seqs: Vec<Sequence<Self>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
-    where
-        Self: 'm,
-    {
-        let _ = steps;
-        Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?))
-    }
-}
-
-impl DecodeBackend for crate::backend::CpuBackend {}
-
-impl<B: DecodeBackend> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// A [`Decoder`] over freshly prefilled `seqs` with their first pending
     /// tokens, for at most `steps` steps (a device backend sizes its static
     /// KV cache by it), routing every MoE layer under `router`. The
-    /// backend chooses how ([`DecodeBackend::decoder`]).
+    /// backend chooses how ([`ModelBackend::decoder`]).
     pub fn decoder<'m>(
         &'m self,
         seqs: Vec<Sequence<B>>,

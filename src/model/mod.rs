@@ -17,10 +17,12 @@
 //!
 //! [`Backend`]: crate::backend::Backend
 
+mod backend;
+#[cfg(feature = "cuda")]
+mod backend_cuda;
 mod build;
 mod config;
 mod decode;
-mod ep;
 mod forward;
 mod generate;
 #[cfg(feature = "cuda")]
@@ -30,13 +32,15 @@ pub mod names;
 pub mod roofline;
 mod weights;
 
+pub use backend::ModelBackend;
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
-pub use decode::{greedy_rows, DecodeBackend, Decoder, EagerDecoder};
-pub use ep::RankWork;
+pub use decode::{greedy_rows, Decoder, EagerDecoder};
 #[cfg(feature = "cuda")]
 pub(crate) use forward::LayerIo;
-pub use forward::{ForwardOptions, ForwardOutput, LayerRecord, LogitsMode, Sequence};
+pub use forward::{
+    ForwardOptions, ForwardOutput, Kept, LayerRecord, LogitsMode, MoeKeep, Sequence,
+};
 pub use generate::{argmax, GenerateOptions};
 pub use init::{random_tensor, InitOptions};
 pub use weights::{WeightError, WeightFiles};

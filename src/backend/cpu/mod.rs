@@ -10,7 +10,7 @@ mod ops;
 pub use attention::CpuKv;
 pub use gemm::gemm_rate;
 
-use super::{AttnGeom, Backend, BackendError, DeferredRoute, HostExpert, HostTensor, Rope};
+use super::{AttnGeom, Backend, BackendError, HostExpert, HostTensor, Rope};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
 
@@ -38,7 +38,6 @@ impl Backend for CpuBackend {
     type Kv = CpuKv;
     type Experts = Vec<HostExpert>;
     type DeviceRoute = std::convert::Infallible;
-    type RankLayer = super::HostRankLayer<CpuBackend>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -289,39 +288,5 @@ impl Backend for CpuBackend {
             rows: plan.tokens(),
             cols: expert_out.cols,
         })
-    }
-
-    fn moe_kept(
-        &self,
-        w: &super::MoeWeights<Self>,
-        x: &CpuTensor,
-        router: &crate::routing::RouterConfig,
-    ) -> Result<(super::MoeOutput<Self>, Self::RankLayer), BackendError> {
-        w.forward_host_kept(self, x, router)
-    }
-    fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout {
-        &layer.layout
-    }
-    fn rank_ffn(
-        &self,
-        layer: &Self::RankLayer,
-        experts: &Self::Experts,
-        range: Range<usize>,
-    ) -> Result<CpuTensor, BackendError> {
-        layer.ffn(self, experts, range)
-    }
-
-    /// Nothing to read back: the CPU routes on the host.
-    fn settle(
-        &self,
-        routes: Vec<DeferredRoute<std::convert::Infallible>>,
-    ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
-        Ok(routes
-            .into_iter()
-            .map(|r| match r {
-                DeferredRoute::Host(totals) => totals,
-                DeferredRoute::Device(never) => match never {},
-            })
-            .collect())
     }
 }

@@ -4,8 +4,8 @@ use super::*;
 use crate::cli::progress::Bar;
 use crate::cli::CliError;
 use capmoe::backend::CpuBackend;
+use capmoe::ep::EpBackend;
 use capmoe::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
-use capmoe::model::DecodeBackend;
 use capmoe::trace::Skew;
 use std::io::Write;
 use std::path::Path;
@@ -62,7 +62,7 @@ pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Option<Skew>, Option<usize>
 }
 
 /// The whole-model benchmark ([`ep::run`]) on `backend`.
-pub(super) fn whole_model<B: DecodeBackend>(
+pub(super) fn whole_model<B: EpBackend>(
     args: &BenchArgs,
     backend: B,
     d: &E2eDefaults,

@@ -3,8 +3,8 @@
 use super::protocol::{predicting_rows, score, Layout, Stream};
 use super::report::EvalResult;
 use super::EvalError;
+use capmoe::ep::EpBackend;
 use capmoe::ep::{Fidelity, LogProbs};
-use capmoe::model::DecodeBackend;
 use capmoe::model::{ForwardOptions, Model, ModelError};
 use capmoe::progress::Progress;
 use capmoe::routing::{RouterConfig, RoutingPlan};
@@ -89,7 +89,7 @@ impl Sums {
 /// Runs the protocol under `router`. `baseline` holds, per batch, the `none` logits at the
 /// rows predicting answer tokens; it is filled when empty (the `none` run) and compared with
 /// otherwise (the KL).
-pub fn run_one<B: DecodeBackend>(
+pub fn run_one<B: EpBackend>(
     model: &Model<B>,
     plan: &Plan<'_>,
     router: &RouterConfig,

@@ -16,7 +16,7 @@
 //! host sync; there is none inside the graph.
 //!
 //! `reroute:optimal` routes on the host, so its steps cannot be captured:
-//! [`DecodeBackend::decoder`] gives it the eager decoder, as it does when no step
+//! [`super::ModelBackend::decoder`] gives it the eager decoder, as it does when no step
 //! will run, or when the backend was not made with
 //! [`CudaBackend::with_decode_graphs`] (capturing is only sound when no
 //! other thread uses the CUDA context meanwhile).
@@ -25,7 +25,7 @@ mod io;
 mod state;
 
 use super::decode::{check_keep, check_pending};
-use super::{DecodeBackend, Decoder, EagerDecoder, Model, ModelError, Sequence};
+use super::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::backend::cuda::{blas, i32_of, CudaBackend};
 use crate::backend::{Backend, BackendError};
 use crate::cuda::ffn::TrackingOff;
@@ -339,29 +339,24 @@ impl Decoder for GraphDecoder<'_> {
     }
 }
 
-/// One CUDA graph per batch size over a static KV cache (see the module
-/// doc); `reroute:optimal`, which routes on the host, steps eagerly.
-impl DecodeBackend for CudaBackend {
-    fn decoder<'m>(
-        model: &'m Model<CudaBackend>,
-        seqs: Vec<Sequence<CudaBackend>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
-    where
-        Self: 'm,
+/// The CUDA backend's decoder: graph replays, or the eager decoder where a
+/// graph cannot be captured.
+pub(super) fn decoder<'m>(
+    model: &'m Model<CudaBackend>,
+    seqs: Vec<Sequence<CudaBackend>>,
+    pending: Vec<u32>,
+    steps: usize,
+    router: &RouterConfig,
+) -> Result<Box<dyn Decoder + 'm>, ModelError> {
+    // No graph when it could not be captured soundly (not opted in), when
+    // the policy routes on the host, or when no step will run.
+    if !model.backend().decode_graphs
+        || router.policy == crate::routing::Policy::RerouteOptimal
+        || steps == 0
     {
-        // No graph when it could not be captured soundly (not opted in), when
-        // the policy routes on the host, or when no step will run.
-        if !model.backend().decode_graphs
-            || router.policy == crate::routing::Policy::RerouteOptimal
-            || steps == 0
-        {
-            return Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?));
-        }
-        Ok(Box::new(GraphDecoder::new(
-            model, seqs, pending, steps, router,
-        )?))
+        return Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?));
     }
+    Ok(Box::new(GraphDecoder::new(
+        model, seqs, pending, steps, router,
+    )?))
 }
