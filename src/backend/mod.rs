@@ -18,9 +18,7 @@ pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use error::{BackendError, DeviceError};
-pub use moe::{
-    rank_experts, DeferredRoute, HostRankLayer, MoeMode, MoeOutput, MoeResult, MoeWeights,
-};
+pub use moe::{DeferredRoute, HostRankLayer, MoeMode, MoeOutput, MoeResult, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan};
@@ -285,7 +283,7 @@ pub trait Backend: Send + Sync + Sized {
     /// expert and matrix. Returns the rows `offsets[range.start] ..
     /// offsets[range.end]` of the layout, `[those rows, hidden]`; padding rows
     /// are zero. This is one EP rank's expert work when `range` is the rank's
-    /// experts (see [`rank_experts`]).
+    /// experts (see [`crate::routing::Placement::expert_group`]).
     fn expert_ffn(
         &self,
         rows: &Self::Act,

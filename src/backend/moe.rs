@@ -5,7 +5,6 @@ use super::{Backend, BackendError};
 use crate::routing::{
     route_gate, DispatchLayout, Gate, Logits, PlanTotals, RouterConfig, RoutingPlan,
 };
-use std::ops::Range;
 
 /// One layer's MoE block: the router and the experts.
 pub struct MoeWeights<B: Backend> {
@@ -78,36 +77,6 @@ pub enum DeferredRoute<D> {
     /// Still on the device (CUDA: the plan's non-finite check, its
     /// convergence flag, its totals and its per-expert loads).
     Device(D),
-}
-
-/// Experts owned by EP rank `rank` of `ranks`: the contiguous range
-/// `rank * E / R .. (rank + 1) * E / R`. `ranks` must divide `experts`.
-///
-/// ```
-/// use capmoe::backend::rank_experts;
-/// assert_eq!(rank_experts(1, 4, 8).unwrap(), 2..4);
-/// assert!(rank_experts(4, 4, 8).is_err());
-/// ```
-pub fn rank_experts(
-    rank: usize,
-    ranks: usize,
-    experts: usize,
-) -> Result<Range<usize>, crate::routing::RoutingError> {
-    if ranks == 0 {
-        return Err(crate::routing::RoutingError::ZeroRanks);
-    }
-    if experts % ranks != 0 {
-        return Err(crate::routing::RoutingError::RanksDoNotDivideExperts { ranks, experts });
-    }
-    if rank >= ranks {
-        return Err(crate::routing::RoutingError::ShapeMismatch {
-            what: "rank index (must be below ranks)",
-            len: rank,
-            expected: ranks,
-        });
-    }
-    let per = experts / ranks;
-    Ok(rank * per..(rank + 1) * per)
 }
 
 impl<B: Backend> MoeWeights<B> {

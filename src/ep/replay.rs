@@ -1,9 +1,8 @@
 //! Expert-parallel replay: one EP rank's expert FFN work for a recorded layer.
 
 use super::backend::{EpBackend, RankKeep};
-use crate::backend::rank_experts;
 use crate::model::{ForwardOptions, ForwardOutput, LayerRecord, Model, ModelError, Sequence};
-use crate::routing::DispatchLayout;
+use crate::routing::{DispatchLayout, Placement, RoutingError};
 use std::ops::Range;
 
 /// One rank's expert work, prepared (dispatched) so that running it times
@@ -78,7 +77,16 @@ impl<B: EpBackend> RankReplay<B> for Model<B> {
         if record.moe_input.is_none() {
             return Err(ModelError::NoMoeInput { layer });
         }
-        let experts = rank_experts(rank, ranks, self.config().num_local_experts)?;
+        let place = Placement::new(ranks, self.config().num_local_experts, 0)?;
+        if rank >= ranks {
+            return Err(RoutingError::ShapeMismatch {
+                what: "rank index (must be below ranks)",
+                len: rank,
+                expected: ranks,
+            }
+            .into());
+        }
+        let experts = place.expert_group(rank);
         let kept = record
             .replay
             .as_ref()
