@@ -41,6 +41,8 @@ pub enum MoeMode {
 
 /// What [`Backend::moe`] returns: the plan with the output, or (only when
 /// [`MoeMode::Deferred`] was asked for) the output with a deferred route.
+// Returned once per layer and taken apart at once: boxing the plan buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum MoeResult<B: Backend> {
     /// The output, the plan and the dispatch layout.
     Plan(MoeOutput<B>),

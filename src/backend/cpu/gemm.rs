@@ -121,25 +121,6 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, par: Paralleli
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn linear_matches_naive() {
-        let (m, k, n) = (5, 7, 3);
-        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
-        let y = linear(&x, m, k, &w, n, Parallelism::None);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
-                assert!((y[i * n + j] - want).abs() < 1e-5);
-            }
-        }
-    }
-}
-
 /// The f32 GEMM rate (FLOP/s) of the CPU backend's GEMM on an `n x n x n`
 /// product, best of `reps` runs after one warm-up.
 pub fn gemm_rate(n: usize, reps: usize) -> f64 {
@@ -167,4 +148,23 @@ pub fn gemm_rate(n: usize, reps: usize) -> f64 {
         }
     }
     2.0 * (n as f64).powi(3) / best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_matches_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let y = linear(&x, m, k, &w, n, Parallelism::None);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
+                assert!((y[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
 }
