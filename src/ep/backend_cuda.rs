@@ -64,6 +64,6 @@ impl EpBackend for CudaBackend {
         &self,
         f: impl FnOnce() -> Result<T, E>,
     ) -> Result<(T, f64), E> {
-        CudaBackend::timed(self, f)
+        self.timed_events(f)
     }
 }

@@ -34,7 +34,7 @@ impl ModelBackend for CudaBackend {
         shape: [usize; 2],
         init: &RandomInit,
     ) -> Result<CudaMat, BackendError> {
-        CudaBackend::random_mat(self, name, shape, init)
+        self.random_mat_device(name, shape, init)
     }
 
     /// One layer's experts drawn whole on the device.
@@ -45,6 +45,6 @@ impl ModelBackend for CudaBackend {
         name: &dyn Fn(usize, &str) -> String,
         init: &RandomInit,
     ) -> Result<CudaExperts, BackendError> {
-        CudaBackend::random_experts(self, layer, shape, name, init)
+        self.random_experts_device(layer, shape, name, init)
     }
 }

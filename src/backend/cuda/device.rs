@@ -26,7 +26,7 @@ impl From<cudarc::driver::DriverError> for BackendError {
 pub struct CudaBackend {
     pub(crate) gpu: GpuContext,
     pub(crate) blas: Arc<CudaBlas>,
-    /// Whether `DecodeBackend::decoder` (model) may capture decode graphs
+    /// Whether `model::ModelBackend::decoder` may capture decode graphs
     /// ([`CudaBackend::with_decode_graphs`]).
     pub(crate) decode_graphs: bool,
 }

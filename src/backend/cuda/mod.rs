@@ -15,7 +15,7 @@
 //! entries (dispatch, expert_ffn, combine over a host plan) serve host-routed
 //! layers (`reroute:optimal`) and their EP rank replay; a device-routed
 //! layer's ranks replay from its own device plan and layout
-//! ([`Backend::rank_ffn`]). Decode steps replay one CUDA graph per batch size
+//! (`ep::EpBackend::rank_ffn`). Decode steps replay one CUDA graph per batch size
 //! once opted in ([`CudaBackend::with_decode_graphs`]).
 //!
 //! ```no_run

@@ -281,7 +281,7 @@ fn run_device(
     Ok((out, (plan, dispatch, rows)))
 }
 
-/// `Backend::route_only` on the device: the router GEMM and the device
+/// `ep::EpBackend::route_only` on the device: the router GEMM and the device
 /// router, the plan dropped (stream-ordered; nothing read back).
 pub(crate) fn route_only(
     be: &CudaBackend,
@@ -318,7 +318,7 @@ pub struct DeviceRankLayer {
     pub rows: CudaSlice<u16>,
 }
 
-/// `Backend::moe_kept`: [`run_device`], the plan downloaded for the record
+/// `ep::EpBackend::moe_kept`: [`run_device`], the plan downloaded for the record
 /// and the device plan, layout and rows kept.
 pub(crate) fn forward_kept(
     be: &CudaBackend,
@@ -338,7 +338,7 @@ pub(crate) fn forward_kept(
     Ok((MoeOutput { out, plan, layout }, kept))
 }
 
-/// `Backend::rank_ffn` of a kept layer: on the device layout, the range's
+/// `ep::EpBackend::rank_ffn` of a kept layer: on the device layout, the range's
 /// groups of the device-made GEMM arguments and its rows (no upload), the
 /// rows then copied out in one device copy.
 pub(crate) fn rank_ffn(
@@ -395,7 +395,7 @@ pub(crate) fn forward_device(
     Ok(MoeOutput { out, plan, layout })
 }
 
-/// `Backend::moe_deferred` on the device: [`run_device`], the plan reduced
+/// `Backend::moe` under `MoeMode::Deferred` on the device: [`run_device`], the plan reduced
 /// to its [`PlanSummary`] (its totals enqueued; no read-back, so no host
 /// sync).
 pub(crate) fn forward_deferred(

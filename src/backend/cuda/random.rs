@@ -14,7 +14,7 @@ impl CudaBackend {
     /// name and the seed): not the CPU backend's values (see
     /// `backend::random`), and no host copy, so that a full Mixtral-8x7B
     /// (~94 GB in bf16) can be drawn on one GPU.
-    pub(crate) fn random_mat(
+    pub(crate) fn random_mat_device(
         &self,
         name: &str,
         shape: [usize; 2],
@@ -45,7 +45,7 @@ impl CudaBackend {
     /// [`ExpertFfn::random_scaled`] on the device, seeded per layer from the
     /// seed and the layer's first expert name (`W13`/`W2` drawn whole, not
     /// per expert name: the CPU backend's values differ).
-    pub(crate) fn random_experts(
+    pub(crate) fn random_experts_device(
         &self,
         layer: usize,
         shape: ExpertsShape,
@@ -67,7 +67,7 @@ impl CudaBackend {
     /// CUDA events around what `f` queues on the backend's stream, after a
     /// sync so that earlier work is not counted; host work inside `f` that
     /// leaves the GPU idle is counted (the end event is queued after it).
-    pub(crate) fn timed<T, E: From<BackendError>>(
+    pub(crate) fn timed_events<T, E: From<BackendError>>(
         &self,
         f: impl FnOnce() -> Result<T, E>,
     ) -> Result<(T, f64), E> {
