@@ -61,12 +61,14 @@ pub trait ModelBackend: Backend {
         let _ = layer;
         let (h, i) = (shape.hidden, shape.intermediate);
         let host = (0..shape.experts)
-            .map(|j| HostExpert {
-                w1: random_host_tensor(&name(j, "w1"), &[i, h], init),
-                w2: random_host_tensor(&name(j, "w2"), &[h, i], init),
-                w3: random_host_tensor(&name(j, "w3"), &[i, h], init),
+            .map(|j| {
+                Ok(HostExpert {
+                    w1: CpuBackend.mat(random_host_tensor(&name(j, "w1"), &[i, h], init))?,
+                    w2: CpuBackend.mat(random_host_tensor(&name(j, "w2"), &[h, i], init))?,
+                    w3: CpuBackend.mat(random_host_tensor(&name(j, "w3"), &[i, h], init))?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, BackendError>>()?;
         self.experts(host)
     }
 }
