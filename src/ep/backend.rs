@@ -17,7 +17,7 @@ pub trait EpBackend: ModelBackend {
     /// plan, layout and rows.
     type RankLayer: Send + Sync + 'static;
 
-    /// [`Backend::moe`] with its plan, also keeping what replaying one EP
+    /// [`crate::backend::Backend::moe`] with its plan, also keeping what replaying one EP
     /// rank's experts needs. Same output and plan as `moe`.
     fn moe_kept(
         &self,
@@ -30,7 +30,7 @@ pub trait EpBackend: ModelBackend {
     fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout;
 
     /// The FFN of experts `range` on a kept layer: one EP rank's expert
-    /// work, as [`Backend::expert_ffn`] on the layer's rows. Returns the rows
+    /// work, as [`crate::backend::Backend::expert_ffn`] on the layer's rows. Returns the rows
     /// `offsets[range.start] .. offsets[range.end]` of its layout, `[those
     /// rows, hidden]`; padding rows are zero on the CPU and unwritten on
     /// CUDA's device layout.

@@ -12,7 +12,7 @@ use crate::routing::RouterConfig;
 
 impl ModelBackend for CudaBackend {
     /// One CUDA graph per batch size over a static KV cache (see
-    /// [`super::graph_decode`]); `reroute:optimal`, which routes on the
+    /// `model::graph_decode`); `reroute:optimal`, which routes on the
     /// host, steps eagerly.
     fn decoder<'m>(
         model: &'m Model<CudaBackend>,
