@@ -4,6 +4,7 @@
 //!     cargo run --release --example moe_profile -- [POLICY] [GAMMA]
 
 use capmoe::backend::CpuBackend;
+use capmoe::ep::RankReplay;
 use capmoe::model::{ForwardOptions, InitOptions, LogitsMode, MixtralConfig, Model};
 use capmoe::routing::{Policy, RouterConfig};
 use capmoe::trace::Skew;
@@ -28,9 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = ForwardOptions::new(router)
         .with_logits(LogitsMode::Last)
         .with_moe_inputs(true);
-    let (_, out) = model.prefill(&[&ids], &opts)?;
+    let (_, out) = model.prefill_ranks(&[&ids], &opts)?;
     let t = Instant::now();
-    let (_, out2) = model.prefill(&[&ids], &opts)?;
+    let (_, out2) = model.prefill_ranks(&[&ids], &opts)?;
     let total = t.elapsed().as_secs_f64();
     drop(out2);
     let mut ffn = 0.0;

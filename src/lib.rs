@@ -15,7 +15,6 @@ pub mod chart;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ep;
-pub mod error;
 pub mod expert;
 pub mod io;
 pub mod online;
@@ -23,7 +22,7 @@ pub mod progress;
 pub mod routing;
 pub mod trace;
 
-pub use error::{RoutingError, MAX_EXPERTS};
+pub use routing::{RoutingError, MAX_EXPERTS};
 pub mod backend;
 pub mod model;
 

@@ -3,7 +3,7 @@
 
 use crate::routing::numerics::splitmix64;
 use crate::routing::{route, Logits, Policy, RouterConfig};
-use crate::{RoutingError, MAX_EXPERTS};
+use crate::routing::{RoutingError, MAX_EXPERTS};
 use std::fmt;
 use std::str::FromStr;
 
@@ -296,6 +296,22 @@ mod tests {
             );
         }
         assert!(expert_bias(0, 1, Skew::Uniform).is_err());
+    }
+
+    /// Draws the traces for routing's oracle tests (routing cannot import trace).
+    fn trace(t: usize, e: usize, k: usize, olmoe: bool, seed: u64) -> Vec<f32> {
+        let skew = if olmoe { Skew::Olmoe } else { Skew::Mixtral };
+        synthetic_logits(t, e, k, skew, seed).unwrap()
+    }
+
+    #[test]
+    fn reroute_optimal_fine_grained_shapes_match_the_oracle() {
+        crate::routing::reroute_tests::fine_grained_shapes_match_the_oracle(&trace);
+    }
+
+    #[test]
+    fn reroute_optimal_certificate_adds_missing_candidates() {
+        crate::routing::reroute_tests::certificate_adds_missing_candidates(&trace);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the W13 interleave, the bf16 reference against a naive scalar reading of
 //! the spec, and against the f32 CPU backend.
 
-use capmoe::backend::{Backend, CpuBackend, ExpertWeights, HostTensor};
+use capmoe::backend::{Backend, CpuBackend, HostExpert, HostTensor};
 use capmoe::expert::init::{
     fill_bf16, from_bf16, hash32, hash_uniform, to_bf16, w13_seed, w2_seed, INIT_SCALE,
 };
@@ -289,8 +289,8 @@ fn reference_agrees_with_the_f32_cpu_backend() {
         let data = (0..n).map(|i| hash_uniform(i, seed, scale)).collect();
         HostTensor::new(name, shape, data).unwrap()
     };
-    let weights: Vec<ExpertWeights<CpuBackend>> = (0..experts as u32)
-        .map(|e| ExpertWeights {
+    let weights: Vec<HostExpert> = (0..experts as u32)
+        .map(|e| HostExpert {
             w1: tensor("w1", vec![inter, hidden], 10 * e + 1, hidden),
             w2: tensor("w2", vec![hidden, inter], 10 * e + 2, inter),
             w3: tensor("w3", vec![inter, hidden], 10 * e + 3, hidden),

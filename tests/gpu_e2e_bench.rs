@@ -12,7 +12,8 @@
 #![cfg(feature = "cuda")]
 
 use capmoe::backend::Backend;
-use capmoe::cuda::{CudaBackend, GpuContext};
+use capmoe::backend::CudaBackend;
+use capmoe::cuda::GpuContext;
 use capmoe::ep::{self, BenchSetup};
 use capmoe::model::{InitOptions, MixtralConfig, Model};
 use capmoe::progress::NoProgress;

@@ -31,8 +31,11 @@
 //! failure message reports with the CPU's probabilities).
 #![cfg(feature = "cuda")]
 
-use capmoe::backend::{AttnGeom, Backend, CpuBackend, HostTensor, Rope};
-use capmoe::cuda::{CudaBackend, GpuContext};
+use capmoe::backend::cuda::CudaRankLayer;
+use capmoe::backend::CudaBackend;
+use capmoe::backend::{AttnGeom, Backend, CpuBackend, HostTensor, MoeMode, Rope};
+use capmoe::cuda::GpuContext;
+use capmoe::ep::{EpBackend, RankReplay};
 use capmoe::model::{ForwardOptions, InitOptions, Model, Sequence};
 use capmoe::routing::{Policy, RouterConfig, RoutingPlan};
 use capmoe::trace::Skew;
@@ -487,11 +490,15 @@ fn device_routed_moe_layer_matches_the_host_routed_one() {
                     model.layers_mut()[li].moe.router_bias = bias;
                     let (be, moe) = (model.backend(), &model.layers()[li].moe);
                     let host = moe.forward_host(be, &h, &r).unwrap();
-                    let dev = be.moe(moe, &h, &r).unwrap();
+                    let dev = be.moe(moe, &h, &r, MoeMode::Plan).unwrap();
+                    let dev = dev.into_plan().unwrap();
                     assert_eq!(dev.plan, host.plan, "{what}");
                     // Deferred: the same kernels, so the same output bits;
                     // the totals (capmoe_plan_stats) come back at settle.
-                    let (out, route) = be.moe_deferred(moe, &h, &r).unwrap();
+                    let (out, route) = be
+                        .moe(moe, &h, &r, MoeMode::Deferred)
+                        .unwrap()
+                        .into_deferred();
                     assert_eq!(
                         be.download(&out).unwrap(),
                         be.download(&dev.out).unwrap(),
@@ -757,14 +764,18 @@ fn rank_replay_runs_on_the_device_layout() {
             r = r.with_capacity_factor(1.0);
         }
         let (_, out) = model
-            .prefill(&prompts, &ForwardOptions::new(r).with_moe_inputs(true))
+            .prefill_ranks(&prompts, &ForwardOptions::new(r).with_moe_inputs(true))
             .unwrap();
         for (l, rec) in out.layers.iter().enumerate() {
             let plan = rec.plan.as_ref().unwrap();
             let layout = DispatchLayout::new(plan, be.dispatch_tile()).unwrap();
-            let kept = rec.replay.as_ref().expect("kept with plans and inputs");
+            let kept = rec
+                .replay
+                .as_ref()
+                .and_then(|k| k.downcast_ref::<CudaRankLayer>());
+            let kept = kept.expect("kept with plans and inputs");
             assert_eq!(
-                CudaBackend::rank_layout(kept),
+                <CudaBackend as EpBackend>::rank_layout(kept),
                 &layout,
                 "{policy} layer {l}"
             );

@@ -5,6 +5,7 @@
 mod model_common;
 
 use capmoe::backend::{Backend, CpuBackend};
+use capmoe::ep::RankReplay;
 use capmoe::model::{
     argmax, ForwardOptions, GenerateOptions, InitOptions, LogitsMode, Model, ModelError,
 };
@@ -194,7 +195,7 @@ fn every_policy_runs_end_to_end_and_records_plans() {
     }
 }
 
-/// Without `keep_plans` the backend defers its plans (`Backend::moe_deferred`
+/// Without `keep_plans` the backend defers its plans (`MoeMode::Deferred`
 /// and one `settle`): the same logits bit for bit, the same totals, no plan,
 /// and EP replay, which needs the plan, is a typed error.
 #[test]
@@ -204,7 +205,7 @@ fn forward_without_plans_gives_the_same_logits_and_totals() {
     for policy in Policy::all() {
         let rc = router_at(policy, 0.75);
         let kept = ForwardOptions::new(rc).with_moe_inputs(true);
-        let (_, a) = m.prefill(&[&ids], &kept).unwrap();
+        let (_, a) = m.prefill_ranks(&[&ids], &kept).unwrap();
         let (_, b) = m.prefill(&[&ids], &kept.clone().with_plans(false)).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a.logits), bits(&b.logits), "{policy}");
@@ -257,7 +258,7 @@ fn ep_rank_work_partitions_the_expert_ffn() {
     let m = random_model(tiny(), 17);
     let ids: Vec<u32> = (0..24).map(|i| (i * 5 % 128) as u32).collect();
     let opts = ForwardOptions::new(m.default_router()).with_moe_inputs(true);
-    let (_, out) = m.prefill(&[&ids], &opts).unwrap();
+    let (_, out) = m.prefill_ranks(&[&ids], &opts).unwrap();
     let rec = &out.layers[1];
     let all = m
         .run_rank_work(&m.rank_work(1, rec, 0, 1).unwrap())

@@ -1,6 +1,6 @@
 //! The backends' error type.
 
-use crate::error::RoutingError;
+use crate::routing::RoutingError;
 use thiserror::Error;
 
 /// Errors from a backend operation.
@@ -49,6 +49,10 @@ pub enum BackendError {
         /// What was wrong there.
         source: Box<BackendError>,
     },
+    /// A backend broke the [`crate::backend::Backend`] contract (e.g. a
+    /// device route given to the default `settle`).
+    #[error("backend contract: {0}")]
+    Contract(&'static str),
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
     #[error("device: {0}")]
     Device(#[source] DeviceError),
@@ -88,5 +92,15 @@ impl std::error::Error for DeviceError {
 impl PartialEq for DeviceError {
     fn eq(&self, other: &Self) -> bool {
         self.to_string() == other.to_string()
+    }
+}
+
+impl From<crate::io::ShapeError> for BackendError {
+    fn from(e: crate::io::ShapeError) -> Self {
+        Self::Shape {
+            what: e.what,
+            got: e.got,
+            expected: e.expected,
+        }
     }
 }

@@ -9,20 +9,20 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
-mod host;
 pub mod moe;
 mod random;
 
+pub use crate::expert::HostExpert;
+pub use crate::io::{HostTensor, ShapeError, Storage};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use error::{BackendError, DeviceError};
-pub use host::{HostTensor, Storage};
-pub use moe::{rank_experts, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput, MoeWeights};
+pub use moe::{DeferredRoute, HostRankLayer, MoeMode, MoeOutput, MoeResult, MoeWeights};
 pub use random::{name_seed, name_seed32, random_host_tensor, RandomInit};
 
-use crate::model::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan};
 use std::ops::Range;
-use std::time::Instant;
 
 /// Attention geometry of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -196,18 +196,16 @@ pub trait Backend: Send + Sync + Sized {
     /// per-expert host tensors; CUDA stacks them into one bf16 grouped-GEMM
     /// operand).
     type Experts: Send + Sync;
-    /// What [`Backend::moe_deferred`] leaves on the device of one layer's
-    /// routing until [`Backend::settle`] (`Infallible` on the CPU, which
-    /// routes on the host).
+    /// What [`Backend::moe`] leaves on the device of one layer's routing
+    /// under [`MoeMode::Deferred`], until [`Backend::settle`]
+    /// (`std::convert::Infallible` for a backend that routes on the host).
     type DeviceRoute: Send;
-    /// What [`Backend::moe_kept`] keeps of one layer for EP rank replay
-    /// ([`crate::model::Model::rank_work`]): the CPU keeps the host layout
-    /// and rows ([`HostRankLayer`]); CUDA keeps its device plan, layout and
-    /// rows.
-    type RankLayer: Send + Sync;
 
-    /// A short name for reports ("cpu", "cuda").
-    fn name(&self) -> &'static str;
+    /// A short name for reports ("cpu", "cuda"); the default is the type's
+    /// name.
+    fn name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 
     /// Takes a 2-D host weight `[out, in]`.
     fn mat(&self, t: HostTensor) -> Result<Self::Mat, BackendError>;
@@ -217,61 +215,9 @@ pub trait Backend: Send + Sync + Sized {
     fn vector(&self, t: HostTensor) -> Result<Self::Vector, BackendError>;
     /// Takes one layer's experts, as host tensors `[out, in]` (shapes
     /// checked by the loader).
-    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<Self::Experts, BackendError>;
+    fn experts(&self, host: Vec<HostExpert>) -> Result<Self::Experts, BackendError>;
     /// Number of experts in a prepared set.
     fn num_experts(experts: &Self::Experts) -> usize;
-
-    /// A seeded random weight matrix `name` of `shape` `[out, in]`
-    /// (`Model::random`). The default draws it on the host
-    /// ([`random_host_tensor`]) and takes it with [`Backend::mat`]; a device
-    /// backend may draw on the device instead, with other values (see
-    /// the `random` module's note: random models differ between backends).
-    fn random_mat(
-        &self,
-        name: &str,
-        shape: [usize; 2],
-        init: &RandomInit,
-    ) -> Result<Self::Mat, BackendError> {
-        self.mat(random_host_tensor(name, &shape, init))
-    }
-    /// Seeded random experts of layer `layer`; `name(j, m)` is the weight
-    /// name of expert `j`'s matrix `m` ("w1", "w2", "w3"). The default draws
-    /// every expert's matrices on the host by name, as a checkpoint would
-    /// hold them, and takes them with [`Backend::experts`].
-    fn random_experts(
-        &self,
-        layer: usize,
-        shape: ExpertsShape,
-        name: &dyn Fn(usize, &str) -> String,
-        init: &RandomInit,
-    ) -> Result<Self::Experts, BackendError> {
-        let _ = layer;
-        let (h, i) = (shape.hidden, shape.intermediate);
-        let host = (0..shape.experts)
-            .map(|j| {
-                Ok(ExpertWeights::<CpuBackend> {
-                    w1: CpuBackend.mat(random_host_tensor(&name(j, "w1"), &[i, h], init))?,
-                    w2: CpuBackend.mat(random_host_tensor(&name(j, "w2"), &[h, i], init))?,
-                    w3: CpuBackend.mat(random_host_tensor(&name(j, "w3"), &[i, h], init))?,
-                })
-            })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        self.experts(host)
-    }
-
-    /// Runs `f` and returns its value with the time it took, ms. The default
-    /// is host wall time, right for a backend whose operations are done when
-    /// they return (the CPU). A device backend waits for the work queued
-    /// before, then times what `f` queued to its end (CUDA: events on its
-    /// stream, then a sync).
-    fn timed<T, E: From<BackendError>>(
-        &self,
-        f: impl FnOnce() -> Result<T, E>,
-    ) -> Result<(T, f64), E> {
-        let t0 = Instant::now();
-        let v = f()?;
-        Ok((v, t0.elapsed().as_secs_f64() * 1e3))
-    }
 
     /// Copies host values `[rows, cols]` to the device.
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act, BackendError>;
@@ -337,7 +283,7 @@ pub trait Backend: Send + Sync + Sized {
     /// expert and matrix. Returns the rows `offsets[range.start] ..
     /// offsets[range.end]` of the layout, `[those rows, hidden]`; padding rows
     /// are zero. This is one EP rank's expert work when `range` is the rank's
-    /// experts (see [`rank_experts`]).
+    /// experts (see [`crate::routing::Placement::expert_group`]).
     fn expert_ffn(
         &self,
         rows: &Self::Act,
@@ -364,93 +310,44 @@ pub trait Backend: Send + Sync + Sized {
     /// router GEMM, bias, routing under `router`, dispatch, the experts and
     /// combine. The model calls only this, so a backend owns how it routes.
     /// The default routes on the host with the oracle
-    /// ([`MoeWeights::forward_host`]); the CUDA backend routes on the device.
-    /// Every backend returns the oracle's plan, bit for bit.
+    /// ([`MoeWeights::forward_host`]) and always returns the plan; the CUDA
+    /// backend routes on the device. Every backend's plan is the oracle's,
+    /// bit for bit.
+    ///
+    /// Under [`MoeMode::Deferred`] the caller needs only the output now: a
+    /// device backend may keep the plan where it is, so the layer has no
+    /// host sync, and leave its checks (a NaN or Inf router logit,
+    /// next-best's convergence) to [`Backend::settle`]. The output is the
+    /// one [`MoeMode::Plan`] gives.
     fn moe(
         &self,
         w: &MoeWeights<Self>,
         x: &Self::Act,
         router: &RouterConfig,
-    ) -> Result<MoeOutput<Self>, BackendError> {
-        w.forward_host(self, x, router)
+        mode: MoeMode,
+    ) -> Result<MoeResult<Self>, BackendError> {
+        let _ = mode;
+        Ok(MoeResult::Plan(w.forward_host(self, x, router)?))
     }
 
-    /// [`Backend::moe`] when the caller needs only the output now: a device
-    /// backend may keep the plan where it is, so the layer has no host sync,
-    /// and leave its checks (a NaN or Inf router logit, next-best's
-    /// convergence) to [`Backend::settle`]. The output is the one `moe`
-    /// gives. The default runs `moe` and keeps the plan's totals.
-    fn moe_deferred(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &Self::Act,
-        router: &RouterConfig,
-    ) -> Result<(Self::Act, DeferredRoute<Self::DeviceRoute>), BackendError> {
-        let m = self.moe(w, x, router)?;
-        Ok((m.out, DeferredRoute::Host(m.plan.totals())))
-    }
-
-    /// Finishes the layers [`Backend::moe_deferred`] ran, in order: their
+    /// Finishes the layers [`Backend::moe`] deferred, in order: their
     /// checks, and each layer's [`PlanTotals`]. A device backend reads
     /// them all back in one download (one sync per forward pass). The first
-    /// failing layer's error is returned as [`BackendError::Layer`].
+    /// failing layer's error is returned as [`BackendError::Layer`]. The
+    /// default knows host totals only (a backend that returns
+    /// [`DeferredRoute::Device`] overrides it).
     fn settle(
         &self,
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
-    ) -> Result<Vec<PlanTotals>, BackendError>;
-
-    /// [`Backend::moe`], also keeping what replaying one EP rank's experts
-    /// needs ([`Backend::RankLayer`]). Same output and plan as `moe`.
-    fn moe_kept(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &Self::Act,
-        router: &RouterConfig,
-    ) -> Result<(MoeOutput<Self>, Self::RankLayer), BackendError>;
-
-    /// The host dispatch layout of a kept layer.
-    fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout;
-
-    /// The FFN of experts `range` on a kept layer: one EP rank's expert
-    /// work, as [`Backend::expert_ffn`] on the layer's rows. Returns the rows
-    /// `offsets[range.start] .. offsets[range.end]` of its layout, `[those
-    /// rows, hidden]`; padding rows are zero on the CPU and unwritten on
-    /// CUDA's device layout.
-    fn rank_ffn(
-        &self,
-        layer: &Self::RankLayer,
-        experts: &Self::Experts,
-        range: Range<usize>,
-    ) -> Result<Self::Act, BackendError>;
-
-    /// Routing alone, the plan discarded: what a layer pays to route `x`
-    /// (router GEMM, bias, the policy), for the benchmark's routing time.
-    /// The default is [`MoeWeights::route`] (on the host); CUDA routes on the
-    /// device.
-    fn route_only(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &Self::Act,
-        router: &RouterConfig,
-    ) -> Result<(), BackendError> {
-        w.route(self, x, router).map(drop)
-    }
-
-    /// A [`Decoder`] of greedy steps over `seqs`, at most `steps` of them
-    /// ([`Model::decoder`] checked their positions). The default steps by
-    /// forward passes ([`EagerDecoder`]); the CUDA backend replays one
-    /// captured CUDA graph per batch size over a static KV cache.
-    fn decoder<'m>(
-        model: &'m Model<Self>,
-        seqs: Vec<Sequence<Self>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn Decoder + 'm>, ModelError>
-    where
-        Self: 'm,
-    {
-        let _ = steps;
-        Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?))
+    ) -> Result<Vec<PlanTotals>, BackendError> {
+        routes
+            .into_iter()
+            .map(|r| match r {
+                DeferredRoute::Host(totals) => Ok(totals),
+                DeferredRoute::Device(_) => Err(BackendError::Contract(
+                    "a backend that defers on the device must override Backend::settle",
+                )),
+            })
+            .collect()
     }
 }

@@ -5,20 +5,6 @@ use super::{Backend, BackendError};
 use crate::routing::{
     route_gate, DispatchLayout, Gate, Logits, PlanTotals, RouterConfig, RoutingPlan,
 };
-use std::ops::Range;
-
-/// One expert's SwiGLU weights, each `[out, in]`: `w1`, `w3` are
-/// `[intermediate, hidden]`, `w2` is `[hidden, intermediate]`. As
-/// `ExpertWeights<CpuBackend>` (host tensors) this is also what
-/// [`Backend::experts`] takes.
-pub struct ExpertWeights<B: Backend> {
-    /// Gate projection `[intermediate, hidden]` (goes through SiLU).
-    pub w1: B::Mat,
-    /// Down projection `[hidden, intermediate]`.
-    pub w2: B::Mat,
-    /// Up projection `[intermediate, hidden]`.
-    pub w3: B::Mat,
-}
 
 /// One layer's MoE block: the router and the experts.
 pub struct MoeWeights<B: Backend> {
@@ -43,7 +29,48 @@ pub struct MoeOutput<B: Backend> {
     pub layout: DispatchLayout,
 }
 
-/// One MoE layer's routing as [`Backend::moe_deferred`] leaves it: the
+/// How [`Backend::moe`] hands the layer's routing back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeMode {
+    /// The plan and layout, on the host ([`MoeResult::Plan`]).
+    Plan,
+    /// Only the output now; the plan may stay on the device until
+    /// [`Backend::settle`] ([`MoeResult::Deferred`], or `Plan`).
+    Deferred,
+}
+
+/// What [`Backend::moe`] returns: the plan with the output, or (only when
+/// [`MoeMode::Deferred`] was asked for) the output with a deferred route.
+// Returned once per layer and taken apart at once: boxing the plan buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum MoeResult<B: Backend> {
+    /// The output, the plan and the dispatch layout.
+    Plan(MoeOutput<B>),
+    /// The output and what [`Backend::settle`] reads back.
+    Deferred(B::Act, DeferredRoute<B::DeviceRoute>),
+}
+
+impl<B: Backend> MoeResult<B> {
+    /// The output with its plan; a deferred result is a broken contract
+    /// (it is only given when asked for).
+    pub fn into_plan(self) -> Result<MoeOutput<B>, BackendError> {
+        match self {
+            Self::Plan(m) => Ok(m),
+            Self::Deferred(..) => Err(BackendError::Contract(
+                "Backend::moe deferred a layer under MoeMode::Plan",
+            )),
+        }
+    }
+    /// The output and its route (a plan's totals are a host route).
+    pub fn into_deferred(self) -> (B::Act, DeferredRoute<B::DeviceRoute>) {
+        match self {
+            Self::Plan(m) => (m.out, DeferredRoute::Host(m.plan.totals())),
+            Self::Deferred(out, route) => (out, route),
+        }
+    }
+}
+
+/// One MoE layer's routing as [`MoeMode::Deferred`] leaves it: the
 /// plan's totals on the host already, or the device's record of the plan,
 /// read back with every other layer's by [`Backend::settle`].
 pub enum DeferredRoute<D> {
@@ -52,36 +79,6 @@ pub enum DeferredRoute<D> {
     /// Still on the device (CUDA: the plan's non-finite check, its
     /// convergence flag, its totals and its per-expert loads).
     Device(D),
-}
-
-/// Experts owned by EP rank `rank` of `ranks`: the contiguous range
-/// `rank * E / R .. (rank + 1) * E / R`. `ranks` must divide `experts`.
-///
-/// ```
-/// use capmoe::backend::rank_experts;
-/// assert_eq!(rank_experts(1, 4, 8).unwrap(), 2..4);
-/// assert!(rank_experts(4, 4, 8).is_err());
-/// ```
-pub fn rank_experts(
-    rank: usize,
-    ranks: usize,
-    experts: usize,
-) -> Result<Range<usize>, crate::RoutingError> {
-    if ranks == 0 {
-        return Err(crate::RoutingError::ZeroRanks);
-    }
-    if experts % ranks != 0 {
-        return Err(crate::RoutingError::RanksDoNotDivideExperts { ranks, experts });
-    }
-    if rank >= ranks {
-        return Err(crate::RoutingError::ShapeMismatch {
-            what: "rank index (must be below ranks)",
-            len: rank,
-            expected: ranks,
-        });
-    }
-    let per = experts / ranks;
-    Ok(rank * per..(rank + 1) * per)
 }
 
 impl<B: Backend> MoeWeights<B> {
@@ -126,18 +123,19 @@ impl<B: Backend> MoeWeights<B> {
         Ok(route_gate(&gate, router)?)
     }
 
-    /// The whole MoE layer as the backend runs it ([`Backend::moe`]).
+    /// The whole MoE layer as the backend runs it, with its plan
+    /// ([`Backend::moe`] under [`MoeMode::Plan`]).
     pub fn forward(
         &self,
         backend: &B,
         x: &B::Act,
         router: &RouterConfig,
     ) -> Result<MoeOutput<B>, BackendError> {
-        backend.moe(self, x, router)
+        backend.moe(self, x, router, MoeMode::Plan)?.into_plan()
     }
 
-    /// The whole MoE layer without its plan coming back
-    /// ([`Backend::moe_deferred`]): the output and what
+    /// The whole MoE layer without its plan coming back ([`Backend::moe`]
+    /// under [`MoeMode::Deferred`]): the output and what
     /// [`Backend::settle`] reads back once per forward pass.
     pub fn forward_deferred(
         &self,
@@ -145,7 +143,9 @@ impl<B: Backend> MoeWeights<B> {
         x: &B::Act,
         router: &RouterConfig,
     ) -> Result<(B::Act, DeferredRoute<B::DeviceRoute>), BackendError> {
-        backend.moe_deferred(self, x, router)
+        Ok(backend
+            .moe(self, x, router, MoeMode::Deferred)?
+            .into_deferred())
     }
 
     /// The MoE layer routed on the host: [`MoeWeights::route`], then
@@ -178,7 +178,7 @@ impl<B: Backend> MoeWeights<B> {
     }
 
     /// [`MoeWeights::forward_host`], also keeping the layout and the
-    /// dispatched rows for EP rank replay (the CPU's [`Backend::moe_kept`]).
+    /// dispatched rows for EP rank replay (the CPU's `ep::EpBackend::moe_kept`).
     pub fn forward_host_kept(
         &self,
         backend: &B,

@@ -1,8 +1,8 @@
 //! Seeded random weights as the backends draw them (`Model::random`).
 //!
 //! The host draw ([`random_host_tensor`]) is what the CPU backend uses and
-//! what every backend gets by default from [`super::Backend::random_mat`]
-//! and [`super::Backend::random_experts`]. The CUDA backend overrides both
+//! what every backend gets by default from `model::ModelBackend::random_mat`
+//! and `random_experts`. The CUDA backend overrides both
 //! to fill bf16 on the device (a full Mixtral-8x7B does not fit in host
 //! memory as f32): its values come from another generator, so a random model
 //! on the GPU is not the CPU's random model. Parity between the backends is

@@ -3,7 +3,7 @@
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use capmoe::backend::Backend;
+use capmoe::ep::EpBackend;
 use capmoe::model::{GenerateOptions, Model};
 use clap::Args;
 use serde::Serialize;
@@ -45,7 +45,7 @@ struct Run<'a>(&'a GenerateArgs);
 
 impl ModelTask for Run<'_> {
     type Output = (Vec<u32>, Option<String>);
-    fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
+    fn run<B: EpBackend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
         let args = self.0;
         let vocab = model.config().vocab_size;
         let ids = args

@@ -4,7 +4,7 @@
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
-use capmoe::backend::Backend;
+use capmoe::ep::EpBackend;
 use capmoe::model::{argmax, Model};
 use capmoe::routing::RouterConfig;
 use clap::Args;
@@ -38,7 +38,7 @@ struct Run<'a>(&'a LogitsArgs);
 
 impl ModelTask for Run<'_> {
     type Output = (Vec<Vec<f32>>, usize, RouterConfig, Vec<u32>);
-    fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
+    fn run<B: EpBackend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
         let a = self.0;
         let vocab = model.config().vocab_size;
         let ids = a.model.prompt_ids(&a.ids, a.prompt.as_deref(), vocab)?;

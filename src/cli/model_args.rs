@@ -2,7 +2,8 @@
 
 use super::tokenizer::Tok;
 use super::CliError;
-use capmoe::backend::{Backend, CpuBackend};
+use capmoe::backend::CpuBackend;
+use capmoe::ep::EpBackend;
 use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
 use capmoe::trace::Skew;
 use clap::{Args, ValueEnum};
@@ -49,7 +50,7 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
         #[cfg(feature = "cuda")]
         ModelDevice::Cuda => {
             // SAFETY: the CLI owns this context and uses it from this thread only.
-            let be = unsafe { capmoe::cuda::CudaBackend::open()?.with_decode_graphs() };
+            let be = unsafe { capmoe::backend::CudaBackend::open()?.with_decode_graphs() };
             f.run(args.load_on(be)?)
         }
         #[cfg(not(feature = "cuda"))]
@@ -62,7 +63,7 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
 /// A subcommand's work on a model of any backend.
 pub trait ModelTask {
     type Output;
-    fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output, CliError>;
+    fn run<B: EpBackend>(self, model: Model<B>) -> Result<Self::Output, CliError>;
 }
 
 /// Refuses random f32 weights beyond [`MAX_RANDOM_BYTES`], naming the model,
@@ -113,7 +114,7 @@ impl ModelArgs {
     }
 
     /// Loads the checkpoint directory, or builds the named random model, on `backend`.
-    pub fn load_on<B: Backend>(&self, backend: B) -> Result<Model<B>, CliError> {
+    pub fn load_on<B: EpBackend>(&self, backend: B) -> Result<Model<B>, CliError> {
         let path = Path::new(&self.model);
         if path.is_dir() {
             if self.skew != Skew::Uniform {

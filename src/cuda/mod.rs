@@ -23,7 +23,8 @@
 //! use capmoe::backend::cuda::CudaAct;
 //! use capmoe::backend::Backend;
 //! use capmoe::cuda::cudarc::driver::CudaContext;
-//! use capmoe::cuda::{CudaBackend, GpuContext};
+//! use capmoe::backend::CudaBackend;
+//! use capmoe::cuda::GpuContext;
 //!
 //! // The engine's own context and stream.
 //! let ctx = CudaContext::new(0)?;
@@ -55,7 +56,6 @@ pub(crate) mod routing;
 pub(crate) mod sys;
 pub(crate) mod timing;
 
-pub use crate::backend::cuda::CudaBackend;
 pub use context::GpuContext;
 pub use error::GpuError;
 pub use expert::{ExpertFfn, FfnShape, MoeLayer, MoeLayerGraph, TuneOutcome, VariantPair};

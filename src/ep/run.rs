@@ -1,8 +1,9 @@
 //! Running the benchmark: every case's forward pass, the timing rounds of each rank's
 //! expert work, and the summary against the baseline.
 
+use super::backend::EpBackend;
+use super::replay::RankReplay;
 use super::*;
-use crate::backend::Backend;
 use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
@@ -48,7 +49,7 @@ fn check_prompts(prompts: &[Vec<u32>], setup: &BenchSetup, vocab: usize) -> Resu
 }
 
 /// What one case's forward pass and replay give before the baseline is known.
-struct Measured<B: Backend> {
+struct Measured<B: EpBackend> {
     policy: Policy,
     gamma: Option<f64>,
     layers: Vec<LayerReport>,
@@ -68,9 +69,9 @@ struct Measured<B: Backend> {
 /// [`BenchSetup::interleave`] each case's rounds run right after its forward
 /// pass instead (one case's MoE inputs held at a time). With
 /// [`BenchSetup::throughput`] every round also times the case's own prefill
-/// and decode steps. Every time is taken by [`Backend::timed`]. `progress`
+/// and decode steps. Every time is taken by [`EpBackend::timed`]. `progress`
 /// ticks once per case in each phase; pass [`NoProgress`](crate::progress::NoProgress) for none.
-pub fn run<B: Backend>(
+pub fn run<B: EpBackend>(
     model: &Model<B>,
     setup: &BenchSetup,
     progress: &dyn Progress,
@@ -92,7 +93,7 @@ pub fn run<B: Backend>(
 /// a trained router shows the load skew it learned. `prompts` must hold
 /// `setup.batch` sequences of `setup.seq_len` ids, each below the vocabulary
 /// size ([`EpError::Prompts`] otherwise).
-pub fn run_prompts<B: Backend>(
+pub fn run_prompts<B: EpBackend>(
     model: &Model<B>,
     setup: &BenchSetup,
     prompts: &[Vec<u32>],
@@ -355,7 +356,7 @@ impl CaseTimes {
 }
 
 /// One untimed run of the baseline prefill and of the first rank's work.
-fn warm_up<B: Backend>(
+fn warm_up<B: EpBackend>(
     model: &Model<B>,
     m: &Measured<B>,
     prompts: &[&[u32]],
@@ -373,8 +374,8 @@ fn warm_up<B: Backend>(
 
 /// One timing round of one case: its prefill (when `baseline` or with
 /// throughput) and decode steps, then every layer's rank work, one rank at a
-/// time, each timed alone by the backend ([`Backend::timed`]).
-fn time_round<B: Backend>(
+/// time, each timed alone by the backend ([`EpBackend::timed`]).
+fn time_round<B: EpBackend>(
     model: &Model<B>,
     m: &Measured<B>,
     prompts: &[&[u32]],
@@ -428,7 +429,7 @@ pub(super) fn next_tokens(logits: &[f32], vocab: usize) -> Vec<u32> {
 /// Prefills the batch under `router`: plans, statistics, all-to-all traffic,
 /// routing time and fidelity (the first case, `none`, sets the baseline
 /// distributions). Rank times are filled in by the timing rounds.
-fn forward_case<B: Backend>(
+fn forward_case<B: EpBackend>(
     model: &Model<B>,
     prompts: &[&[u32]],
     router: &RouterConfig,
@@ -440,7 +441,7 @@ fn forward_case<B: Backend>(
     let opts = ForwardOptions::new(router.clone())
         .with_logits(LogitsMode::All)
         .with_moe_inputs(true);
-    let (_seqs, out) = model.prefill(prompts, &opts)?;
+    let (_seqs, out) = model.prefill_ranks(prompts, &opts)?;
     let logprobs = LogProbs::new(&out.logits, out.vocab);
     let fidelity = match base_logprobs {
         Some(base) => Fidelity::compare(base, &logprobs),

@@ -16,6 +16,7 @@
 
 pub mod compare;
 mod error;
+mod host;
 pub mod init;
 pub mod interleave;
 pub mod reference;
@@ -25,6 +26,7 @@ pub mod variants;
 
 pub use compare::{compare, compare_served, tolerance, Tolerance};
 pub use error::ExpertError;
+pub use host::HostExpert;
 pub use reference::ExpertFfnRef;
 pub use shape::FfnShape;
 pub use tune::{token_bucket, Choice, TuneCache, TuneEntry, TuneKey};

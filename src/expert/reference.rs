@@ -8,8 +8,9 @@
 
 use super::init::{fill_bf16, from_bf16, to_bf16, w13_seed, w2_seed, INIT_SCALE};
 use super::interleave::interleave_w13;
+use super::HostExpert;
 use super::{ExpertError, FfnShape};
-use crate::backend::{CpuBackend, ExpertWeights, HostTensor};
+use crate::io::HostTensor;
 use crate::routing::DispatchLayout;
 use rayon::prelude::*;
 
@@ -47,7 +48,7 @@ impl ExpertFfnRef {
 
     /// The CPU backend's f32 experts, rounded to bf16 (nearest even), W1/W3
     /// interleaved: what the GPU's `ExpertFfn::from_host` uploads.
-    pub fn from_host(experts: &[ExpertWeights<CpuBackend>]) -> Result<Self, ExpertError> {
+    pub fn from_host(experts: &[HostExpert]) -> Result<Self, ExpertError> {
         let first = experts.first().ok_or(ExpertError::NoExperts)?;
         let (inter, hidden) = match first.w1.shape() {
             &[i, h] => (i, h),
@@ -237,7 +238,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The f32 experts of the CPU backend from bf16 reference weights (each
 /// value exact), for comparing the two paths on the same weights.
-pub fn to_host(ffn: &ExpertFfnRef) -> Result<Vec<ExpertWeights<CpuBackend>>, ExpertError> {
+pub fn to_host(ffn: &ExpertFfnRef) -> Result<Vec<HostExpert>, ExpertError> {
     let FfnShape {
         experts,
         hidden: h,
@@ -254,7 +255,7 @@ pub fn to_host(ffn: &ExpertFfnRef) -> Result<Vec<ExpertWeights<CpuBackend>>, Exp
                 .iter()
                 .map(|&b| from_bf16(b))
                 .collect();
-            Ok(ExpertWeights {
+            Ok(HostExpert {
                 w1: HostTensor::owned(format!("experts.{e}.w1"), vec![i, h], w1),
                 w2: HostTensor::owned(format!("experts.{e}.w2"), vec![h, i], w2),
                 w3: HostTensor::owned(format!("experts.{e}.w3"), vec![i, h], w3),

@@ -3,9 +3,9 @@
 use super::config::MixtralConfig;
 use super::init::InitOptions;
 use super::weights::{WeightError, WeightFiles};
-use super::{names, ModelError};
+use super::{names, ModelBackend, ModelError};
 use crate::backend::{
-    AttnGeom, Backend, CpuBackend, ExpertWeights, ExpertsShape, HostTensor, MoeWeights, RandomInit,
+    AttnGeom, Backend, CpuBackend, ExpertsShape, HostExpert, HostTensor, MoeWeights, RandomInit,
     Rope,
 };
 use crate::progress::Progress;
@@ -147,19 +147,6 @@ impl<B: Backend> Model<B> {
         Ok(model)
     }
 
-    /// Seeded random weights for any config (see [`InitOptions`]), with the
-    /// optional router skew applied. Matrices are drawn by the backend
-    /// ([`Backend::random_mat`], [`Backend::random_experts`]): on the host by
-    /// default (the CPU), on the device for CUDA, whose values differ from
-    /// the CPU's. The skew is applied the same way on every backend.
-    pub fn random(
-        backend: B,
-        config: MixtralConfig,
-        opts: &InitOptions,
-    ) -> Result<Self, ModelError> {
-        Self::random_with_progress(backend, config, opts, &crate::progress::NoProgress)
-    }
-
     /// Seeded random weights drawn on the host for every backend (then
     /// taken as a checkpoint's would be), skew applied: the same model on
     /// every backend up to the backend's weight precision, for parity tests
@@ -172,19 +159,6 @@ impl<B: Backend> Model<B> {
         let mut model = Self::from_source(backend, config, |name, shape| {
             Ok(super::init::random_tensor(name, shape, opts))
         })?;
-        model.apply_skew(opts.skew, opts.seed)?;
-        Ok(model)
-    }
-
-    /// [`Model::random`], ticking `progress` once per decoder layer drawn.
-    pub fn random_with_progress(
-        backend: B,
-        config: MixtralConfig,
-        opts: &InitOptions,
-        progress: &dyn Progress,
-    ) -> Result<Self, ModelError> {
-        let mut source = RandomSource(opts.random_init());
-        let mut model = Self::build(backend, config, &mut source, progress)?;
         model.apply_skew(opts.skew, opts.seed)?;
         Ok(model)
     }
@@ -218,6 +192,34 @@ impl<B: Backend> Model<B> {
             window: c.sliding_window,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         }
+    }
+}
+
+impl<B: ModelBackend> Model<B> {
+    /// Seeded random weights for any config (see [`InitOptions`]), with the
+    /// optional router skew applied. Matrices are drawn by the backend
+    /// ([`ModelBackend::random_mat`], [`ModelBackend::random_experts`]): on the host by
+    /// default (the CPU), on the device for CUDA, whose values differ from
+    /// the CPU's. The skew is applied the same way on every backend.
+    pub fn random(
+        backend: B,
+        config: MixtralConfig,
+        opts: &InitOptions,
+    ) -> Result<Self, ModelError> {
+        Self::random_with_progress(backend, config, opts, &crate::progress::NoProgress)
+    }
+
+    /// [`Model::random`], ticking `progress` once per decoder layer drawn.
+    pub fn random_with_progress(
+        backend: B,
+        config: MixtralConfig,
+        opts: &InitOptions,
+        progress: &dyn Progress,
+    ) -> Result<Self, ModelError> {
+        let mut source = RandomSource(opts.random_init());
+        let mut model = Self::build(backend, config, &mut source, progress)?;
+        model.apply_skew(opts.skew, opts.seed)?;
+        Ok(model)
     }
 }
 
@@ -269,7 +271,7 @@ impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> Wei
         let (h, i) = (s.hidden, s.intermediate);
         let mut host = Vec::with_capacity(s.experts);
         for j in 0..s.experts {
-            host.push(ExpertWeights::<CpuBackend> {
+            host.push(HostExpert {
                 w1: CpuBackend.mat(self.take(&names::expert(l, j, "w1"), &[i, h])?)?,
                 w2: CpuBackend.mat(self.take(&names::expert(l, j, "w2"), &[h, i])?)?,
                 w3: CpuBackend.mat(self.take(&names::expert(l, j, "w3"), &[i, h])?)?,
@@ -282,7 +284,7 @@ impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> Wei
 /// Seeded random weights, drawn by the backend.
 struct RandomSource(RandomInit);
 
-impl<B: Backend> WeightSource<B> for RandomSource {
+impl<B: ModelBackend> WeightSource<B> for RandomSource {
     fn mat(&mut self, be: &B, name: &str, shape: [usize; 2]) -> Result<B::Mat, ModelError> {
         Ok(be.random_mat(name, shape, &self.0)?)
     }

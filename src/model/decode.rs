@@ -1,6 +1,6 @@
 //! Greedy decode steps over a batch of sequences: the [`Decoder`] trait, and
 //! [`EagerDecoder`], which runs each step as a forward pass. A backend may
-//! decode its own way ([`Backend::decoder`]: the CUDA backend replays one
+//! decode its own way ([`ModelBackend::decoder`]: the CUDA backend replays one
 //! CUDA graph per batch size); generation and the benchmark's decode go
 //! through [`Model::decoder`] either way.
 //!
@@ -24,7 +24,7 @@
 use super::build::Model;
 use super::forward::{ForwardOptions, ForwardOutput, LogitsMode, Sequence};
 use super::generate::argmax;
-use super::ModelError;
+use super::{ModelBackend, ModelError};
 use crate::backend::Backend;
 use crate::routing::{PlanTotals, RouterConfig};
 
@@ -153,11 +153,11 @@ impl<B: Backend> Decoder for EagerDecoder<'_, B> {
     }
 }
 
-impl<B: Backend> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// A [`Decoder`] over freshly prefilled `seqs` with their first pending
     /// tokens, for at most `steps` steps (a device backend sizes its static
     /// KV cache by it), routing every MoE layer under `router`. The
-    /// backend chooses how ([`Backend::decoder`]).
+    /// backend chooses how ([`ModelBackend::decoder`]).
     pub fn decoder<'m>(
         &'m self,
         seqs: Vec<Sequence<B>>,

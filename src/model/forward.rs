@@ -2,9 +2,30 @@
 
 use super::build::Model;
 use super::ModelError;
-use crate::backend::{Backend, DeferredRoute};
+use crate::backend::{Backend, BackendError, DeferredRoute, MoeOutput, MoeWeights};
 use crate::routing::{PlanTotals, RouterConfig, RoutingPlan};
+use std::any::Any;
 use std::ops::Range;
+
+/// What a [`MoeKeep`] keeps of one layer (EP rank replay: the layout and
+/// the dispatched rows, or their device twins), opaque to the model.
+pub type Kept = Box<dyn Any + Send + Sync>;
+
+/// Runs the MoE layers of a pass that keeps plans and inputs for a caller
+/// that keeps more of each layer than its plan: EP rank replay
+/// (`ep::EpBackend::moe_kept`). The model stores what it keeps in
+/// [`LayerRecord::replay`] without knowing its type.
+pub trait MoeKeep<B: Backend> {
+    /// The layer's output and plan (those of [`Backend::moe`]), and what to
+    /// keep.
+    fn moe_kept(
+        &self,
+        backend: &B,
+        w: &MoeWeights<B>,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<(MoeOutput<B>, Kept), BackendError>;
+}
 
 /// One sequence's state: its KV cache per layer and the ids it has seen.
 pub struct Sequence<B: Backend> {
@@ -52,7 +73,7 @@ pub struct ForwardOptions {
     pub keep_moe_inputs: bool,
     /// Keep each layer's routing plan in its [`LayerRecord`] (the default).
     /// Without it a device backend keeps the plans on the device
-    /// ([`Backend::moe_deferred`]): no host sync inside a layer, and one
+    /// ([`crate::backend::MoeMode::Deferred`]): no host sync inside a layer, and one
     /// read-back per forward pass for the checks and the totals.
     pub keep_plans: bool,
 }
@@ -96,9 +117,9 @@ pub struct LayerRecord<B: Backend> {
     pub totals: PlanTotals,
     /// The layer's MoE input `[tokens, hidden]`, when asked for.
     pub moe_input: Option<B::Act>,
-    /// What EP rank replay needs of the layer ([`Backend::moe_kept`]), kept
-    /// with the MoE input when the plans are kept too.
-    pub replay: Option<B::RankLayer>,
+    /// What the pass's [`MoeKeep`] kept of the layer (EP rank replay), with
+    /// the MoE input when the plans are kept too ([`Model::forward_keeping`]).
+    pub replay: Option<Kept>,
 }
 
 /// The result of a forward pass.
@@ -179,10 +200,11 @@ struct EagerIo<'a, 's, B: Backend> {
     positions: &'a [usize],
     spans: &'a [Range<usize>],
     opts: &'a ForwardOptions,
+    keep: Option<&'a dyn MoeKeep<B>>,
     plans: Vec<Option<RoutingPlan>>,
     routes: Vec<DeferredRoute<B::DeviceRoute>>,
     inputs: Vec<Option<B::Act>>,
-    replays: Vec<Option<B::RankLayer>>,
+    replays: Vec<Option<Kept>>,
 }
 
 impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
@@ -209,11 +231,12 @@ impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
         let (be, router) = (&model.backend, &self.opts.router);
         let moe = &model.layers[layer].moe;
         let out = if self.opts.keep_plans {
-            let (m, replay) = if self.opts.keep_moe_inputs {
-                let (m, kept) = be.moe_kept(moe, &h, router)?;
-                (m, Some(kept))
-            } else {
-                (moe.forward(be, &h, router)?, None)
+            let (m, replay) = match self.keep.filter(|_| self.opts.keep_moe_inputs) {
+                Some(keep) => {
+                    let (m, kept) = keep.moe_kept(be, moe, &h, router)?;
+                    (m, Some(kept))
+                }
+                None => (moe.forward(be, &h, router)?, None),
             };
             self.routes.push(DeferredRoute::Host(m.plan.totals()));
             self.plans.push(Some(m.plan));
@@ -251,6 +274,19 @@ impl<B: Backend> Model<B> {
         seqs: &mut [&mut Sequence<B>],
         tokens: &[&[u32]],
         opts: &ForwardOptions,
+    ) -> Result<ForwardOutput<B>, ModelError> {
+        self.forward_keeping(seqs, tokens, opts, None)
+    }
+
+    /// [`Model::forward`], the MoE layers run by `keep` when the pass keeps
+    /// plans and MoE inputs (what it keeps lands in
+    /// [`LayerRecord::replay`]).
+    pub fn forward_keeping(
+        &self,
+        seqs: &mut [&mut Sequence<B>],
+        tokens: &[&[u32]],
+        opts: &ForwardOptions,
+        keep: Option<&dyn MoeKeep<B>>,
     ) -> Result<ForwardOutput<B>, ModelError> {
         let c = &self.config;
         let be = &self.backend;
@@ -301,6 +337,7 @@ impl<B: Backend> Model<B> {
             positions: &positions,
             spans: &spans,
             opts,
+            keep,
             plans: Vec::with_capacity(n_layers),
             routes: Vec::with_capacity(n_layers),
             inputs: Vec::with_capacity(n_layers),
@@ -381,10 +418,20 @@ impl<B: Backend> Model<B> {
         prompts: &[&[u32]],
         opts: &ForwardOptions,
     ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
+        self.prefill_keeping(prompts, opts, None)
+    }
+
+    /// [`Model::prefill`] with a [`MoeKeep`] (see [`Model::forward_keeping`]).
+    pub fn prefill_keeping(
+        &self,
+        prompts: &[&[u32]],
+        opts: &ForwardOptions,
+        keep: Option<&dyn MoeKeep<B>>,
+    ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
         let mut seqs: Vec<Sequence<B>> = prompts.iter().map(|_| self.new_sequence()).collect();
         let out = {
             let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
-            self.forward(&mut refs, prompts, opts)?
+            self.forward_keeping(&mut refs, prompts, opts, keep)?
         };
         Ok((seqs, out))
     }

@@ -3,8 +3,8 @@
 use super::build::Model;
 use super::decode::greedy_rows;
 use super::forward::{ForwardOptions, LogitsMode};
+use super::ModelBackend;
 use super::ModelError;
-use crate::backend::Backend;
 use crate::routing::RouterConfig;
 
 /// Greedy decoding options.
@@ -31,7 +31,7 @@ pub fn argmax(v: &[f32]) -> Option<usize> {
     best
 }
 
-impl<B: Backend> Model<B> {
+impl<B: ModelBackend> Model<B> {
     /// Greedy generation: prefills `prompt`, then decodes one token at a
     /// time with the KV cache. Returns the new ids only.
     pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>, ModelError> {

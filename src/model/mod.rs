@@ -17,32 +17,36 @@
 //!
 //! [`Backend`]: crate::backend::Backend
 
+mod backend;
+#[cfg(feature = "cuda")]
+mod backend_cuda;
 mod build;
 mod config;
 mod decode;
-mod ep;
 mod forward;
 mod generate;
+#[cfg(feature = "cuda")]
+mod graph_decode;
 mod init;
 pub mod names;
 pub mod roofline;
 mod weights;
 
+pub use backend::ModelBackend;
 pub use build::{Layer, Model};
 pub use config::{ConfigError, MixtralConfig, BUILTIN_NAMES};
-#[cfg(feature = "cuda")]
-pub(crate) use decode::{check_keep, check_pending};
 pub use decode::{greedy_rows, Decoder, EagerDecoder};
-pub use ep::RankWork;
 #[cfg(feature = "cuda")]
 pub(crate) use forward::LayerIo;
-pub use forward::{ForwardOptions, ForwardOutput, LayerRecord, LogitsMode, Sequence};
+pub use forward::{
+    ForwardOptions, ForwardOutput, Kept, LayerRecord, LogitsMode, MoeKeep, Sequence,
+};
 pub use generate::{argmax, GenerateOptions};
 pub use init::{random_tensor, InitOptions};
 pub use weights::{WeightError, WeightFiles};
 
 use crate::backend::BackendError;
-use crate::error::RoutingError;
+use crate::routing::RoutingError;
 use crate::trace::TraceError;
 use thiserror::Error;
 
@@ -125,4 +129,18 @@ pub enum ModelError {
         /// The layer.
         layer: usize,
     },
+}
+
+#[cfg(feature = "cuda")]
+impl From<crate::cuda::GpuError> for ModelError {
+    fn from(e: crate::cuda::GpuError) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for ModelError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Self::Backend(e.into())
+    }
 }

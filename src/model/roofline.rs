@@ -4,7 +4,7 @@
 
 use super::config::MixtralConfig;
 use super::forward::ForwardOutput;
-use crate::backend::cpu::gemm::{matmul, threads, View};
+pub use crate::backend::cpu::gemm_rate;
 use crate::backend::Backend;
 use std::time::Instant;
 
@@ -40,35 +40,6 @@ pub fn forward_flops<B: Backend>(
         total += proj + attn + router + experts;
     }
     total + 2.0 * out.rows as f64 * h * cfg.vocab_size as f64
-}
-
-/// The f32 GEMM rate (FLOP/s) of the CPU backend's GEMM on an `n x n x n`
-/// product, best of `reps` runs after one warm-up.
-pub fn gemm_rate(n: usize, reps: usize) -> f64 {
-    let a: Vec<f32> = (0..n * n)
-        .map(|i| ((i % 97) as f32 - 48.0) * 1e-2)
-        .collect();
-    let b: Vec<f32> = (0..n * n)
-        .map(|i| ((i % 89) as f32 - 44.0) * 1e-2)
-        .collect();
-    let mut c = vec![0.0f32; n * n];
-    let mut best = f64::INFINITY;
-    for r in 0..=reps.max(1) {
-        let t0 = Instant::now();
-        matmul(
-            &mut c,
-            n,
-            View::rows(&a, n, n),
-            View::rows(&b, n, n),
-            false,
-            threads(),
-        );
-        let dt = t0.elapsed().as_secs_f64();
-        if r > 0 {
-            best = best.min(dt);
-        }
-    }
-    2.0 * (n as f64).powi(3) / best
 }
 
 /// One roofline measurement: a prefill forward against the GEMM rate.

@@ -1,7 +1,7 @@
 //! Capacity `C = ceil(gamma * T * k / E)`, its scope, and the EP placement
 //! (contiguous token blocks and contiguous expert groups per rank).
 
-use crate::error::RoutingError;
+use super::error::RoutingError;
 use serde::Serialize;
 
 /// Per-expert capacity `ceil(gamma * T * k / E)`.
@@ -33,7 +33,7 @@ pub fn capacity(
 /// Largest capacity factor accepted. At `gamma = MAX_EXPERTS` the capacity
 /// `gamma * T * k / E` is at least `T` for every accepted `E` and `k >= 1`, so
 /// it can no longer bind; a larger factor is a typo, not a setting.
-pub const MAX_CAPACITY_FACTOR: f64 = crate::error::MAX_EXPERTS as f64;
+pub const MAX_CAPACITY_FACTOR: f64 = super::error::MAX_EXPERTS as f64;
 
 /// Whether `gamma` is a capacity factor capmoe accepts: finite, in
 /// `(0, MAX_CAPACITY_FACTOR]`.

@@ -2,8 +2,8 @@
 //! twin of the combine kernel.
 
 use super::dispatch::{check_len, DispatchLayout};
+use super::error::RoutingError;
 use super::plan::RoutingPlan;
-use crate::error::RoutingError;
 
 /// `out[t] = sum_i w_i * y[row_i]` over token `t`'s assignments in plan order
 /// (decreasing `p`), each product and sum rounded separately. A token with no

@@ -2,8 +2,8 @@
 //! tile multiple (what a grouped GEMM reads), plus the compacted overflow list.
 //! CPU twin of the dispatch kernels.
 
+use super::error::RoutingError;
 use super::plan::RoutingPlan;
-use crate::error::RoutingError;
 
 /// Token index of a padding row.
 pub const PAD: u32 = u32::MAX;

@@ -2,9 +2,9 @@
 //! Mixtral renormalisation denominator. CPU twin of the fused gating kernel.
 
 use super::dispatch::check_len;
+use super::error::RoutingError;
 use super::logits::Logits;
 use super::numerics::{exp_canonical, seq_sum, warp_sum};
-use crate::error::RoutingError;
 
 /// Router probabilities and the plain top-k choice of every token.
 #[derive(Debug, Clone)]

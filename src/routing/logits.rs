@@ -1,6 +1,6 @@
 //! Validated router logits `[T, E]`, row-major f32.
 
-use crate::error::{RoutingError, MAX_EXPERTS};
+use super::error::{RoutingError, MAX_EXPERTS};
 
 /// A borrowed, validated `[tokens, experts]` matrix of router logits.
 ///

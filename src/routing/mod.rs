@@ -18,6 +18,7 @@ pub(crate) mod capacity;
 mod combine;
 mod dispatch;
 mod drop;
+mod error;
 mod expand;
 mod gate;
 mod logits;
@@ -25,6 +26,8 @@ pub mod numerics;
 mod plan;
 mod policy;
 mod reroute;
+#[cfg(test)]
+pub(crate) use reroute::tests as reroute_tests;
 mod served;
 mod stats;
 
@@ -40,7 +43,7 @@ pub use plan::{Assignment, CapacityInfo, PlanParts, RoutingPlan};
 pub use policy::{DropRank, Policy, POLICY_HELP};
 pub use stats::{mass_fx, PlanStats, PlanTotals};
 
-pub use crate::error::RoutingError;
+pub use error::{RoutingError, MAX_EXPERTS};
 use served::Served;
 
 /// How to route a batch.

@@ -1,13 +1,13 @@
 //! The routing plan: the one shape every backend fills.
 
 use super::dispatch::check_len;
+use super::error::RoutingError;
 use super::gate::Gate;
 use super::numerics::seq_sum;
 use super::policy::Policy;
 use super::served::Served;
 use super::stats::{mass_fx, PlanStats, PlanTotals};
 use super::CapacityScope;
-use crate::error::RoutingError;
 
 /// One served `(token, expert)` pair.
 #[derive(Debug, Clone, Copy, PartialEq)]

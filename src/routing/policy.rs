@@ -1,6 +1,6 @@
 //! The routing policies of design.md §3, with their command-line spelling.
 
-use crate::error::RoutingError;
+use super::error::RoutingError;
 use std::fmt;
 use std::str::FromStr;
 

@@ -1,9 +1,12 @@
 //! capmoe as a library: route one batch under a capacity, then run a tiny Mixtral's MoE layer
 //! through the `Backend` trait (the CPU backend here; the CUDA one with `--features cuda` on a
-//! GPU). Exits non-zero when a check fails.
+//! GPU), then a whole model on a backend written in this crate (`wrapped.rs`). Exits non-zero
+//! when a check fails.
+
+mod wrapped;
 
 use capmoe::backend::{Backend, CpuBackend, MoeWeights};
-use capmoe::model::{InitOptions, MixtralConfig, Model};
+use capmoe::model::{ForwardOptions, GenerateOptions, InitOptions, MixtralConfig, Model};
 use capmoe::routing::{route, DispatchLayout, Logits, Policy, RouterConfig};
 use capmoe::trace::{synthetic_logits, Skew};
 use std::error::Error;
@@ -29,10 +32,16 @@ fn readme_example() -> Res<()> {
 fn route_batch() -> Res<()> {
     let (t, e, k) = (256, 8, 2);
     let logits = synthetic_logits(t, e, k, Skew::Mixtral, 7)?;
-    let none = route(&Logits::new(&logits, t, e)?, &RouterConfig::new(k, Policy::None))?;
+    let none = route(
+        &Logits::new(&logits, t, e)?,
+        &RouterConfig::new(k, Policy::None),
+    )?;
     let cfg = RouterConfig::new(k, "drop:score".parse()?).with_capacity_factor(1.0);
     let plan = route(&Logits::new(&logits, t, e)?, &cfg)?;
-    let c = plan.capacity().ok_or("a capacity policy reports its capacity")?.per_expert;
+    let c = plan
+        .capacity()
+        .ok_or("a capacity policy reports its capacity")?
+        .per_expert;
     let s = plan.stats();
     println!(
         "routed T={t} E={e} k={k}: busiest expert {} -> {} (C = {c}), dropped {}, mass kept {:.3}",
@@ -42,7 +51,10 @@ fn route_batch() -> Res<()> {
         s.gate_mass_kept
     );
     check(s.max_load <= c, "no expert over capacity")?;
-    check(none.stats().max_load > c, "the skewed batch overflows C under `none`")?;
+    check(
+        none.stats().max_load > c,
+        "the skewed batch overflows C under `none`",
+    )?;
     Ok(())
 }
 
@@ -83,12 +95,18 @@ fn tiny_moe() -> Res<()> {
     )?;
     let capped = RouterConfig::new(k, "drop:score".parse()?).with_capacity_factor(0.5);
     let (y, lost) = moe_layer(&CpuBackend, moe, &x, tokens, hidden, &capped)?;
-    check(base.iter().chain(&y).all(|v| v.is_finite()), "finite outputs")?;
+    check(
+        base.iter().chain(&y).all(|v| v.is_finite()),
+        "finite outputs",
+    )?;
     // A token that lost every expert carries only the residual: its MoE row is zero.
     for (t, &l) in lost.iter().enumerate() {
         let row = &y[t * hidden..(t + 1) * hidden];
         if l {
-            check(row.iter().all(|&v| v == 0.0), "a dropped token's MoE row is zero")?;
+            check(
+                row.iter().all(|&v| v == 0.0),
+                "a dropped token's MoE row is zero",
+            )?;
         }
     }
     let diff = base.iter().zip(&y).filter(|(a, b)| a != b).count();
@@ -98,6 +116,41 @@ fn tiny_moe() -> Res<()> {
         y.len()
     );
     check(diff > 0, "capacity changes the layer's output")?;
+    Ok(())
+}
+
+/// A forward pass and greedy generation on a backend written here ([`wrapped::Wrapped`]): the
+/// same logits and tokens as the CPU backend's, bit for bit.
+fn own_backend() -> Res<()> {
+    let cfg = MixtralConfig::builtin("tiny")?;
+    let init = InitOptions::new(7);
+    let cpu = Model::random(CpuBackend, cfg.clone(), &init)?;
+    let own = Model::random(wrapped::Wrapped(CpuBackend), cfg, &init)?;
+    let router = RouterConfig::new(2, "drop:score".parse()?).with_capacity_factor(1.0);
+    let prompt: &[u32] = &[1, 5, 9, 2, 7];
+    let opts = ForwardOptions::new(router.clone());
+    let (_, a) = cpu.prefill(&[prompt], &opts)?;
+    let (_, b) = own.prefill(&[prompt], &opts)?;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    check(
+        bits(&a.logits) == bits(&b.logits),
+        "own backend's logits equal the CPU's",
+    )?;
+    let gen = GenerateOptions {
+        max_new_tokens: 4,
+        eos: Vec::new(),
+        router,
+    };
+    let tokens = own.generate(prompt, &gen)?;
+    check(
+        tokens == cpu.generate(prompt, &gen)?,
+        "own backend generates the CPU's tokens",
+    )?;
+    println!(
+        "own backend `{}`: {} logits equal the CPU's, generated {tokens:?}",
+        own.backend().name(),
+        b.logits.len()
+    );
     Ok(())
 }
 
@@ -114,6 +167,7 @@ fn main() {
         readme_example()?;
         route_batch()?;
         tiny_moe()?;
+        own_backend()?;
         #[cfg(feature = "cuda")]
         cuda_note();
         Ok(())
@@ -124,7 +178,7 @@ fn main() {
     }
 }
 
-/// With `cuda`, the same layer would run on `capmoe::cuda::CudaBackend` (on the engine's own
+/// With `cuda`, the same layer would run on `capmoe::backend::CudaBackend` (on the engine's own
 /// stream: `GpuContext::from_stream`); this example only needs it to compile beside cudarc's
 /// dynamic linking, so it does not open a device.
 #[cfg(feature = "cuda")]

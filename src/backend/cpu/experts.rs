@@ -6,7 +6,7 @@
 
 use super::gemm::{matmul, View};
 use super::ops::silu_mul;
-use crate::backend::{ExpertWeights, HostTensor};
+use crate::backend::{HostExpert, HostTensor};
 use crate::routing::DispatchLayout;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -27,7 +27,7 @@ pub fn expert_ffn(
     rows: &[f32],
     hidden: usize,
     layout: &DispatchLayout,
-    experts: &[ExpertWeights<super::CpuBackend>],
+    experts: &[HostExpert],
     range: Range<usize>,
 ) -> Vec<f32> {
     let offs = layout.offsets();
@@ -125,7 +125,7 @@ pub fn expert_ffn(
 }
 
 /// Checks one expert's shapes against `hidden`.
-pub fn check_expert(e: &ExpertWeights<super::CpuBackend>, hidden: usize) -> bool {
+pub fn check_expert(e: &HostExpert, hidden: usize) -> bool {
     let s = |t: &HostTensor| (t.shape()[0], t.shape()[1]);
     let (i1, h1) = s(&e.w1);
     let (i3, h3) = s(&e.w3);

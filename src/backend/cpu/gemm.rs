@@ -1,6 +1,7 @@
 //! Bounds-checked wrapper over the `gemm` crate's f32 kernel.
 
 use gemm::Parallelism;
+use std::time::Instant;
 
 /// A strided read-only matrix view: element `(i, j)` is
 /// `data[i * rs + j * cs]`.
@@ -118,6 +119,35 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, par: Paralleli
         par,
     );
     out
+}
+
+/// The f32 GEMM rate (FLOP/s) of the CPU backend's GEMM on an `n x n x n`
+/// product, best of `reps` runs after one warm-up.
+pub fn gemm_rate(n: usize, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-2)
+        .collect();
+    let b: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 89) as f32 - 44.0) * 1e-2)
+        .collect();
+    let mut c = vec![0.0f32; n * n];
+    let mut best = f64::INFINITY;
+    for r in 0..=reps.max(1) {
+        let t0 = Instant::now();
+        matmul(
+            &mut c,
+            n,
+            View::rows(&a, n, n),
+            View::rows(&b, n, n),
+            false,
+            threads(),
+        );
+        let dt = t0.elapsed().as_secs_f64();
+        if r > 0 {
+            best = best.min(dt);
+        }
+    }
+    2.0 * (n as f64).powi(3) / best
 }
 
 #[cfg(test)]

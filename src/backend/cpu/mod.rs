@@ -8,8 +8,9 @@ pub(crate) mod gemm;
 mod ops;
 
 pub use attention::CpuKv;
+pub use gemm::gemm_rate;
 
-use super::{AttnGeom, Backend, BackendError, DeferredRoute, ExpertWeights, HostTensor, Rope};
+use super::{AttnGeom, Backend, BackendError, HostExpert, HostTensor, Rope};
 use crate::routing::{DispatchLayout, RoutingPlan};
 use std::ops::Range;
 
@@ -35,9 +36,8 @@ impl Backend for CpuBackend {
     type Vector = HostTensor;
     type Act = CpuTensor;
     type Kv = CpuKv;
-    type Experts = Vec<ExpertWeights<CpuBackend>>;
+    type Experts = Vec<HostExpert>;
     type DeviceRoute = std::convert::Infallible;
-    type RankLayer = super::HostRankLayer<CpuBackend>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -66,13 +66,10 @@ impl Backend for CpuBackend {
         }
         Ok(t)
     }
-    fn experts(
-        &self,
-        host: Vec<ExpertWeights<CpuBackend>>,
-    ) -> Result<Vec<ExpertWeights<CpuBackend>>, BackendError> {
+    fn experts(&self, host: Vec<HostExpert>) -> Result<Vec<HostExpert>, BackendError> {
         Ok(host)
     }
-    fn num_experts(experts: &Vec<ExpertWeights<CpuBackend>>) -> usize {
+    fn num_experts(experts: &Vec<HostExpert>) -> usize {
         experts.len()
     }
 
@@ -241,7 +238,7 @@ impl Backend for CpuBackend {
         &self,
         rows: &CpuTensor,
         layout: &DispatchLayout,
-        experts: &Vec<ExpertWeights<Self>>,
+        experts: &Vec<HostExpert>,
         range: Range<usize>,
     ) -> Result<CpuTensor, BackendError> {
         let n_experts = layout.counts().len();
@@ -291,39 +288,5 @@ impl Backend for CpuBackend {
             rows: plan.tokens(),
             cols: expert_out.cols,
         })
-    }
-
-    fn moe_kept(
-        &self,
-        w: &super::MoeWeights<Self>,
-        x: &CpuTensor,
-        router: &crate::routing::RouterConfig,
-    ) -> Result<(super::MoeOutput<Self>, Self::RankLayer), BackendError> {
-        w.forward_host_kept(self, x, router)
-    }
-    fn rank_layout(layer: &Self::RankLayer) -> &DispatchLayout {
-        &layer.layout
-    }
-    fn rank_ffn(
-        &self,
-        layer: &Self::RankLayer,
-        experts: &Self::Experts,
-        range: Range<usize>,
-    ) -> Result<CpuTensor, BackendError> {
-        layer.ffn(self, experts, range)
-    }
-
-    /// Nothing to read back: the CPU routes on the host.
-    fn settle(
-        &self,
-        routes: Vec<DeferredRoute<std::convert::Infallible>>,
-    ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
-        Ok(routes
-            .into_iter()
-            .map(|r| match r {
-                DeferredRoute::Host(totals) => totals,
-                DeferredRoute::Device(never) => match never {},
-            })
-            .collect())
     }
 }

@@ -38,7 +38,7 @@ fn append(
 }
 
 /// See `Backend::attention`; shapes and spans checked by the caller.
-pub(super) fn attention(
+pub(crate) fn attention(
     st: &Arc<CudaStream>,
     q: &CudaAct,
     k: &CudaAct,

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 /// Output element types of [`linear`].
-pub(super) trait GemmOut: DeviceRepr {
+pub(crate) trait GemmOut: DeviceRepr {
     const TYPE: sys::cudaDataType;
 }
 impl GemmOut for u16 {
@@ -33,7 +33,7 @@ fn dim(what: &'static str, v: usize) -> Result<i32, GpuError> {
 
 /// `out [rows, w.out] = x [rows, w.inp] W^T`. The caller checked
 /// `x.cols == w.inp` and `rows > 0`.
-pub(super) fn linear<T: GemmOut>(
+pub(crate) fn linear<T: GemmOut>(
     blas: &CudaBlas,
     st: &Arc<CudaStream>,
     x: &CudaAct,

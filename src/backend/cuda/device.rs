@@ -19,35 +19,23 @@ impl From<cudarc::driver::DriverError> for BackendError {
     }
 }
 
-impl From<GpuError> for crate::model::ModelError {
-    fn from(e: GpuError) -> Self {
-        Self::Backend(e.into())
-    }
-}
-
-impl From<cudarc::driver::DriverError> for crate::model::ModelError {
-    fn from(e: cudarc::driver::DriverError) -> Self {
-        Self::Backend(e.into())
-    }
-}
-
 /// The CUDA backend: one GPU context and stream, and a cuBLAS handle on it.
 /// Every operation is stream-ordered; only `download` (and the host-side
 /// routing, which downloads the router logits) synchronise.
 #[derive(Clone)]
 pub struct CudaBackend {
-    pub(super) gpu: GpuContext,
-    pub(super) blas: Arc<CudaBlas>,
-    /// Whether `Backend::decoder` may capture decode graphs
+    pub(crate) gpu: GpuContext,
+    pub(crate) blas: Arc<CudaBlas>,
+    /// Whether `model::ModelBackend::decoder` may capture decode graphs
     /// ([`CudaBackend::with_decode_graphs`]).
-    pub(super) decode_graphs: bool,
+    pub(crate) decode_graphs: bool,
 }
 
-pub(super) fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
+pub(crate) fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
     i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
 }
 
-pub(super) fn bf16_bits(v: &[f32]) -> Vec<u16> {
+pub(crate) fn bf16_bits(v: &[f32]) -> Vec<u16> {
     v.iter()
         .map(|&x| half::bf16::from_f32(x).to_bits())
         .collect()
@@ -110,7 +98,7 @@ impl CudaBackend {
     }
 
     /// A `[rows, cols]` activation from bf16 bits already on the host.
-    pub(super) fn upload_bits(
+    pub(crate) fn upload_bits(
         &self,
         bits: &[u16],
         rows: usize,
@@ -125,13 +113,13 @@ impl CudaBackend {
     }
 
     /// An activation's buffer with room for `n` elements, contents unset.
-    pub(super) fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
+    pub(crate) fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
         // SAFETY: every caller launches a kernel that writes all n elements
         // before anything reads them.
         Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
     }
 
-    pub(super) fn raw(&self) -> crate::cuda::launch::Stream {
+    pub(crate) fn raw(&self) -> crate::cuda::launch::Stream {
         self.gpu.stream().cu_stream() as _
     }
 }

@@ -15,12 +15,13 @@
 //! entries (dispatch, expert_ffn, combine over a host plan) serve host-routed
 //! layers (`reroute:optimal`) and their EP rank replay; a device-routed
 //! layer's ranks replay from its own device plan and layout
-//! ([`Backend::rank_ffn`]). Decode steps replay one CUDA graph per batch size
+//! (`ep::EpBackend::rank_ffn`). Decode steps replay one CUDA graph per batch size
 //! once opted in ([`CudaBackend::with_decode_graphs`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use capmoe::cuda::{CudaBackend, GpuContext};
+//! use capmoe::backend::CudaBackend;
+//! use capmoe::cuda::GpuContext;
 //! use capmoe::model::{InitOptions, MixtralConfig, Model};
 //! let be = CudaBackend::new(&GpuContext::new(0)?)?;
 //! let model = Model::random(be, MixtralConfig::builtin("tiny")?, &InitOptions::new(7))?;
@@ -29,27 +30,26 @@
 //! ```
 
 mod attention;
-mod blas;
-mod decode;
+pub(crate) mod blas;
 mod device;
-mod moe;
-mod tensor;
+pub(crate) mod moe;
+mod random;
+pub(crate) mod tensor;
 
 pub use moe::{CudaExperts, CudaRankLayer, DeviceRankLayer};
 pub use tensor::{CudaAct, CudaKv, CudaMat, CudaVector};
 
 use crate::backend::shape_err;
 use crate::backend::{
-    name_seed32, AttnGeom, Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights,
-    ExpertsShape, HostTensor, MoeOutput, MoeWeights, RandomInit, Rope,
+    AttnGeom, Backend, BackendError, DeferredRoute, HostExpert, HostTensor, MoeMode, MoeResult,
+    MoeWeights, Rope,
 };
 use crate::cuda::model::launch as model_launch;
 use crate::cuda::GpuError;
-use crate::cuda::{ExpertFfn, FfnShape};
 use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
-use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
-use device::{bf16_bits, i32_of};
+use device::bf16_bits;
+pub(crate) use device::i32_of;
 use std::ops::Range;
 
 pub use device::CudaBackend;
@@ -57,7 +57,7 @@ pub use device::CudaBackend;
 impl CudaBackend {
     /// [`Backend::embed`] of `rows` ids already on the device (each below
     /// the vocabulary: the kernel writes zeros for one that is not).
-    pub(super) fn embed_device(
+    pub(crate) fn embed_device(
         &self,
         table: &CudaMat,
         ids: &cudarc::driver::CudaSlice<u32>,
@@ -99,7 +99,7 @@ impl CudaBackend {
 
     /// [`Backend::rope`] with the positions (one per row of `x`) and the
     /// frequencies already on the device.
-    pub(super) fn rope_device(
+    pub(crate) fn rope_device(
         &self,
         x: &mut CudaAct,
         heads: usize,
@@ -143,7 +143,6 @@ impl Backend for CudaBackend {
     type Kv = CudaKv;
     type Experts = CudaExperts;
     type DeviceRoute = crate::cuda::PlanSummary;
-    type RankLayer = moe::CudaRankLayer;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -175,84 +174,11 @@ impl Backend for CudaBackend {
         let data = self.gpu.stream().clone_htod(t.data())?;
         Ok(CudaVector { data, len: t.len() })
     }
-    fn experts(&self, host: Vec<ExpertWeights<CpuBackend>>) -> Result<CudaExperts, BackendError> {
+    fn experts(&self, host: Vec<HostExpert>) -> Result<CudaExperts, BackendError> {
         Ok(CudaExperts::from_host(&self.gpu, &host)?)
     }
     fn num_experts(experts: &CudaExperts) -> usize {
         experts.ffn.shape().experts
-    }
-
-    /// Drawn on the device in bf16 with the hashed uniform init
-    /// (`launch::fill_hash_bf16`, `U(-std sqrt 3, std sqrt 3)`, seeded by the
-    /// name and the seed): not the CPU backend's values (see
-    /// `backend::random`), and no host copy, so that a full Mixtral-8x7B
-    /// (~94 GB in bf16) can be drawn on one GPU.
-    fn random_mat(
-        &self,
-        name: &str,
-        shape: [usize; 2],
-        init: &RandomInit,
-    ) -> Result<CudaMat, BackendError> {
-        let [out, inp] = shape;
-        let n = out * inp;
-        if n == 0 {
-            return Err(shape_err(
-                "matrix weight (2-D, non-empty)",
-                shape.to_vec(),
-                vec![0, 0],
-            ));
-        }
-        if n as u64 > u64::from(u32::MAX) {
-            return Err(GpuError::TooLarge {
-                what: "elements of a random matrix (the hashed init indexes with 32 bits)",
-                value: n,
-            }
-            .into());
-        }
-        let st = self.gpu.stream();
-        let data =
-            crate::cuda::hashed_bf16(st, n, name_seed32(init.seed, name), init.bound() as f32)?;
-        Ok(CudaMat { data, out, inp })
-    }
-
-    /// [`ExpertFfn::random_scaled`] on the device, seeded per layer from the
-    /// seed and the layer's first expert name (`W13`/`W2` drawn whole, not
-    /// per expert name: the CPU backend's values differ).
-    fn random_experts(
-        &self,
-        layer: usize,
-        shape: ExpertsShape,
-        name: &dyn Fn(usize, &str) -> String,
-        init: &RandomInit,
-    ) -> Result<CudaExperts, BackendError> {
-        let _ = layer;
-        let ffn_shape = FfnShape::new(shape.experts, shape.hidden, shape.intermediate)
-            .map_err(GpuError::from)?;
-        let ffn = ExpertFfn::random_scaled(
-            &self.gpu,
-            ffn_shape,
-            name_seed32(init.seed, &name(0, "w13")),
-            init.bound() as f32,
-        )?;
-        Ok(CudaExperts::new(ffn))
-    }
-
-    /// CUDA events around what `f` queues on the backend's stream, after a
-    /// sync so that earlier work is not counted; host work inside `f` that
-    /// leaves the GPU idle is counted (the end event is queued after it).
-    fn timed<T, E: From<BackendError>>(
-        &self,
-        f: impl FnOnce() -> Result<T, E>,
-    ) -> Result<(T, f64), E> {
-        let ev = |e: cudarc::driver::DriverError| E::from(BackendError::from(e));
-        let st = self.gpu.stream();
-        st.synchronize().map_err(ev)?;
-        let start = st.record_event(Some(CU_EVENT_DEFAULT)).map_err(ev)?;
-        let v = f()?;
-        let end = st.record_event(Some(CU_EVENT_DEFAULT)).map_err(ev)?;
-        end.synchronize().map_err(ev)?;
-        let ms = start.elapsed_ms(&end).map_err(ev)?;
-        Ok((v, f64::from(ms)))
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaAct, BackendError> {
@@ -522,84 +448,27 @@ impl Backend for CudaBackend {
     /// bias is added in the gating kernel, and the layer runs through the
     /// same code as [`crate::cuda::MoeLayer`]. `reroute:optimal` has no
     /// device router yet and routes on the host (the plan is the same: both
-    /// are the oracle's). The plan comes back to the host for the caller's
-    /// record: one download per layer ([`Backend::moe_deferred`] has none).
+    /// are the oracle's), as does an empty batch. Under [`MoeMode::Plan`]
+    /// the plan comes back for the caller's record (one download per
+    /// layer); under [`MoeMode::Deferred`] it stays on the device as a
+    /// [`crate::cuda::PlanSummary`]: no host sync in the layer.
     fn moe(
         &self,
         w: &MoeWeights<Self>,
         x: &CudaAct,
         router: &RouterConfig,
-    ) -> Result<MoeOutput<Self>, BackendError> {
+        mode: MoeMode,
+    ) -> Result<MoeResult<Self>, BackendError> {
         if router.policy == Policy::RerouteOptimal || x.rows == 0 {
-            return w.forward_host(self, x, router);
+            return Ok(MoeResult::Plan(w.forward_host(self, x, router)?));
         }
-        moe::forward_device(self, w, x, router)
-    }
-
-    /// [`Backend::moe`] with the plan left on the device as a
-    /// [`crate::cuda::PlanSummary`]: no host sync in the layer.
-    /// `reroute:optimal` (host-routed) and an empty batch keep their loads
-    /// on the host.
-    fn moe_deferred(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &CudaAct,
-        router: &RouterConfig,
-    ) -> Result<(CudaAct, DeferredRoute<Self::DeviceRoute>), BackendError> {
-        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
-            let m = w.forward_host(self, x, router)?;
-            return Ok((m.out, DeferredRoute::Host(m.plan.totals())));
-        }
-        let (out, summary) = moe::forward_deferred(self, w, x, router)?;
-        Ok((out, DeferredRoute::Device(summary)))
-    }
-
-    /// Routes on the device as [`Backend::moe`] does and keeps the device
-    /// plan, layout and rows ([`moe::CudaRankLayer`]); host-routed layers
-    /// (`reroute:optimal`, an empty batch) keep the host ones.
-    fn moe_kept(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &CudaAct,
-        router: &RouterConfig,
-    ) -> Result<(MoeOutput<Self>, moe::CudaRankLayer), BackendError> {
-        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
-            let (m, kept) = w.forward_host_kept(self, x, router)?;
-            return Ok((m, moe::CudaRankLayer::Host(Box::new(kept))));
-        }
-        moe::forward_kept(self, w, x, router)
-    }
-
-    fn rank_layout(layer: &moe::CudaRankLayer) -> &DispatchLayout {
-        match layer {
-            moe::CudaRankLayer::Host(h) => &h.layout,
-            moe::CudaRankLayer::Device(d) => &d.layout,
-        }
-    }
-
-    /// One rank's experts on the kept device layout: no upload, the
-    /// range's groups of the device-made GEMM arguments.
-    fn rank_ffn(
-        &self,
-        layer: &moe::CudaRankLayer,
-        experts: &CudaExperts,
-        range: Range<usize>,
-    ) -> Result<CudaAct, BackendError> {
-        moe::rank_ffn(self, layer, experts, range)
-    }
-
-    /// The router GEMM and the device router (the host oracle for
-    /// `reroute:optimal`), nothing read back.
-    fn route_only(
-        &self,
-        w: &MoeWeights<Self>,
-        x: &CudaAct,
-        router: &RouterConfig,
-    ) -> Result<(), BackendError> {
-        if router.policy == Policy::RerouteOptimal || x.rows == 0 {
-            return w.route(self, x, router).map(drop);
-        }
-        moe::route_only(self, w, x, router)
+        Ok(match mode {
+            MoeMode::Plan => MoeResult::Plan(moe::forward_device(self, w, x, router)?),
+            MoeMode::Deferred => {
+                let (out, summary) = moe::forward_deferred(self, w, x, router)?;
+                MoeResult::Deferred(out, DeferredRoute::Device(summary))
+            }
+        })
     }
 
     /// Every device summary in one download; see [`crate::cuda::settle`].
@@ -608,21 +477,5 @@ impl Backend for CudaBackend {
         routes: Vec<DeferredRoute<Self::DeviceRoute>>,
     ) -> Result<Vec<crate::routing::PlanTotals>, BackendError> {
         moe::settle(self, routes)
-    }
-
-    /// One CUDA graph per batch size over a static KV cache (see
-    /// `backend::cuda::decode`); `reroute:optimal`, which routes on the
-    /// host, steps eagerly.
-    fn decoder<'m>(
-        model: &'m crate::model::Model<Self>,
-        seqs: Vec<crate::model::Sequence<Self>>,
-        pending: Vec<u32>,
-        steps: usize,
-        router: &RouterConfig,
-    ) -> Result<Box<dyn crate::model::Decoder + 'm>, crate::model::ModelError>
-    where
-        Self: 'm,
-    {
-        decode::decoder(model, seqs, pending, steps, router)
     }
 }

@@ -7,8 +7,7 @@
 use super::tensor::CudaAct;
 use super::CudaBackend;
 use crate::backend::{
-    Backend, BackendError, CpuBackend, DeferredRoute, ExpertWeights, HostRankLayer, MoeOutput,
-    MoeWeights,
+    Backend, BackendError, DeferredRoute, HostExpert, HostRankLayer, MoeOutput, MoeWeights,
 };
 use crate::cuda::expert::{layer_forward, LayerRun};
 use crate::cuda::{
@@ -29,17 +28,14 @@ pub struct CudaExperts {
 }
 
 impl CudaExperts {
-    pub(super) fn new(ffn: ExpertFfn) -> Self {
+    pub(crate) fn new(ffn: ExpertFfn) -> Self {
         Self {
             ffn,
             bias: Mutex::new(None),
         }
     }
 
-    pub(super) fn from_host(
-        gpu: &GpuContext,
-        host: &[ExpertWeights<CpuBackend>],
-    ) -> Result<Self, GpuError> {
+    pub(crate) fn from_host(gpu: &GpuContext, host: &[HostExpert]) -> Result<Self, GpuError> {
         Ok(Self::new(ExpertFfn::from_host(gpu, host)?))
     }
 
@@ -72,7 +68,7 @@ fn upload<T: DeviceRepr + Copy>(
 }
 
 /// Token rows into the layout's rows (padding rows zero).
-pub(super) fn dispatch(
+pub(crate) fn dispatch(
     gpu: &GpuContext,
     x: &CudaAct,
     layout: &DispatchLayout,
@@ -112,7 +108,7 @@ pub(super) fn dispatch(
 
 /// Experts `range` on their rows; returns rows `offsets[range.start] ..
 /// offsets[range.end]` (padding zero), as `Backend::expert_ffn`.
-pub(super) fn expert_ffn(
+pub(crate) fn expert_ffn(
     gpu: &GpuContext,
     rows: &CudaAct,
     layout: &DispatchLayout,
@@ -163,7 +159,7 @@ pub(super) fn expert_ffn(
 
 /// Weighted gather back to token order (`routing::combine`'s semantics, f32
 /// accumulation, one bf16 rounding).
-pub(super) fn combine(
+pub(crate) fn combine(
     gpu: &GpuContext,
     plan: &RoutingPlan,
     layout: &DispatchLayout,
@@ -285,9 +281,9 @@ fn run_device(
     Ok((out, (plan, dispatch, rows)))
 }
 
-/// `Backend::route_only` on the device: the router GEMM and the device
+/// `ep::EpBackend::route_only` on the device: the router GEMM and the device
 /// router, the plan dropped (stream-ordered; nothing read back).
-pub(super) fn route_only(
+pub(crate) fn route_only(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
@@ -322,9 +318,9 @@ pub struct DeviceRankLayer {
     pub rows: CudaSlice<u16>,
 }
 
-/// `Backend::moe_kept`: [`run_device`], the plan downloaded for the record
+/// `ep::EpBackend::moe_kept`: [`run_device`], the plan downloaded for the record
 /// and the device plan, layout and rows kept.
-pub(super) fn forward_kept(
+pub(crate) fn forward_kept(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
@@ -342,10 +338,10 @@ pub(super) fn forward_kept(
     Ok((MoeOutput { out, plan, layout }, kept))
 }
 
-/// `Backend::rank_ffn` of a kept layer: on the device layout, the range's
+/// `ep::EpBackend::rank_ffn` of a kept layer: on the device layout, the range's
 /// groups of the device-made GEMM arguments and its rows (no upload), the
 /// rows then copied out in one device copy.
-pub(super) fn rank_ffn(
+pub(crate) fn rank_ffn(
     be: &CudaBackend,
     layer: &CudaRankLayer,
     experts: &CudaExperts,
@@ -387,7 +383,7 @@ pub(super) fn rank_ffn(
 
 /// `Backend::moe` on the device (see there): [`run_device`], then the plan
 /// downloaded and its layout made on the host.
-pub(super) fn forward_device(
+pub(crate) fn forward_device(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
@@ -399,10 +395,10 @@ pub(super) fn forward_device(
     Ok(MoeOutput { out, plan, layout })
 }
 
-/// `Backend::moe_deferred` on the device: [`run_device`], the plan reduced
+/// `Backend::moe` under `MoeMode::Deferred` on the device: [`run_device`], the plan reduced
 /// to its [`PlanSummary`] (its totals enqueued; no read-back, so no host
 /// sync).
-pub(super) fn forward_deferred(
+pub(crate) fn forward_deferred(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
@@ -414,7 +410,7 @@ pub(super) fn forward_deferred(
 
 /// `Backend::settle`: the device summaries in one download, each error
 /// named by its layer.
-pub(super) fn settle(
+pub(crate) fn settle(
     be: &CudaBackend,
     routes: Vec<DeferredRoute<PlanSummary>>,
 ) -> Result<Vec<PlanTotals>, BackendError> {

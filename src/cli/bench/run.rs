@@ -3,7 +3,8 @@
 use super::*;
 use crate::cli::progress::Bar;
 use crate::cli::CliError;
-use capmoe::backend::{Backend, CpuBackend};
+use capmoe::backend::CpuBackend;
+use capmoe::ep::EpBackend;
 use capmoe::ep::{self, plot, report, BenchReport, BenchSetup, EpError};
 use capmoe::trace::Skew;
 use std::io::Write;
@@ -61,7 +62,7 @@ pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Option<Skew>, Option<usize>
 }
 
 /// The whole-model benchmark ([`ep::run`]) on `backend`.
-pub(super) fn whole_model<B: Backend>(
+pub(super) fn whole_model<B: EpBackend>(
     args: &BenchArgs,
     backend: B,
     d: &E2eDefaults,
@@ -122,11 +123,12 @@ pub(super) fn whole_model<B: Backend>(
 }
 
 /// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
-/// the CPU benchmark's method on [`capmoe::cuda::CudaBackend`]; returns the
+/// the CPU benchmark's method on [`capmoe::backend::CudaBackend`]; returns the
 /// report (also written under --out).
 #[cfg(feature = "cuda")]
 pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
-    use capmoe::cuda::{CudaBackend, GpuContext};
+    use capmoe::backend::CudaBackend;
+    use capmoe::cuda::GpuContext;
     refuse_flags(args)?;
     if mode(args) != Mode::GpuE2e {
         return Err(CliError::Usage(

@@ -3,8 +3,8 @@
 use super::*;
 use crate::cli::model_args::check_random_size;
 use crate::cli::CliError;
-use capmoe::backend::Backend;
 use capmoe::ep::gpu::{GpuBenchSetup, LayerShape};
+use capmoe::ep::EpBackend;
 use capmoe::ep::EpError;
 use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
 use capmoe::trace::Skew;
@@ -30,7 +30,7 @@ pub(super) fn check_builtin(name: &str) -> Result<(), CliError> {
 /// weights tick a progress bar over the layers on stderr.
 /// Loads or builds the model on `backend`, with the skew applied; random
 /// weights tick a progress bar over the layers on stderr.
-pub(super) fn load_model<B: Backend>(
+pub(super) fn load_model<B: EpBackend>(
     args: &BenchArgs,
     checkpoint: Option<&Path>,
     skew: Skew,

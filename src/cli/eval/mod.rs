@@ -18,7 +18,7 @@ use super::progress::Bar;
 use super::tokenizer::Tok;
 use super::CliError;
 use args::Format;
-use capmoe::backend::Backend;
+use capmoe::ep::EpBackend;
 use capmoe::model::Model;
 use capmoe::trace::Skew;
 use report::EvalReport;
@@ -57,7 +57,7 @@ struct Task<'a> {
 
 impl ModelTask for Task<'_> {
     type Output = EvalReport;
-    fn run<B: Backend>(self, model: Model<B>) -> Result<EvalReport, CliError> {
+    fn run<B: EpBackend>(self, model: Model<B>) -> Result<EvalReport, CliError> {
         let a = self.args;
         let cfg = model.config();
         if a.seq_len > cfg.max_position_embeddings {

@@ -3,7 +3,7 @@
 use super::protocol::{predicting_rows, score, Layout, Stream};
 use super::report::EvalResult;
 use super::EvalError;
-use capmoe::backend::Backend;
+use capmoe::ep::EpBackend;
 use capmoe::ep::{Fidelity, LogProbs};
 use capmoe::model::{ForwardOptions, Model, ModelError};
 use capmoe::progress::Progress;
@@ -89,7 +89,7 @@ impl Sums {
 /// Runs the protocol under `router`. `baseline` holds, per batch, the `none` logits at the
 /// rows predicting answer tokens; it is filled when empty (the `none` run) and compared with
 /// otherwise (the KL).
-pub fn run_one<B: Backend>(
+pub fn run_one<B: EpBackend>(
     model: &Model<B>,
     plan: &Plan<'_>,
     router: &RouterConfig,

@@ -4,11 +4,11 @@
 use super::gemm;
 use super::select::{self, VariantPair};
 use super::variants::CompiledVariant;
-use crate::backend::{CpuBackend, ExpertWeights};
 use crate::cuda::error::to_i32;
 use crate::cuda::{GpuContext, GpuDispatch, GpuError, GpuPlan};
 use crate::expert::tune::TuneCache;
 use crate::expert::FfnShape;
+use crate::expert::HostExpert;
 use crate::expert::{init, interleave};
 use cudarc::driver::CudaSlice;
 use std::ops::Range;
@@ -60,10 +60,7 @@ fn bf16_bits(x: f32) -> u16 {
 impl ExpertFfn {
     /// Uploads host f32 expert weights (the CPU model's), rounded to bf16
     /// with W1 and W3 interleaved.
-    pub fn from_host(
-        gpu: &GpuContext,
-        experts: &[ExpertWeights<CpuBackend>],
-    ) -> Result<Self, GpuError> {
+    pub fn from_host(gpu: &GpuContext, experts: &[HostExpert]) -> Result<Self, GpuError> {
         let Some(first) = experts.first() else {
             return Err(GpuError::Shape {
                 what: "experts",

@@ -1,6 +1,6 @@
 //! The safe door to the decode step's greedy kernel (`capmoe_model_greedy`),
 //! for a caller with logits on the device. The decode graph launches the
-//! same kernel with its own device state (`backend::cuda::decode`).
+//! same kernel with its own device state (`model::graph_decode`).
 
 use super::ops;
 use crate::cuda::error::to_i32;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GreedyRow {
     /// The first largest logit's column (NaN never wins; 0 when every
-    /// logit is NaN), as [`crate::model::argmax`].
+    /// logit is NaN), as the model's `argmax`.
     pub token: u32,
     /// The row's first NaN or Inf logit, `(column, value)`, if any.
     pub nonfinite: Option<(usize, f32)>,

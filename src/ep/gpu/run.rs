@@ -53,8 +53,8 @@ impl From<EpError> for CaseError {
     }
 }
 
-impl From<crate::RoutingError> for CaseError {
-    fn from(e: crate::RoutingError) -> Self {
+impl From<crate::routing::RoutingError> for CaseError {
+    fn from(e: crate::routing::RoutingError) -> Self {
         Self::Fatal(e.into())
     }
 }

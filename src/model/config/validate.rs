@@ -2,7 +2,7 @@
 //! fields, and the positions a sequence may take.
 
 use super::{ConfigError, MixtralConfig};
-use crate::error::MAX_EXPERTS;
+use crate::routing::MAX_EXPERTS;
 
 impl MixtralConfig {
     /// Checks every field's range and the relations between fields (in the

@@ -7,4 +7,4 @@ mod repair;
 #[cfg(test)]
 pub(crate) mod ssp;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,7 +8,6 @@ use crate::routing::capacity::{capacity, Bins, CapacityScope, Placement};
 use crate::routing::gate::Gate;
 use crate::routing::logits::Logits;
 use crate::routing::served::Served;
-use crate::trace::{synthetic_logits, Skew};
 use proptest::prelude::*;
 
 struct Case {
@@ -248,15 +247,19 @@ proptest! {
     }
 }
 
+/// `logits(tokens, experts, top_k, olmoe, seed)`: a synthetic trace with
+/// Mixtral-like skew (OLMoE-like when `olmoe`). `crate::trace` sits above
+/// routing, so the tests that need it run from trace's tests.
+pub(crate) type TraceFn<'a> = &'a dyn Fn(usize, usize, usize, bool, u64) -> Vec<f32>;
+
 /// Fine-grained shapes (many experts, top-8) with real skew.
-#[test]
-fn fine_grained_shapes_match_the_oracle() {
-    for (t, e, k, skew) in [
-        (384usize, 64usize, 8usize, Skew::Mixtral),
-        (256, 64, 8, Skew::Olmoe),
-        (96, 256, 8, Skew::Mixtral),
+pub(crate) fn fine_grained_shapes_match_the_oracle(logits: TraceFn) {
+    for (t, e, k, olmoe) in [
+        (384usize, 64usize, 8usize, false),
+        (256, 64, 8, true),
+        (96, 256, 8, false),
     ] {
-        let l = synthetic_logits(t, e, k, skew, 7).unwrap();
+        let l = logits(t, e, k, olmoe, 7);
         for (gamma, ranks, rank) in [
             (1.0, 1, false),
             (1.5, 8, false),
@@ -271,10 +274,9 @@ fn fine_grained_shapes_match_the_oracle() {
 /// Candidates that are too few must be found by the certificate: with no
 /// extra candidates the result is still optimal, whichever way each round
 /// restores optimality.
-#[test]
-fn certificate_adds_missing_candidates() {
+pub(crate) fn certificate_adds_missing_candidates(logits: TraceFn) {
     let (t, e, k) = (200usize, 64usize, 4usize);
-    let l = synthetic_logits(t, e, k, Skew::Olmoe, 3).unwrap();
+    let l = logits(t, e, k, true, 3);
     let c = case(&l, t, e, k, 1.0, 1, false);
     let old = ssp_optimal(&c.gate, &c.bins);
     for (repair_max, mid_check, per_token) in [

@@ -2,9 +2,21 @@
 //! safetensors file or owned (converted from bf16/f16, randomly initialised,
 //! or copied because the mapped bytes were not 4-byte aligned).
 
-use super::BackendError;
 use memmap2::Mmap;
 use std::sync::Arc;
+
+/// A host tensor's data does not fit its shape (the backends report it as
+/// `BackendError::Shape`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{what}: shape {got:?} does not fit, expected {expected:?}")]
+pub struct ShapeError {
+    /// Which tensor.
+    pub what: &'static str,
+    /// Its shape (the data length).
+    pub got: Vec<usize>,
+    /// The shape expected.
+    pub expected: Vec<usize>,
+}
 
 /// Where a host tensor's f32 values live.
 #[derive(Debug, Clone)]
@@ -36,7 +48,7 @@ impl HostTensor {
     /// An owned tensor, checked: `data.len()` must equal the product of `shape`.
     ///
     /// ```
-    /// use capmoe::backend::HostTensor;
+    /// use capmoe::io::HostTensor;
     /// assert!(HostTensor::new("w", vec![2, 3], vec![0.0; 6]).is_ok());
     /// assert!(HostTensor::new("w", vec![2, 3], vec![0.0; 5]).is_err());
     /// ```
@@ -44,10 +56,10 @@ impl HostTensor {
         name: impl Into<String>,
         shape: Vec<usize>,
         data: Vec<f32>,
-    ) -> Result<Self, BackendError> {
+    ) -> Result<Self, ShapeError> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if n != Some(data.len()) {
-            return Err(BackendError::Shape {
+            return Err(ShapeError {
                 what: "host tensor data",
                 got: vec![data.len()],
                 expected: shape,

@@ -1,4 +1,5 @@
-//! The CUDA backend's [`Decoder`]: one decode step of the whole batch,
+//! The CUDA backend's [`Decoder`] (the model's side: it knows the layer
+//! body and drives the backend's crate-internal CUDA pieces): one decode step of the whole batch,
 //! every layer (attention with the KV-cache append, the MoE layer routed on
 //! the device with capacity over the decode batch) and the greedy pick,
 //! captured once per batch size as one CUDA graph and replayed.
@@ -15,40 +16,29 @@
 //! host sync; there is none inside the graph.
 //!
 //! `reroute:optimal` routes on the host, so its steps cannot be captured:
-//! [`Backend::decoder`] gives it the eager decoder, as it does when no step
+//! [`super::ModelBackend::decoder`] gives it the eager decoder, as it does when no step
 //! will run, or when the backend was not made with
 //! [`CudaBackend::with_decode_graphs`] (capturing is only sound when no
 //! other thread uses the CUDA context meanwhile).
 
-use super::tensor::CudaAct;
-use super::{blas, i32_of, CudaBackend};
+mod io;
+mod state;
+
+use super::decode::{check_keep, check_pending};
+use super::{Decoder, EagerDecoder, Model, ModelError, Sequence};
+use crate::backend::cuda::{blas, i32_of, CudaBackend};
 use crate::backend::{Backend, BackendError};
 use crate::cuda::expert::TrackingOff;
 use crate::cuda::model::launch as model_launch;
-use crate::cuda::{sys, GpuError, LedgerLayout, PlanSummary};
-use crate::model::{check_keep, check_pending, Decoder, LayerIo, Model, ModelError, Sequence};
+use crate::cuda::{sys, GpuError, LedgerLayout};
 use crate::routing::{PlanTotals, RouterConfig};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
-
-/// The device state of one batch size: what the captured graph reads and
-/// writes in place.
-struct DecodeState {
-    batch: usize,
-    /// Token fed to each sequence next `[batch]`.
-    ids: CudaSlice<u32>,
-    /// Each sequence's position of that token `[batch]`.
-    positions: CudaSlice<i32>,
-    /// Per layer: keys and values `[batch * max_positions, kv_heads * head_dim]`.
-    k: Vec<CudaSlice<u16>>,
-    v: Vec<CudaSlice<u16>>,
-    /// `[2 batch]` words of per-row non-finite records (u64), `[batch]`
-    /// picked tokens, then the plan ledger.
-    record: CudaSlice<u32>,
-}
+use io::GraphIo;
+use state::DecodeState;
 
 /// Greedy decode steps as graph replays (see the module doc).
-pub(super) struct GraphDecoder<'m> {
+struct GraphDecoder<'m> {
     model: &'m Model<CudaBackend>,
     router: RouterConfig,
     max_positions: usize,
@@ -69,7 +59,7 @@ impl<'m> GraphDecoder<'m> {
     /// Copies each sequence's cache into a static one sized for `steps`
     /// more positions, then captures the step. `Model::decoder` checked the
     /// positions; `seqs` and `pending` agree in length.
-    pub(super) fn new(
+    fn new(
         model: &'m Model<CudaBackend>,
         seqs: Vec<Sequence<CudaBackend>>,
         pending: Vec<u32>,
@@ -261,195 +251,6 @@ impl<'m> GraphDecoder<'m> {
     }
 }
 
-impl DecodeState {
-    fn alloc(
-        model: &Model<CudaBackend>,
-        batch: usize,
-        max_positions: usize,
-    ) -> Result<Self, ModelError> {
-        let c = &model.config;
-        let width = c.num_key_value_heads * c.head_dim;
-        let cache = batch
-            .checked_mul(max_positions)
-            .and_then(|n| n.checked_mul(width))
-            .ok_or_else(|| too_large("static KV cache elements", max_positions))?;
-        let ledger = LedgerLayout::words_for(c.num_hidden_layers, c.num_local_experts)
-            .and_then(|w| w.checked_add(3 * batch))
-            .ok_or_else(|| too_large("decode record words", batch))?;
-        let st = model.backend().gpu.stream();
-        // Not zeroed (a pass over every layer's cache, at each retain too):
-        // attention reads rows 0..=positions[b] of a sequence only, and each
-        // of those is copied in (copy_in) or appended by a step first.
-        // SAFETY: see above; no other reader exists.
-        let uninit = |n: usize| unsafe { st.alloc::<u16>(n.max(1)) };
-        let mut k = Vec::with_capacity(c.num_hidden_layers);
-        let mut v = Vec::with_capacity(c.num_hidden_layers);
-        for _ in 0..c.num_hidden_layers {
-            k.push(uninit(cache)?);
-            v.push(uninit(cache)?);
-        }
-        Ok(Self {
-            batch,
-            ids: st.alloc_zeros::<u32>(batch)?,
-            positions: st.alloc_zeros::<i32>(batch)?,
-            k,
-            v,
-            record: st.alloc_zeros::<u32>(ledger)?,
-        })
-    }
-
-    /// Copies `n` elements of layer `li`'s keys and values, from element
-    /// `from` of `src`, to this state's caches at element `at`.
-    fn copy_in(
-        &mut self,
-        model: &Model<CudaBackend>,
-        li: usize,
-        at: usize,
-        src: (&CudaSlice<u16>, &CudaSlice<u16>),
-        from: usize,
-        n: usize,
-    ) -> Result<(), ModelError> {
-        if n == 0 {
-            return Ok(());
-        }
-        let fits = |len: usize, start: usize| start.checked_add(n).is_some_and(|e| e <= len);
-        if !fits(src.0.len().min(src.1.len()), from) || !fits(self.k[li].len(), at) {
-            return Err(ModelError::Mismatch {
-                what: "cache rows copied (past a buffer's end)",
-                got: n,
-                expected: self.k[li].len().saturating_sub(at),
-            });
-        }
-        let st = model.backend().gpu.stream();
-        st.memcpy_dtod(
-            &src.0.slice(from..from + n),
-            &mut self.k[li].slice_mut(at..at + n),
-        )?;
-        st.memcpy_dtod(
-            &src.1.slice(from..from + n),
-            &mut self.v[li].slice_mut(at..at + n),
-        )?;
-        Ok(())
-    }
-
-    fn upload(
-        &mut self,
-        model: &Model<CudaBackend>,
-        pending: &[u32],
-        lens: &[usize],
-    ) -> Result<(), ModelError> {
-        let st = model.backend().gpu.stream();
-        let pos = lens
-            .iter()
-            .map(|&l| i32_of("position", l))
-            .collect::<Result<Vec<i32>, _>>()?;
-        st.memcpy_htod(pending, &mut self.ids)?;
-        st.memcpy_htod(&pos, &mut self.positions)?;
-        Ok(())
-    }
-}
-
-/// The step's [`LayerIo`]: positions and caches on the device.
-struct GraphIo<'a> {
-    state: &'a mut DecodeState,
-    inv_freq: &'a CudaSlice<f32>,
-    max_positions: usize,
-    router: &'a RouterConfig,
-    summaries: Vec<PlanSummary>,
-}
-
-impl LayerIo<CudaBackend> for GraphIo<'_> {
-    fn rope(
-        &mut self,
-        model: &Model<CudaBackend>,
-        x: &mut CudaAct,
-        heads: usize,
-    ) -> Result<(), ModelError> {
-        Ok(model
-            .backend()
-            .rope_device(x, heads, &self.state.positions, self.inv_freq)?)
-    }
-
-    fn attend(
-        &mut self,
-        model: &Model<CudaBackend>,
-        layer: usize,
-        q: &CudaAct,
-        k: &CudaAct,
-        v: &CudaAct,
-    ) -> Result<CudaAct, ModelError> {
-        let be = model.backend();
-        let st = be.gpu.stream();
-        let g = model.geom();
-        let (batch, qw, kvw) = (
-            self.state.batch,
-            g.heads * g.head_dim,
-            g.kv_heads * g.head_dim,
-        );
-        if (q.rows, q.cols, k.rows, k.cols, v.rows, v.cols) != (batch, qw, batch, kvw, batch, kvw) {
-            return Err(ModelError::Backend(crate::backend::shape_err(
-                "decode q, k, v [batch, width]",
-                vec![q.rows, q.cols, k.rows, k.cols, v.rows, v.cols],
-                vec![batch, qw, batch, kvw, batch, kvw],
-            )));
-        }
-        if g.head_dim > 256 {
-            return Err(ModelError::Backend(crate::backend::shape_err(
-                "attention head_dim (at most 256 on the GPU)",
-                vec![g.head_dim],
-                vec![256],
-            )));
-        }
-        let mut out = be.alloc(batch * qw)?;
-        let (qp, _g1) = q.data.device_ptr(st);
-        let (kp, _g2) = k.data.device_ptr(st);
-        let (vp, _g3) = v.data.device_ptr(st);
-        let (pp, _g4) = self.state.positions.device_ptr(st);
-        let (kc, _g5) = self.state.k[layer].device_ptr_mut(st);
-        let (vc, _g6) = self.state.v[layer].device_ptr_mut(st);
-        let (op, _g7) = out.device_ptr_mut(st);
-        let a = sys::capmoe_decode_attn_args {
-            q: qp as _,
-            k: kp as _,
-            v: vp as _,
-            positions: pp as _,
-            k_cache: kc as _,
-            v_cache: vc as _,
-            out: op as _,
-            batch: i32_of("decode batch", batch)?,
-            max_positions: i32_of("static cache positions", self.max_positions)?,
-            heads: i32_of("heads", g.heads)?,
-            kv_heads: i32_of("kv heads", g.kv_heads)?,
-            head_dim: i32_of("head dim", g.head_dim)?,
-            window: i32_of("sliding window", g.window.unwrap_or(0))?,
-            scale: g.scale,
-        };
-        // SAFETY: shapes checked above; the caches hold batch * max_positions
-        // rows of kvw (DecodeState::alloc), positions batch i32 below
-        // max_positions (GraphDecoder::step checks the host mirror before
-        // each replay); all alive until the stream has run the kernels.
-        unsafe { model_launch::decode_attention(&a, be.raw())? };
-        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7));
-        Ok(CudaAct {
-            data: out,
-            rows: batch,
-            cols: qw,
-        })
-    }
-
-    fn moe(
-        &mut self,
-        model: &Model<CudaBackend>,
-        layer: usize,
-        h: CudaAct,
-    ) -> Result<CudaAct, ModelError> {
-        let w = &model.layers[layer].moe;
-        let (out, summary) = super::moe::forward_deferred(model.backend(), w, &h, self.router)?;
-        self.summaries.push(summary);
-        Ok(out)
-    }
-}
-
 impl Decoder for GraphDecoder<'_> {
     fn name(&self) -> &'static str {
         "cuda-graph"
@@ -539,7 +340,8 @@ impl Decoder for GraphDecoder<'_> {
     }
 }
 
-/// [`Backend::decoder`] of the CUDA backend.
+/// The CUDA backend's decoder: graph replays, or the eager decoder where a
+/// graph cannot be captured.
 pub(super) fn decoder<'m>(
     model: &'m Model<CudaBackend>,
     seqs: Vec<Sequence<CudaBackend>>,
@@ -553,9 +355,7 @@ pub(super) fn decoder<'m>(
         || router.policy == crate::routing::Policy::RerouteOptimal
         || steps == 0
     {
-        return Ok(Box::new(crate::model::EagerDecoder::new(
-            model, seqs, pending, router,
-        )?));
+        return Ok(Box::new(EagerDecoder::new(model, seqs, pending, router)?));
     }
     Ok(Box::new(GraphDecoder::new(
         model, seqs, pending, steps, router,
