@@ -2,8 +2,7 @@
 //! turns its status code into a [`GpuError`]. Launchers with runs of
 //! same-typed arguments take their `sys` parameter struct (named fields);
 //! [`ptr`] and [`ptr_mut`] turn cudarc's device addresses into its fields.
-//! Callers (`routing`, `expert`, `model::ops`; `backend::cuda` until it moves
-//! onto `model::ops` and `routing::rows`) validate every shape first.
+//! Callers (`routing`, `expert`, `model::ops`) validate every shape first.
 
 use super::error::GpuError;
 use super::sys;
@@ -177,33 +176,6 @@ pub unsafe fn combine_f32(a: &sys::capmoe_combine_args, stream: Stream) -> Resul
 }
 
 /// Weighted gather back to token order, bf16 in and out (f32 accumulation).
-///
-/// # Safety
-/// As [`combine_f32`] with bf16 `y` and `out`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn combine_bf16(
-    offsets: DevPtr,
-    weights: DevPtr,
-    assignment_row: DevPtr,
-    y: DevPtr,
-    tokens: i32,
-    hidden: i32,
-    out: DevPtr,
-    stream: Stream,
-) -> Result<(), GpuError> {
-    let a = sys::capmoe_combine_args {
-        offsets: ptr(offsets),
-        weights: ptr(weights),
-        assignment_row: ptr(assignment_row),
-        y: ptr(y),
-        tokens,
-        hidden,
-        out: ptr_mut(out),
-    };
-    combine_bf16_args(&a, stream)
-}
-
-/// [`combine_bf16`] with its parameter struct.
 ///
 /// # Safety
 /// As [`combine_f32`] with bf16 `y` and `out`.

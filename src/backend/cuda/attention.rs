@@ -4,15 +4,11 @@
 
 use super::tensor::{CudaAct, CudaKv};
 use crate::backend::AttnGeom;
-use crate::cuda::model::launch::{self as model_launch, AttnShape};
+use crate::cuda::model::ops::{self, AttnDims};
 use crate::cuda::GpuError;
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::CudaStream;
 use std::ops::Range;
 use std::sync::Arc;
-
-fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
 
 /// Appends rows `span` of `k`/`v` to `cache`. Shapes checked by the caller.
 fn append(
@@ -56,13 +52,13 @@ pub(crate) fn attention(
             continue;
         }
         append(st, cache, k, v, span)?;
-        let s = AttnShape {
-            n: i32_of("attention rows", span.len())?,
-            len: i32_of("cache length", cache.len)?,
-            heads: i32_of("heads", geom.heads)?,
-            kv_heads: i32_of("kv heads", geom.kv_heads)?,
-            head_dim: i32_of("head dim", geom.head_dim)?,
-            window: i32_of("sliding window", geom.window.unwrap_or(0))?,
+        let dims = AttnDims {
+            n: span.len(),
+            len: cache.len,
+            heads: geom.heads,
+            kv_heads: geom.kv_heads,
+            head_dim: geom.head_dim,
+            window: geom.window,
             scale: geom.scale,
         };
         let rows = span.start * qw..span.end * qw;
@@ -70,15 +66,8 @@ pub(crate) fn attention(
             unreachable!("append allocates both buffers")
         };
         let qv = q.data.slice(rows.clone());
-        let (qp, _g1) = qv.device_ptr(st);
-        let (kp, _g2) = kc.device_ptr(st);
-        let (vp, _g3) = vc.device_ptr(st);
         let mut o = out.slice_mut(rows);
-        let (op, _g4) = o.device_ptr_mut(st);
-        // SAFETY: q/out hold the span's n * heads * head_dim bf16, the caches
-        // len * kv_heads * head_dim written positions; all alive (guards) until
-        // the stream has run the launch.
-        unsafe { model_launch::attention(s, qp, kp, vp, op, st.cu_stream() as _)? };
+        ops::attention(st, &qv, (kc, vc), dims, &mut o)?;
     }
     Ok(CudaAct {
         data: out,

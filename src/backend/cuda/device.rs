@@ -118,8 +118,4 @@ impl CudaBackend {
         // before anything reads them.
         Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
     }
-
-    pub(crate) fn raw(&self) -> crate::cuda::launch::Stream {
-        self.gpu.stream().cu_stream() as _
-    }
 }

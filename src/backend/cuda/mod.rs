@@ -44,10 +44,9 @@ use crate::backend::{
     AttnGeom, Backend, BackendError, DeferredRoute, HostExpert, HostTensor, MoeMode, MoeResult,
     MoeWeights, Rope,
 };
-use crate::cuda::model::launch as model_launch;
+use crate::cuda::model::ops;
 use crate::cuda::GpuError;
 use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 use device::bf16_bits;
 pub(crate) use device::i32_of;
 use std::ops::Range;
@@ -71,27 +70,9 @@ impl CudaBackend {
                 expected: format!("at least {rows}"),
             });
         }
-        let st = self.gpu.stream();
-        let mut out = self.alloc(rows * hidden)?;
-        if rows > 0 {
-            let (t, _g1) = table.data.device_ptr(st);
-            let (i, _g2) = ids.device_ptr(st);
-            let (o, _g3) = out.device_ptr_mut(st);
-            // SAFETY: table holds vocab * hidden, ids at least rows u32, out rows * hidden.
-            unsafe {
-                model_launch::embed(
-                    t,
-                    i,
-                    i32_of("tokens", rows)?,
-                    i32_of("vocab", vocab)?,
-                    i32_of("hidden", hidden)?,
-                    o,
-                    self.raw(),
-                )?
-            };
-        }
+        let data = ops::embed(self.gpu.stream(), &table.data, ids, rows, (vocab, hidden))?;
         Ok(CudaAct {
-            data: out,
+            data,
             rows,
             cols: hidden,
         })
@@ -118,21 +99,7 @@ impl CudaBackend {
             return Ok(());
         }
         let st = self.gpu.stream();
-        let (pp, _g1) = positions.device_ptr(st);
-        let (ip, _g2) = inv_freq.device_ptr(st);
-        let (xp, _g3) = x.data.device_ptr_mut(st);
-        // SAFETY: x holds rows * heads * hd bf16, positions at least rows i32, inv hd / 2 f32.
-        unsafe {
-            model_launch::rope(
-                xp,
-                pp,
-                ip,
-                i32_of("rows", x.rows)?,
-                i32_of("heads", heads)?,
-                i32_of("half head dim", half)?,
-                self.raw(),
-            )
-        }
+        ops::rope(st, &mut x.data, positions, inv_freq, (x.rows, heads))
     }
 }
 
@@ -225,27 +192,9 @@ impl Backend for CudaBackend {
         if w.len != x.cols {
             return Err(shape_err("rms_norm weight", vec![w.len], vec![x.cols]));
         }
-        let st = self.gpu.stream();
-        let mut out = self.alloc(x.len())?;
-        if x.rows > 0 {
-            let (xp, _g1) = x.data.device_ptr(st);
-            let (wp, _g2) = w.data.device_ptr(st);
-            let (op, _g3) = out.device_ptr_mut(st);
-            // SAFETY: x and out hold rows * cols bf16 (distinct buffers), w cols f32.
-            unsafe {
-                model_launch::rmsnorm(
-                    xp,
-                    wp,
-                    i32_of("rows", x.rows)?,
-                    i32_of("cols", x.cols)?,
-                    eps,
-                    op,
-                    self.raw(),
-                )?
-            };
-        }
+        let data = ops::rmsnorm(self.gpu.stream(), &x.data, &w.data, (x.rows, x.cols), eps)?;
         Ok(CudaAct {
-            data: out,
+            data,
             rows: x.rows,
             cols: x.cols,
         })
@@ -290,14 +239,8 @@ impl Backend for CudaBackend {
         if (x.rows, x.cols) != (y.rows, y.cols) {
             return Err(shape_err("add", vec![y.rows, y.cols], vec![x.rows, x.cols]));
         }
-        let st = self.gpu.stream();
         let n = x.len();
-        if n > 0 {
-            let (yp, _g1) = y.data.device_ptr(st);
-            let (xp, _g2) = x.data.device_ptr_mut(st);
-            // SAFETY: both hold n bf16 (same shape); distinct buffers (&mut x, &y).
-            unsafe { model_launch::add(xp, yp, n as i64, self.raw())? };
-        }
+        ops::add(self.gpu.stream(), &mut x.data, &y.data, n)?;
         Ok(())
     }
 
@@ -306,28 +249,11 @@ impl Backend for CudaBackend {
             return Err(shape_err("select_rows index", vec![r], vec![x.rows]));
         }
         let st = self.gpu.stream();
-        let mut out = self.alloc(rows.len() * x.cols)?;
-        if !rows.is_empty() {
-            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-            let idx = st.clone_htod(&idx)?;
-            let (xp, _g1) = x.data.device_ptr(st);
-            let (ip, _g2) = idx.device_ptr(st);
-            let (op, _g3) = out.device_ptr_mut(st);
-            // SAFETY: idx holds rows.len() indices below x.rows; out rows.len() * cols.
-            unsafe {
-                model_launch::gather_rows(
-                    xp,
-                    ip,
-                    i32_of("rows", rows.len())?,
-                    i32_of("source rows", x.rows)?,
-                    i32_of("cols", x.cols)?,
-                    op,
-                    self.raw(),
-                )?
-            };
-        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = st.clone_htod(if idx.is_empty() { &[0][..] } else { &idx })?;
+        let data = ops::gather_rows(st, &x.data, (x.rows, x.cols), &idx, rows.len())?;
         Ok(CudaAct {
-            data: out,
+            data,
             rows: rows.len(),
             cols: x.cols,
         })

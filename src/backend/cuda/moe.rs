@@ -10,13 +10,13 @@ use crate::backend::{
     Backend, BackendError, DeferredRoute, HostExpert, HostRankLayer, MoeOutput, MoeWeights,
 };
 use crate::cuda::expert::{layer_forward, LayerRun};
-use crate::cuda::{
-    launch, ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary,
-};
+use crate::cuda::model::ops;
+use crate::cuda::routing::rows::{combine_bf16, gather_bf16, HostCombine, HostRows};
+use crate::cuda::{ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::CudaSlice;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// One layer's experts on the device: bf16 `W13`/`W2` behind the grouped
 /// GEMMs, and the layer's router bias as last uploaded.
@@ -45,26 +45,8 @@ impl CudaExperts {
     }
 }
 
-fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
-
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// Uploads `v`, or one `fill` when it is empty (CUDA allocations are never
-/// empty; a plan may serve no assignment at all).
-fn upload<T: DeviceRepr + Copy>(
-    st: &Arc<CudaStream>,
-    v: &[T],
-    fill: T,
-) -> Result<CudaSlice<T>, GpuError> {
-    Ok(if v.is_empty() {
-        st.clone_htod(&[fill])?
-    } else {
-        st.clone_htod(v)?
-    })
 }
 
 /// Token rows into the layout's rows (padding rows zero).
@@ -74,34 +56,11 @@ pub(crate) fn dispatch(
     layout: &DispatchLayout,
 ) -> Result<CudaAct, GpuError> {
     let st = gpu.stream();
-    let rows = layout.rows();
-    // SAFETY: the gather writes every one of the `rows` rows (zeros for padding).
-    let mut out = unsafe { st.alloc::<u16>((rows * x.cols).max(1)) }?;
-    if rows > 0 {
-        let row_token = st.clone_htod(layout.row_tokens())?;
-        let total = st.clone_htod(&[i32_of("layout rows", rows)?])?;
-        let (xp, _g1) = x.data.device_ptr(st);
-        let (rt, _g2) = row_token.device_ptr(st);
-        let (tr, _g3) = total.device_ptr(st);
-        let (op, _g4) = out.device_ptr_mut(st);
-        // SAFETY: x holds tokens * cols, row_token/total `rows` rows of this
-        // layout (its tokens index x), out rows * cols; cols % 8 == 0 is
-        // checked by the launcher.
-        unsafe {
-            launch::gather_bf16(
-                xp,
-                rt,
-                tr,
-                rows as i64,
-                i32_of("hidden", x.cols)?,
-                op,
-                st.cu_stream() as _,
-            )?
-        };
-    }
+    let map = HostRows::upload(st, layout, x.rows)?;
+    let data = gather_bf16(st, &x.data, x.cols, &map.map())?;
     Ok(CudaAct {
-        data: out,
-        rows,
+        data,
+        rows: layout.rows(),
         cols: x.cols,
     })
 }
@@ -130,28 +89,10 @@ pub(crate) fn expert_ffn(
         .enumerate()
         .map(|(i, &t)| if t == PAD { PAD } else { (first + i) as u32 })
         .collect();
-    // SAFETY: the gather writes all n rows.
-    let mut out = unsafe { st.alloc::<u16>((n * hidden).max(1)) }?;
-    if n > 0 {
-        let idx = st.clone_htod(&idx)?;
-        let (yp, _g1) = y.device_ptr(st);
-        let (ip, _g2) = idx.device_ptr(st);
-        let (op, _g3) = out.device_ptr_mut(st);
-        // SAFETY: y holds layout.rows() * hidden, idx n entries below that, out n * hidden.
-        unsafe {
-            crate::cuda::model::launch::gather_rows(
-                yp,
-                ip,
-                i32_of("rows", n)?,
-                i32_of("layout rows", layout.rows())?,
-                i32_of("hidden", hidden)?,
-                op,
-                st.cu_stream() as _,
-            )?
-        };
-    }
+    let idx = st.clone_htod(if idx.is_empty() { &[PAD][..] } else { &idx })?;
+    let data = ops::gather_rows(st, &y, (layout.rows(), hidden), &idx, n)?;
     Ok(CudaAct {
-        data: out,
+        data,
         rows: n,
         cols: hidden,
     })
@@ -166,38 +107,12 @@ pub(crate) fn combine(
     y: &CudaAct,
 ) -> Result<CudaAct, GpuError> {
     let st = gpu.stream();
-    let (t, hidden) = (plan.tokens(), y.cols);
-    // SAFETY: combine writes every token row.
-    let mut out = unsafe { st.alloc::<u16>((t * hidden).max(1)) }?;
-    if t > 0 {
-        let offsets = st.clone_htod(plan.offsets())?;
-        let weights = upload(st, plan.weights(), 0.0)?;
-        let arows = upload(st, layout.assignment_rows(), 0)?;
-        let (o, _g1) = offsets.device_ptr(st);
-        let (w, _g2) = weights.device_ptr(st);
-        let (a, _g3) = arows.device_ptr(st);
-        let (yp, _g4) = y.data.device_ptr(st);
-        let (op, _g5) = out.device_ptr_mut(st);
-        // SAFETY: offsets holds tokens + 1 entries, weights and assignment
-        // rows one per assignment, each row below y's rows (the layout of this
-        // plan), out tokens * hidden.
-        unsafe {
-            launch::combine_bf16(
-                o,
-                w,
-                a,
-                yp,
-                i32_of("tokens", t)?,
-                i32_of("hidden", hidden)?,
-                op,
-                st.cu_stream() as _,
-            )?
-        };
-    }
+    let map = HostCombine::upload(st, plan, layout)?;
+    let data = combine_bf16(st, &map.map(), &y.data, y.cols)?;
     Ok(CudaAct {
-        data: out,
-        rows: t,
-        cols: hidden,
+        data,
+        rows: plan.tokens(),
+        cols: y.cols,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `result` layer of the model kernels (cuda/model/): each launcher of
 //! [`crate::cuda::sys`] behind an `unsafe fn` with its `# Safety` contract,
 //! status codes turned into [`GpuError`]. The safe callers (the typed
-//! functions of [`super`], and `backend::cuda` until it moves onto them) check
+//! functions of [`super::ops`]) check
 //! every shape and keep cudarc's pointer guards alive across the call.
 
 use crate::cuda::error::GpuError;

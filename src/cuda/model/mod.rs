@@ -7,8 +7,6 @@
 
 mod greedy;
 pub(crate) mod launch;
-// backend::cuda's model ops move onto these (its own unsafe launches until then).
-#[allow(dead_code)]
 pub(crate) mod ops;
 
 pub use greedy::{greedy, GreedyRow};

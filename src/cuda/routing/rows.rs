@@ -38,7 +38,6 @@ impl<'a> RowMap<'a> {
 
 /// A host [`DispatchLayout`]'s rows uploaded, checked against the token
 /// count; [`HostRows::map`] lends them as a [`RowMap`].
-#[allow(dead_code)] // backend::cuda::moe moves onto it (its own unsafe launch until then)
 pub(crate) struct HostRows {
     row_token: CudaSlice<u32>,
     total_rows: CudaSlice<i32>,
@@ -46,7 +45,6 @@ pub(crate) struct HostRows {
     tokens: usize,
 }
 
-#[allow(dead_code)]
 impl HostRows {
     /// Uploads `layout`'s rows for `tokens` token rows; refuses a row whose
     /// token is neither `PAD` nor below `tokens`.
@@ -175,7 +173,6 @@ impl<'a> CombineMap<'a> {
 
 /// A host plan's assignments and a layout's rows, checked and uploaded;
 /// [`HostCombine::map`] lends them as a [`CombineMap`].
-#[allow(dead_code)] // backend::cuda::moe moves onto it (its own unsafe launch until then)
 pub(crate) struct HostCombine {
     offsets: CudaSlice<i32>,
     weights: CudaSlice<f32>,
@@ -184,7 +181,6 @@ pub(crate) struct HostCombine {
     rows: usize,
 }
 
-#[allow(dead_code)]
 impl HostCombine {
     /// Uploads `plan`'s offsets and weights and `layout`'s assignment rows;
     /// refuses offsets that do not step from 0 to the assignment count or

@@ -3,12 +3,12 @@
 
 use super::state::DecodeState;
 use crate::backend::cuda::tensor::CudaAct;
-use crate::backend::cuda::{i32_of, CudaBackend};
-use crate::cuda::model::launch as model_launch;
-use crate::cuda::{sys, PlanSummary};
+use crate::backend::cuda::CudaBackend;
+use crate::cuda::model::ops;
+use crate::cuda::PlanSummary;
 use crate::model::{LayerIo, Model, ModelError};
 use crate::routing::RouterConfig;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::CudaSlice;
 
 /// The step's [`LayerIo`]: positions and caches on the device.
 pub(super) struct GraphIo<'a> {
@@ -61,36 +61,24 @@ impl LayerIo<CudaBackend> for GraphIo<'_> {
                 vec![256],
             )));
         }
-        let mut out = be.alloc(batch * qw)?;
-        let (qp, _g1) = q.data.device_ptr(st);
-        let (kp, _g2) = k.data.device_ptr(st);
-        let (vp, _g3) = v.data.device_ptr(st);
-        let (pp, _g4) = self.state.positions.device_ptr(st);
-        let (kc, _g5) = self.state.k[layer].device_ptr_mut(st);
-        let (vc, _g6) = self.state.v[layer].device_ptr_mut(st);
-        let (op, _g7) = out.device_ptr_mut(st);
-        let a = sys::capmoe_decode_attn_args {
-            q: qp as _,
-            k: kp as _,
-            v: vp as _,
-            positions: pp as _,
-            k_cache: kc as _,
-            v_cache: vc as _,
-            out: op as _,
-            batch: i32_of("decode batch", batch)?,
-            max_positions: i32_of("static cache positions", self.max_positions)?,
-            heads: i32_of("heads", g.heads)?,
-            kv_heads: i32_of("kv heads", g.kv_heads)?,
-            head_dim: i32_of("head dim", g.head_dim)?,
-            window: i32_of("sliding window", g.window.unwrap_or(0))?,
+        let io = ops::DecodeAttnIo {
+            q: &q.data,
+            k: &k.data,
+            v: &v.data,
+            positions: &self.state.positions,
+            k_cache: &mut self.state.k[layer],
+            v_cache: &mut self.state.v[layer],
+        };
+        let dims = ops::AttnDims {
+            n: batch,
+            len: self.max_positions,
+            heads: g.heads,
+            kv_heads: g.kv_heads,
+            head_dim: g.head_dim,
+            window: g.window,
             scale: g.scale,
         };
-        // SAFETY: shapes checked above; the caches hold batch * max_positions
-        // rows of kvw (DecodeState::alloc), positions batch i32 below
-        // max_positions (GraphDecoder::step checks the host mirror before
-        // each replay); all alive until the stream has run the kernels.
-        unsafe { model_launch::decode_attention(&a, be.raw())? };
-        drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7));
+        let out = ops::decode_attention(st, io, dims)?;
         Ok(CudaAct {
             data: out,
             rows: batch,

@@ -26,14 +26,14 @@ mod state;
 
 use super::decode::{check_keep, check_pending};
 use super::{Decoder, EagerDecoder, Model, ModelError, Sequence};
-use crate::backend::cuda::{blas, i32_of, CudaBackend};
+use crate::backend::cuda::{blas, CudaBackend};
 use crate::backend::{Backend, BackendError};
 use crate::cuda::expert::TrackingOff;
-use crate::cuda::model::launch as model_launch;
-use crate::cuda::{sys, GpuError, LedgerLayout};
+use crate::cuda::model::ops;
+use crate::cuda::{GpuError, LedgerLayout};
 use crate::routing::{PlanTotals, RouterConfig};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaGraph, CudaSlice};
 use io::GraphIo;
 use state::DecodeState;
 
@@ -217,34 +217,8 @@ impl<'m> GraphDecoder<'m> {
         let logits = blas::linear::<f32>(&be.blas, st, &n, head)?;
         let layout = LedgerLayout::of(&summaries)?;
         let state = &mut self.state;
-        {
-            let (lp, _g1) = logits.device_ptr(st);
-            let (rp, _g2) = state.record.device_ptr_mut(st);
-            let (ip, _g3) = state.ids.device_ptr_mut(st);
-            let (pp, _g4) = state.positions.device_ptr_mut(st);
-            let a = sys::capmoe_greedy_args {
-                logits: lp as *const f32,
-                rows: i32_of("decode batch", batch)?,
-                vocab: i32_of("vocabulary", head.out)?,
-                nonfinite: rp as *mut u64,
-                next: (rp + 8 * batch as u64) as *mut u32,
-                ids: if advance {
-                    ip as *mut u32
-                } else {
-                    std::ptr::null_mut()
-                },
-                positions: if advance {
-                    pp as *mut i32
-                } else {
-                    std::ptr::null_mut()
-                },
-            };
-            // SAFETY: logits holds batch * vocab f32 (the LM head's GEMM);
-            // the record's first 2 batch words are batch u64 (256-byte
-            // aligned allocation), the next batch words the picks; ids and
-            // positions hold batch each. All alive until the stream ran it.
-            unsafe { model_launch::greedy(&a, be.raw())? };
-        }
+        let advance = advance.then_some((&mut state.ids, &mut state.positions));
+        ops::greedy_into(st, &logits, (batch, head.out), &mut state.record, advance)?;
         let mut ledger = state.record.slice_mut(3 * batch..);
         layout.gather(st, &summaries, &mut ledger)?;
         Ok(layout)
