@@ -57,6 +57,7 @@ pub(crate) mod sys;
 pub(crate) mod timing;
 
 pub use context::GpuContext;
+pub(crate) use error::to_i32;
 pub use error::GpuError;
 pub use expert::{ExpertFfn, FfnShape, MoeLayer, MoeLayerGraph, TuneOutcome, VariantPair};
 pub use fill::hashed_bf16;

@@ -27,9 +27,7 @@ fn blas_err(e: result::CublasError) -> GpuError {
     }
 }
 
-fn dim(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
+use crate::cuda::to_i32 as dim;
 
 /// `out [rows, w.out] = x [rows, w.inp] W^T`. The caller checked
 /// `x.cols == w.inp` and `rows > 0`.

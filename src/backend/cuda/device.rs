@@ -31,9 +31,7 @@ pub struct CudaBackend {
     pub(crate) decode_graphs: bool,
 }
 
-pub(crate) fn i32_of(what: &'static str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| GpuError::TooLarge { what, value: v })
-}
+pub(crate) use crate::cuda::to_i32 as i32_of;
 
 pub(crate) fn bf16_bits(v: &[f32]) -> Vec<u16> {
     v.iter()
