@@ -27,6 +27,7 @@ pub mod plot;
 mod replay;
 pub mod report;
 mod results;
+mod rounds;
 mod run;
 mod setup;
 #[cfg(test)]

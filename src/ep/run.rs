@@ -3,8 +3,9 @@
 
 use super::backend::EpBackend;
 use super::replay::RankReplay;
+use super::rounds::{time_round, warm_up, CaseTimes};
 use super::*;
-use crate::model::{argmax, ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
+use crate::model::{ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
 use crate::trace::Rng;
@@ -49,15 +50,15 @@ fn check_prompts(prompts: &[Vec<u32>], setup: &BenchSetup, vocab: usize) -> Resu
 }
 
 /// What one case's forward pass and replay give before the baseline is known.
-struct Measured<B: EpBackend> {
-    policy: Policy,
-    gamma: Option<f64>,
-    layers: Vec<LayerReport>,
+pub(super) struct Measured<B: EpBackend> {
+    pub(super) policy: Policy,
+    pub(super) gamma: Option<f64>,
+    pub(super) layers: Vec<LayerReport>,
     /// The forward pass's per-layer plans and MoE inputs, for the replay.
-    records: Vec<LayerRecord<B>>,
-    fidelity: Fidelity,
-    served_mass: f64,
-    topk_mass: f64,
+    pub(super) records: Vec<LayerRecord<B>>,
+    pub(super) fidelity: Fidelity,
+    pub(super) served_mass: f64,
+    pub(super) topk_mass: f64,
 }
 
 /// Runs the benchmark on `model` (with its router skew already applied).
@@ -314,116 +315,6 @@ pub fn run_prompts<B: EpBackend>(
         cases: report_cases,
         figures: Vec::new(),
     })
-}
-
-/// One case's timings over the rounds.
-pub(super) struct CaseTimes {
-    /// `[layer][rank]`: the rank's expert work, ms.
-    pub(super) rank: Vec<Vec<Vec<f64>>>,
-    /// The case's prefill (the baseline's always; others with throughput), ms.
-    pub(super) prefill: Vec<f64>,
-    /// One decode step each, ms.
-    pub(super) decode: Vec<f64>,
-}
-
-impl CaseTimes {
-    fn new(layers: usize, ranks: usize) -> Self {
-        Self {
-            rank: vec![vec![Vec::new(); ranks]; layers],
-            prefill: Vec::new(),
-            decode: Vec::new(),
-        }
-    }
-
-    pub(super) fn throughput(
-        &self,
-        setup: &BenchSetup,
-        tokens: usize,
-        ep_prefill_ms: f64,
-    ) -> Throughput {
-        let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 / ms * 1e3 } else { 0.0 };
-        let prefill_ms = median(&self.prefill);
-        let step = (!self.decode.is_empty()).then(|| median(&self.decode));
-        Throughput {
-            prefill_ms,
-            prefill_tok_s: per_s(tokens, prefill_ms),
-            decode_steps: setup.decode_steps,
-            decode_step_ms: step,
-            decode_tok_s: step.map(|ms| per_s(setup.batch, ms)),
-            ep_prefill_tok_s: per_s(tokens, ep_prefill_ms),
-        }
-    }
-}
-
-/// One untimed run of the baseline prefill and of the first rank's work.
-fn warm_up<B: EpBackend>(
-    model: &Model<B>,
-    m: &Measured<B>,
-    prompts: &[&[u32]],
-    ranks: usize,
-) -> Result<(), EpError> {
-    let opts = ForwardOptions::new(model.default_router())
-        .with_logits(LogitsMode::Last)
-        .with_plans(false);
-    let _ = model.prefill(prompts, &opts)?;
-    if let Some(rec) = m.records.first() {
-        let _ = model.run_rank_work(&model.rank_work(0, rec, 0, ranks)?)?;
-    }
-    Ok(())
-}
-
-/// One timing round of one case: its prefill (when `baseline` or with
-/// throughput) and decode steps, then every layer's rank work, one rank at a
-/// time, each timed alone by the backend ([`EpBackend::timed`]).
-fn time_round<B: EpBackend>(
-    model: &Model<B>,
-    m: &Measured<B>,
-    prompts: &[&[u32]],
-    setup: &BenchSetup,
-    baseline: bool,
-    t: &mut CaseTimes,
-) -> Result<(), EpError> {
-    let be = model.backend();
-    if baseline || setup.throughput {
-        let mut router =
-            RouterConfig::new(model.config().num_experts_per_tok, m.policy).with_ranks(setup.ranks);
-        router.capacity_factor = m.gamma;
-        // Timed without plans: a device backend keeps them on the device, so
-        // its layers have no host sync (one read-back per pass).
-        let opts = ForwardOptions::new(router)
-            .with_logits(LogitsMode::Last)
-            .with_plans(false);
-        let ((seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;
-        t.prefill.push(ms);
-        if setup.throughput && setup.decode_steps > 0 {
-            let next = next_tokens(&out.logits, out.vocab);
-            drop(out);
-            // The backend's decoder (CUDA: the step captured once as a graph,
-            // outside the timing, then replayed).
-            let mut dec = model.decoder(seqs, next, setup.decode_steps, &opts.router)?;
-            for _ in 0..setup.decode_steps {
-                let (_, ms) = be.timed(|| dec.step())?;
-                t.decode.push(ms);
-            }
-        }
-    }
-    for (l, rec) in m.records.iter().enumerate() {
-        for (r, times) in t.rank[l].iter_mut().enumerate() {
-            let work = model.rank_work(l, rec, r, setup.ranks)?;
-            let (y, ms) = be.timed(|| model.run_rank_work(&work))?;
-            times.push(ms);
-            drop(y);
-        }
-    }
-    Ok(())
-}
-
-/// The greedy next token of every logits row.
-pub(super) fn next_tokens(logits: &[f32], vocab: usize) -> Vec<u32> {
-    logits
-        .chunks(vocab.max(1))
-        .map(|row| argmax(row).unwrap_or(0) as u32)
-        .collect()
 }
 
 /// Prefills the batch under `router`: plans, statistics, all-to-all traffic,

@@ -1,4 +1,4 @@
-use super::run::{next_tokens, CaseTimes};
+use super::rounds::{next_tokens, CaseTimes};
 use super::*;
 use crate::model::Model;
 use crate::routing::Policy;
