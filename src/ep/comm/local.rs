@@ -64,12 +64,28 @@ impl LocalComm {
 
     fn send(&self, to: usize, seq: u64, op: &'static str, bytes: Vec<u8>) -> Result<(), CommError> {
         self.to[to].send(Msg::Data { seq, op, bytes }).map_err(|_| {
-            self.fail(CommError::PeerGone {
+            self.fail(self.root_cause(CommError::PeerGone {
                 rank: self.rank,
                 peer: to,
                 op,
-            })
+            }))
         })
+    }
+
+    /// A peer that is gone may have said why before it went (it aborts before it drops), and
+    /// another may have failed first: the first abort waiting in any channel is the better error.
+    fn root_cause(&self, fallback: CommError) -> CommError {
+        for (from, rx) in self.from.iter().enumerate() {
+            if from == self.rank {
+                continue;
+            }
+            while let Ok(m) = rx.try_recv() {
+                if let Msg::Abort(reason) = m {
+                    return CommError::PeerFailed { peer: from, reason };
+                }
+            }
+        }
+        fallback
     }
 
     fn recv(&self, from: usize, seq: u64, op: &'static str) -> Result<Vec<u8>, CommError> {
@@ -94,11 +110,11 @@ impl LocalComm {
                 op,
                 waited: self.timeout,
             },
-            Err(RecvTimeoutError::Disconnected) => CommError::PeerGone {
+            Err(RecvTimeoutError::Disconnected) => self.root_cause(CommError::PeerGone {
                 rank: self.rank,
                 peer: from,
                 op,
-            },
+            }),
         };
         Err(self.fail(err))
     }
