@@ -174,13 +174,7 @@ impl Communicator for LocalComm {
 
     fn all_gather_bytes(&self, mine: &[u8], out: &mut [u8]) -> Result<(), CommError> {
         let n = mine.len();
-        if Some(out.len()) != n.checked_mul(self.size) {
-            return Err(CommError::Shape {
-                what: "all_gather out",
-                got: format!("{} bytes", out.len()),
-                expected: format!("{} ranks x {n} bytes", self.size),
-            });
-        }
+        super::check_gather_out(self.size, mine.len(), out.len())?;
         self.exchange(
             "all_gather",
             |_| mine.to_vec(),
@@ -201,17 +195,10 @@ impl Communicator for LocalComm {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<(), CommError> {
-        super::check_counts(
-            "all_to_all_v send_counts",
-            send_counts,
+        super::check_all_to_all(
             self.size,
-            send.len(),
-        )?;
-        super::check_counts(
-            "all_to_all_v recv_counts",
-            recv_counts,
-            self.size,
-            recv.len(),
+            (send.len(), send_counts),
+            (recv.len(), recv_counts),
         )?;
         let (so, ro) = (offsets(send_counts), offsets(recv_counts));
         self.exchange(

@@ -106,6 +106,28 @@ fn check_counts(
     Ok(())
 }
 
+/// Both sides of an all-to-all-v: one count per rank, summing to the buffer's length.
+fn check_all_to_all(
+    ranks: usize,
+    send: (usize, &[usize]),
+    recv: (usize, &[usize]),
+) -> Result<(), CommError> {
+    check_counts("all_to_all_v send_counts", send.1, ranks, send.0)?;
+    check_counts("all_to_all_v recv_counts", recv.1, ranks, recv.0)
+}
+
+/// An all-gather's output holds `ranks` copies of `mine`'s length.
+fn check_gather_out(ranks: usize, mine: usize, out: usize) -> Result<(), CommError> {
+    if Some(out) != mine.checked_mul(ranks) {
+        return Err(CommError::Shape {
+            what: "all_gather out",
+            got: format!("{out} bytes"),
+            expected: format!("{ranks} ranks x {mine} bytes"),
+        });
+    }
+    Ok(())
+}
+
 /// Every rank's `mine` (all the same length), concatenated in rank order.
 pub fn all_gather<T: Pod, C: Communicator + ?Sized>(
     c: &C,
@@ -137,17 +159,10 @@ pub fn all_to_all_v<T: Pod, C: Communicator + ?Sized>(
     recv: &mut [T],
     recv_counts: &[usize],
 ) -> Result<(), CommError> {
-    check_counts(
-        "all_to_all_v send_counts",
-        send_counts,
+    check_all_to_all(
         c.size(),
-        send.len(),
-    )?;
-    check_counts(
-        "all_to_all_v recv_counts",
-        recv_counts,
-        c.size(),
-        recv.len(),
+        (send.len(), send_counts),
+        (recv.len(), recv_counts),
     )?;
     let size = std::mem::size_of::<T>();
     let sb = send_counts

@@ -85,13 +85,7 @@ impl Communicator for MpiComm {
     }
 
     fn all_gather_bytes(&self, mine: &[u8], out: &mut [u8]) -> Result<(), CommError> {
-        if Some(out.len()) != mine.len().checked_mul(self.size) {
-            return Err(CommError::Shape {
-                what: "all_gather out",
-                got: format!("{} bytes", out.len()),
-                expected: format!("{} ranks x {} bytes", self.size, mine.len()),
-            });
-        }
+        super::check_gather_out(self.size, mine.len(), out.len())?;
         count("all_gather", out.len())?;
         self.world.all_gather_into(mine, out);
         Ok(())
@@ -104,17 +98,10 @@ impl Communicator for MpiComm {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<(), CommError> {
-        super::check_counts(
-            "all_to_all_v send_counts",
-            send_counts,
+        super::check_all_to_all(
             self.size,
-            send.len(),
-        )?;
-        super::check_counts(
-            "all_to_all_v recv_counts",
-            recv_counts,
-            self.size,
-            recv.len(),
+            (send.len(), send_counts),
+            (recv.len(), recv_counts),
         )?;
         let (sc, sd) = partition("all_to_all_v send", send_counts)?;
         let (rc, rd) = partition("all_to_all_v recv", recv_counts)?;
