@@ -56,10 +56,14 @@ pub enum BackendError {
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
     #[error("device: {0}")]
     Device(#[source] DeviceError),
+    /// A MoE layer runner (`model::MoeRunner`, e.g. the EP forward's
+    /// collectives) failed; its own error is kept ([`DeviceError::downcast_ref`]).
+    #[error("{0}")]
+    Runner(#[source] DeviceError),
 }
 
-/// A device backend's own error, kept typed behind one variant so that [`BackendError`] is the
-/// same with and without feature `cuda`. `downcast_ref::<capmoe::cuda::GpuError>()` gives the
+/// A device backend's (or a MoE runner's) own error, kept typed behind one variant so that
+/// [`BackendError`] is the same with and without feature `cuda`. `downcast_ref::<capmoe::cuda::GpuError>()` gives the
 /// CUDA backend's error back.
 #[derive(Debug, Clone)]
 pub struct DeviceError(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);

@@ -82,9 +82,15 @@ pub enum DeferredRoute<D> {
 }
 
 impl<B: Backend> MoeWeights<B> {
-    /// Experts in the layer.
+    /// Experts the layer holds (all, or an EP rank's group).
     pub fn num_experts(&self) -> usize {
         B::num_experts(&self.experts)
+    }
+
+    /// Experts the router scores: the rows of [`MoeWeights::gate`] (an EP
+    /// rank holds fewer experts than its router scores).
+    pub fn router_experts(&self, backend: &B) -> usize {
+        backend.mat_shape(&self.gate).0
     }
 
     /// Router logits `[tokens, experts]` on the host, bias included.
@@ -92,11 +98,11 @@ impl<B: Backend> MoeWeights<B> {
         let mut host = backend.linear_to_host(x, &self.gate)?;
         if let Some(bias) = &self.router_bias {
             let e = bias.len();
-            if e != self.num_experts() {
+            if e != self.router_experts(backend) {
                 return Err(BackendError::Shape {
                     what: "router bias",
                     got: vec![e],
-                    expected: vec![self.num_experts()],
+                    expected: vec![self.router_experts(backend)],
                 });
             }
             for (i, v) in host.iter_mut().enumerate() {
@@ -117,7 +123,7 @@ impl<B: Backend> MoeWeights<B> {
         let (tokens, _) = backend.act_shape(x);
         let logits = self.router_logits(backend, x)?;
         let gate = Gate::new(
-            &Logits::new(&logits, tokens, self.num_experts())?,
+            &Logits::new(&logits, tokens, self.router_experts(backend))?,
             router.top_k,
         )?;
         Ok(route_gate(&gate, router)?)

@@ -70,18 +70,19 @@ pub trait EpBackend: ModelBackend {
 }
 
 /// Keeps what [`EpBackend::moe_kept`] keeps, for the model's forward pass
-/// ([`crate::model::MoeKeep`]).
+/// ([`crate::model::MoeRunner`]).
 pub(crate) struct RankKeep;
 
-impl<B: EpBackend> crate::model::MoeKeep<B> for RankKeep {
-    fn moe_kept(
+impl<B: EpBackend> crate::model::MoeRunner<B> for RankKeep {
+    fn run_moe(
         &self,
         backend: &B,
+        _layer: usize,
         w: &MoeWeights<B>,
         x: &B::Act,
         router: &RouterConfig,
-    ) -> Result<(MoeOutput<B>, crate::model::Kept), BackendError> {
+    ) -> Result<(MoeOutput<B>, Option<crate::model::Kept>), BackendError> {
         let (m, kept) = backend.moe_kept(w, x, router)?;
-        Ok((m, Box::new(kept)))
+        Ok((m, Some(Box::new(kept))))
     }
 }

@@ -18,6 +18,7 @@ mod backend_cpu;
 #[cfg(feature = "cuda")]
 mod backend_cuda;
 pub mod comm;
+pub mod dist;
 mod error;
 mod fidelity;
 pub mod gpu;

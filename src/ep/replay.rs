@@ -60,7 +60,7 @@ impl<B: EpBackend> RankReplay<B> for Model<B> {
         prompts: &[&[u32]],
         opts: &ForwardOptions,
     ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
-        self.prefill_keeping(prompts, opts, Some(&RankKeep))
+        self.prefill_with(prompts, opts, Some(&RankKeep))
     }
 
     fn rank_work<'r>(

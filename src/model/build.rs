@@ -10,6 +10,7 @@ use crate::backend::{
 };
 use crate::progress::Progress;
 use crate::routing::{Policy, RouterConfig};
+use std::ops::Range;
 use std::path::Path;
 
 /// One decoder layer's weights.
@@ -40,6 +41,8 @@ pub struct Model<B: Backend> {
     pub(crate) norm: B::Vector,
     pub(crate) layers: Vec<Layer<B>>,
     pub(crate) rope: Rope,
+    /// The experts this model holds: all, or one EP rank's group.
+    pub(crate) expert_group: Range<usize>,
 }
 
 impl<B: Backend> Model<B> {
@@ -50,23 +53,39 @@ impl<B: Backend> Model<B> {
         config: MixtralConfig,
         source: impl FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>,
     ) -> Result<Self, ModelError> {
+        let all = 0..config.num_local_experts;
+        Self::from_source_group(backend, config, all, source)
+    }
+
+    /// [`Model::from_source`] holding only experts `group` of every layer
+    /// (an EP rank's group; see `ep::dist`): the others are never asked for.
+    pub fn from_source_group(
+        backend: B,
+        config: MixtralConfig,
+        group: Range<usize>,
+        source: impl FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>,
+    ) -> Result<Self, ModelError> {
         Self::build(
             backend,
             config,
+            group,
             &mut HostSource(source),
             &crate::progress::NoProgress,
         )
     }
 
     /// Builds the model from `source` (every weight by name and shape, in
-    /// the same order for every source); `progress` ticks once per layer.
+    /// the same order for every source), holding experts `group`;
+    /// `progress` ticks once per layer.
     fn build(
         backend: B,
         config: MixtralConfig,
+        group: Range<usize>,
         source: &mut dyn WeightSource<B>,
         progress: &dyn Progress,
     ) -> Result<Self, ModelError> {
         config.validate()?;
+        check_group(&group, config.num_local_experts)?;
         let c = &config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let q = c.num_attention_heads * c.head_dim;
@@ -88,11 +107,11 @@ impl<B: Backend> Model<B> {
             let o_proj = source.mat(be, &names::attn(l, "o_proj"), [h, q])?;
             let gate = source.mat(be, &names::gate(l), [e, h])?;
             let shape = ExpertsShape {
-                experts: e,
+                experts: group.len(),
                 hidden: h,
                 intermediate: i,
             };
-            let experts = source.experts(be, l, shape)?;
+            let experts = source.experts(be, l, group.start, shape)?;
             layers.push((q_proj, k_proj, v_proj, o_proj, gate, experts));
             progress.inc(1);
         }
@@ -130,6 +149,7 @@ impl<B: Backend> Model<B> {
             norm,
             layers,
             rope,
+            expert_group: group,
         })
     }
 
@@ -143,6 +163,32 @@ impl<B: Backend> Model<B> {
         let mut files = WeightFiles::open(dir)?;
         files.check(&config)?;
         let model = Self::from_source(backend, config, |name, shape| Ok(files.take(name, shape)?))?;
+        files.finish()?;
+        Ok(model)
+    }
+
+    /// [`Model::load`] holding only experts `group` of every layer (an EP
+    /// rank's group): the checkpoint is checked whole, but the other
+    /// experts' tensors are never read or converted.
+    pub fn load_expert_group(
+        backend: B,
+        dir: &Path,
+        group: Range<usize>,
+    ) -> Result<Self, ModelError> {
+        let config = MixtralConfig::from_path(dir)?;
+        check_group(&group, config.num_local_experts)?;
+        let mut files = WeightFiles::open(dir)?;
+        files.check(&config)?;
+        for l in 0..config.num_hidden_layers {
+            for j in (0..config.num_local_experts).filter(|j| !group.contains(j)) {
+                for m in ["w1", "w2", "w3"] {
+                    files.discard(&names::expert(l, j, m));
+                }
+            }
+        }
+        let model = Self::from_source_group(backend, config, group, |name, shape| {
+            Ok(files.take(name, shape)?)
+        })?;
         files.finish()?;
         Ok(model)
     }
@@ -166,6 +212,32 @@ impl<B: Backend> Model<B> {
     /// The backend the model runs on.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+    /// The experts every layer holds: `0..num_local_experts`, or one EP
+    /// rank's group ([`Model::load_expert_group`]).
+    pub fn expert_group(&self) -> Range<usize> {
+        self.expert_group.clone()
+    }
+    /// Expert weights held, in parameters (every layer's `w1`, `w2`, `w3`
+    /// of the experts in [`Model::expert_group`]).
+    pub fn expert_params_held(&self) -> u64 {
+        let c = &self.config;
+        (self.expert_group.len() as u64)
+            .saturating_mul(c.num_hidden_layers as u64)
+            .saturating_mul(3 * c.hidden_size as u64 * c.intermediate_size as u64)
+    }
+    /// Fails unless the model holds every expert (a forward pass without a
+    /// [`super::MoeRunner`] needs them all).
+    pub(crate) fn check_all_experts(&self) -> Result<(), ModelError> {
+        let e = self.config.num_local_experts;
+        if self.expert_group != (0..e) {
+            return Err(ModelError::PartialExperts {
+                start: self.expert_group.start,
+                end: self.expert_group.end,
+                experts: e,
+            });
+        }
+        Ok(())
     }
     /// The model's config.
     pub fn config(&self) -> &MixtralConfig {
@@ -216,21 +288,49 @@ impl<B: ModelBackend> Model<B> {
         opts: &InitOptions,
         progress: &dyn Progress,
     ) -> Result<Self, ModelError> {
+        let all = 0..config.num_local_experts;
+        Self::random_group(backend, config, opts, all, progress)
+    }
+
+    /// [`Model::random`] holding only experts `group` of every layer (an EP
+    /// rank's group): each expert's weights are those of the whole model
+    /// (drawn by name).
+    pub fn random_group(
+        backend: B,
+        config: MixtralConfig,
+        opts: &InitOptions,
+        group: Range<usize>,
+        progress: &dyn Progress,
+    ) -> Result<Self, ModelError> {
         let mut source = RandomSource(opts.random_init());
-        let mut model = Self::build(backend, config, &mut source, progress)?;
+        let mut model = Self::build(backend, config, group, &mut source, progress)?;
         model.apply_skew(opts.skew, opts.seed)?;
         Ok(model)
     }
+}
+
+/// An expert group must be a non-empty range inside `0..experts`.
+fn check_group(group: &Range<usize>, experts: usize) -> Result<(), ModelError> {
+    if group.is_empty() || group.end > experts {
+        return Err(ModelError::ExpertGroup {
+            start: group.start,
+            end: group.end,
+            experts,
+        });
+    }
+    Ok(())
 }
 
 /// Where [`Model::build`] takes the weights from.
 trait WeightSource<B: Backend> {
     fn mat(&mut self, be: &B, name: &str, shape: [usize; 2]) -> Result<B::Mat, ModelError>;
     fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError>;
+    /// Experts `first..first + shape.experts` of `layer`.
     fn experts(
         &mut self,
         be: &B,
         layer: usize,
+        first: usize,
         shape: ExpertsShape,
     ) -> Result<B::Experts, ModelError>;
 }
@@ -267,10 +367,16 @@ impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<HostTensor, ModelError>> Wei
     fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError> {
         Ok(be.vector(self.take(name, &[len])?)?)
     }
-    fn experts(&mut self, be: &B, l: usize, s: ExpertsShape) -> Result<B::Experts, ModelError> {
+    fn experts(
+        &mut self,
+        be: &B,
+        l: usize,
+        first: usize,
+        s: ExpertsShape,
+    ) -> Result<B::Experts, ModelError> {
         let (h, i) = (s.hidden, s.intermediate);
         let mut host = Vec::with_capacity(s.experts);
-        for j in 0..s.experts {
+        for j in first..first + s.experts {
             host.push(HostExpert {
                 w1: CpuBackend.mat(self.take(&names::expert(l, j, "w1"), &[i, h])?)?,
                 w2: CpuBackend.mat(self.take(&names::expert(l, j, "w2"), &[h, i])?)?,
@@ -291,7 +397,13 @@ impl<B: ModelBackend> WeightSource<B> for RandomSource {
     fn vector(&mut self, be: &B, name: &str, len: usize) -> Result<B::Vector, ModelError> {
         Ok(be.vector(crate::backend::random_host_tensor(name, &[len], &self.0))?)
     }
-    fn experts(&mut self, be: &B, l: usize, s: ExpertsShape) -> Result<B::Experts, ModelError> {
-        Ok(be.random_experts(l, s, &|j, m| names::expert(l, j, m), &self.0)?)
+    fn experts(
+        &mut self,
+        be: &B,
+        l: usize,
+        first: usize,
+        s: ExpertsShape,
+    ) -> Result<B::Experts, ModelError> {
+        Ok(be.random_experts(l, s, &|j, m| names::expert(l, first + j, m), &self.0)?)
     }
 }

@@ -22,7 +22,7 @@
 //! ```
 
 use super::build::Model;
-use super::forward::{ForwardOptions, ForwardOutput, LogitsMode, Sequence};
+use super::forward::{ForwardOptions, ForwardOutput, LogitsMode, MoeRunner, Sequence};
 use super::generate::argmax;
 use super::{ModelBackend, ModelError};
 use crate::backend::Backend;
@@ -98,6 +98,7 @@ pub struct EagerDecoder<'m, B: Backend> {
     seqs: Vec<Sequence<B>>,
     pending: Vec<u32>,
     opts: ForwardOptions,
+    runner: Option<&'m dyn MoeRunner<B>>,
 }
 
 impl<'m, B: Backend> EagerDecoder<'m, B> {
@@ -117,7 +118,14 @@ impl<'m, B: Backend> EagerDecoder<'m, B> {
             seqs,
             pending,
             opts,
+            runner: None,
         })
+    }
+
+    /// Runs every step's MoE layers through `runner` ([`Model::forward_with`]).
+    pub fn with_runner(mut self, runner: &'m dyn MoeRunner<B>) -> Self {
+        self.runner = Some(runner);
+        self
     }
 }
 
@@ -135,7 +143,9 @@ impl<B: Backend> Decoder for EagerDecoder<'_, B> {
         let toks: Vec<[u32; 1]> = self.pending.iter().map(|&t| [t]).collect();
         let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
         let mut refs: Vec<&mut Sequence<B>> = self.seqs.iter_mut().collect();
-        let out = self.model.forward(&mut refs, &tok_refs, &self.opts)?;
+        let out = self
+            .model
+            .forward_with(&mut refs, &tok_refs, &self.opts, self.runner)?;
         self.pending = greedy_rows(&out)?;
         Ok(out.layers.into_iter().map(|l| l.totals).collect())
     }
@@ -171,6 +181,7 @@ impl<B: ModelBackend> Model<B> {
         for s in &seqs {
             self.config.check_positions(s.len(), steps)?;
         }
+        self.check_all_experts()?;
         B::decoder(self, seqs, pending, steps, router)
     }
 }

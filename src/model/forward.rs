@@ -7,24 +7,27 @@ use crate::routing::{PlanTotals, RouterConfig, RoutingPlan};
 use std::any::Any;
 use std::ops::Range;
 
-/// What a [`MoeKeep`] keeps of one layer (EP rank replay: the layout and
+/// What a [`MoeRunner`] keeps of one layer (EP rank replay: the layout and
 /// the dispatched rows, or their device twins), opaque to the model.
 pub type Kept = Box<dyn Any + Send + Sync>;
 
-/// Runs the MoE layers of a pass that keeps plans and inputs for a caller
-/// that keeps more of each layer than its plan: EP rank replay
-/// (`ep::EpBackend::moe_kept`). The model stores what it keeps in
-/// [`LayerRecord::replay`] without knowing its type.
-pub trait MoeKeep<B: Backend> {
-    /// The layer's output and plan (those of [`Backend::moe`]), and what to
-    /// keep.
-    fn moe_kept(
+/// Runs the MoE layers of a forward pass in place of [`Backend::moe`]: EP
+/// rank replay (`ep::EpBackend::moe_kept`, which keeps each layer's rows)
+/// and the EP forward across ranks (`ep::dist::EpMoe`, which exchanges
+/// them). The model stores what a runner keeps in [`LayerRecord::replay`]
+/// without knowing its type.
+pub trait MoeRunner<B: Backend> {
+    /// MoE layer `layer` on its input `x` (post-attention-normed, every
+    /// token of the batch): the layer's output and plan (those of
+    /// [`Backend::moe`]), and what to keep, if anything.
+    fn run_moe(
         &self,
         backend: &B,
+        layer: usize,
         w: &MoeWeights<B>,
         x: &B::Act,
         router: &RouterConfig,
-    ) -> Result<(MoeOutput<B>, Kept), BackendError>;
+    ) -> Result<(MoeOutput<B>, Option<Kept>), BackendError>;
 }
 
 /// One sequence's state: its KV cache per layer and the ids it has seen.
@@ -117,8 +120,8 @@ pub struct LayerRecord<B: Backend> {
     pub totals: PlanTotals,
     /// The layer's MoE input `[tokens, hidden]`, when asked for.
     pub moe_input: Option<B::Act>,
-    /// What the pass's [`MoeKeep`] kept of the layer (EP rank replay), with
-    /// the MoE input when the plans are kept too ([`Model::forward_keeping`]).
+    /// What the pass's [`MoeRunner`] kept of the layer (EP rank replay; see
+    /// [`Model::forward_with`]).
     pub replay: Option<Kept>,
 }
 
@@ -200,7 +203,7 @@ struct EagerIo<'a, 's, B: Backend> {
     positions: &'a [usize],
     spans: &'a [Range<usize>],
     opts: &'a ForwardOptions,
-    keep: Option<&'a dyn MoeKeep<B>>,
+    runner: Option<&'a dyn MoeRunner<B>>,
     plans: Vec<Option<RoutingPlan>>,
     routes: Vec<DeferredRoute<B::DeviceRoute>>,
     inputs: Vec<Option<B::Act>>,
@@ -230,24 +233,28 @@ impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
     fn moe(&mut self, model: &Model<B>, layer: usize, h: B::Act) -> Result<B::Act, ModelError> {
         let (be, router) = (&model.backend, &self.opts.router);
         let moe = &model.layers[layer].moe;
-        let out = if self.opts.keep_plans {
-            let (m, replay) = match self.keep.filter(|_| self.opts.keep_moe_inputs) {
-                Some(keep) => {
-                    let (m, kept) = keep.moe_kept(be, moe, &h, router)?;
-                    (m, Some(kept))
-                }
-                None => (moe.forward(be, &h, router)?, None),
-            };
-            self.routes.push(DeferredRoute::Host(m.plan.totals()));
-            self.plans.push(Some(m.plan));
-            self.replays.push(replay);
-            m.out
-        } else {
-            let (out, route) = moe.forward_deferred(be, &h, router)?;
-            self.routes.push(route);
-            self.plans.push(None);
-            self.replays.push(None);
-            out
+        let out = match self.runner {
+            Some(runner) => {
+                let (m, replay) = runner.run_moe(be, layer, moe, &h, router)?;
+                self.routes.push(DeferredRoute::Host(m.plan.totals()));
+                self.plans.push(self.opts.keep_plans.then_some(m.plan));
+                self.replays.push(replay);
+                m.out
+            }
+            None if self.opts.keep_plans => {
+                let m = moe.forward(be, &h, router)?;
+                self.routes.push(DeferredRoute::Host(m.plan.totals()));
+                self.plans.push(Some(m.plan));
+                self.replays.push(None);
+                m.out
+            }
+            None => {
+                let (out, route) = moe.forward_deferred(be, &h, router)?;
+                self.routes.push(route);
+                self.plans.push(None);
+                self.replays.push(None);
+                out
+            }
         };
         self.inputs.push(self.opts.keep_moe_inputs.then_some(h));
         Ok(out)
@@ -275,21 +282,24 @@ impl<B: Backend> Model<B> {
         tokens: &[&[u32]],
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput<B>, ModelError> {
-        self.forward_keeping(seqs, tokens, opts, None)
+        self.forward_with(seqs, tokens, opts, None)
     }
 
-    /// [`Model::forward`], the MoE layers run by `keep` when the pass keeps
-    /// plans and MoE inputs (what it keeps lands in
-    /// [`LayerRecord::replay`]).
-    pub fn forward_keeping(
+    /// [`Model::forward`], the MoE layers run by `runner` when one is given
+    /// (what it keeps lands in [`LayerRecord::replay`]). A model that holds
+    /// only an EP rank's experts needs a runner that brings in the others.
+    pub fn forward_with(
         &self,
         seqs: &mut [&mut Sequence<B>],
         tokens: &[&[u32]],
         opts: &ForwardOptions,
-        keep: Option<&dyn MoeKeep<B>>,
+        runner: Option<&dyn MoeRunner<B>>,
     ) -> Result<ForwardOutput<B>, ModelError> {
         let c = &self.config;
         let be = &self.backend;
+        if runner.is_none() {
+            self.check_all_experts()?;
+        }
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput("no sequences"));
         }
@@ -337,7 +347,7 @@ impl<B: Backend> Model<B> {
             positions: &positions,
             spans: &spans,
             opts,
-            keep,
+            runner,
             plans: Vec::with_capacity(n_layers),
             routes: Vec::with_capacity(n_layers),
             inputs: Vec::with_capacity(n_layers),
@@ -418,27 +428,37 @@ impl<B: Backend> Model<B> {
         prompts: &[&[u32]],
         opts: &ForwardOptions,
     ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
-        self.prefill_keeping(prompts, opts, None)
+        self.prefill_with(prompts, opts, None)
     }
 
-    /// [`Model::prefill`] with a [`MoeKeep`] (see [`Model::forward_keeping`]).
-    pub fn prefill_keeping(
+    /// [`Model::prefill`] with a [`MoeRunner`] (see [`Model::forward_with`]).
+    pub fn prefill_with(
         &self,
         prompts: &[&[u32]],
         opts: &ForwardOptions,
-        keep: Option<&dyn MoeKeep<B>>,
+        runner: Option<&dyn MoeRunner<B>>,
     ) -> Result<(Vec<Sequence<B>>, ForwardOutput<B>), ModelError> {
         let mut seqs: Vec<Sequence<B>> = prompts.iter().map(|_| self.new_sequence()).collect();
         let out = {
             let mut refs: Vec<&mut Sequence<B>> = seqs.iter_mut().collect();
-            self.forward_keeping(&mut refs, prompts, opts, keep)?
+            self.forward_with(&mut refs, prompts, opts, runner)?
         };
         Ok((seqs, out))
     }
 
     /// Logits `[ids.len(), vocab]` of one prompt, one row per position.
     pub fn logits(&self, ids: &[u32], router: &RouterConfig) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (_, out) = self.prefill(&[ids], &ForwardOptions::new(router.clone()))?;
+        self.logits_with(ids, router, None)
+    }
+
+    /// [`Model::logits`] with a [`MoeRunner`] (see [`Model::forward_with`]).
+    pub fn logits_with(
+        &self,
+        ids: &[u32],
+        router: &RouterConfig,
+        runner: Option<&dyn MoeRunner<B>>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (_, out) = self.prefill_with(&[ids], &ForwardOptions::new(router.clone()), runner)?;
         Ok(out.logits.chunks(out.vocab).map(<[f32]>::to_vec).collect())
     }
 }

@@ -2,7 +2,8 @@
 
 use super::build::Model;
 use super::decode::greedy_rows;
-use super::forward::{ForwardOptions, LogitsMode};
+use super::decode::EagerDecoder;
+use super::forward::{ForwardOptions, LogitsMode, MoeRunner};
 use super::ModelBackend;
 use super::ModelError;
 use crate::routing::RouterConfig;
@@ -60,6 +61,18 @@ impl<B: ModelBackend> Model<B> {
         prompts: &[&[u32]],
         opts: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
+        self.generate_batch_with(prompts, opts, None)
+    }
+
+    /// [`Model::generate_batch`], every MoE layer of the prefill and of each
+    /// decode step run by `runner` when one is given (the steps are then
+    /// forward passes: an [`EagerDecoder`](super::EagerDecoder)).
+    pub fn generate_batch_with(
+        &self,
+        prompts: &[&[u32]],
+        opts: &GenerateOptions,
+        runner: Option<&dyn MoeRunner<B>>,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
         for p in prompts {
             self.config()
                 .check_generation(p.len(), opts.max_new_tokens)?;
@@ -68,13 +81,16 @@ impl<B: ModelBackend> Model<B> {
             .with_logits(LogitsMode::Last)
             .with_plans(false);
         let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(opts.max_new_tokens); prompts.len()];
-        let (seqs, first) = self.prefill(prompts, &fo)?;
+        let (seqs, first) = self.prefill_with(prompts, &fo, runner)?;
         if opts.max_new_tokens == 0 {
             return Ok(out);
         }
         let first = greedy_rows(&first)?;
         let steps = opts.max_new_tokens - 1;
-        let mut dec = self.decoder(seqs, first, steps, &opts.router)?;
+        let mut dec: Box<dyn super::Decoder + '_> = match runner {
+            Some(r) => Box::new(EagerDecoder::new(self, seqs, first, &opts.router)?.with_runner(r)),
+            None => self.decoder(seqs, first, steps, &opts.router)?,
+        };
         // running[i]: the prompt of the decoder's sequence i.
         let mut running: Vec<usize> = (0..prompts.len()).collect();
         loop {

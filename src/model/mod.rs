@@ -39,7 +39,7 @@ pub use decode::{greedy_rows, Decoder, EagerDecoder};
 #[cfg(feature = "cuda")]
 pub(crate) use forward::LayerIo;
 pub use forward::{
-    ForwardOptions, ForwardOutput, Kept, LayerRecord, LogitsMode, MoeKeep, Sequence,
+    ForwardOptions, ForwardOutput, Kept, LayerRecord, LogitsMode, MoeRunner, Sequence,
 };
 pub use generate::{argmax, GenerateOptions};
 pub use init::{random_tensor, InitOptions};
@@ -128,6 +128,27 @@ pub enum ModelError {
     NoPlan {
         /// The layer.
         layer: usize,
+    },
+    /// The model holds only some experts (an EP rank's group) and was run
+    /// without a [`MoeRunner`] that brings in the others.
+    #[error("this model holds experts {start}..{end} of {experts} only (an EP rank's group); run it through the EP forward (capmoe::ep::dist), or load every expert")]
+    PartialExperts {
+        /// First expert held.
+        start: usize,
+        /// One past the last expert held.
+        end: usize,
+        /// Experts in the config.
+        experts: usize,
+    },
+    /// An expert group that is empty or not inside the config's experts.
+    #[error("expert group {start}..{end} is empty or not inside 0..{experts}")]
+    ExpertGroup {
+        /// First expert asked for.
+        start: usize,
+        /// One past the last expert asked for.
+        end: usize,
+        /// Experts in the config.
+        experts: usize,
     },
 }
 

@@ -309,6 +309,12 @@ impl WeightFiles {
         }
     }
 
+    /// Drops tensor `name` without reading it (an expert another EP rank
+    /// holds); whether it was there.
+    pub fn discard(&mut self, name: &str) -> bool {
+        self.entries.remove(name).is_some()
+    }
+
     /// Fails naming every tensor that was never taken.
     pub fn finish(self) -> Result<(), WeightError> {
         if self.entries.is_empty() {

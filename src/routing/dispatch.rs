@@ -116,6 +116,57 @@ impl DispatchLayout {
         })
     }
 
+    /// [`DispatchLayout::new`] over experts `group` of the plan only (an EP
+    /// rank's experts): local expert `i` is the plan's expert
+    /// `group.start + i`, its rows its tokens in increasing token order (the
+    /// same rows in the same order as in the whole layout). Assignments to
+    /// other experts get row [`PAD`]; the overflow lists the group's only.
+    pub fn for_experts(
+        plan: &RoutingPlan,
+        tile: usize,
+        group: std::ops::Range<usize>,
+    ) -> Result<Self, RoutingError> {
+        if group.end > plan.experts() || group.is_empty() {
+            return Err(RoutingError::ShapeMismatch {
+                what: "expert group end",
+                len: group.end,
+                expected: plan.experts(),
+            });
+        }
+        let whole = Self::new(plan, tile)?;
+        let (o0, o1) = (
+            whole.offsets[group.start] as usize,
+            whole.offsets[group.end] as usize,
+        );
+        let base = o0 as u32;
+        let in_group = |e: u32| group.contains(&(e as usize));
+        Ok(Self {
+            tile,
+            counts: whole.counts[group.clone()].to_vec(),
+            offsets: whole.offsets[group.start..=group.end]
+                .iter()
+                .map(|o| o - base)
+                .collect(),
+            row_token: whole.row_token[o0..o1].to_vec(),
+            row_weight: whole.row_weight[o0..o1].to_vec(),
+            assignment_row: whole
+                .assignment_row
+                .iter()
+                .zip(plan.expert_ids())
+                .map(|(&r, &e)| if in_group(e) { r - base } else { PAD })
+                .collect(),
+            overflow: whole
+                .overflow
+                .into_iter()
+                .filter(|o| in_group(o.expert))
+                .map(|o| Overflow {
+                    token: o.token,
+                    expert: o.expert - group.start as u32,
+                })
+                .collect(),
+        })
+    }
+
     /// Segment padding multiple, in rows (>= 1).
     pub fn tile(&self) -> usize {
         self.tile
@@ -255,5 +306,34 @@ mod tests {
         assert_eq!(g.b, vec![2000, 2000 + 16 * 8 * 2, 2000 + 2 * 16 * 8 * 2]);
         assert_eq!(g.c, vec![3000, 3000 + 4 * 16 * 2, 3000 + 4 * 16 * 2]);
         assert!(d.gemm_args(1 << 31, 8, 2, 0, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_groups_layout_is_its_slice_of_the_whole() {
+        let l = [
+            5.0f32, 0.0, 4.0, 0.0, 0.0, 5.0, 0.0, 4.0, 4.0, 0.0, 5.0, 0.0, 0.0, 4.0, 0.0, 5.0,
+        ];
+        let plan = route(
+            &Logits::new(&l, 4, 4).unwrap(),
+            &RouterConfig::new(2, Policy::None),
+        )
+        .unwrap();
+        let whole = super::DispatchLayout::new(&plan, 2).unwrap();
+        let g = super::DispatchLayout::for_experts(&plan, 2, 2..4).unwrap();
+        let (o0, o1) = (whole.offsets()[2] as usize, whole.offsets()[4] as usize);
+        assert_eq!(g.counts(), &whole.counts()[2..4]);
+        assert_eq!(g.row_tokens(), &whole.row_tokens()[o0..o1]);
+        assert_eq!(g.offsets()[0], 0);
+        assert_eq!(g.rows(), o1 - o0);
+        for (i, &e) in plan.expert_ids().iter().enumerate() {
+            let r = g.assignment_rows()[i];
+            if e >= 2 {
+                assert_eq!(r as usize + o0, whole.assignment_rows()[i] as usize);
+            } else {
+                assert_eq!(r, super::PAD);
+            }
+        }
+        assert!(super::DispatchLayout::for_experts(&plan, 2, 3..5).is_err());
+        assert!(super::DispatchLayout::for_experts(&plan, 2, 2..2).is_err());
     }
 }

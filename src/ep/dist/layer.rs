@@ -1,0 +1,302 @@
+//! The EP MoE layer: one rank's part of every MoE layer, as a
+//! [`MoeRunner`] for the model's forward pass.
+
+use super::error::DistError;
+use super::exchange::Exchange;
+use super::stats::LayerTimes;
+use crate::backend::{BackendError, MoeOutput, MoeWeights};
+use crate::ep::comm::{all_gather, all_to_all_v, check_agreement, Communicator};
+use crate::ep::EpBackend;
+use crate::model::{Kept, MoeRunner};
+use crate::routing::{capacity, DispatchLayout, Placement, RouterConfig, RoutingPlan};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Rank `comm.rank()`'s part of every MoE layer of a forward pass, across
+/// `comm.size()` ranks (design.md §9):
+///
+/// 1. the router logits of every token and the global plan, computed alike
+///    on every rank (the dense part of the model is replicated, so each rank
+///    has every token's hidden state: no routing traffic), then checked
+///    equal across ranks by hash;
+/// 2. dispatch: an all-to-all-v of this rank's token block's rows to the
+///    ranks whose experts serve them, into a receive buffer allocated once,
+///    sized from capacity (local experts x C rows; under `none`,
+///    `T * min(k, E/R)` rows);
+/// 3. the local experts' FFN, each over the rows and order the whole layout
+///    gives it;
+/// 4. combine: an all-to-all-v of the outputs back to their token's rank,
+///    which sums them with their weights in plan order (as
+///    [`crate::routing::combine`] does, so results are bit-identical on the CPU);
+/// 5. an all-gather of the layer's output, for the replicated dense part.
+///
+/// The rank's model holds only its experts ([`crate::model::Model::load_expert_group`]).
+pub struct EpMoe<'c, C: Communicator + ?Sized> {
+    comm: &'c C,
+    experts: usize,
+    hidden: usize,
+    max_tokens: usize,
+    bound: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The dispatch receive buffer, `bound * hidden`, allocated once.
+    recv: Vec<f32>,
+    times: Vec<LayerTimes>,
+}
+
+impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
+    /// Rank `comm.rank()` of `comm.size()` over a model of `experts` experts
+    /// of width `hidden`, routed under `router`, for forwards of at most
+    /// `max_tokens` tokens.
+    pub fn new(
+        comm: &'c C,
+        experts: usize,
+        hidden: usize,
+        router: &RouterConfig,
+        max_tokens: usize,
+    ) -> Result<Self, DistError> {
+        let ranks = comm.size();
+        if ranks == 0 || ranks > experts || experts % ranks != 0 {
+            return Err(DistError::Placement { ranks, experts });
+        }
+        if max_tokens == 0 {
+            return Err(DistError::Zero("max_tokens"));
+        }
+        if hidden == 0 {
+            return Err(DistError::Zero("hidden"));
+        }
+        let per = experts / ranks;
+        let bound = match router
+            .capacity_factor
+            .filter(|_| router.policy.has_capacity())
+        {
+            Some(gamma) => {
+                let c = capacity(gamma, max_tokens, router.top_k, experts)
+                    .map_err(|e| DistError::Model(e.into()))?;
+                usize::try_from(c).unwrap_or(usize::MAX).saturating_mul(per)
+            }
+            None => max_tokens.saturating_mul(router.top_k.min(per)),
+        }
+        .min(max_tokens.saturating_mul(per));
+        let len = bound.checked_mul(hidden).ok_or(DistError::TooManyTokens {
+            tokens: max_tokens,
+            max: usize::MAX / hidden / per.max(1),
+        })?;
+        Ok(Self {
+            comm,
+            experts,
+            hidden,
+            max_tokens,
+            bound,
+            state: Mutex::new(State {
+                recv: vec![0.0; len],
+                times: Vec::new(),
+            }),
+        })
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &C {
+        self.comm
+    }
+
+    /// This rank's expert group.
+    pub fn group(&self) -> Range<usize> {
+        let per = self.experts / self.comm.size();
+        self.comm.rank() * per..(self.comm.rank() + 1) * per
+    }
+
+    /// Rows the dispatch receive buffer holds (local experts x capacity).
+    pub fn bound_rows(&self) -> usize {
+        self.bound
+    }
+
+    /// The layer times measured since the last call, in call order (one per
+    /// MoE layer run).
+    pub fn take_times(&self) -> Vec<LayerTimes> {
+        std::mem::take(&mut self.lock().times)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another forward panicked; the buffers are
+        // rewritten before every use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn layer<B: EpBackend>(
+        &self,
+        backend: &B,
+        w: &MoeWeights<B>,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<MoeOutput<B>, DistError> {
+        let (comm, h) = (self.comm, self.hidden);
+        let (tokens, cols) = backend.act_shape(x);
+        if tokens > self.max_tokens {
+            return Err(DistError::TooManyTokens {
+                tokens,
+                max: self.max_tokens,
+            });
+        }
+        let group = self.group();
+        if w.num_experts() != group.len() || cols != h {
+            return Err(DistError::WrongGroup {
+                rank: comm.rank(),
+                held: 0..w.num_experts(),
+                expected: group,
+            });
+        }
+        let mut t = LayerTimes::default();
+
+        let clock = Instant::now();
+        let router = router.clone().with_ranks(comm.size());
+        let plan = w.route(backend, x, &router)?;
+        check_agreement(comm, "the layer's routing plan", plan_hash(&plan))?;
+        let tile = backend.dispatch_tile();
+        let local = DispatchLayout::for_experts(&plan, tile, group.clone())
+            .map_err(|e| DistError::Model(e.into()))?;
+        let placement = Placement::new(comm.size(), self.experts, tokens)
+            .map_err(|e| DistError::Model(e.into()))?;
+        let ex = Exchange::new(&plan, &placement, comm.rank(), local.offsets());
+        let x_host = backend.download(x)?;
+        let mut send = Vec::with_capacity(ex.send_tokens.len() * h);
+        for &tok in &ex.send_tokens {
+            let tok = tok as usize;
+            send.extend_from_slice(&x_host[tok * h..(tok + 1) * h]);
+        }
+        t.route_ms = ms(clock);
+
+        let rows_in = ex.recv_to_local.len();
+        if rows_in > self.bound {
+            return Err(DistError::Overfull {
+                rank: comm.rank(),
+                rows: rows_in,
+                bound: self.bound,
+            });
+        }
+        let times_h = |v: &[usize]| v.iter().map(|n| n * h).collect::<Vec<_>>();
+        let (send_n, recv_n) = (times_h(&ex.send_rows), times_h(&ex.recv_rows));
+        let mut state = self.lock();
+        let clock = Instant::now();
+        all_to_all_v(
+            comm,
+            &send,
+            &send_n,
+            &mut state.recv[..rows_in * h],
+            &recv_n,
+        )?;
+        t.dispatch_ms = ms(clock);
+
+        let mut rows = vec![0.0f32; local.rows() * h];
+        for (p, &r) in ex.recv_to_local.iter().enumerate() {
+            let r = r as usize;
+            rows[r * h..(r + 1) * h].copy_from_slice(&state.recv[p * h..(p + 1) * h]);
+        }
+        let rows = backend.upload(&rows, local.rows(), h)?;
+        let (y, expert_ms) = backend.timed(|| {
+            let y = backend.expert_ffn(&rows, &local, &w.experts, 0..group.len())?;
+            backend.download(&y)
+        })?;
+        t.expert_ms = expert_ms;
+
+        // Combine: each received row's output goes back in the order it came.
+        let clock = Instant::now();
+        for (p, &r) in ex.recv_to_local.iter().enumerate() {
+            let r = r as usize;
+            state.recv[p * h..(p + 1) * h].copy_from_slice(&y[r * h..(r + 1) * h]);
+        }
+        let mut back = vec![0.0f32; ex.send_tokens.len() * h];
+        all_to_all_v(
+            comm,
+            &state.recv[..rows_in * h],
+            &recv_n,
+            &mut back,
+            &send_n,
+        )?;
+        drop(state);
+        t.combine_ms = ms(clock);
+
+        // The block's output, summed in plan order, then every block to every rank.
+        let clock = Instant::now();
+        let block_max = tokens.div_ceil(comm.size());
+        let mut mine = vec![0.0f32; block_max * h];
+        let first = plan.offsets()[ex.block.start] as usize;
+        for (j, tok) in ex.block.clone().enumerate() {
+            let acc = &mut mine[j * h..(j + 1) * h];
+            for i in plan.offsets()[tok] as usize..plan.offsets()[tok + 1] as usize {
+                let wgt = plan.weights()[i];
+                let q = ex.assignment_slot[i - first] as usize;
+                for (a, &v) in acc.iter_mut().zip(&back[q * h..(q + 1) * h]) {
+                    *a += wgt * v;
+                }
+            }
+        }
+        let all = all_gather(comm, &mine)?;
+        let mut out = Vec::with_capacity(tokens * h);
+        for r in 0..comm.size() {
+            let n = placement.token_block(r).len();
+            out.extend_from_slice(&all[r * block_max * h..(r * block_max + n) * h]);
+        }
+        let out = backend.upload(&out, tokens, h)?;
+        t.gather_ms = ms(clock);
+
+        let bytes = |rows: usize| (rows * h * std::mem::size_of::<f32>()) as f64;
+        t.rows = rows_in as f64;
+        t.sent_bytes = bytes(ex.send_tokens.len() + rows_in);
+        t.recv_bytes = bytes(rows_in + ex.send_tokens.len());
+        self.lock().times.push(t);
+        let layout = DispatchLayout::new(&plan, tile).map_err(|e| DistError::Model(e.into()))?;
+        Ok(MoeOutput { out, plan, layout })
+    }
+}
+
+impl<B: EpBackend, C: Communicator + ?Sized> MoeRunner<B> for EpMoe<'_, C> {
+    fn run_moe(
+        &self,
+        backend: &B,
+        _layer: usize,
+        w: &MoeWeights<B>,
+        x: &B::Act,
+        router: &RouterConfig,
+    ) -> Result<(MoeOutput<B>, Option<Kept>), BackendError> {
+        match self.layer(backend, w, x, router) {
+            Ok(m) => Ok((m, None)),
+            Err(e) => {
+                // Peers must not wait for this rank: tell them why it left.
+                if !matches!(e, DistError::Comm(_)) {
+                    self.comm.abort(&e.to_string());
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// FNV-1a over the plan's assignments: equal on every rank that routed alike.
+fn plan_hash(plan: &RoutingPlan) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |v: u32| {
+        for b in v.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    plan.offsets().iter().for_each(|&v| eat(v));
+    plan.expert_ids().iter().for_each(|&v| eat(v));
+    plan.weights().iter().for_each(|v| eat(v.to_bits()));
+    h
+}
+
+/// FNV-1a of what every rank must agree on before an EP run (model config,
+/// router, rank count), for [`check_agreement`].
+pub fn agreement_hash(what: &str) -> u64 {
+    what.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
