@@ -1,10 +1,12 @@
 //! `capmoe generate`: greedy generation with a Mixtral model.
 
+use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
+use capmoe::ep::dist::ep_generate;
 use capmoe::ep::EpBackend;
-use capmoe::model::{GenerateOptions, Model};
+use capmoe::model::{GenerateOptions, MixtralConfig, Model};
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;
@@ -27,6 +29,8 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub ep: EpArgs,
     /// Print `{"generated": [new ids]}`.
     #[arg(long)]
     pub json: bool,
@@ -40,39 +44,75 @@ struct GeneratedJson<'a> {
     text: Option<&'a str>,
 }
 
+/// The new ids, and their text with --prompt.
+type Generated = (Vec<u32>, Option<String>);
+
 /// Greedy generation on a model of any backend.
 struct Run<'a>(&'a GenerateArgs);
 
 impl ModelTask for Run<'_> {
-    type Output = (Vec<u32>, Option<String>);
+    type Output = Generated;
     fn run<B: EpBackend>(self, model: Model<B>) -> Result<Self::Output, CliError> {
         let args = self.0;
         let vocab = model.config().vocab_size;
         let ids = args
             .model
             .prompt_ids(&args.ids, args.prompt.as_deref(), vocab)?;
-        let opts = GenerateOptions {
-            max_new_tokens: args.max_new_tokens,
-            eos: if args.ignore_eos {
-                Vec::new()
-            } else {
-                model.config().eos_token_ids.clone()
-            },
-            router: args
-                .router
-                .config(Some(model.config().num_experts_per_tok))?,
-        };
+        let opts = options(args, model.config())?;
         let new = model.generate(&ids, &opts)?;
-        let text = match &args.prompt {
-            Some(_) => Some(args.model.tokenizer(vocab)?.decode(&new)?),
-            None => None,
-        };
-        Ok((new, text))
+        Ok((new.clone(), decoded(args, vocab, &new)?))
+    }
+}
+
+fn options(args: &GenerateArgs, cfg: &MixtralConfig) -> Result<GenerateOptions, CliError> {
+    Ok(GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        eos: if args.ignore_eos {
+            Vec::new()
+        } else {
+            cfg.eos_token_ids.clone()
+        },
+        router: args.router.config(Some(cfg.num_experts_per_tok))?,
+    })
+}
+
+fn decoded(args: &GenerateArgs, vocab: usize, new: &[u32]) -> Result<Option<String>, CliError> {
+    match &args.prompt {
+        Some(_) => Ok(Some(args.model.tokenizer(vocab)?.decode(new)?)),
+        None => Ok(None),
+    }
+}
+
+/// Generation across EP ranks: `None` on every rank but 0.
+fn run_ep(args: &GenerateArgs, mode: EpMode) -> Result<Option<Generated>, CliError> {
+    let cfg = args.model.config()?;
+    let ids = args
+        .model
+        .prompt_ids(&args.ids, args.prompt.as_deref(), cfg.vocab_size)?;
+    let opts = options(args, &cfg)?;
+    cfg.check_generation(ids.len(), opts.max_new_tokens)?;
+    let out = on_ranks(&args.ep, mode, |comm| {
+        let (ep, model) = rank_model(&args.model, comm, &opts.router, ids.len().max(1))?;
+        Ok(ep_generate(&ep, &model, &[&ids], &opts)?)
+    })?;
+    match out {
+        Some(mut v) => {
+            let new = v.pop().unwrap_or_default();
+            let text = decoded(args, cfg.vocab_size, &new)?;
+            Ok(Some((new, text)))
+        }
+        None => Ok(None),
     }
 }
 
 pub fn run(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (generated, text) = with_model(&args.model, Run(args))?;
+    let (generated, text) = match args.ep.ep {
+        Some(mode) => match run_ep(args, mode)? {
+            Some(v) => v,
+            None => return Ok(()),
+        },
+        None => with_model(&args.model, Run(args))?,
+    };
     if args.json {
         serde_json::to_writer(
             &mut *out,

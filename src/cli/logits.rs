@@ -1,9 +1,11 @@
 //! `capmoe logits`: run a prompt through a Mixtral model and print the
 //! logits of every position.
 
+use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::router_args::RouterArgs;
 use super::CliError;
+use capmoe::ep::dist::ep_logits;
 use capmoe::ep::EpBackend;
 use capmoe::model::{argmax, Model};
 use capmoe::routing::RouterConfig;
@@ -23,6 +25,8 @@ pub struct LogitsArgs {
     pub prompt: Option<String>,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub ep: EpArgs,
     /// Print `{"logits": [[vocab floats] per position]}` instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -48,8 +52,31 @@ impl ModelTask for Run<'_> {
     }
 }
 
+/// The logits across EP ranks: `None` on every rank but 0.
+fn run_ep(
+    a: &LogitsArgs,
+    mode: EpMode,
+) -> Result<Option<<Run<'_> as ModelTask>::Output>, CliError> {
+    let cfg = a.model.config()?;
+    let ids = a
+        .model
+        .prompt_ids(&a.ids, a.prompt.as_deref(), cfg.vocab_size)?;
+    let router = a.router.config(Some(cfg.num_experts_per_tok))?;
+    on_ranks(&a.ep, mode, |comm| {
+        let (ep, model) = rank_model(&a.model, comm, &router, ids.len().max(1))?;
+        let logits = ep_logits(&ep, &model, &ids, &router)?;
+        Ok((logits, cfg.vocab_size, router.clone(), ids.clone()))
+    })
+}
+
 pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (logits, vocab, router, ids) = with_model(&args.model, Run(args))?;
+    let (logits, vocab, router, ids) = match args.ep.ep {
+        Some(mode) => match run_ep(args, mode)? {
+            Some(v) => v,
+            None => return Ok(()),
+        },
+        None => with_model(&args.model, Run(args))?,
+    };
     if args.json {
         serde_json::to_writer(&mut *out, &LogitsJson { logits: &logits })?;
         writeln!(out)?;

@@ -1,6 +1,7 @@
 //! The `capmoe` command line. One file per subcommand.
 
 pub mod bench;
+pub mod ep_args;
 pub mod eval;
 pub mod generate;
 pub mod logits;
@@ -31,6 +32,10 @@ pub enum CliError {
     Config(#[from] capmoe::model::ConfigError),
     #[error(transparent)]
     Bench(#[from] capmoe::ep::EpError),
+    #[error(transparent)]
+    Dist(#[from] capmoe::ep::dist::DistError),
+    #[error(transparent)]
+    Comm(#[from] capmoe::ep::comm::CommError),
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Gpu(#[from] capmoe::cuda::GpuError),

@@ -5,8 +5,10 @@ use super::CliError;
 use capmoe::backend::CpuBackend;
 use capmoe::ep::EpBackend;
 use capmoe::model::{InitOptions, MixtralConfig, Model, BUILTIN_NAMES};
+use capmoe::progress::NoProgress;
 use capmoe::trace::Skew;
 use clap::{Args, ValueEnum};
+use std::ops::Range;
 use std::path::Path;
 
 /// Largest random model the CLI builds in host memory (f32 weights).
@@ -111,6 +113,48 @@ impl ModelArgs {
             )));
         }
         Ok(ids)
+    }
+
+    /// The model's config: the checkpoint's config.json, or the built-in's.
+    pub fn config(&self) -> Result<MixtralConfig, CliError> {
+        let path = Path::new(&self.model);
+        if path.is_dir() {
+            return Ok(MixtralConfig::from_path(path)?);
+        }
+        self.builtin()
+    }
+
+    fn builtin(&self) -> Result<MixtralConfig, CliError> {
+        if !BUILTIN_NAMES.contains(&self.model.as_str()) {
+            return Err(CliError::Usage(format!(
+                "--model `{}` is neither a checkpoint directory nor a built-in model ({})",
+                self.model,
+                BUILTIN_NAMES.join(", ")
+            )));
+        }
+        let cfg = MixtralConfig::builtin(&self.model)?;
+        check_random_size(&self.model, &cfg, "use a smaller built-in or a checkpoint")?;
+        Ok(cfg)
+    }
+
+    /// [`ModelArgs::load_on`] holding only experts `group` (an EP rank's).
+    pub fn load_group_on<B: EpBackend>(
+        &self,
+        backend: B,
+        group: Range<usize>,
+    ) -> Result<Model<B>, CliError> {
+        let path = Path::new(&self.model);
+        let mut m = if path.is_dir() {
+            Model::load_expert_group(backend, path, group)?
+        } else {
+            let opts = InitOptions::new(self.seed);
+            Model::random_group(backend, self.builtin()?, &opts, group, &NoProgress)?
+        };
+        // The skew is the same on every rank: the router is whole everywhere.
+        if self.skew != Skew::Uniform {
+            m.apply_skew(self.skew, self.seed)?;
+        }
+        Ok(m)
     }
 
     /// Loads the checkpoint directory, or builds the named random model, on `backend`.

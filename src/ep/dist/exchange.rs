@@ -70,25 +70,28 @@ impl Exchange {
             }
         }
 
-        // Dispatch receives: n[e][s] rows of local expert e from rank s.
+        // Dispatch receives: n[s][e] rows of local expert e from rank s.
         let per = group.len();
-        let mut n = vec![vec![0usize; ranks]; per];
-        for s in 0..ranks {
+        let mut n = vec![vec![0usize; per]; ranks];
+        for (s, from) in n.iter_mut().enumerate() {
             for t in placement.token_block(s) {
                 for i in assigned(t) {
                     let e = ids[i] as usize;
                     if group.contains(&e) {
-                        n[e - group.start][s] += 1;
+                        from[e - group.start] += 1;
                     }
                 }
             }
         }
-        let recv_rows: Vec<usize> = (0..ranks).map(|s| n.iter().map(|c| c[s]).sum()).collect();
+        let recv_rows: Vec<usize> = n.iter().map(|from| from.iter().sum()).collect();
         let mut recv_to_local = Vec::with_capacity(recv_rows.iter().sum());
-        for s in 0..ranks {
-            for (e, counts) in n.iter().enumerate() {
-                let start = local_offsets[e] as usize + counts[..s].iter().sum::<usize>();
-                recv_to_local.extend((start..start + counts[s]).map(|r| r as u32));
+        // Rows of expert e from ranks before s come first in its segment.
+        let mut before = vec![0usize; per];
+        for from in &n {
+            for (e, (&count, seen)) in from.iter().zip(before.iter_mut()).enumerate() {
+                let start = local_offsets[e] as usize + *seen;
+                recv_to_local.extend((start..start + count).map(|r| r as u32));
+                *seen += count;
             }
         }
         Self {

@@ -1,0 +1,129 @@
+//! `--ep local:R|mpi`: run a model subcommand across EP ranks
+//! (`capmoe::ep::dist`). Rank 0 prints and writes; the other ranks are quiet.
+
+use super::model_args::ModelArgs;
+use super::CliError;
+use capmoe::backend::CpuBackend;
+use capmoe::ep::comm::{run_local, Communicator};
+use capmoe::ep::dist::EpMoe;
+use capmoe::model::Model;
+use capmoe::routing::RouterConfig;
+use clap::Args;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How the ranks of an EP run talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpMode {
+    /// `R` ranks as threads of this process.
+    Local(usize),
+    /// One process per rank under `mpirun -n R`.
+    Mpi,
+}
+
+impl FromStr for EpMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "mpi" {
+            return Ok(Self::Mpi);
+        }
+        match s.strip_prefix("local:").map(str::parse::<usize>) {
+            Some(Ok(r)) if r >= 1 => Ok(Self::Local(r)),
+            _ => Err(format!(
+                "`{s}` is not an EP mode; expected `local:R` (R >= 1 ranks as threads) or `mpi` (under mpirun)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EpArgs {
+    /// Expert parallelism across ranks, each holding only its group of
+    /// experts and exchanging rows by all-to-all-v: `local:R` runs R ranks
+    /// as threads; `mpi` runs one rank per process under
+    /// `mpirun -n R capmoe ... --ep mpi` (needs a build with `--features mpi`).
+    /// The output equals the single-process run's. Example:
+    /// `capmoe logits --model tiny --ids 1,2,3 --ep local:2`.
+    #[arg(long, value_name = "local:R|mpi")]
+    pub ep: Option<EpMode>,
+    /// Seconds a rank waits inside one collective before it gives up
+    /// (`local:R`; under MPI a dead rank is caught by mpirun).
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    pub ep_timeout: u64,
+}
+
+/// Runs `f` on every rank of `mode`: rank 0's output comes back as
+/// `Some`, the other ranks' as `None` (they print nothing). A failed rank
+/// makes every rank fail: in-process the error names the rank; under MPI the
+/// failing rank prints its error and aborts the job.
+pub fn on_ranks<R: Send>(
+    args: &EpArgs,
+    mode: EpMode,
+    f: impl Fn(&dyn Communicator) -> Result<R, CliError> + Sync,
+) -> Result<Option<R>, CliError> {
+    match mode {
+        EpMode::Local(ranks) => {
+            let timeout = Duration::from_secs(args.ep_timeout.max(1));
+            let mut out = run_local(ranks, timeout, |c| f(c)).into_iter();
+            match out.next() {
+                Some(Ok(v)) => match out
+                    .enumerate()
+                    .find_map(|(i, r)| r.err().map(|e| (i + 1, e)))
+                {
+                    None => Ok(Some(v)),
+                    Some((rank, e)) => Err(CliError::Usage(format!("EP rank {rank}: {e}"))),
+                },
+                Some(Err(e)) => Err(CliError::Usage(format!("EP rank 0: {e}"))),
+                None => Err(CliError::Usage("--ep local:0 has no ranks".into())),
+            }
+        }
+        EpMode::Mpi => on_mpi(f),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn on_mpi<R>(f: impl Fn(&dyn Communicator) -> Result<R, CliError>) -> Result<Option<R>, CliError> {
+    let comm = capmoe::ep::comm::MpiComm::init()?;
+    match f(&comm) {
+        Ok(v) => Ok((comm.rank() == 0).then_some(v)),
+        Err(e) => {
+            // Every rank's error is printed by the rank that has it; then the
+            // job ends, so no peer waits on this one.
+            eprintln!("capmoe: EP rank {} of {}: {e}", comm.rank(), comm.size());
+            comm.abort(&e.to_string());
+            Err(e)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn on_mpi<R>(_f: impl Fn(&dyn Communicator) -> Result<R, CliError>) -> Result<Option<R>, CliError> {
+    Err(CliError::Usage(
+        "--ep mpi needs a capmoe built with `--features mpi` (Open MPI: apt-get install libopenmpi-dev openmpi-bin libclang-dev), run under `mpirun -n R`; or use --ep local:R".into(),
+    ))
+}
+
+/// This rank's EP layer and model: the rank loads only its group of
+/// experts, on the CPU.
+pub fn rank_model<'c>(
+    model: &ModelArgs,
+    comm: &'c dyn Communicator,
+    router: &RouterConfig,
+    max_tokens: usize,
+) -> Result<(EpMoe<'c, dyn Communicator + 'c>, Model<CpuBackend>), CliError> {
+    if model.device != super::model_args::ModelDevice::Cpu {
+        return Err(CliError::Usage(
+            "--ep runs on the CPU backend only for now (GPU ranks need NCCL, not built yet); drop --device cuda".into(),
+        ));
+    }
+    let cfg = model.config()?;
+    let ep = EpMoe::new(
+        comm,
+        cfg.num_local_experts,
+        cfg.hidden_size,
+        router,
+        max_tokens,
+    )?;
+    let m = model.load_group_on(CpuBackend, ep.group())?;
+    Ok((ep, m))
+}
