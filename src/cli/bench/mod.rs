@@ -7,6 +7,7 @@ use capmoe::trace::Skew;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
+mod ep;
 mod run;
 mod setup;
 #[cfg(test)]
@@ -90,12 +91,7 @@ pub struct BenchArgs {
     /// Expert-parallel ranks (each divides E). cpu: one value, default one
     /// expert per rank. cuda: a comma list [default: 8,4 = EP-8 with one
     /// expert per rank and EP-4 with two, on Mixtral's 8 experts].
-    #[arg(
-        long,
-        visible_alias = "ep",
-        value_delimiter = ',',
-        value_name = "R,R,..."
-    )]
+    #[arg(long, value_delimiter = ',', value_name = "R,R,...")]
     pub ranks: Vec<usize>,
     /// Experts per rank (the other way to give one EP size: R = E / this).
     #[arg(long, value_name = "N")]
@@ -128,6 +124,11 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// [--ep] Print the per-layer, per-rank table too (it is always in report.md).
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub ep: crate::cli::ep_args::EpArgs,
     /// Seed of the random weights, prompt ids (cpu), activations and router
     /// logits (cuda).
     #[arg(long, default_value_t = 0)]

@@ -36,16 +36,22 @@
 //! }
 //! ```
 
+mod bench;
 mod error;
 mod exchange;
 mod layer;
+#[cfg(feature = "bench")]
+mod plot;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use bench::{ep_bench, EpBenchReport, EpBenchSetup, EpCase, RankLayer};
 pub use error::DistError;
 pub use exchange::Exchange;
 pub use layer::{agreement_hash, EpMoe};
+#[cfg(feature = "bench")]
+pub use plot::speedup_figure;
 pub use stats::{gather_times, LayerTimes};
 
 use crate::ep::comm::{check_agreement, Communicator};

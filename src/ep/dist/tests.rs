@@ -203,3 +203,59 @@ fn a_partial_model_refuses_to_run_alone() {
             .expert_params_held()
     );
 }
+
+#[test]
+fn the_benchmark_reports_every_rank_and_layer_on_rank_0_only() {
+    use super::{ep_bench, EpBenchSetup};
+    use crate::ep::LatencyModel;
+    let cfg = config(4);
+    let k = cfg.num_experts_per_tok;
+    let setup = EpBenchSetup {
+        cases: vec![
+            RouterConfig::new(k, Policy::None),
+            RouterConfig::new(k, "drop:score".parse().unwrap()).with_capacity_factor(1.0),
+        ],
+        warmup: 0,
+        min_iters: 2,
+        max_iters: 3,
+        tolerance: 0.5,
+        time_cap: Duration::from_millis(1),
+        model: LatencyModel {
+            a2a_gbps: 25.0,
+            elem_bytes: 4,
+            hidden: cfg.hidden_size,
+        },
+    };
+    let prompts = [ids(9), ids(8)];
+    let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let out = run_local(2, DEADLINE, |comm| {
+        let ep = EpMoe::new(comm, 4, cfg.hidden_size, &setup.cases[0], 17)?;
+        let mine = Model::random_group(CpuBackend, cfg.clone(), &opts(), ep.group(), &NoProgress)?;
+        ep_bench(comm, &mine, &refs, &setup, |_| {})
+    });
+    assert!(out[1].as_ref().unwrap().is_none());
+    let rep = out[0].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!((rep.ranks, rep.tokens, rep.cases.len()), (2, 17, 2));
+    assert_eq!(rep.expert_params_held * 2, rep.expert_params_total);
+    let c = (17 * k) as f64 / 4.0;
+    for (i, case) in rep.cases.iter().enumerate() {
+        assert!((2..=3).contains(&case.iters));
+        assert_eq!(case.layers.len(), cfg.num_hidden_layers);
+        for layer in &case.layers {
+            assert_eq!(layer.len(), 2);
+            let rows: f64 = layer.iter().map(|r| r.rows).sum();
+            if i == 0 {
+                // Dropless: every assignment is served somewhere.
+                assert_eq!(rows, (17 * k) as f64);
+            } else {
+                assert!(layer.iter().all(|r| r.rows <= 2.0 * c.ceil()));
+            }
+            assert!(layer
+                .iter()
+                .all(|r| r.total_ms >= r.expert_ms && r.expert_ms >= 0.0));
+        }
+        assert!(case.moe_ms.min <= case.moe_ms.p50 && case.moe_ms.p50 <= case.moe_ms.max);
+    }
+    assert_eq!(rep.cases[0].ideal_speedup, 1.0);
+    assert!(rep.cases[1].ideal_speedup >= 1.0);
+}
