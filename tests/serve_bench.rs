@@ -170,7 +170,7 @@ fn capacity_runs_report_sane_numbers_and_are_deterministic_on_the_synthetic_cloc
             assert!(r.mean_rank_utilisation > 0.0 && r.mean_rank_utilisation <= 1.0);
             assert!(r.throughput_req_s > 0.0 && r.output_tok_s >= r.throughput_req_s);
             assert!(r.goodput_req_s <= r.throughput_req_s + 1e-12);
-            assert!(r.mean_gamma.is_some_and(|g| g > 0.0));
+            assert!(r.mean_effective_gamma.is_some_and(|g| g > 0.0));
             if !decode {
                 assert_eq!(
                     r.decode_drop_rate, 0.0,

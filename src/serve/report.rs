@@ -50,8 +50,10 @@ pub struct RunReport {
     pub decode_drop_rate: f64,
     /// Served gate mass over plain top-k gate mass, all layers and tokens.
     pub gate_mass_kept: f64,
-    /// Mean uniform gamma of the capacity passes (`null` when none ran).
-    pub mean_gamma: Option<f64>,
+    /// Mean effective capacity factor of the capacity passes, `C E / (T k)` (capacity over the
+    /// balanced load; at small T it exceeds the controller's gamma, as C is at least 1);
+    /// `null` when none ran.
+    pub mean_effective_gamma: Option<f64>,
     /// Requests whose output equals the reference.
     pub correct: usize,
     /// `correct / completed`.
@@ -142,7 +144,8 @@ pub fn summarize(
         } else {
             1.0
         },
-        mean_gamma: (t.capacity_forwards > 0).then(|| t.gamma_sum / t.capacity_forwards as f64),
+        mean_effective_gamma: (t.capacity_forwards > 0)
+            .then(|| t.gamma_sum / t.capacity_forwards as f64),
         correct,
         accuracy: ratio(correct as f64, rq.len() as f64),
         steps: run.steps.len(),
@@ -228,7 +231,7 @@ pub fn markdown(r: &ServeReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| run | accuracy | drop rate | decode drop rate | gate mass kept | mean gamma | rank utilisation (modelled) | measured s | measured MoE s | modelled EP MoE s |"
+        "\n| run | accuracy | drop rate | decode drop rate | gate mass kept | mean effective gamma | rank utilisation (modelled) | measured s | measured MoE s | modelled EP MoE s |"
     );
     let _ = writeln!(
         s,
@@ -245,7 +248,7 @@ pub fn markdown(r: &ServeReport) -> String {
             100.0 * x.drop_rate,
             100.0 * x.decode_drop_rate,
             x.gate_mass_kept,
-            x.mean_gamma.map_or("-".into(), |g| format!("{g:.3}")),
+            x.mean_effective_gamma.map_or("-".into(), |g| format!("{g:.3}")),
             100.0 * x.mean_rank_utilisation,
             x.measured_wall_s,
             x.measured_moe_s,

@@ -21,7 +21,8 @@ pub struct RunTotals {
     pub forwards: usize,
     /// Passes routed under the capacity policy.
     pub capacity_forwards: usize,
-    /// Sum of the uniform gamma of those passes (the controller's smallest capacity).
+    /// Sum over those passes of the effective gamma `C E / (T k)` of the uniform capacity C
+    /// (the smallest of the controller's per-layer capacities).
     pub gamma_sum: f64,
     /// Top-k token slots routed, all layers.
     pub slots: u64,
