@@ -73,7 +73,7 @@ fn hostile_flags_are_usage_errors() {
     let trace = std::env::temp_dir().join(format!("capmoe-serve-trace-{}.csv", std::process::id()));
     for (args, want) in [
         (vec!["--rate", "0"], "rate"),
-        (vec!["--rate", "-3"], "rate"),
+        (vec!["--rate=-3"], "rate"),
         (vec!["--rate", "inf"], "rate"),
         (vec!["--requests", "0"], "requests"),
         (vec!["--requests", "100001"], "requests"),
