@@ -26,7 +26,8 @@ pub struct ServeBenchArgs {
     /// Prompts and answers, JSONL of {"task","prompt","answer"} [default: DIR/eval.jsonl].
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// Requests per run (1..=100000); request i serves example i mod the examples.
+    /// Requests per run (1..=100000); request i serves example i mod the examples (a --trace
+    /// sets its own).
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub requests: usize,
     /// Mean arrival rate, requests per second (> 0, at most 1e6).
