@@ -20,6 +20,7 @@ pub mod io;
 pub mod online;
 pub mod progress;
 pub mod routing;
+pub mod serve;
 pub mod trace;
 
 pub use routing::{RoutingError, MAX_EXPERTS};

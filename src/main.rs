@@ -37,6 +37,9 @@ enum Command {
     /// Exact-answer accuracy of a trained checkpoint under every capacity policy and gamma (prefill, capacity on), with NLL, KL to none, load and drops.
     #[command(after_long_help = cli::eval::EVAL_HELP)]
     Eval(Box<cli::eval::EvalArgs>),
+    /// A request-stream benchmark: Poisson/gamma arrivals (or a trace) of eval-set prompts served by continuous batching per policy and capacity controller; latency percentiles, goodput, modelled EP utilisation, drops, accuracy.
+    #[command(after_long_help = cli::serve_bench::SERVE_BENCH_HELP)]
+    ServeBench(Box<cli::serve_bench::ServeBenchArgs>),
     /// Time the expert FFN's grouped-GEMM variants on this GPU and cache the fastest per token bucket (needs the `cuda` feature).
     #[command(after_long_help = cli::tune::tune_help())]
     Tune(cli::tune::TuneArgs),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => cli::logits::run(a, &mut out),
         Command::Generate(a) => cli::generate::run(a, &mut out),
         Command::Eval(a) => cli::eval::run(a, &mut out),
+        Command::ServeBench(a) => cli::serve_bench::run(a, &mut out),
         Command::Tune(a) => cli::tune::run(a, &mut out),
     };
     let _ = out.flush();

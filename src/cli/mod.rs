@@ -10,6 +10,7 @@ pub mod progress;
 pub mod replay;
 pub mod route;
 pub mod router_args;
+pub mod serve_bench;
 pub mod table;
 pub mod tokenizer;
 pub mod trace;
