@@ -79,6 +79,9 @@ pub struct ForwardOptions {
     /// ([`crate::backend::MoeMode::Deferred`]): no host sync inside a layer, and one
     /// read-back per forward pass for the checks and the totals.
     pub keep_plans: bool,
+    /// One router per MoE layer, overriding [`ForwardOptions::router`] (capacity planned per
+    /// layer, e.g. by `online::CapacityController`); empty: `router` for every layer.
+    pub layer_routers: Vec<RouterConfig>,
 }
 
 impl ForwardOptions {
@@ -89,7 +92,18 @@ impl ForwardOptions {
             logits: LogitsMode::All,
             keep_moe_inputs: false,
             keep_plans: true,
+            layer_routers: Vec::new(),
         }
+    }
+    /// Routes layer `l` under `routers[l]` (one per layer; see
+    /// [`ForwardOptions::layer_routers`]).
+    pub fn with_layer_routers(mut self, routers: Vec<RouterConfig>) -> Self {
+        self.layer_routers = routers;
+        self
+    }
+    /// The router of MoE layer `layer`.
+    pub fn router_of(&self, layer: usize) -> &RouterConfig {
+        self.layer_routers.get(layer).unwrap_or(&self.router)
     }
     /// Sets which positions get logits.
     pub fn with_logits(mut self, mode: LogitsMode) -> Self {
@@ -231,7 +245,7 @@ impl<B: Backend> LayerIo<B> for EagerIo<'_, '_, B> {
     }
 
     fn moe(&mut self, model: &Model<B>, layer: usize, h: B::Act) -> Result<B::Act, ModelError> {
-        let (be, router) = (&model.backend, &self.opts.router);
+        let (be, router) = (&model.backend, self.opts.router_of(layer));
         let moe = &model.layers[layer].moe;
         let out = match self.runner {
             Some(runner) => {
@@ -299,6 +313,13 @@ impl<B: Backend> Model<B> {
         let be = &self.backend;
         if runner.is_none() {
             self.check_all_experts()?;
+        }
+        if !opts.layer_routers.is_empty() && opts.layer_routers.len() != self.layers.len() {
+            return Err(ModelError::Mismatch {
+                what: "per-layer routers vs MoE layers",
+                got: opts.layer_routers.len(),
+                expected: self.layers.len(),
+            });
         }
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput("no sequences"));

@@ -89,29 +89,39 @@ impl<'m, B: Backend> Pass<'m, B> {
         }
     }
 
-    fn router(
+    /// The pass's routers, one per MoE layer (empty: `none` for every layer).
+    fn routers(
         &mut self,
         tokens: usize,
         ctl: Option<&mut Box<dyn CapacityController>>,
         monitor: &LoadMonitor,
-    ) -> Result<RouterConfig, ServeError> {
+    ) -> Result<(RouterConfig, Vec<RouterConfig>), ServeError> {
         let s = self.shape;
+        let none = RouterConfig::new(s.top_k, Policy::None).with_ranks(s.ranks);
         let Some(ctl) = ctl else {
-            return Ok(RouterConfig::new(s.top_k, Policy::None).with_ranks(s.ranks));
+            return Ok((none, Vec::new()));
         };
-        // One RouterConfig serves every layer of a pass, so the controller's per-layer
-        // capacities apply as their smallest (the budget then holds for every layer).
+        // Each layer gets the capacity the controller planned for it.
         let plan = ctl.plan(tokens, monitor)?;
-        let cap = plan.capacity.iter().copied().min().unwrap_or(1).max(1);
-        let g = gamma_for_capacity(cap, tokens, s.top_k, s.experts).ok_or(ServeError::NoGamma {
-            capacity: cap,
-            tokens,
-        })?;
+        let mut routers = Vec::with_capacity(plan.capacity.len());
+        for &cap in &plan.capacity {
+            let cap = cap.max(1);
+            let g =
+                gamma_for_capacity(cap, tokens, s.top_k, s.experts).ok_or(ServeError::NoGamma {
+                    capacity: cap,
+                    tokens,
+                })?;
+            routers.push(
+                RouterConfig::new(s.top_k, self.policy)
+                    .with_capacity_factor(g)
+                    .with_ranks(s.ranks),
+            );
+        }
+        let gammas: f64 = routers.iter().filter_map(|r| r.capacity_factor).sum();
         self.totals.capacity_forwards += 1;
-        self.totals.gamma_sum += g;
-        Ok(RouterConfig::new(s.top_k, self.policy)
-            .with_capacity_factor(g)
-            .with_ranks(s.ranks))
+        self.totals.gamma_sum += gammas / routers.len().max(1) as f64;
+        let first = routers.first().cloned().unwrap_or(none);
+        Ok((first, routers))
     }
 
     /// One pass over `seqs` fed `toks`; `is_decode[j]` marks decode sequences (for the
@@ -126,14 +136,12 @@ impl<'m, B: Backend> Pass<'m, B> {
     ) -> Result<PassResult, ServeError> {
         let s = self.shape;
         let tokens: usize = toks.iter().map(|t| t.len()).sum();
-        let router = self.router(tokens, ctl, monitor)?;
+        let (router, layers) = self.routers(tokens, ctl, monitor)?;
         let fo = ForwardOptions::new(router)
             .with_logits(LogitsMode::Last)
-            .with_moe_inputs(true);
+            .with_layer_routers(layers);
         let t0 = Instant::now();
-        let out = self
-            .model
-            .forward_keeping(seqs, toks, &fo, Some(&MoeTimer))?;
+        let out = self.model.forward_with(seqs, toks, &fo, Some(&MoeTimer))?;
         let measured = t0.elapsed().as_secs_f64();
         let next = greedy_rows(&out)?;
         let placement = Placement::new(s.ranks, s.experts, tokens)?;

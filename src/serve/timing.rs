@@ -11,7 +11,7 @@
 
 use crate::backend::{Backend, BackendError, MoeOutput, MoeWeights};
 use crate::ep::LatencyModel;
-use crate::model::{Kept, MoeKeep};
+use crate::model::{Kept, MoeRunner};
 use crate::routing::RouterConfig;
 use std::time::{Duration, Instant};
 
@@ -34,21 +34,22 @@ pub enum StepClock {
     },
 }
 
-/// Times each MoE layer's work inside a forward pass ([`MoeKeep`]): it keeps the layer's
+/// Times each MoE layer's work inside a forward pass ([`MoeRunner`]): it keeps the layer's
 /// measured [`Duration`].
 pub(crate) struct MoeTimer;
 
-impl<B: Backend> MoeKeep<B> for MoeTimer {
-    fn moe_kept(
+impl<B: Backend> MoeRunner<B> for MoeTimer {
+    fn run_moe(
         &self,
         backend: &B,
+        _layer: usize,
         w: &MoeWeights<B>,
         x: &B::Act,
         router: &RouterConfig,
-    ) -> Result<(MoeOutput<B>, Kept), BackendError> {
+    ) -> Result<(MoeOutput<B>, Option<Kept>), BackendError> {
         let t = Instant::now();
         let m = w.forward(backend, x, router)?;
-        Ok((m, Box::new(t.elapsed())))
+        Ok((m, Some(Box::new(t.elapsed()))))
     }
 }
 
