@@ -138,6 +138,7 @@ pub fn ep_bench<B: EpBackend, C: Communicator + ?Sized>(
             tokens.max(1),
         )?;
         ep.check_model(model, router)?;
+        ep.check_prefill(tokens)?;
         let opts = ForwardOptions::new(router.clone()).with_logits(LogitsMode::Skip);
         for _ in 0..setup.warmup {
             model.prefill_with(prompts, &opts, Some(&ep))?;

@@ -24,6 +24,18 @@ pub enum DistError {
         /// Tokens the buffers hold.
         max: usize,
     },
+    /// A prefill with fewer tokens than ranks leaves a rank's token block
+    /// empty (decode steps may: a rank with no tokens still serves its
+    /// experts).
+    #[error("a prefill of {tokens} tokens leaves rank {rank}'s token block empty; give at least {ranks} tokens (one per rank)")]
+    EmptyTokenBlock {
+        /// The rank with no tokens.
+        rank: usize,
+        /// Tokens in the prefill.
+        tokens: usize,
+        /// Ranks.
+        ranks: usize,
+    },
     /// A count that must be at least 1 was 0.
     #[error("{0} is 0; expected at least 1")]
     Zero(&'static str),

@@ -85,6 +85,22 @@ impl<C: Communicator + ?Sized> EpMoe<'_, C> {
     }
 }
 
+impl<C: Communicator + ?Sized> EpMoe<'_, C> {
+    /// Fails unless a prefill of `tokens` tokens gives every rank at least
+    /// one ([`DistError::EmptyTokenBlock`]).
+    pub fn check_prefill(&self, tokens: usize) -> Result<(), DistError> {
+        let ranks = self.comm().size();
+        match (0..ranks).find(|&r| r * tokens / ranks == (r + 1) * tokens / ranks) {
+            None => Ok(()),
+            Some(rank) => Err(DistError::EmptyTokenBlock {
+                rank,
+                tokens,
+                ranks,
+            }),
+        }
+    }
+}
+
 /// The logits of every position of `ids` (one row each), computed across
 /// the ranks of `ep`: what [`Model::logits`] gives in one process.
 pub fn ep_logits<B: EpBackend, C: Communicator + ?Sized>(
@@ -94,6 +110,7 @@ pub fn ep_logits<B: EpBackend, C: Communicator + ?Sized>(
     router: &RouterConfig,
 ) -> Result<Vec<Vec<f32>>, DistError> {
     ep.check_model(model, router)?;
+    ep.check_prefill(ids.len())?;
     Ok(model.logits_with(ids, router, Some(ep))?)
 }
 
@@ -106,5 +123,6 @@ pub fn ep_generate<B: EpBackend, C: Communicator + ?Sized>(
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>, DistError> {
     ep.check_model(model, &opts.router)?;
+    ep.check_prefill(prompts.iter().map(|p| p.len()).sum())?;
     Ok(model.generate_batch_with(prompts, opts, Some(ep))?)
 }
