@@ -54,6 +54,11 @@ pub struct ReplayArgs {
     /// Per-layer cost model (JSON, as `capmoe calibrate` writes it); default: rows.
     #[arg(long, value_name = "FILE.json")]
     pub cost: Option<PathBuf>,
+    /// Write the load monitor's view: one JSON line per forward and layer to FILE (balancedness,
+    /// imbalance, demand EMA, drops, rows per rank over the window), and the last forward's
+    /// Prometheus text exposition to FILE.prom. Both written atomically at the end.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -141,6 +146,7 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let files = trace_files(&args.traces)?;
     let mut monitor = LoadMonitor::new(args.window, args.ema).map_err(online)?;
+    let mut metrics = String::new();
     let mut shape: Option<(usize, usize)> = None; // (layers, experts) of the first file
     let mut controller = None;
     let mut unit = String::new();
@@ -219,6 +225,9 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         monitor
             .observe_forward(&plans, &placement)
             .map_err(online)?;
+        if args.metrics_out.is_some() {
+            metrics.push_str(&capmoe::online::json_lines(f as u64, &monitor.snapshot()));
+        }
         rows.push(ForwardRow {
             forward: f,
             file: path
@@ -255,12 +264,27 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         },
         forwards: rows,
     };
+    if let Some(path) = &args.metrics_out {
+        write_metrics(path, &metrics, &capmoe::online::prometheus(&monitor.snapshot()))?;
+    }
     match args.format {
         Format::Json => {
             serde_json::to_writer(&mut *out, &report)?;
             writeln!(out)?;
         }
         Format::Table => table(out, &report)?,
+    }
+    Ok(())
+}
+
+/// The JSON lines at `path` and the Prometheus text at `path`.prom, each atomically.
+fn write_metrics(path: &std::path::Path, lines: &str, prom: &str) -> Result<(), CliError> {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".prom");
+    for (at, text) in [(path.to_path_buf(), lines), (PathBuf::from(p), prom)] {
+        capmoe::io::atomic::write_atomic(&at, text.as_bytes()).map_err(|e| {
+            CliError::Usage(format!("cannot write --metrics-out {}: {e}", at.display()))
+        })?;
     }
     Ok(())
 }
