@@ -211,7 +211,7 @@ impl Backend for CudaBackend {
         let data = if x.rows == 0 {
             self.alloc(0)?
         } else {
-            blas::linear::<u16>(&self.blas, self.gpu.stream(), x, w)?
+            blas::linear::<u16>(&self.blas, x, w)?
         };
         Ok(CudaAct {
             data,
@@ -231,7 +231,7 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        let y = blas::linear::<f32>(&self.blas, self.gpu.stream(), x, w)?;
+        let y = blas::linear::<f32>(&self.blas, x, w)?;
         Ok(self.gpu.stream().clone_dtoh(&y)?)
     }
 

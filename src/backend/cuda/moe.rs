@@ -143,7 +143,7 @@ fn with_router<R>(
         ));
     }
     let st = be.gpu.stream();
-    let logits = super::blas::linear::<f32>(&be.blas, st, x, &w.gate)?;
+    let logits = super::blas::linear::<f32>(&be.blas, x, &w.gate)?;
     let mut cached = w
         .experts
         .bias
