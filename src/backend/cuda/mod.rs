@@ -389,9 +389,9 @@ impl Backend for CudaBackend {
             return Ok(MoeResult::Plan(w.forward_host(self, x, router)?));
         }
         Ok(match mode {
-            MoeMode::Plan => MoeResult::Plan(moe::forward_device(self, w, x, router)?),
+            MoeMode::Plan => MoeResult::Plan(moe::moe_device::<moe::KeepPlan>(self, w, x, router)?),
             MoeMode::Deferred => {
-                let (out, summary) = moe::forward_deferred(self, w, x, router)?;
+                let (out, summary) = moe::moe_device::<moe::KeepSummary>(self, w, x, router)?;
                 MoeResult::Deferred(out, DeferredRoute::Device(summary))
             }
         })
