@@ -337,8 +337,7 @@ fn benches(c: &mut Criterion) {
             });
             report("CAPMOE_MOE", shape, &b, &samples);
             // The same layer replayed as one CUDA graph (the gain of capture).
-            // SAFETY: this benchmark is the only user of its GPU context.
-            let mut graph = match unsafe { MoeLayerGraph::capture(&layer, tokens) } {
+            let mut graph = match MoeLayerGraph::capture(&layer, tokens) {
                 Ok(graph) => graph,
                 Err(e) => {
                     println!("CAPMOE_MOE_GRAPH_ERROR|{tokens}|{}|{e}", load.name());

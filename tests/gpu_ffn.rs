@@ -468,9 +468,7 @@ fn captured_layer_replays_the_eager_layer() {
         )
         .unwrap();
         for tokens in [1usize, 37, 300] {
-            // SAFETY: gpu_lock::alone: no other test uses the device (its primary context) meanwhile.
-            let mut graph =
-                unsafe { capmoe::cuda::MoeLayerGraph::capture(&layer, tokens) }.unwrap();
+            let mut graph = capmoe::cuda::MoeLayerGraph::capture(&layer, tokens).unwrap();
             for seed in [1u32, 2] {
                 let mut rng = Rng::new(u64::from(seed) * 1000 + tokens as u64);
                 let logits: Vec<f32> = (0..tokens * SHAPE.experts)
@@ -501,9 +499,8 @@ fn captured_layer_replays_the_eager_layer() {
         ExpertFfn::random(&g, SHAPE, 3).unwrap(),
     )
     .unwrap();
-    // SAFETY: as above.
     assert!(matches!(
-        unsafe { capmoe::cuda::MoeLayerGraph::capture(&layer, 0) },
+        capmoe::cuda::MoeLayerGraph::capture(&layer, 0),
         Err(GpuError::Shape { .. })
     ));
 }

@@ -583,8 +583,9 @@ fn decode_graph_replays_the_eager_steps() {
     use capmoe::model::{greedy_rows, Decoder, EagerDecoder, LogitsMode, ModelError};
     let _alone = gpu_lock::alone();
     let Some(g) = gpu() else { return };
-    // SAFETY: gpu_lock::alone: no other test uses the device (its primary context) meanwhile.
-    let g = unsafe { g.with_decode_graphs() };
+    // gpu_lock::alone: CUDA refuses a context-wide sync from another test
+    // while a stream of the device's primary context captures.
+    let g = g.with_decode_graphs().unwrap();
     let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
     let opts = InitOptions::new(9).with_skew(Skew::Ratio(1.6));
     let mut model = Model::random_host(g, cfg, &opts).unwrap();

@@ -51,8 +51,8 @@ pub fn with_model<R>(args: &ModelArgs, f: impl ModelTask<Output = R>) -> Result<
         ModelDevice::Cpu => f.run(args.load_on(CpuBackend)?),
         #[cfg(feature = "cuda")]
         ModelDevice::Cuda => {
-            // SAFETY: the CLI owns this context and uses it from this thread only.
-            let be = unsafe { capmoe::backend::CudaBackend::open()?.with_decode_graphs() };
+            // The CLI's own context (capture rights: decode graphs).
+            let be = capmoe::backend::CudaBackend::open()?.with_decode_graphs()?;
             f.run(args.load_on(be)?)
         }
         #[cfg(not(feature = "cuda"))]

@@ -7,22 +7,38 @@ use std::sync::Arc;
 /// A CUDA device's primary context and one stream. cudarc and the kernels'
 /// statically linked runtime share the primary context, so cudarc buffers
 /// feed the launchers directly.
+///
+/// Capture rights: capturing a CUDA graph ([`MoeLayerGraph`](super::MoeLayerGraph),
+/// the CUDA backend's decode graphs) switches cudarc's cross-stream event
+/// tracking off for the context while it runs. A context capmoe opened
+/// ([`GpuContext::new`]) may capture: capmoe made its cudarc context object
+/// and uses its buffers on one stream. A caller's context
+/// ([`GpuContext::from_stream`], [`GpuContext::from_parts`]) may not, unless
+/// the caller vouches for it with [`GpuContext::allow_capture`].
 #[derive(Clone)]
 pub struct GpuContext {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    capture: bool,
 }
 
 impl GpuContext {
-    /// Opens device `ordinal`. No driver or no device is an error, never a
-    /// panic (cudarc panics when libcuda is absent, so that is checked first).
+    /// Opens device `ordinal` on a cudarc context object of its own, with
+    /// capture rights (see the type's docs). No driver or no device is an
+    /// error, never a panic (cudarc panics when libcuda is absent, so that is
+    /// checked first). Code that takes the context out ([`Self::context`])
+    /// must not run a second stream on it while a capture runs.
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
         if !super::probe::library_present("cuda") {
             return Err(GpuError::NoDriver);
         }
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.new_stream()?;
-        Ok(Self { ctx, stream })
+        Ok(Self {
+            ctx,
+            stream,
+            capture: true,
+        })
     }
 
     /// Runs on a caller's stream (an engine that owns the GPU: candle, mistral.rs, your own
@@ -34,6 +50,7 @@ impl GpuContext {
         Self {
             ctx: stream.context().clone(),
             stream,
+            capture: false,
         }
     }
 
@@ -46,7 +63,31 @@ impl GpuContext {
                 expected: "a stream created on the given CudaContext".into(),
             });
         }
-        Ok(Self { ctx, stream })
+        Ok(Self {
+            ctx,
+            stream,
+            capture: false,
+        })
+    }
+
+    /// Gives a caller's context capture rights (see the type's docs).
+    ///
+    /// # Safety
+    /// While capmoe captures a graph on this context (building a
+    /// [`MoeLayerGraph`](super::MoeLayerGraph), or a decoder of a backend made
+    /// with decode graphs, or retaining its sequences), no other thread may
+    /// use a buffer of the context on a stream other than the one that
+    /// allocated it, or run work on another stream of the context that relies
+    /// on cudarc's automatic cross-stream ordering. Buffers allocated during
+    /// the capture on another thread would keep no events afterwards.
+    pub unsafe fn allow_capture(mut self) -> Self {
+        self.capture = true;
+        self
+    }
+
+    /// Whether graphs may be captured on this context.
+    pub fn may_capture(&self) -> bool {
+        self.capture
     }
 
     /// Why no GPU can be used here, or `None` when device 0 opens. Tests call

@@ -44,6 +44,9 @@
 
 pub use cudarc;
 
+mod alloc;
+pub(crate) mod blas;
+pub(crate) mod capture;
 mod context;
 mod error;
 pub(crate) mod expert;
@@ -56,6 +59,7 @@ pub(crate) mod routing;
 pub(crate) mod sys;
 pub(crate) mod timing;
 
+pub(crate) use alloc::uninit;
 pub use context::GpuContext;
 pub(crate) use error::to_i32;
 pub use error::GpuError;

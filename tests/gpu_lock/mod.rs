@@ -1,7 +1,7 @@
 //! Who may use the GPU while a test captures a CUDA graph. Every test of a
 //! binary opens device 0's primary context, so they all share it, and a
 //! capture needs it alone: the capture switches cudarc's event tracking off
-//! for the context (`CudaBackend::with_decode_graphs`' contract), and CUDA
+//! for the context (see `GpuContext`'s capture rights), and CUDA
 //! refuses a context-wide sync from any thread while one of its streams
 //! captures. The emulated driver refuses it too (a test running beside a
 //! capture aborted there). So every GPU test holds this lock shared for its

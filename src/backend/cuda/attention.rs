@@ -44,9 +44,9 @@ pub(crate) fn attention(
     geom: &AttnGeom,
 ) -> Result<CudaAct, GpuError> {
     let qw = geom.heads * geom.head_dim;
-    // SAFETY: every row belongs to one span (checked by the caller) and each
-    // span's rows are written by its launch.
-    let mut out = unsafe { st.alloc::<u16>((q.rows * qw).max(1)) }?;
+    // Not zeroed: every row belongs to one span (checked by the caller) and
+    // each span's rows are written by its launch.
+    let mut out = crate::cuda::uninit::<u16>(st, q.rows * qw)?;
     for (cache, span) in caches.iter_mut().zip(spans) {
         if span.is_empty() {
             continue;

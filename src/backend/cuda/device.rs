@@ -2,8 +2,8 @@
 
 use super::tensor::CudaAct;
 use crate::backend::BackendError;
+use crate::cuda::blas::Blas;
 use crate::cuda::{GpuContext, GpuError};
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ impl From<cudarc::driver::DriverError> for BackendError {
 #[derive(Clone)]
 pub struct CudaBackend {
     pub(crate) gpu: GpuContext,
-    pub(crate) blas: Arc<CudaBlas>,
+    pub(crate) blas: Arc<Blas>,
     /// Whether `model::ModelBackend::decoder` may capture decode graphs
     /// ([`CudaBackend::with_decode_graphs`]).
     pub(crate) decode_graphs: bool,
@@ -42,25 +42,9 @@ pub(crate) fn bf16_bits(v: &[f32]) -> Vec<u16> {
 impl CudaBackend {
     /// A backend on `gpu`'s stream (cuBLAS is loaded here).
     pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
-        // cudarc panics on the first cuBLAS call when libcublas cannot be
-        // loaded (the driver alone does not bring it): an error instead.
-        if !crate::cuda::probe::library_present("cublas") {
-            return Err(GpuError::Launch {
-                launcher: "cublasCreate",
-                code: -1,
-                message: "libcublas could not be loaded (not on the library path; \
-                          the CUDA driver does not ship it)"
-                    .into(),
-            });
-        }
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Launch {
-            launcher: "cublasCreate",
-            code: e.0 as i32,
-            message: format!("{e:?} (is libcublas on the library path?)"),
-        })?;
         Ok(Self {
             gpu: gpu.clone(),
-            blas: Arc::new(blas),
+            blas: Arc::new(Blas::new(gpu)?),
             decode_graphs: false,
         })
     }
@@ -71,18 +55,23 @@ impl CudaBackend {
     /// decodes by forward passes (the same tokens, one host sync per step
     /// and layer-by-layer launches).
     ///
-    /// # Safety
     /// A capture switches cudarc's cross-stream event tracking off for the
-    /// backend's whole CUDA context while it runs (a wait on an event
-    /// recorded outside a capture is illegal inside it), as
-    /// [`crate::cuda::MoeLayerGraph::capture`] does. So while a
-    /// `Model::decoder` call or a [`Decoder::retain`](crate::model::Decoder::retain)
-    /// of its decoder runs, no other thread may enqueue work on any stream of
-    /// that context (the `capmoe` binary owns its context and runs one
-    /// thread on it).
-    pub unsafe fn with_decode_graphs(mut self) -> Self {
+    /// context while it runs, so the backend's context must have capture
+    /// rights ([`GpuContext`]'s docs): [`CudaBackend::open`] and a context
+    /// from [`GpuContext::new`] have them; a caller's context is an error
+    /// here unless passed through [`GpuContext::allow_capture`].
+    pub fn with_decode_graphs(mut self) -> Result<Self, GpuError> {
+        if !self.gpu.may_capture() {
+            return Err(GpuError::Shape {
+                what: "CudaBackend::with_decode_graphs",
+                got: "a caller's CUDA context without capture rights".into(),
+                expected: "a context from GpuContext::new, or one passed through \
+                           GpuContext::allow_capture"
+                    .into(),
+            });
+        }
         self.decode_graphs = true;
-        self
+        Ok(self)
     }
 
     /// Device 0.
@@ -112,8 +101,8 @@ impl CudaBackend {
 
     /// An activation's buffer with room for `n` elements, contents unset.
     pub(crate) fn alloc(&self, n: usize) -> Result<CudaSlice<u16>, GpuError> {
-        // SAFETY: every caller launches a kernel that writes all n elements
-        // before anything reads them.
-        Ok(unsafe { self.gpu.stream().alloc::<u16>(n.max(1)) }?)
+        // Not zeroed: every caller launches a kernel that writes all n
+        // elements before anything reads them.
+        crate::cuda::uninit::<u16>(self.gpu.stream(), n)
     }
 }

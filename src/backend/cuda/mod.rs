@@ -211,7 +211,7 @@ impl Backend for CudaBackend {
         let data = if x.rows == 0 {
             self.alloc(0)?
         } else {
-            blas::linear::<u16>(&self.blas, self.gpu.stream(), x, w)?
+            blas::linear::<u16>(&self.blas, x, w)?
         };
         Ok(CudaAct {
             data,
@@ -231,7 +231,7 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(Vec::new());
         }
-        let y = blas::linear::<f32>(&self.blas, self.gpu.stream(), x, w)?;
+        let y = blas::linear::<f32>(&self.blas, x, w)?;
         Ok(self.gpu.stream().clone_dtoh(&y)?)
     }
 
@@ -389,9 +389,9 @@ impl Backend for CudaBackend {
             return Ok(MoeResult::Plan(w.forward_host(self, x, router)?));
         }
         Ok(match mode {
-            MoeMode::Plan => MoeResult::Plan(moe::forward_device(self, w, x, router)?),
+            MoeMode::Plan => MoeResult::Plan(moe::moe_device::<moe::KeepPlan>(self, w, x, router)?),
             MoeMode::Deferred => {
-                let (out, summary) = moe::forward_deferred(self, w, x, router)?;
+                let (out, summary) = moe::moe_device::<moe::KeepSummary>(self, w, x, router)?;
                 MoeResult::Deferred(out, DeferredRoute::Device(summary))
             }
         })

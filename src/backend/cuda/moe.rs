@@ -1,4 +1,7 @@
-//! The MoE primitives of the CUDA backend over a host-made plan and layout:
+//! The CUDA backend's MoE: [`moe_device`], the one device composition
+//! (routed on the device, [`layer_forward`]) every device-routed path calls,
+//! finished by what the caller keeps; and the primitives over a host-made
+//! plan and layout (`reroute:optimal`, empty batches, host-layout replay):
 //! dispatch through the routing gather (`capmoe_gather_bf16`), the experts
 //! through [`ExpertFfn::forward_layout`] (CUTLASS grouped GEMMs around
 //! SwiGLU), combine through `capmoe_combine_bf16`. The host arrays each
@@ -143,7 +146,7 @@ fn with_router<R>(
         ));
     }
     let st = be.gpu.stream();
-    let logits = super::blas::linear::<f32>(&be.blas, st, x, &w.gate)?;
+    let logits = super::blas::linear::<f32>(&be.blas, x, &w.gate)?;
     let mut cached = w
         .experts
         .bias
@@ -165,35 +168,6 @@ fn with_router<R>(
     let bias = w.router_bias.as_ref().and(cached.as_ref().map(|(_, d)| d));
     let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
     Ok(f(&gpu_router, &logits, bias)?)
-}
-
-/// A device-routed layer's plan, dispatch layout and gathered rows.
-type DeviceParts = (GpuPlan, GpuDispatch, CudaSlice<u16>);
-
-/// The layer on the device: [`with_router`], then [`layer_forward`].
-/// Nothing is read back. Returns the output and the device plan, layout
-/// and rows.
-fn run_device(
-    be: &CudaBackend,
-    w: &MoeWeights<CudaBackend>,
-    x: &CudaAct,
-    router: &RouterConfig,
-) -> Result<(CudaAct, DeviceParts), crate::backend::BackendError> {
-    let ffn = &w.experts.ffn;
-    let LayerRun {
-        out,
-        plan,
-        dispatch,
-        rows,
-    } = with_router(be, w, x, router, |r, logits, bias| {
-        layer_forward(r, ffn, logits, bias, &x.data, x.rows)
-    })?;
-    let out = CudaAct {
-        data: out,
-        rows: x.rows,
-        cols: ffn.shape().hidden,
-    };
-    Ok((out, (plan, dispatch, rows)))
 }
 
 /// `ep::EpBackend::route_only` on the device: the router GEMM and the device
@@ -233,24 +207,112 @@ pub struct DeviceRankLayer {
     pub rows: CudaSlice<u16>,
 }
 
-/// `ep::EpBackend::moe_kept`: [`run_device`], the plan downloaded for the record
-/// and the device plan, layout and rows kept.
+/// What a caller keeps of [`moe_device`]'s layer: the composition is one,
+/// the finish differs.
+pub(crate) trait Keep {
+    type Out;
+    /// `out` is the layer's output, `run` its device plan, layout and rows.
+    fn finish(be: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError>;
+}
+
+/// A device-routed layer's plan, dispatch layout and gathered rows.
+pub(crate) struct DeviceParts {
+    plan: GpuPlan,
+    dispatch: GpuDispatch,
+    rows: CudaSlice<u16>,
+}
+
+/// The plan reduced to its [`PlanSummary`] (totals enqueued, no read-back, so
+/// no host sync): `MoeMode::Deferred` and the decode graph.
+pub(crate) struct KeepSummary;
+/// The plan downloaded and its layout made on the host: `MoeMode::Plan`.
+pub(crate) struct KeepPlan;
+/// As [`KeepPlan`], and the device plan, layout and rows kept for EP rank
+/// replay: `ep::EpBackend::moe_kept`.
+pub(crate) struct KeepReplay;
+
+impl Keep for KeepSummary {
+    type Out = (CudaAct, PlanSummary);
+    fn finish(_: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError> {
+        Ok((out, run.plan.into_summary()?))
+    }
+}
+
+fn host_plan(
+    be: &CudaBackend,
+    gplan: &GpuPlan,
+) -> Result<(RoutingPlan, DispatchLayout), BackendError> {
+    let plan = gplan.to_host()?;
+    let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
+    Ok((plan, layout))
+}
+
+impl Keep for KeepPlan {
+    type Out = MoeOutput<CudaBackend>;
+    fn finish(be: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError> {
+        let (plan, layout) = host_plan(be, &run.plan)?;
+        Ok(MoeOutput { out, plan, layout })
+    }
+}
+
+impl Keep for KeepReplay {
+    type Out = (MoeOutput<CudaBackend>, CudaRankLayer);
+    fn finish(be: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError> {
+        let (plan, layout) = host_plan(be, &run.plan)?;
+        let kept = CudaRankLayer::Device(Box::new(DeviceRankLayer {
+            layout: layout.clone(),
+            plan: run.plan,
+            dispatch: run.dispatch,
+            rows: run.rows,
+        }));
+        Ok((MoeOutput { out, plan, layout }, kept))
+    }
+}
+
+/// The CUDA backend's one device MoE composition, which every device-routed
+/// path calls (eager, deferred, the decode graph's capture, EP replay's
+/// record): the router GEMM and bias ([`with_router`]), then
+/// [`layer_forward`] (route on the device, dispatch, gather, expert FFN,
+/// combine), all stream-ordered; then `K`'s finish.
+pub(crate) fn moe_device<K: Keep>(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<K::Out, BackendError> {
+    let ffn = &w.experts.ffn;
+    let LayerRun {
+        out,
+        plan,
+        dispatch,
+        rows,
+    } = with_router(be, w, x, router, |r, logits, bias| {
+        layer_forward(r, ffn, logits, bias, &x.data, x.rows)
+    })?;
+    let out = CudaAct {
+        data: out,
+        rows: x.rows,
+        cols: ffn.shape().hidden,
+    };
+    K::finish(
+        be,
+        out,
+        DeviceParts {
+            plan,
+            dispatch,
+            rows,
+        },
+    )
+}
+
+/// `ep::EpBackend::moe_kept` on the device: [`moe_device`] keeping [`KeepReplay`].
 pub(crate) fn forward_kept(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
     x: &CudaAct,
     router: &RouterConfig,
-) -> Result<(MoeOutput<CudaBackend>, CudaRankLayer), crate::backend::BackendError> {
-    let (out, (gplan, dispatch, rows)) = run_device(be, w, x, router)?;
-    let plan = gplan.to_host()?;
-    let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
-    let kept = CudaRankLayer::Device(Box::new(DeviceRankLayer {
-        layout: layout.clone(),
-        plan: gplan,
-        dispatch,
-        rows,
-    }));
-    Ok((MoeOutput { out, plan, layout }, kept))
+) -> Result<(MoeOutput<CudaBackend>, CudaRankLayer), BackendError> {
+    moe_device::<KeepReplay>(be, w, x, router)
 }
 
 /// `ep::EpBackend::rank_ffn` of a kept layer: on the device layout, the range's
@@ -294,33 +356,6 @@ pub(crate) fn rank_ffn(
         rows: span.len(),
         cols: hidden,
     })
-}
-
-/// `Backend::moe` on the device (see there): [`run_device`], then the plan
-/// downloaded and its layout made on the host.
-pub(crate) fn forward_device(
-    be: &CudaBackend,
-    w: &MoeWeights<CudaBackend>,
-    x: &CudaAct,
-    router: &RouterConfig,
-) -> Result<MoeOutput<CudaBackend>, crate::backend::BackendError> {
-    let (out, (gplan, ..)) = run_device(be, w, x, router)?;
-    let plan = gplan.to_host()?;
-    let layout = DispatchLayout::new(&plan, be.dispatch_tile())?;
-    Ok(MoeOutput { out, plan, layout })
-}
-
-/// `Backend::moe` under `MoeMode::Deferred` on the device: [`run_device`], the plan reduced
-/// to its [`PlanSummary`] (its totals enqueued; no read-back, so no host
-/// sync).
-pub(crate) fn forward_deferred(
-    be: &CudaBackend,
-    w: &MoeWeights<CudaBackend>,
-    x: &CudaAct,
-    router: &RouterConfig,
-) -> Result<(CudaAct, PlanSummary), crate::backend::BackendError> {
-    let (out, (gplan, ..)) = run_device(be, w, x, router)?;
-    Ok((out, gplan.into_summary()?))
 }
 
 /// `Backend::settle`: the device summaries in one download, each error

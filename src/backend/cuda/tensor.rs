@@ -123,9 +123,9 @@ impl CudaKv {
         let cap = need.max(2 * self.capacity).max(16);
         let w = self.kv_heads * self.head_dim;
         let grow = |old: &Option<CudaSlice<u16>>| -> Result<CudaSlice<u16>, GpuError> {
-            // SAFETY: positions 0..len are copied below; the rest is written by
-            // appends before attention reads it (it reads 0..len only).
-            let mut buf = unsafe { st.alloc::<u16>(cap * w) }?;
+            // Not zeroed: positions 0..len are copied below; the rest is written
+            // by appends before attention reads it (it reads 0..len only).
+            let mut buf = crate::cuda::uninit::<u16>(st, cap * w)?;
             if let Some(old) = old {
                 if self.len > 0 {
                     st.memcpy_dtod(

@@ -137,10 +137,9 @@ pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
     }
     e2e_flags(args)?;
     let gpu = GpuContext::new(0).map_err(EpError::from)?;
-    let backend = CudaBackend::new(&gpu).map_err(EpError::from)?;
-    // SAFETY: the benchmark owns this context and uses it from this thread
-    // only (the telemetry sampler reads NVML, not CUDA streams).
-    let backend = unsafe { backend.with_decode_graphs() };
+    let backend = CudaBackend::new(&gpu)
+        .and_then(CudaBackend::with_decode_graphs)
+        .map_err(EpError::from)?;
     whole_model(args, backend, &GPU_E2E)
 }
 

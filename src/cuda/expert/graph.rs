@@ -4,8 +4,8 @@
 //! both grouped GEMMs, SwiGLU, combine) replays as one launch.
 
 use super::MoeLayer;
+use crate::cuda::capture::capture;
 use crate::cuda::GpuError;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use std::sync::Arc;
 
@@ -26,8 +26,7 @@ use std::sync::Arc;
 /// let ffn = ExpertFfn::random(&gpu, FfnShape::new(8, 4096, 14336)?, 1)?;
 /// let cfg = RouterConfig::new(2, "drop:score".parse()?).with_capacity_factor(1.5);
 /// let layer = MoeLayer::new(GpuRouter::new(&gpu, cfg)?, ffn)?;
-/// // SAFETY: no other thread uses this GPU context while the layer is captured.
-/// let mut graph = unsafe { MoeLayerGraph::capture(&layer, 64)? };
+/// let mut graph = MoeLayerGraph::capture(&layer, 64)?;
 /// let (logits, x) = graph.inputs_mut();
 /// gpu.stream().memcpy_htod(&vec![0.0f32; 64 * 8], logits)?;
 /// graph.launch()?;
@@ -46,7 +45,7 @@ use std::sync::Arc;
 /// # let gpu = GpuContext::new(0)?;
 /// # let ffn = ExpertFfn::random(&gpu, FfnShape::new(8, 64, 128)?, 1)?;
 /// # let layer = MoeLayer::new(GpuRouter::new(&gpu, RouterConfig::new(2, "none".parse()?))?, ffn)?;
-/// let graph = unsafe { MoeLayerGraph::capture(&layer, 64)? };
+/// let graph = MoeLayerGraph::capture(&layer, 64)?;
 /// drop(layer); // error[E0505]: cannot move out of `layer` because it is borrowed
 /// graph.launch()?;
 /// # Ok(()) }
@@ -63,47 +62,13 @@ pub struct MoeLayerGraph<'a> {
     load: CudaSlice<u32>,
 }
 
-/// Turns cudarc's cross-stream event tracking back on when dropped (also
-/// when the capture fails half way), if it was on before.
-pub(crate) struct TrackingOff<'a>(&'a Arc<cudarc::driver::CudaContext>, bool);
-
-impl<'a> TrackingOff<'a> {
-    /// Switches tracking off for `ctx` until the guard drops.
-    ///
-    /// # Safety
-    /// As [`MoeLayerGraph::capture`]: no other thread may enqueue work on any
-    /// stream of `ctx` while the guard lives.
-    pub(crate) unsafe fn new(ctx: &'a Arc<cudarc::driver::CudaContext>) -> Self {
-        let on = ctx.is_event_tracking();
-        // SAFETY: the caller's contract.
-        unsafe { ctx.disable_event_tracking() };
-        Self(ctx, on)
-    }
-}
-
-impl Drop for TrackingOff<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            // SAFETY: restores the previous state; slices made while it was
-            // off are the graph's own temporaries, already freed inside the
-            // capture.
-            unsafe { self.0.enable_event_tracking() };
-        }
-    }
-}
-
 impl<'a> MoeLayerGraph<'a> {
     /// Runs `layer` once eagerly at `tokens` tokens (so that lazy set-up such
     /// as occupancy queries happens outside the graph), then captures one
-    /// forward over fresh zeroed input buffers.
-    ///
-    /// # Safety
-    /// During the capture cudarc's cross-stream event tracking is switched
-    /// off for the whole CUDA context (waits on events recorded outside a
-    /// capture are illegal inside it): no other thread may enqueue work on
-    /// any stream of this context until `capture` returns. The layer itself
-    /// uses one stream.
-    pub unsafe fn capture(layer: &'a MoeLayer, tokens: usize) -> Result<Self, GpuError> {
+    /// forward over fresh zeroed input buffers. The layer's context must have
+    /// capture rights ([`GpuContext`](crate::cuda::GpuContext)'s docs: a
+    /// context capmoe opened has them), else an error.
+    pub fn capture(layer: &'a MoeLayer, tokens: usize) -> Result<Self, GpuError> {
         let shape = layer.ffn().shape();
         if tokens == 0 {
             return Err(GpuError::Shape {
@@ -121,28 +86,14 @@ impl<'a> MoeLayerGraph<'a> {
         drop(layer.forward(&logits, &x, tokens)?);
         stream.synchronize()?;
 
-        let ctx = stream.context().clone();
-        // SAFETY: the caller's contract (no other thread on this context).
-        let tracking = unsafe { TrackingOff::new(&ctx) };
-        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
-        let captured = (|| -> Result<(), GpuError> {
+        let ((), graph) = capture(&layer.ffn().gpu, "captured MoE layer", || {
             let (tmp, plan) = layer.forward(&logits, &x, tokens)?;
             stream.memcpy_dtod(&tmp, &mut out)?;
             let experts_load = plan.load();
             let n = experts_load.len().min(load.len());
             stream.memcpy_dtod(&experts_load.slice(0..n), &mut load.slice_mut(0..n))?;
-            Ok(())
-        })();
-        // End the capture in every case, so the stream is usable again.
-        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-        drop(tracking);
-        captured?;
-        let graph = graph?.ok_or_else(|| GpuError::Shape {
-            what: "captured MoE layer",
-            got: "an empty graph".into(),
-            expected: "the layer's kernels".into(),
+            Ok::<(), GpuError>(())
         })?;
-        graph.upload()?;
         Ok(Self {
             _layer: layer,
             graph,

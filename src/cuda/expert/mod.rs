@@ -19,7 +19,6 @@ pub mod variants;
 pub use crate::expert::FfnShape;
 pub use expert_ffn::ExpertFfn;
 pub use graph::MoeLayerGraph;
-pub(crate) use graph::TrackingOff;
 pub use moe_layer::MoeLayer;
 pub(crate) use moe_layer::{layer_forward, LayerRun};
 pub use select::VariantPair;

@@ -70,8 +70,9 @@ pub(crate) struct LayerRun {
     pub(crate) rows: CudaSlice<u16>,
 }
 
-/// The one MoE layer on the GPU, shared by [`MoeLayer`] and the CUDA
-/// backend's `Backend::moe`: device routing (bias added in the gating
+/// The one MoE layer on the GPU, shared by [`MoeLayer`] (and so its graph)
+/// and the CUDA backend's device composition (`backend::cuda::moe::moe_device`:
+/// eager, deferred, the decode graph, EP replay's record): device routing (bias added in the gating
 /// kernel), the dispatch layout, the routing gather, the grouped-GEMM
 /// experts and the bf16 combine, all enqueued on the router's stream.
 pub(crate) fn layer_forward(

@@ -93,8 +93,8 @@ impl LayerIo<CudaBackend> for GraphIo<'_> {
         h: CudaAct,
     ) -> Result<CudaAct, ModelError> {
         let w = &model.layers[layer].moe;
-        let (out, summary) =
-            crate::backend::cuda::moe::forward_deferred(model.backend(), w, &h, self.router)?;
+        use crate::backend::cuda::moe::{moe_device, KeepSummary};
+        let (out, summary) = moe_device::<KeepSummary>(model.backend(), w, &h, self.router)?;
         self.summaries.push(summary);
         Ok(out)
     }

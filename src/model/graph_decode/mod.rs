@@ -18,8 +18,8 @@
 //! `reroute:optimal` routes on the host, so its steps cannot be captured:
 //! [`super::ModelBackend::decoder`] gives it the eager decoder, as it does when no step
 //! will run, or when the backend was not made with
-//! [`CudaBackend::with_decode_graphs`] (capturing is only sound when no
-//! other thread uses the CUDA context meanwhile).
+//! [`CudaBackend::with_decode_graphs`] (which needs a context with capture
+//! rights: see [`crate::cuda::GpuContext`]).
 
 mod io;
 mod state;
@@ -28,11 +28,9 @@ use super::decode::{check_keep, check_pending};
 use super::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::backend::cuda::{blas, CudaBackend};
 use crate::backend::{Backend, BackendError};
-use crate::cuda::expert::TrackingOff;
 use crate::cuda::model::ops;
 use crate::cuda::{GpuError, LedgerLayout};
 use crate::routing::{PlanTotals, RouterConfig};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
 use io::GraphIo;
 use state::DecodeState;
@@ -164,28 +162,12 @@ impl<'m> GraphDecoder<'m> {
         let st = be.gpu.stream().clone();
         drop(self.enqueue_step(false)?);
         st.synchronize()?;
-        let ctx = st.context().clone();
-        // SAFETY: the backend was made with `with_decode_graphs`, whose
-        // contract is that no other thread uses this context while a
-        // decoder is made or retains (which is when this runs).
-        let tracking = unsafe { TrackingOff::new(&ctx) };
-        st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
-        let captured = self.enqueue_step(true);
-        // End the capture in every case, so the stream is usable again.
-        let graph = st.end_capture(CUgraphInstantiate_flags(0));
-        drop(tracking);
-        let layout = captured?;
-        let graph = graph?.ok_or_else(|| {
-            ModelError::Backend(
-                GpuError::Shape {
-                    what: "captured decode step",
-                    got: "an empty graph".into(),
-                    expected: "the step's kernels".into(),
-                }
-                .into(),
-            )
-        })?;
-        graph.upload()?;
+        // The backend was made with decode graphs, so its context has
+        // capture rights (`with_decode_graphs` checked).
+        let (layout, graph) =
+            crate::cuda::capture::capture(&be.gpu, "captured decode step", || {
+                self.enqueue_step(true)
+            })?;
         self.graph = Some(graph);
         self.layout = Some(layout);
         Ok(())
@@ -214,7 +196,7 @@ impl<'m> GraphDecoder<'m> {
         let n = be.rms_norm(&x, &model.norm, model.config.rms_norm_eps as f32)?;
         drop(x);
         let head = model.lm_head.as_ref().unwrap_or(&model.embed);
-        let logits = blas::linear::<f32>(&be.blas, st, &n, head)?;
+        let logits = blas::linear::<f32>(&be.blas, &n, head)?;
         let layout = LedgerLayout::of(&summaries)?;
         let state = &mut self.state;
         let advance = advance.then_some((&mut state.ids, &mut state.positions));

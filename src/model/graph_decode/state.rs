@@ -41,8 +41,7 @@ impl DecodeState {
         // Not zeroed (a pass over every layer's cache, at each retain too):
         // attention reads rows 0..=positions[b] of a sequence only, and each
         // of those is copied in (copy_in) or appended by a step first.
-        // SAFETY: see above; no other reader exists.
-        let uninit = |n: usize| unsafe { st.alloc::<u16>(n.max(1)) };
+        let uninit = |n: usize| crate::cuda::uninit::<u16>(st, n);
         let mut k = Vec::with_capacity(c.num_hidden_layers);
         let mut v = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {

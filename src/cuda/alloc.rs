@@ -1,0 +1,31 @@
+//! Device buffers whose contents a kernel writes: allocated without the
+//! memset that zeroing would cost (one more pass over memory per buffer).
+
+use super::GpuError;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use std::sync::Arc;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Element types for which every bit pattern is a valid value (no padding,
+/// no niche, no pointer): stale device bits read back are a wrong number,
+/// never undefined behaviour.
+pub(crate) trait Plain: DeviceRepr + sealed::Sealed {}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(impl sealed::Sealed for $t {} impl Plain for $t {})*};
+}
+plain!(u8, u16, u32, u64, i32, i64, f32);
+
+/// `n` elements (at least 1: CUDA allocations are never empty), contents
+/// unset. Callers use it for outputs their kernels or copies write before
+/// anything reads them (correctness); soundness does not depend on that.
+pub(crate) fn uninit<T: Plain>(st: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>, GpuError> {
+    // SAFETY: cudarc's `alloc` leaves the memory unset. `T: Plain` admits
+    // every bit pattern, so a read before a write (a download or a kernel)
+    // yields some value of `T`, not undefined behaviour, and the slice is
+    // ordered on `st` like any other.
+    Ok(unsafe { st.alloc::<T>(n.max(1)) }?)
+}
