@@ -182,3 +182,90 @@ fn hostile_inputs_are_clear_errors() {
     let o = capmoe(&["trace", "--forwards", "0", "--out", other.to_str().unwrap()]);
     assert!(err(&o).contains("expected 1..="), "{}", err(&o));
 }
+
+/// `generate --record-router` writes one [L, T, E] file per forward (the prefill, then each
+/// decode step), `replay` routes them, and `--metrics-out` has a JSON line per forward and layer
+/// plus the Prometheus text.
+#[test]
+fn recorded_router_logits_replay_with_metrics() {
+    let d = dir("record");
+    let rec = d.join("fwd");
+    let o = capmoe(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--ids",
+        "4,8,15,16",
+        "--max-new-tokens",
+        "3",
+        "--record-router",
+        rec.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut files: Vec<String> = std::fs::read_dir(&rec)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "forward-00000.npy",
+            "forward-00001.npy",
+            "forward-00002.npy"
+        ]
+    );
+    let metrics = d.join("metrics.jsonl");
+    let o = capmoe(&[
+        "replay",
+        "--traces",
+        rec.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--ranks",
+        "2",
+        "--controller",
+        "fixed:1.0",
+        "--format",
+        "json",
+        "--metrics-out",
+        metrics.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tokens: Vec<u64> = r["forwards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens, [4, 1, 1]);
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    // tiny: 2 layers, 3 forwards.
+    assert_eq!(lines.lines().count(), 6);
+    for l in lines.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["balancedness"].as_f64().unwrap() > 0.0);
+    }
+    let prom = std::fs::read_to_string(format!("{}.prom", metrics.display())).unwrap();
+    assert!(
+        prom.contains("capmoe_moe_balancedness{layer=\"1\"}"),
+        "{prom}"
+    );
+    let o = capmoe(&[
+        "logits",
+        "--model",
+        "tiny",
+        "--ids",
+        "1,2",
+        "--ep",
+        "local:2",
+        "--record-router",
+        rec.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && err(&o).contains("--record-router cannot go with --ep"),
+        "{}",
+        err(&o)
+    );
+}

@@ -2,11 +2,12 @@
 
 use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
 use super::model_args::{with_model, ModelArgs, ModelTask};
+use super::record::{write_forwards, RecordArgs};
 use super::router_args::RouterArgs;
 use super::CliError;
 use capmoe::ep::dist::ep_generate;
 use capmoe::ep::EpBackend;
-use capmoe::model::{GenerateOptions, MixtralConfig, Model};
+use capmoe::model::{GenerateOptions, MixtralConfig, Model, RouterRecorder};
 use clap::Args;
 use serde::Serialize;
 use std::io::Write;
@@ -31,6 +32,8 @@ pub struct GenerateArgs {
     pub router: RouterArgs,
     #[command(flatten)]
     pub ep: EpArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// Print `{"generated": [new ids]}`.
     #[arg(long)]
     pub json: bool,
@@ -59,7 +62,15 @@ impl ModelTask for Run<'_> {
             .model
             .prompt_ids(&args.ids, args.prompt.as_deref(), vocab)?;
         let opts = options(args, model.config())?;
-        let new = model.generate(&ids, &opts)?;
+        let new = match &args.record.record_router {
+            None => model.generate(&ids, &opts)?,
+            Some(dir) => {
+                let rec = RouterRecorder::new();
+                let mut out = model.generate_batch_with(&[&ids], &opts, Some(&rec))?;
+                write_forwards(dir, &rec.take_forwards())?;
+                out.pop().unwrap_or_default()
+            }
+        };
         Ok((new.clone(), decoded(args, vocab, &new)?))
     }
 }
@@ -106,13 +117,18 @@ fn run_ep(args: &GenerateArgs, mode: EpMode) -> Result<Option<Generated>, CliErr
 }
 
 pub fn run(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (generated, text) = match args.ep.ep {
-        Some(mode) => match run_ep(args, mode)? {
-            Some(v) => v,
-            None => return Ok(()),
-        },
-        None => with_model(&args.model, Run(args))?,
-    };
+    let (generated, text) =
+        match args.ep.ep {
+            Some(_) if args.record.record_router.is_some() => return Err(CliError::Usage(
+                "--record-router cannot go with --ep (record in one process: the ids are the same)"
+                    .into(),
+            )),
+            Some(mode) => match run_ep(args, mode)? {
+                Some(v) => v,
+                None => return Ok(()),
+            },
+            None => with_model(&args.model, Run(args))?,
+        };
     if args.json {
         serde_json::to_writer(
             &mut *out,

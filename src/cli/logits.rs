@@ -3,11 +3,12 @@
 
 use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
 use super::model_args::{with_model, ModelArgs, ModelTask};
+use super::record::{write_forwards, RecordArgs};
 use super::router_args::RouterArgs;
 use super::CliError;
 use capmoe::ep::dist::ep_logits;
 use capmoe::ep::EpBackend;
-use capmoe::model::{argmax, Model};
+use capmoe::model::{argmax, Model, RouterRecorder};
 use capmoe::routing::RouterConfig;
 use clap::Args;
 use serde::Serialize;
@@ -27,6 +28,8 @@ pub struct LogitsArgs {
     pub router: RouterArgs,
     #[command(flatten)]
     pub ep: EpArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// Print `{"logits": [[vocab floats] per position]}` instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -47,7 +50,12 @@ impl ModelTask for Run<'_> {
         let vocab = model.config().vocab_size;
         let ids = a.model.prompt_ids(&a.ids, a.prompt.as_deref(), vocab)?;
         let router = a.router.config(Some(model.config().num_experts_per_tok))?;
-        let logits = model.logits(&ids, &router)?;
+        let rec = RouterRecorder::new();
+        let record = a.record.record_router.as_deref();
+        let logits = model.logits_with(&ids, &router, record.map(|_| &rec as _))?;
+        if let Some(dir) = record {
+            write_forwards(dir, &rec.take_forwards())?;
+        }
         Ok((logits, vocab, router, ids))
     }
 }
@@ -71,6 +79,10 @@ fn run_ep(
 
 pub fn run(args: &LogitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let (logits, vocab, router, ids) = match args.ep.ep {
+        Some(_) if args.record.record_router.is_some() => return Err(CliError::Usage(
+            "--record-router cannot go with --ep (record in one process: the logits are the same)"
+                .into(),
+        )),
         Some(mode) => match run_ep(args, mode)? {
             Some(v) => v,
             None => return Ok(()),

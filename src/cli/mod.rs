@@ -7,6 +7,7 @@ pub mod generate;
 pub mod logits;
 pub mod model_args;
 pub mod progress;
+pub mod record;
 pub mod replay;
 pub mod route;
 pub mod router_args;

@@ -265,7 +265,11 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
         forwards: rows,
     };
     if let Some(path) = &args.metrics_out {
-        write_metrics(path, &metrics, &capmoe::online::prometheus(&monitor.snapshot()))?;
+        write_metrics(
+            path,
+            &metrics,
+            &capmoe::online::prometheus(&monitor.snapshot()),
+        )?;
     }
     match args.format {
         Format::Json => {

@@ -29,6 +29,7 @@ mod generate;
 mod graph_decode;
 mod init;
 pub mod names;
+mod record;
 pub mod roofline;
 mod weights;
 
@@ -43,6 +44,7 @@ pub use forward::{
 };
 pub use generate::{argmax, GenerateOptions};
 pub use init::{random_tensor, InitOptions};
+pub use record::{RecordedForward, RouterRecorder};
 pub use weights::{WeightError, WeightFiles};
 
 use crate::backend::BackendError;
