@@ -6,12 +6,15 @@ use crate::backend::{Backend, BackendError, MoeOutput, MoeWeights};
 use crate::routing::RouterConfig;
 use std::sync::Mutex;
 
+/// One forward's layers so far: each layer's tokens and router logits.
+type Layers = Vec<(usize, Vec<f32>)>;
+
 /// A [`MoeRunner`] that runs each MoE layer as [`MoeWeights::forward`] does and keeps its
 /// router logits (bias included, `[tokens, experts]` row-major). Layer 0 starts a new forward;
 /// [`RouterRecorder::take_forwards`] gives each forward as one `[layers, tokens, experts]` stack.
 #[derive(Default)]
 pub struct RouterRecorder {
-    forwards: Mutex<Vec<Vec<(usize, Vec<f32>)>>>,
+    forwards: Mutex<Vec<Layers>>,
 }
 
 /// One forward's router logits, `[layers, tokens, experts]` row-major.
@@ -50,7 +53,7 @@ impl RouterRecorder {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<(usize, Vec<f32>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Layers>> {
         // Poisoned only if a forward panicked; what it held is still a list of forwards.
         self.forwards.lock().unwrap_or_else(|p| p.into_inner())
     }
