@@ -28,6 +28,9 @@ enum Command {
     /// Route a folder of forwards with the load monitor and a capacity controller (fixed gamma or a latency budget) in the loop.
     #[command(after_long_help = cli::replay::REPLAY_HELP)]
     Replay(cli::replay::ReplayArgs),
+    /// Fit the per-layer cost model (ms per busiest-rank row) from a measured EP benchmark
+    #[command(after_long_help = cli::calibrate::CALIBRATE_HELP)]
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// Run token ids through a Mixtral model (checkpoint or built-in random) and print logits.
     #[command(after_long_help = MODEL_HELP)]
     Logits(cli::logits::LogitsArgs),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Route(a) => cli::route::run(a, &mut out),
         Command::Trace(a) => cli::trace::run(a, &mut out),
         Command::Replay(a) => cli::replay::run(a, &mut out),
+        Command::Calibrate(a) => cli::calibrate::run(a, &mut out),
         Command::Logits(a) => cli::logits::run(a, &mut out),
         Command::Generate(a) => cli::generate::run(a, &mut out),
         Command::Eval(a) => cli::eval::run(a, &mut out),

@@ -269,3 +269,37 @@ fn recorded_router_logits_replay_with_metrics() {
         err(&o)
     );
 }
+
+/// `capmoe calibrate` fits one cost line per layer from a measured EP benchmark (the committed
+/// one), which `replay --cost` then takes; a file that is not such a report is a clear error.
+#[test]
+fn calibrate_fits_each_layer_from_a_measured_ep_report() {
+    let d = dir("calibrate");
+    std::fs::create_dir_all(&d).unwrap();
+    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/ep-mpi-cpu/report.json");
+    let cost = d.join("cost.json");
+    let o = capmoe(&[
+        "calibrate",
+        "--report",
+        report.to_str().unwrap(),
+        "--out",
+        cost.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&cost).unwrap()).unwrap();
+    assert_eq!(v["unit"], "ms");
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4);
+    for l in layers {
+        assert!(l["per_row"].as_f64().unwrap() > 0.0 && l["fixed"].as_f64().unwrap() >= 0.0);
+    }
+    let o = capmoe(&[
+        "calibrate",
+        "--report",
+        cost.to_str().unwrap(),
+        "--out",
+        d.join("x.json").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("no `cases` list"), "{}", err(&o));
+}

@@ -1,6 +1,7 @@
 //! The `capmoe` command line. One file per subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod ep_args;
 pub mod eval;
 pub mod generate;

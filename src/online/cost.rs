@@ -64,6 +64,61 @@ impl CostModel {
     }
 }
 
+/// A layer's [`LayerCost`] fitted by least squares to measured `(busiest rank rows, layer time)`
+/// points (`capmoe calibrate`), with the fit's coefficient of determination `R^2`. A negative
+/// intercept is clamped to 0 and the slope refitted through the origin. Errors unless there are
+/// at least two distinct row counts, every value is finite, and the fitted slope is positive.
+pub fn fit_layer_cost(points: &[(f64, f64)]) -> Result<(LayerCost, f64), OnlineError> {
+    let bad = |what: &'static str, value: f64, expected: &'static str| OnlineError::BadValue {
+        what,
+        value,
+        expected,
+    };
+    if let Some(&(r, t)) = points
+        .iter()
+        .find(|(r, t)| !(r.is_finite() && t.is_finite()))
+    {
+        return Err(bad(
+            "calibration point",
+            if r.is_finite() { t } else { r },
+            "finite rows and times",
+        ));
+    }
+    let n = points.len() as f64;
+    let mean = |f: fn(&(f64, f64)) -> f64| points.iter().map(f).sum::<f64>() / n;
+    let (mr, mt) = (mean(|p| p.0), mean(|p| p.1));
+    let srr: f64 = points.iter().map(|p| (p.0 - mr).powi(2)).sum();
+    if points.len() < 2 || srr <= 0.0 {
+        return Err(bad(
+            "calibration row counts",
+            points.len() as f64,
+            "at least two points with different busiest-rank rows (run the benchmark with capacity policies)",
+        ));
+    }
+    let srt: f64 = points.iter().map(|p| (p.0 - mr) * (p.1 - mt)).sum();
+    let mut per_row = srt / srr;
+    let mut fixed = mt - per_row * mr;
+    if fixed < 0.0 {
+        fixed = 0.0;
+        let rr: f64 = points.iter().map(|p| p.0 * p.0).sum();
+        per_row = points.iter().map(|p| p.0 * p.1).sum::<f64>() / rr;
+    }
+    if !(per_row.is_finite() && per_row > 0.0) {
+        return Err(bad(
+            "fitted per-row time",
+            per_row,
+            "a positive slope: more rows must cost more",
+        ));
+    }
+    let sst: f64 = points.iter().map(|p| (p.1 - mt).powi(2)).sum();
+    let sse: f64 = points
+        .iter()
+        .map(|p| (p.1 - fixed - per_row * p.0).powi(2))
+        .sum();
+    let r2 = if sst > 0.0 { 1.0 - sse / sst } else { 1.0 };
+    Ok((LayerCost { fixed, per_row }, r2))
+}
+
 /// The most rows any rank can hold at per-expert capacity `c`: its `experts_per_rank` experts
 /// each serve at most `c`, and each token sends a rank at most `min(k, experts_per_rank)` rows.
 /// Capacity makes this a bound by construction, whatever the router does.

@@ -349,3 +349,29 @@ fn gamma_for_capacity_hits_every_capacity_exactly() {
     assert_eq!(gamma_for_capacity(0, 8, 2, 8), None);
     assert_eq!(gamma_for_capacity(3, 0, 2, 8), None);
 }
+
+#[test]
+fn the_cost_fit_recovers_a_line_and_refuses_what_cannot_be_fitted() {
+    use super::fit_layer_cost;
+    let pts: Vec<(f64, f64)> = [100.0, 150.0, 220.0, 300.0]
+        .iter()
+        .map(|&r| (r, 0.4 + 0.01 * r))
+        .collect();
+    let (c, r2) = fit_layer_cost(&pts).unwrap();
+    assert!(
+        (c.fixed - 0.4).abs() < 1e-9 && (c.per_row - 0.01).abs() < 1e-12,
+        "{c:?}"
+    );
+    assert!((r2 - 1.0).abs() < 1e-9);
+    // A negative intercept is clamped, the slope refitted through the origin.
+    let (c, _) = fit_layer_cost(&[(100.0, 0.5), (200.0, 1.6)]).unwrap();
+    assert_eq!(c.fixed, 0.0);
+    assert!(
+        (c.per_row - (100.0 * 0.5 + 200.0 * 1.6) / (100.0f64.powi(2) + 200.0f64.powi(2))).abs()
+            < 1e-12
+    );
+    assert!(fit_layer_cost(&[(100.0, 1.0), (100.0, 2.0)]).is_err());
+    assert!(fit_layer_cost(&[(100.0, 1.0)]).is_err());
+    assert!(fit_layer_cost(&[(100.0, f64::NAN), (200.0, 1.0)]).is_err());
+    assert!(fit_layer_cost(&[(100.0, 2.0), (200.0, 1.0)]).is_err());
+}
