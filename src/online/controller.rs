@@ -299,16 +299,24 @@ impl CapacityController for Budget {
             .iter()
             .map(|d| d.iter().copied().fold(0.0, f64::max).ceil() as u64)
             .collect();
-        // What a dropped slot of each layer is worth in gate mass (1 until drops were seen).
+        // What a dropped slot of each layer is worth in gate mass (1 until drops were seen). It
+        // was measured at the capacity last routed: drop:score drops the smallest p first, so a
+        // slot cut below that capacity carries more, taken as an average slot's (1). Gains then
+        // still fall with C, and no layer is starved on the strength of its cheapest slots.
         let worth: Vec<f64> = (0..s.layers)
             .map(|l| monitor.mass_per_dropped_slot(l).unwrap_or(1.0))
             .collect();
+        let balanced_slots = (tokens * s.top_k) as f64 / s.experts as f64;
+        let worth_at = |l: usize, c: u64| match monitor.mass_seen_at(l) {
+            Some(seen) if (c as f64) < seen * balanced_slots => worth[l].max(1.0),
+            _ => worth[l],
+        };
         let step = |l: usize, c: u64| -> Option<(f64, f64)> {
             if c >= top[l] {
                 return None;
             }
             let slots = (tokens * s.top_k) as f64;
-            let gain = worth[l]
+            let gain = worth_at(l, c)
                 * (dropped_share(&demand[l], c, slots) - dropped_share(&demand[l], c + 1, slots));
             let extra = layer_cost(l, c + 1) - layer_cost(l, c);
             (gain > 0.0).then_some((gain, extra))

@@ -128,6 +128,31 @@ pub fn rank_rows_bound(c: u64, experts_per_rank: usize, tokens: usize, top_k: us
     by_capacity.min(by_tokens)
 }
 
+/// One router per layer at the capacities of `capacity` (a [`super::CapacityPlan`]'s): `base`
+/// with each layer's gamma from [`gamma_for_capacity`] (a capacity of 0 counts as 1), for
+/// `model::ForwardOptions::with_layer_routers`. Errors when no valid gamma gives a capacity.
+pub fn layer_routers(
+    capacity: &[u64],
+    base: &crate::routing::RouterConfig,
+    tokens: usize,
+    experts: usize,
+) -> Result<Vec<crate::routing::RouterConfig>, OnlineError> {
+    capacity
+        .iter()
+        .map(|&c| {
+            let c = c.max(1);
+            gamma_for_capacity(c, tokens, base.top_k, experts)
+                .map(|g| base.clone().with_capacity_factor(g))
+                .ok_or(OnlineError::BadValue {
+                    what: "planned capacity",
+                    value: c as f64,
+                    expected:
+                        "a capacity some gamma in (0, MAX_CAPACITY_FACTOR] gives at this batch",
+                })
+        })
+        .collect()
+}
+
 /// A gamma whose capacity `ceil(gamma T k / E)` is exactly `c`, so that a per-layer capacity
 /// reaches any router that takes gamma (the CPU oracle and the device router alike). `None`
 /// when `c` is 0, the shape is empty, or no valid gamma gives `c` (beyond

@@ -32,6 +32,8 @@ mod monitor;
 mod tests;
 
 pub use controller::{CapacityController, CapacityPlan, ControllerSpec, MoeShape};
-pub use cost::{fit_layer_cost, gamma_for_capacity, rank_rows_bound, CostModel, LayerCost};
+pub use cost::{
+    fit_layer_cost, gamma_for_capacity, layer_routers, rank_rows_bound, CostModel, LayerCost,
+};
 pub use expose::{json_lines, prometheus};
 pub use monitor::{LayerObservation, LayerSnapshot, LoadMonitor, OnlineError};

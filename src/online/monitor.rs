@@ -67,6 +67,8 @@ pub struct LayerObservation {
     pub gate_mass_kept: f64,
     /// Per EP rank: rows its experts served.
     pub rank_rows: Vec<u64>,
+    /// The per-expert capacity the forward was routed at (`None`: no capacity).
+    pub capacity: Option<u64>,
 }
 
 impl LayerObservation {
@@ -92,6 +94,7 @@ impl LayerObservation {
             rerouted: s.rerouted,
             gate_mass_kept: s.gate_mass_kept,
             rank_rows,
+            capacity: plan.capacity().map(|c| c.per_expert),
         }
     }
 }
@@ -132,6 +135,9 @@ struct LayerWindow {
     ema: Vec<f64>,
     profile: Vec<f64>,
     mass_per_slot: Option<f64>,
+    /// The capacity of the forward that measured `mass_per_slot`, in balanced units
+    /// (`C E / (T k)`).
+    seen_ratio: Option<f64>,
 }
 
 /// A bounded ring window per layer of [`LayerObservation`]s, with an EMA of each expert's
@@ -216,6 +222,7 @@ impl LoadMonitor {
                 None => r,
                 Some(m) => m + self.alpha * (r - m),
             });
+            w.seen_ratio = o.capacity.map(|c| c as f64 * o.demand.len() as f64 / slots);
         }
         if w.obs.len() == self.window {
             w.obs.pop_front();
@@ -258,6 +265,12 @@ impl LoadMonitor {
     /// top-k slot (`(1 - gate_mass_kept) / dropped share`); `None` before any drop was seen.
     pub fn mass_per_dropped_slot(&self, layer: usize) -> Option<f64> {
         self.layers.get(layer).and_then(|w| w.mass_per_slot)
+    }
+
+    /// The capacity (in balanced units, `C E / (T k)`) at which layer `layer`'s
+    /// [`LoadMonitor::mass_per_dropped_slot`] was last measured; `None` before any drop.
+    pub fn mass_seen_at(&self, layer: usize) -> Option<f64> {
+        self.layers.get(layer).and_then(|w| w.seen_ratio)
     }
 
     /// Every layer's window statistics.

@@ -12,6 +12,7 @@ fn obs(demand: &[u64], served: &[u64], dropped: u64, kept: f64, ranks: &[u64]) -
         rerouted: 1,
         gate_mass_kept: kept,
         rank_rows: ranks.to_vec(),
+        capacity: None,
     }
 }
 
@@ -374,4 +375,40 @@ fn the_cost_fit_recovers_a_line_and_refuses_what_cannot_be_fitted() {
     assert!(fit_layer_cost(&[(100.0, 1.0)]).is_err());
     assert!(fit_layer_cost(&[(100.0, f64::NAN), (200.0, 1.0)]).is_err());
     assert!(fit_layer_cost(&[(100.0, 2.0), (200.0, 1.0)]).is_err());
+}
+
+/// A layer whose marginal dropped slots were cheap (drop:score cut only its smallest p) is not
+/// starved below the capacity it was seen at: slots under it are valued as average slots.
+#[test]
+fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
+    let shape = MoeShape {
+        layers: 2,
+        experts: 2,
+        top_k: 1,
+        ranks: 1,
+    };
+    let mut m = LoadMonitor::new(4, 0.5).unwrap();
+    // 100 tokens, k = 1, 2 experts; both layers demand 70 / 30 and ran at capacity 50.
+    let seen = |kept: f64| LayerObservation {
+        tokens: 100,
+        top_k: 1,
+        demand: vec![70, 30],
+        served: vec![50, 30],
+        dropped: 20,
+        rerouted: 0,
+        gate_mass_kept: kept,
+        rank_rows: vec![80],
+        capacity: Some(50),
+    };
+    // Layer 0's 20 dropped slots carried 1% of its mass (0.05 of an average slot each), layer
+    // 1's 15% (0.75 of an average slot).
+    m.observe(0, seen(0.99)).unwrap();
+    m.observe(1, seen(0.85)).unwrap();
+    let mut ctl = ControllerSpec::BudgetRatio(1.0)
+        .build(shape, CostModel::rows(2))
+        .unwrap();
+    let plan = ctl.plan(100, &m).unwrap();
+    // Balanced capacity is 50 for both; the budget is their rows. Layer 0 keeps its 50.
+    assert!(plan.capacity[0] >= 50, "{:?}", plan.capacity);
+    assert!(plan.cost <= plan.budget.unwrap() + 1e-9);
 }

@@ -40,15 +40,6 @@ pub enum ServeError {
     /// The model refused a step (a token out of range, a prompt past its positions).
     #[error(transparent)]
     Model(#[from] Box<ModelError>),
-    /// The controller's capacity has no gamma that gives it (see
-    /// [`crate::online::gamma_for_capacity`]).
-    #[error("no capacity factor gives capacity {capacity} at {tokens} tokens")]
-    NoGamma {
-        /// The capacity asked for.
-        capacity: u64,
-        /// Tokens of the forward.
-        tokens: usize,
-    },
 }
 
 impl From<ModelError> for ServeError {

@@ -7,9 +7,7 @@ use super::timing::{forward_cost, kept_seconds, LayerCostInput, MoeTimer, StepCl
 use crate::backend::Backend;
 use crate::ep::{a2a_traffic, LatencyModel};
 use crate::model::{greedy_rows, ForwardOptions, LogitsMode, Model, ModelError, Sequence};
-use crate::online::{
-    gamma_for_capacity, CapacityController, LayerObservation, LoadMonitor, MoeShape,
-};
+use crate::online::{layer_routers, CapacityController, LayerObservation, LoadMonitor, MoeShape};
 use crate::routing::{Placement, Policy, RouterConfig};
 use serde::Serialize;
 use std::time::Instant;
@@ -103,20 +101,8 @@ impl<'m, B: Backend> Pass<'m, B> {
         };
         // Each layer gets the capacity the controller planned for it.
         let plan = ctl.plan(tokens, monitor)?;
-        let mut routers = Vec::with_capacity(plan.capacity.len());
-        for &cap in &plan.capacity {
-            let cap = cap.max(1);
-            let g =
-                gamma_for_capacity(cap, tokens, s.top_k, s.experts).ok_or(ServeError::NoGamma {
-                    capacity: cap,
-                    tokens,
-                })?;
-            routers.push(
-                RouterConfig::new(s.top_k, self.policy)
-                    .with_capacity_factor(g)
-                    .with_ranks(s.ranks),
-            );
-        }
+        let base = RouterConfig::new(s.top_k, self.policy).with_ranks(s.ranks);
+        let routers = layer_routers(&plan.capacity, &base, tokens, s.experts)?;
         let gammas: f64 = routers.iter().filter_map(|r| r.capacity_factor).sum();
         self.totals.capacity_forwards += 1;
         self.totals.gamma_sum += gammas / routers.len().max(1) as f64;

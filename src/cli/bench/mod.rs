@@ -124,6 +124,11 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// [cpu, a checkpoint with eval data] Capacity controllers (fixed:GAMMA, budget:RATIOx) the
+    /// accuracy eval also runs under drop:score, each layer at its planned capacity: they join
+    /// the accuracy front at their mean gamma (`capmoe eval --help`).
+    #[arg(long, value_delimiter = ',', value_name = "C,C,...")]
+    pub controllers: Vec<capmoe::online::ControllerSpec>,
     /// [--ep] Print the per-layer, per-rank table too (it is always in report.md).
     #[arg(long)]
     pub verbose: bool,

@@ -194,6 +194,10 @@ pub(super) fn fidelity(
         out: None,
         limit: args.eval_limit,
         device: ModelDevice::Cpu,
+        controllers: args.controllers.clone(),
+        controller_policy: capmoe::routing::Policy::Drop(capmoe::routing::DropRank::Score),
+        window: 16,
+        cost: None,
     };
     let ev = eval::evaluate(&eargs)?;
     let fid = fidelity_report(rep, &ev);

@@ -50,6 +50,21 @@ pub struct EvalArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: ModelDevice,
+    /// Capacity controllers, comma-separated (fixed:GAMMA, budget:RATIOx, budget:MSms with
+    /// --cost): each runs once more under --controller-policy, every layer at the capacity the
+    /// controller plans from the load monitor before each forward. Reported as `POLICY [C]` at
+    /// its mean gamma, beside the uniform gammas.
+    #[arg(long, value_delimiter = ',', value_name = "C,C,...")]
+    pub controllers: Vec<capmoe::online::ControllerSpec>,
+    /// The capacity policy the controllers route under.
+    #[arg(long, default_value = "drop:score", value_name = "P")]
+    pub controller_policy: Policy,
+    /// Forwards the load monitor keeps per layer.
+    #[arg(long, default_value_t = 16, value_name = "W")]
+    pub window: usize,
+    /// Per-layer cost model (JSON, `capmoe calibrate`) for the controllers; default: rows.
+    #[arg(long, value_name = "FILE.json")]
+    pub cost: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -19,7 +19,9 @@ use super::tokenizer::Tok;
 use super::CliError;
 use args::Format;
 use capmoe::ep::EpBackend;
-use capmoe::model::Model;
+use capmoe::model::{MixtralConfig, Model};
+use capmoe::online::{ControllerSpec, CostModel, LoadMonitor, MoeShape};
+use capmoe::routing::RouterConfig;
 use capmoe::trace::Skew;
 use report::EvalReport;
 use std::io::Write;
@@ -84,13 +86,27 @@ impl ModelTask for Task<'_> {
             layout: &layout,
             tasks: &tasks,
         };
-        let bar = Bar::new((runs.len() * layout.batches) as u64);
+        let bar = Bar::new(((runs.len() + a.controllers.len()) * layout.batches) as u64);
         let mut baseline = Vec::new();
         let mut results = Vec::with_capacity(runs.len());
         for r in &runs {
             let g = r.capacity_factor.map_or(String::new(), |g| format!(" {g}"));
             bar.set_message(format!("{}{g}", r.policy));
-            results.push(run::run_one(&model, &plan, r, &mut baseline, &bar)?);
+            results.push(run::run_one(&model, &plan, r, &mut baseline, None, &bar)?);
+        }
+        for spec in &a.controllers {
+            bar.set_message(spec.to_string());
+            let mut c = controlled(a, spec, cfg, ranks)?;
+            let base =
+                RouterConfig::new(cfg.num_experts_per_tok, a.controller_policy).with_ranks(ranks);
+            results.push(run::run_one(
+                &model,
+                &plan,
+                &base,
+                &mut baseline,
+                Some(&mut c),
+                &bar,
+            )?);
         }
         bar.finish_and_clear();
         Ok(EvalReport {
@@ -108,6 +124,45 @@ impl ModelTask for Task<'_> {
             results,
         })
     }
+}
+
+/// A controlled run's state for `spec`: the controller over the model's MoE shape, with the
+/// cost model of --cost (rows when absent), and an empty monitor.
+fn controlled(
+    a: &EvalArgs,
+    spec: &ControllerSpec,
+    cfg: &MixtralConfig,
+    ranks: usize,
+) -> Result<run::Controlled, CliError> {
+    let usage = |e: capmoe::online::OnlineError| CliError::Usage(e.to_string());
+    if !a.controller_policy.has_capacity() {
+        return Err(CliError::Usage(format!(
+            "--controller-policy {} has no capacity; expected a capacity policy such as drop:score",
+            a.controller_policy
+        )));
+    }
+    let layers = cfg.num_hidden_layers;
+    let cost = match &a.cost {
+        None => CostModel::rows(layers),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)?;
+            serde_json::from_str::<CostModel>(&text)
+                .map_err(|e| CliError::Usage(format!("--cost {}: {e}", p.display())))?
+        }
+    };
+    let shape = MoeShape {
+        layers,
+        experts: cfg.num_local_experts,
+        top_k: cfg.num_experts_per_tok,
+        ranks,
+    };
+    Ok(run::Controlled {
+        spec: spec.to_string(),
+        controller: spec.build(shape, cost).map_err(usage)?,
+        monitor: LoadMonitor::new(a.window, 0.25).map_err(usage)?,
+        ranks,
+        gammas: Vec::new(),
+    })
 }
 
 /// Writes `eval.json` and `accuracy.png` into `dir`, each atomically.

@@ -8,6 +8,10 @@ use std::io::{self, Write};
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalResult {
     pub policy: String,
+    /// The capacity controller of a controlled run (`gamma` is then its mean over layers and
+    /// forwards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
     /// Capacity factor; `null` for `none`.
     pub gamma: Option<f64>,
     /// Correct over scored examples.

@@ -6,8 +6,9 @@ use super::EvalError;
 use capmoe::ep::EpBackend;
 use capmoe::ep::{Fidelity, LogProbs};
 use capmoe::model::{ForwardOptions, Model, ModelError};
+use capmoe::online::{layer_routers, CapacityController, LoadMonitor};
 use capmoe::progress::Progress;
-use capmoe::routing::{RouterConfig, RoutingPlan};
+use capmoe::routing::{Placement, RouterConfig, RoutingPlan};
 use std::collections::BTreeMap;
 
 /// What the runs share: the stream, its layout and each example's task.
@@ -94,14 +95,28 @@ pub fn run_one<B: EpBackend>(
     plan: &Plan<'_>,
     router: &RouterConfig,
     baseline: &mut Vec<Vec<f32>>,
+    mut controlled: Option<&mut Controlled>,
     progress: &dyn Progress,
 ) -> Result<EvalResult, EvalError> {
     let lay = plan.layout;
     let per = lay.batch_tokens();
     let fill = baseline.is_empty();
-    let opts = ForwardOptions::new(router.clone());
+    let mut opts = ForwardOptions::new(router.clone());
     let mut sums = Sums::default();
+    let experts = model.config().num_local_experts;
+    let online = |e: capmoe::online::OnlineError| {
+        EvalError::Model(Box::new(ModelError::Backend(
+            capmoe::backend::BackendError::Runner(capmoe::backend::DeviceError::new(e)),
+        )))
+    };
     for b in 0..lay.batches {
+        if let Some(c) = controlled.as_deref_mut() {
+            let p = c.controller.plan(per, &c.monitor).map_err(online)?;
+            let routers = layer_routers(&p.capacity, router, per, experts).map_err(online)?;
+            c.gammas
+                .extend(routers.iter().filter_map(|r| r.capacity_factor));
+            opts = opts.with_layer_routers(routers);
+        }
         let base = b * per;
         let rows: Vec<&[u32]> = plan.stream.ids[base..base + per]
             .chunks(lay.seq_len)
@@ -134,16 +149,40 @@ pub fn run_one<B: EpBackend>(
             sums.kl += f.kl * n as f64;
             sums.kl_rows += n;
         }
-        for (li, rec) in out.layers.iter().enumerate() {
+        let mut plans = Vec::with_capacity(out.layers.len());
+        for (li, rec) in out.layers.into_iter().enumerate() {
             let plan = rec
                 .plan
-                .as_ref()
                 .ok_or_else(|| EvalError::Model(Box::new(ModelError::NoPlan { layer: li })))?;
-            sums.add_plan(li, plan);
+            sums.add_plan(li, &plan);
+            plans.push(plan);
+        }
+        if let Some(c) = controlled.as_deref_mut() {
+            let placement = Placement::new(c.ranks, experts, per)
+                .map_err(|e| EvalError::Model(Box::new(e.into())))?;
+            c.monitor
+                .observe_forward(&plans, &placement)
+                .map_err(online)?;
         }
         progress.inc(1);
     }
-    Ok(finish(router, sums))
+    let mut r = finish(router, sums);
+    if let Some(c) = controlled {
+        r.policy = format!("{} [{}]", router.policy, c.spec);
+        r.gamma = Some(c.gammas.iter().sum::<f64>() / c.gammas.len().max(1) as f64);
+        r.controller = Some(c.spec.clone());
+    }
+    Ok(r)
+}
+
+/// A controlled run's state: the controller, the load monitor it plans from, and the gammas it
+/// chose (per layer and forward).
+pub struct Controlled {
+    pub spec: String,
+    pub controller: Box<dyn CapacityController>,
+    pub monitor: LoadMonitor,
+    pub ranks: usize,
+    pub gammas: Vec<f64>,
 }
 
 fn finish(router: &RouterConfig, s: Sums) -> EvalResult {
@@ -155,6 +194,7 @@ fn finish(router: &RouterConfig, s: Sums) -> EvalResult {
     let pct = |x: u64, of: u64| 100.0 * x as f64 / of.max(1) as f64;
     EvalResult {
         policy: router.policy.to_string(),
+        controller: None,
         gamma: router.capacity_factor,
         accuracy: correct as f64 / scored.max(1) as f64,
         correct,
