@@ -385,7 +385,7 @@ fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
         layers: 2,
         experts: 2,
         top_k: 1,
-        ranks: 1,
+        ranks: 2,
     };
     let mut m = LoadMonitor::new(4, 0.5).unwrap();
     // 100 tokens, k = 1, 2 experts; both layers demand 70 / 30 and ran at capacity 50.
@@ -397,7 +397,7 @@ fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
         dropped: 20,
         rerouted: 0,
         gate_mass_kept: kept,
-        rank_rows: vec![80],
+        rank_rows: vec![50, 30],
         capacity: Some(50),
     };
     // Layer 0's 20 dropped slots carried 1% of its mass (0.05 of an average slot each), layer
