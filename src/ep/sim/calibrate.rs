@@ -112,7 +112,7 @@ pub fn fit_line(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
     let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
-    if !(sxx > 0.0) || !sxx.is_finite() {
+    if !(sxx.is_finite() && sxx > 0.0) {
         return None;
     }
     let b = sxy / sxx;
@@ -155,7 +155,7 @@ pub fn calibrate(run: &MeasuredRun) -> Result<Calibration, SimError> {
     let points: Vec<(f64, f64)> = all.map(|p| (p.rows, p.expert_ms)).collect();
     let (a, b, r2) = fit_line(&points)
         .ok_or_else(|| bad("fewer than two distinct row counts: nothing to fit"))?;
-    if !(b > 0.0) {
+    if b.is_nan() || b <= 0.0 {
         return Err(bad("expert time does not grow with rows (slope <= 0)"));
     }
     let (mut bytes, mut ms) = (0.0, 0.0);
