@@ -266,3 +266,45 @@ fn bad_flags_are_typed_errors() {
     assert!(err.contains("not a built-in"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn simulate_ep_writes_its_reports_and_refuses_bad_topologies() {
+    let dir = out_dir("sim");
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = capmoe(&[
+        "bench",
+        "--simulate-ep",
+        "1x4,2x4",
+        "--sim-experts",
+        "16",
+        "--sim-top-k",
+        "2",
+        "--sim-tokens-per-gpu",
+        "16",
+        "--sim-layers",
+        "1",
+        "--capacity-factors",
+        "1.0",
+        "--json",
+        "--out",
+        d,
+    ]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let v: Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let topos = v["topologies"].as_array().unwrap();
+    assert_eq!(topos.len(), 2);
+    for t in topos {
+        assert_eq!(t["cases"][0]["policy"], "none");
+        assert_eq!(t["cases"][0]["speedup"], 1.0);
+    }
+    assert!(!v["assumptions"].as_array().unwrap().is_empty());
+    for f in ["report.json", "report.md", "speedup.png"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    for bad in ["8y8", "0x8", "3x1"] {
+        let (code, _, err) = capmoe(&["bench", "--simulate-ep", bad, "--out", d]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains(bad) || err.contains("GPUs"), "{bad}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,8 @@ pub enum CliError {
     Dist(#[from] capmoe::ep::dist::DistError),
     #[error(transparent)]
     Comm(#[from] capmoe::ep::comm::CommError),
+    #[error(transparent)]
+    Sim(#[from] capmoe::ep::sim::SimError),
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Gpu(#[from] capmoe::cuda::GpuError),

@@ -31,6 +31,7 @@ mod results;
 mod rounds;
 mod run;
 mod setup;
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

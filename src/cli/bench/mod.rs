@@ -10,6 +10,7 @@ use std::path::PathBuf;
 mod ep;
 mod run;
 mod setup;
+mod simulate;
 #[cfg(test)]
 mod tests;
 mod trained;
@@ -134,6 +135,8 @@ pub struct BenchArgs {
     pub verbose: bool,
     #[command(flatten)]
     pub ep: crate::cli::ep_args::EpArgs,
+    #[command(flatten)]
+    pub sim: simulate::SimArgs,
     /// Seed of the random weights, prompt ids (cpu), activations and router
     /// logits (cuda).
     #[arg(long, default_value_t = 0)]

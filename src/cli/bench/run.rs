@@ -185,6 +185,9 @@ pub fn bench_gpu(args: &BenchArgs) -> Result<capmoe::ep::gpu::GpuBenchReport, Cl
 }
 
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if !args.sim.simulate_ep.is_empty() {
+        return super::simulate::run(args, out);
+    }
     if let Some(ep) = args.ep.ep {
         return super::ep::run_ep(args, ep, out);
     }
