@@ -307,7 +307,7 @@ export CAPMOE_FIXTURES="$root/tests/fixtures"  # tests look here before their co
 export CAPMOE_BIN="$bins/capmoe"
 # The headline EP run (test-gpu_ep_bench's full_bench_from_env): Mixtral-8x7B experts, EP-8, the
 # mixtral skew, gamma 1.5, prefill and decode batch sizes. Set CAPMOE_GPU_BENCH_ARGS to change it.
-export CAPMOE_GPU_BENCH_ARGS="${CAPMOE_GPU_BENCH_ARGS:---device cuda --tokens 4096,64 --ep 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,drop:order,reroute:next-best,expand:local --iters 20 --out $OUT/ep-gpu}"
+export CAPMOE_GPU_BENCH_ARGS="${CAPMOE_GPU_BENCH_ARGS:---device cuda --tokens 4096,64 --ranks 8 --skew mixtral --capacity-factors 1.5 --policies none,drop:score,drop:order,reroute:next-best,expand:local --iters 20 --out $OUT/ep-gpu}"
 # The short whole-model run (test-gpu_e2e_bench's e2e_bench_from_env, `capmoe bench --device cuda
 # --e2e`): Mixtral-8x7B's shapes cut to 4 layers (~12 GB of bf16 weights drawn on the device),
 # T = 4 x 256 prefill + 8 decode steps, EP-8, mixtral skew, gamma 1.5, 4 cases; sized for well under a

@@ -303,8 +303,8 @@ Examples:
   capmoe bench --config tiny --policies none,drop:score --capacity-factors 1.0,1.5 --ranks 2 --json
   capmoe bench --model path/to/mixtral --skew uniform --ranks 8 --a2a-gbps 50
   capmoe bench --device cuda --out bench/results/ep-gpu
-  capmoe bench --device cuda --tokens 4096 --ep 8 --skew mixtral --policies none,drop:score --iters 50
-  capmoe bench --device cuda --config small --tokens 256 --ep 8 --iters 5 --min-case-ms 0   # short, for nsight
+  capmoe bench --device cuda --tokens 4096 --ranks 8 --skew mixtral --policies none,drop:score --iters 50
+  capmoe bench --device cuda --config small --tokens 256 --ranks 8 --iters 5 --min-case-ms 0   # short, for nsight
   capmoe bench --device cuda --e2e --out bench/results/ep-gpu-e2e      # whole Mixtral-8x7B on one GPU
   capmoe bench --device cuda --e2e --config mixtral-8x7b --layers 4 --batch 4 --seq-len 512 --iters 3
 ";

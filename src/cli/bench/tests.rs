@@ -37,7 +37,7 @@ fn gpu_flags_parse_lists_and_overrides() {
         "small",
         "--tokens",
         "256,8",
-        "--ep",
+        "--ranks",
         "8,2",
         "--skew",
         "uniform,2.5",
