@@ -204,7 +204,7 @@ fn device_cuda_says_what_it_needs() {
         "tiny",
         "--tokens",
         "16",
-        "--ep",
+        "--ranks",
         "2",
         "--iters",
         "1",

@@ -156,6 +156,37 @@ fn cli_logits_under_mpirun_equal_one_process() {
     }
 }
 
+/// Ranks started with different models refuse at start, naming what differs (MPMD: each rank
+/// gets its own command line).
+#[test]
+fn ranks_with_different_models_refuse() {
+    if mpirun().is_none() {
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_capmoe");
+    let args = |seed: &'static str| {
+        [
+            "-n", "1", exe, "logits", "--model", "tiny", "--ids", "1,2,3", "--ep", "mpi", "--seed",
+            seed,
+        ]
+    };
+    let start = Instant::now();
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe"])
+        .args(args("0"))
+        .arg(":")
+        .args(args("1"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("ranks disagree on --model, --seed and --skew"),
+        "{text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
 #[test]
 fn a_killed_rank_ends_every_rank() {
     if mpirun().is_none() {

@@ -266,7 +266,7 @@ fn cli_runs_the_gpu_bench_or_says_why_not() {
             "512",
             "--tokens",
             "64",
-            "--ep",
+            "--ranks",
             "8",
             "--skew",
             "mixtral",

@@ -4,8 +4,8 @@
 use super::model_args::ModelArgs;
 use super::CliError;
 use capmoe::backend::CpuBackend;
-use capmoe::ep::comm::{run_local, Communicator};
-use capmoe::ep::dist::EpMoe;
+use capmoe::ep::comm::{check_agreement, run_local, Communicator};
+use capmoe::ep::dist::{agreement_hash, EpMoe};
 use capmoe::model::Model;
 use capmoe::routing::RouterConfig;
 use clap::Args;
@@ -116,6 +116,9 @@ pub fn rank_model<'c>(
             "--ep runs on the CPU backend only for now (GPU ranks need NCCL, not built yet); drop --device cuda".into(),
         ));
     }
+    // Every rank must load the same model: the same path or built-in, seed and skew.
+    let what = format!("{}|{}|{:?}", model.model, model.seed, model.skew);
+    check_agreement(comm, "--model, --seed and --skew", agreement_hash(&what))?;
     let cfg = model.config()?;
     let ep = EpMoe::new(
         comm,

@@ -201,6 +201,15 @@ pub(crate) fn md_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>])
 
 /// The terminal report: setup, the per-case summary, then every layer.
 pub fn write_table(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
+    write_report(out, r, true)
+}
+
+/// [`write_table`] without the per-layer table (it stays in the Markdown report).
+pub fn write_summary(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
+    write_report(out, r, false)
+}
+
+fn write_report(out: &mut dyn Write, r: &BenchReport, layers: bool) -> io::Result<()> {
     for l in header_lines(r) {
         writeln!(out, "{l}")?;
     }
@@ -214,9 +223,13 @@ pub fn write_table(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
         text_table(out, &THROUGHPUT_HEAD, &rows)?;
     }
     writeln!(out)?;
-    writeln!(out, "per layer:")?;
-    let rows: Vec<Vec<String>> = r.cases.iter().flat_map(layer_rows).collect();
-    text_table(out, &LAYER_HEAD, &rows)?;
+    if layers {
+        writeln!(out, "per layer:")?;
+        let rows: Vec<Vec<String>> = r.cases.iter().flat_map(layer_rows).collect();
+        text_table(out, &LAYER_HEAD, &rows)?;
+    } else {
+        writeln!(out, "per layer: in report.md (or add --verbose)")?;
+    }
     writeln!(out)?;
     writeln!(out, "method:")?;
     for m in &r.method {

@@ -130,7 +130,7 @@ pub struct BenchArgs {
     /// the accuracy front at their mean gamma (`capmoe eval --help`).
     #[arg(long, value_delimiter = ',', value_name = "C,C,...")]
     pub controllers: Vec<capmoe::online::ControllerSpec>,
-    /// [--ep] Print the per-layer, per-rank table too (it is always in report.md).
+    /// Print the per-layer table too (per rank with --ep); it is always in report.md.
     #[arg(long)]
     pub verbose: bool,
     #[command(flatten)]

@@ -247,8 +247,10 @@ pub(super) fn write_e2e(
     if args.json {
         serde_json::to_writer_pretty(&mut *out, rep)?;
         writeln!(out)?;
-    } else {
+    } else if args.verbose {
         report::write_table(out, rep)?;
+    } else {
+        report::write_summary(out, rep)?;
     }
     Ok(())
 }
