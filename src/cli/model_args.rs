@@ -168,16 +168,7 @@ impl ModelArgs {
             }
             return Ok(Model::load(backend, path)?);
         }
-        if !BUILTIN_NAMES.contains(&self.model.as_str()) {
-            return Err(CliError::Usage(format!(
-                "--model `{}` is neither a checkpoint directory nor a built-in model ({})",
-                self.model,
-                BUILTIN_NAMES.join(", ")
-            )));
-        }
-        let cfg = MixtralConfig::builtin(&self.model)?;
-        check_random_size(&self.model, &cfg, "use a smaller built-in or a checkpoint")?;
         let opts = InitOptions::new(self.seed).with_skew(self.skew);
-        Ok(Model::random(backend, cfg, &opts)?)
+        Ok(Model::random(backend, self.builtin()?, &opts)?)
     }
 }

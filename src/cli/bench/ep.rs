@@ -29,7 +29,7 @@ const CASE_CAP: Duration = Duration::from_secs(20);
 
 /// Flags the measured EP benchmark does not take.
 fn refuse(args: &BenchArgs) -> Result<(), CliError> {
-    let given: Vec<&str> = [
+    let flags = [
         (args.device != Device::Cpu, "--device cuda"),
         (args.e2e, "--e2e"),
         (args.decode_steps.is_some(), "--decode-steps"),
@@ -48,17 +48,8 @@ fn refuse(args: &BenchArgs) -> Result<(), CliError> {
             args.intermediate.is_some() || args.top_k.is_some(),
             "--intermediate/--top-k",
         ),
-    ]
-    .iter()
-    .filter_map(|(on, f)| on.then_some(*f))
-    .collect();
-    if given.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::Usage(format!(
-        "{} cannot go with --ep (the measured EP benchmark runs the whole model on CPU ranks; the rank count is the --ep count)",
-        given.join(", ")
-    )))
+    ];
+    setup::refuse_with(&flags, "--ep (the measured EP benchmark runs the whole model on CPU ranks; the rank count is the --ep count)")
 }
 
 /// What every rank builds alike: the config, the prompts, the cases.

@@ -17,6 +17,21 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EpError + '_
     }
 }
 
+/// A usage error naming every flag of `flags` that is set, as `FLAGS cannot go with WHAT`.
+pub(super) fn refuse_with(flags: &[(bool, &str)], what: &str) -> Result<(), CliError> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter_map(|(on, f)| on.then_some(*f))
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "{} cannot go with {what}",
+        given.join(", ")
+    )))
+}
+
 pub(super) fn check_builtin(name: &str) -> Result<(), CliError> {
     if BUILTIN_NAMES.contains(&name) {
         return Ok(());

@@ -119,7 +119,7 @@ pub struct SimArgs {
 }
 
 fn refuse(args: &BenchArgs) -> Result<(), CliError> {
-    let given: Vec<&str> = [
+    let flags = [
         (args.device != Device::Cpu, "--device cuda"),
         (args.e2e, "--e2e"),
         (args.ep.ep.is_some(), "--ep"),
@@ -129,17 +129,11 @@ fn refuse(args: &BenchArgs) -> Result<(), CliError> {
             args.sim.traces.is_some() && !args.skew.is_empty(),
             "--traces with --skew",
         ),
-    ]
-    .iter()
-    .filter_map(|(on, f)| on.then_some(*f))
-    .collect();
-    if given.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::Usage(format!(
-        "{} cannot go with --simulate-ep (it routes router traces and models the cluster; nothing runs a model)",
-        given.join(", ")
-    )))
+    ];
+    super::setup::refuse_with(
+        &flags,
+        "--simulate-ep (it routes router traces and models the cluster; nothing runs a model)",
+    )
 }
 
 fn topologies(a: &SimArgs) -> Result<Vec<Topology>, CliError> {
