@@ -23,7 +23,7 @@ trap 'rm -f "$log"' EXIT
 start=$SECONDS
 set +e
 cargo test --features emulate --test gpu_slot_order --test gpu_routing --test gpu_ffn \
-  --test gpu_model_parity "$@" 2>&1 | tee "$log"
+  --test gpu_model_parity --test gpu_ep_dist "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if grep -qE "ERROR: AddressSanitizer|runtime error:|capmoe emulator:|capmoe fake libcuda:" "$log"; then

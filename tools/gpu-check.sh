@@ -127,7 +127,8 @@ for name, kind, exe, _ in artifacts(os.path.join(tmp, "benches.json")):
 # gated stream stalls).
 ORDER = [("lib-capmoe", 90, "check"), ("test-gpu_routing", 180, "check"),
          ("test-gpu_slot_order", 90, "check"), ("test-gpu_ffn", 150, "check"),
-         ("test-gpu_model_parity", 150, "check"), ("test-gpu_ep_bench", 180, "timed"),
+         ("test-gpu_model_parity", 150, "check"), ("test-gpu_ep_dist", 60, "check"),
+         ("test-gpu_ep_bench", 180, "timed"),
          ("test-gpu_e2e_bench", 180, "timed")]
 def place(row):
     kind, name = row[0], row[1]
