@@ -43,11 +43,22 @@ fn one_rank_ep_forward_matches_the_device_forward() {
         RouterConfig::new(2, "reroute:next-best".parse().unwrap()).with_capacity_factor(1.0),
     ] {
         let want = model.logits(&ids, &router).unwrap();
-        let ep = EpMoe::new(&comm, cfg.num_local_experts, cfg.hidden_size, &router, ids.len()).unwrap();
+        let ep = EpMoe::new(
+            &comm,
+            cfg.num_local_experts,
+            cfg.hidden_size,
+            &router,
+            ids.len(),
+        )
+        .unwrap();
         let got = ep_logits(&ep, &model, &ids, &router).unwrap();
         let scale = want.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
         for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
-            assert!((w - g).abs() <= 0.03 * scale, "{:?}: {g} vs {w}", router.policy);
+            assert!(
+                (w - g).abs() <= 0.03 * scale,
+                "{:?}: {g} vs {w}",
+                router.policy
+            );
         }
         // The plans: the EP layer routes on the host from the device's router logits, as the
         // oracle does; the device router must agree with it exactly.

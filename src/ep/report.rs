@@ -12,7 +12,7 @@ fn cap(c: &CaseReport) -> String {
     c.capacity.map_or("-".into(), |v| v.to_string())
 }
 
-const SUMMARY_HEAD: [&str; 16] = [
+const SUMMARY_HEAD: [&str; 17] = [
     "policy",
     "gamma",
     "C",
@@ -25,6 +25,7 @@ const SUMMARY_HEAD: [&str; 16] = [
     "a2a ms",
     "MoE ms",
     "MoE speedup",
+    "rounds min-max",
     "e2e speedup",
     "ideal",
     "KL(none||p)",
@@ -45,7 +46,15 @@ fn summary_row(c: &CaseReport) -> Vec<String> {
         format!("{:.1}", s.expert_ms),
         format!("{:.3}", s.a2a_ms),
         format!("{:.1}", s.moe_ms),
-        format!("{:.2}x", s.speedup_moe),
+        format!(
+            "{:.2}x{}",
+            s.speedup_moe,
+            if s.above_ideal { " (!)" } else { "" }
+        ),
+        format!(
+            "{:.2}-{:.2}",
+            s.speedup_moe_spread[0], s.speedup_moe_spread[2]
+        ),
         format!("{:.2}x", s.speedup_e2e),
         format!("{:.2}x", s.ideal_speedup),
         format!("{:.2e}", s.fidelity.kl),
@@ -199,6 +208,17 @@ pub(crate) fn md_table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>])
     Ok(())
 }
 
+/// What a `(!)` in the summary means, when a case has one.
+fn above_ideal_note(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
+    if r.cases.iter().any(|c| c.summary.above_ideal) {
+        writeln!(
+            out,
+            "(!) measured MoE speedup more than 2% above the ideal from the busiest rank's rows: timing noise (a loaded machine, a slow baseline round; see `rounds min-max`), not capacity"
+        )?;
+    }
+    Ok(())
+}
+
 /// The terminal report: setup, the per-case summary, then every layer.
 pub fn write_table(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
     write_report(out, r, true)
@@ -216,6 +236,7 @@ fn write_report(out: &mut dyn Write, r: &BenchReport, layers: bool) -> io::Resul
     writeln!(out)?;
     let rows: Vec<Vec<String>> = r.cases.iter().map(summary_row).collect();
     text_table(out, &SUMMARY_HEAD, &rows)?;
+    above_ideal_note(out, r)?;
     let rows = throughput_rows(r);
     if !rows.is_empty() {
         writeln!(out)?;
@@ -253,6 +274,7 @@ pub fn write_markdown(out: &mut dyn Write, r: &BenchReport) -> io::Result<()> {
     )?;
     let rows: Vec<Vec<String>> = r.cases.iter().map(summary_row).collect();
     md_table(out, &SUMMARY_HEAD, &rows)?;
+    above_ideal_note(out, r)?;
     let rows = throughput_rows(r);
     if !rows.is_empty() {
         writeln!(out, "\n## Throughput\n\n{THROUGHPUT_NOTE}.\n")?;

@@ -160,6 +160,11 @@ pub struct CaseSummary {
     pub ep_prefill_ms: f64,
     /// `moe_ms(none) / moe_ms`.
     pub speedup_moe: f64,
+    /// The MoE speedup of each timing round (`none`'s round over this case's): min, median, max.
+    pub speedup_moe_spread: [f64; 3],
+    /// Whether the median MoE speedup is more than 2% above [`CaseSummary::ideal_speedup`]:
+    /// noise (a loaded machine, a slow baseline round), not capacity.
+    pub above_ideal: bool,
     /// `ep_prefill_ms(none) / ep_prefill_ms`.
     pub speedup_e2e: f64,
     /// `sum_l max rank load(none) / sum_l max rank load`: the speedup if

@@ -208,6 +208,7 @@ pub fn run_prompts<B: EpBackend>(
         .map(|l| l.rank_load.iter().copied().max().unwrap_or(0))
         .sum();
     let base_e2e = baseline.non_moe_per_rank_ms + base_moe;
+    let base_rounds = round_moe_ms(&measured[0], &times[0]);
     let report_cases: Vec<CaseReport> = measured
         .iter()
         .zip(&times)
@@ -256,6 +257,15 @@ pub fn run_prompts<B: EpBackend>(
                 moe_ms,
                 ep_prefill_ms,
                 speedup_moe: ratio(base_moe, moe_ms),
+                speedup_moe_spread: spread(
+                    &base_rounds
+                        .iter()
+                        .zip(round_moe_ms(m, t))
+                        .map(|(&b, c)| ratio(b, c))
+                        .collect::<Vec<_>>(),
+                ),
+                above_ideal: ratio(base_moe, moe_ms)
+                    > 1.02 * ratio(base_rank_max as f64, rank_max as f64),
                 speedup_e2e: ratio(base_e2e, ep_prefill_ms),
                 ideal_speedup: ratio(base_rank_max as f64, rank_max as f64),
                 routing_ms: m.layers.iter().map(|l| l.routing_ms).sum(),
@@ -443,4 +453,29 @@ fn check_finite(cases: &[CaseReport], setup: &BenchSetup) -> Result<(), EpError>
         }
     }
     Ok(())
+}
+
+/// Each timing round's MoE time of a case: over layers, the slowest rank's time in that round
+/// plus the layer's modelled all-to-all, ms.
+fn round_moe_ms<B: EpBackend>(m: &Measured<B>, t: &CaseTimes) -> Vec<f64> {
+    let rounds = t.rank.iter().flatten().map(Vec::len).min().unwrap_or(0);
+    (0..rounds)
+        .map(|i| {
+            m.layers
+                .iter()
+                .zip(&t.rank)
+                .map(|(l, ranks)| ranks.iter().map(|r| r[i]).fold(0.0, f64::max) + l.a2a_ms)
+                .sum()
+        })
+        .collect()
+}
+
+/// `[min, median, max]` of `v` (zeros when empty).
+fn spread(v: &[f64]) -> [f64; 3] {
+    if v.is_empty() {
+        return [0.0; 3];
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    [lo, median(v), hi]
 }

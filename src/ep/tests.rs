@@ -127,6 +127,14 @@ fn per_case_timing_matches_interleaved_and_reports_throughput() {
     };
     let b = run(&model, &s, &crate::progress::NoProgress).unwrap();
     assert_eq!(a.cases.len(), b.cases.len());
+    // Each round's speedup: `none` over itself is exactly 1; the others are ordered.
+    assert_eq!(a.cases[0].summary.speedup_moe_spread, [1.0; 3]);
+    for c in &a.cases {
+        let [lo, mid, hi] = c.summary.speedup_moe_spread;
+        assert!(lo <= mid && mid <= hi && lo > 0.0, "{:?}", c.summary.speedup_moe_spread);
+        let s = &c.summary;
+        assert_eq!(s.above_ideal, s.speedup_moe > 1.02 * s.ideal_speedup);
+    }
     for (x, y) in a.cases.iter().zip(&b.cases) {
         assert!(x.summary.throughput.is_none());
         let t = y.summary.throughput.as_ref().unwrap();
