@@ -183,7 +183,9 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), CliError> {
             let cost = load_cost(&args.cost, layers)?;
             unit = cost.unit.clone();
             controller = Some((
-                args.controller.build(ms, cost.clone()).map_err(online)?,
+                args.controller
+                    .build_for(ms, cost.clone(), args.policy)
+                    .map_err(online)?,
                 cost,
             ));
         }

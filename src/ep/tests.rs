@@ -131,7 +131,11 @@ fn per_case_timing_matches_interleaved_and_reports_throughput() {
     assert_eq!(a.cases[0].summary.speedup_moe_spread, [1.0; 3]);
     for c in &a.cases {
         let [lo, mid, hi] = c.summary.speedup_moe_spread;
-        assert!(lo <= mid && mid <= hi && lo > 0.0, "{:?}", c.summary.speedup_moe_spread);
+        assert!(
+            lo <= mid && mid <= hi && lo > 0.0,
+            "{:?}",
+            c.summary.speedup_moe_spread
+        );
         let s = &c.summary;
         assert_eq!(s.above_ideal, s.speedup_moe > 1.02 * s.ideal_speedup);
     }

@@ -101,6 +101,25 @@ impl ControllerSpec {
         shape: MoeShape,
         cost: CostModel,
     ) -> Result<Box<dyn CapacityController>, OnlineError> {
+        self.build_for(
+            shape,
+            cost,
+            crate::routing::Policy::Drop(crate::routing::DropRank::Score),
+        )
+    }
+
+    /// [`ControllerSpec::build`] for routing under `policy`. Under a reroute policy a budget
+    /// keeps every layer at or above the balanced capacity `ceil(T k / E)` where the budget
+    /// affords it: below it `E C < T k` and slots are lost whatever the reroute does, which a
+    /// drop-shaped prediction does not see.
+    pub fn build_for(
+        &self,
+        shape: MoeShape,
+        cost: CostModel,
+        policy: crate::routing::Policy,
+    ) -> Result<Box<dyn CapacityController>, OnlineError> {
+        use crate::routing::Policy;
+        let floor = matches!(policy, Policy::RerouteNextBest | Policy::RerouteOptimal);
         check_shape(shape, &cost)?;
         Ok(match *self {
             Self::Fixed(g) => Box::new(Fixed {
@@ -120,12 +139,14 @@ impl ControllerSpec {
                     budget: BudgetKind::Absolute(ms),
                     shape,
                     cost,
+                    floor,
                 })
             }
             Self::BudgetRatio(r) => Box::new(Budget {
                 budget: BudgetKind::Ratio(r),
                 shape,
                 cost,
+                floor,
             }),
         })
     }
@@ -239,6 +260,9 @@ struct Budget {
     budget: BudgetKind,
     shape: MoeShape,
     cost: CostModel,
+    /// Start every layer at the largest uniform capacity up to the balanced one that the budget
+    /// affords (reroute policies), instead of at 1.
+    floor: bool,
 }
 
 /// A heap entry: raising layer `l` from `c` to `c + 1` saves `gain` predicted dropped slots for
@@ -289,11 +313,28 @@ impl CapacityController for Budget {
             BudgetKind::Absolute(b) => b,
             BudgetKind::Ratio(r) => r * (0..s.layers).map(|l| layer_cost(l, balanced)).sum::<f64>(),
         };
-        let mut cap = vec![1u64; s.layers];
-        let mut spent: f64 = (0..s.layers).map(|l| layer_cost(l, 1)).sum();
-        if tokens > 0 && spent > budget * (1.0 + 1e-12) {
-            return Err(OnlineError::BudgetInfeasible { budget, min: spent });
+        let total = |c: u64| -> f64 { (0..s.layers).map(|l| layer_cost(l, c)).sum() };
+        let min = total(1);
+        if tokens > 0 && min > budget * (1.0 + 1e-12) {
+            return Err(OnlineError::BudgetInfeasible { budget, min });
         }
+        // Costs grow with C, so the largest affordable uniform start is found by bisection.
+        let start = if self.floor {
+            let (mut lo, mut hi) = (1u64, balanced);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if total(mid) <= budget {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            lo
+        } else {
+            1
+        };
+        let mut cap = vec![start; s.layers];
+        let mut spent = total(start);
         // The most capacity any layer can use: its largest predicted demand (more saves nothing).
         let top: Vec<u64> = demand
             .iter()
@@ -324,7 +365,7 @@ impl CapacityController for Budget {
         let ratio = |(g, x): (f64, f64)| if x > 0.0 { g / x } else { f64::INFINITY };
         let mut heap: BinaryHeap<Step> = (0..s.layers)
             .filter_map(|l| {
-                step(l, 1).map(|gx| Step {
+                step(l, start).map(|gx| Step {
                     ratio: ratio(gx),
                     layer: l,
                 })

@@ -412,3 +412,50 @@ fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
     assert!(plan.capacity[0] >= 50, "{:?}", plan.capacity);
     assert!(plan.cost <= plan.budget.unwrap() + 1e-9);
 }
+
+/// Under a reroute policy a budget that affords the balanced capacity keeps every layer at or
+/// above it (below it slots are lost whatever the reroute does); under drop:score it may not.
+#[test]
+fn budget_for_reroute_keeps_every_layer_at_the_balanced_capacity() {
+    let shape = MoeShape {
+        layers: 2,
+        experts: 2,
+        top_k: 1,
+        ranks: 2,
+    };
+    let mut m = LoadMonitor::new(4, 0.5).unwrap();
+    let seen = |kept: f64| LayerObservation {
+        tokens: 100,
+        top_k: 1,
+        demand: vec![90, 10],
+        served: vec![50, 10],
+        dropped: 40,
+        rerouted: 0,
+        gate_mass_kept: kept,
+        rank_rows: vec![50, 10],
+        capacity: Some(50),
+    };
+    m.observe(0, seen(0.99)).unwrap();
+    m.observe(1, seen(0.5)).unwrap();
+    let plan = |p: &str| {
+        ControllerSpec::BudgetRatio(1.0)
+            .build_for(shape, CostModel::rows(2), p.parse().unwrap())
+            .unwrap()
+            .plan(100, &m)
+            .unwrap()
+    };
+    let reroute = plan("reroute:next-best");
+    assert!(
+        reroute.capacity.iter().all(|&c| c >= 50),
+        "{:?}",
+        reroute.capacity
+    );
+    assert!(reroute.cost <= reroute.budget.unwrap() + 1e-9);
+    // drop:score spends layer 0's share on layer 1, whose drops carry more mass.
+    let drop = plan("drop:score");
+    assert!(
+        drop.capacity[1] > 50 && drop.capacity[0] < 50,
+        "{:?}",
+        drop.capacity
+    );
+}

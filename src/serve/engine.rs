@@ -177,7 +177,7 @@ pub fn serve<B: Backend>(
     };
     let mut monitor = LoadMonitor::new(opts.window, opts.ema)?;
     let mut controller: Option<Box<dyn CapacityController>> = match opts.controller {
-        Some(c) => Some(c.build(shape, CostModel::rows(shape.layers))?),
+        Some(c) => Some(c.build_for(shape, CostModel::rows(shape.layers), opts.policy)?),
         None => None,
     };
     let mut pass = Pass::new(model, opts, shape);

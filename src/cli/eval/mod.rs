@@ -158,7 +158,9 @@ fn controlled(
     };
     Ok(run::Controlled {
         spec: spec.to_string(),
-        controller: spec.build(shape, cost).map_err(usage)?,
+        controller: spec
+            .build_for(shape, cost, a.controller_policy)
+            .map_err(usage)?,
         monitor: LoadMonitor::new(a.window, 0.25).map_err(usage)?,
         ranks,
         gammas: Vec::new(),
