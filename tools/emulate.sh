@@ -22,7 +22,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$SECONDS
 set +e
-cargo test --features emulate --test gpu_slot_order --test gpu_routing --test gpu_ffn \
+cargo test --features emulate --test gpu_driver --test gpu_slot_order --test gpu_routing --test gpu_ffn \
   --test gpu_model_parity "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
