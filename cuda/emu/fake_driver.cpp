@@ -452,6 +452,12 @@ CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream s)
   enqueue(s, [=] { cuMemsetD8_v2(dst, v, n); });
   return OK;
 }
+CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemsetD32", dst, 4 * n);
+  for (size_t i = 0; i < n; ++i) reinterpret_cast<unsigned*>(dst)[i] = v;
+  return OK;
+}
 CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream s) {
   if (n == 0) return OK;
   enqueue(s, [=] {
