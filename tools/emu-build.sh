@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the emulated kernels: libcapmoe_emu.so (cuda/emu/runtime.cpp and every hand-written
 # cuda/**/*.cu compiled as host C++ with -DCAPMOE_EMULATE; no CUTLASS) and the fake driver
-# libcuda.so (cuda/emu/fake_driver.cpp), into OUT. The one place the emulation flags live; used by
-# build.rs (feature `emulate`) and tools/mutants.sh.
+# libcuda.so (cuda/emu/fake_driver.cpp, fake_device.cpp), into OUT. The one place the emulation
+# flags live; used by build.rs (feature `emulate`) and tools/mutants.sh.
 #   tools/emu-build.sh CUDA_DIR OUT [sanitize]
 set -euo pipefail
 src=$1 out=$2 san=${3:-}
@@ -42,7 +42,7 @@ for f in $files emu/runtime.cpp emu/ref_gemm.cpp $gen; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 "$cxx" "${flags[@]}" -shared -o "$out/libcapmoe_emu.so" "${objs[@]}"
-"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$src/emu/fake_driver.cpp"
+"$cxx" "${flags[@]}" -shared -o "$out/libcuda.so" "$src/emu/fake_driver.cpp" "$src/emu/fake_device.cpp"
 ln -sf libcuda.so "$out/libcuda.so.1"
 if [[ -f "$src/emu/fake_cublas.cpp" ]]; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$src/emu/fake_cublas.cpp"

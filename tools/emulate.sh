@@ -5,6 +5,8 @@
 # Installs what it needs (a C++ compiler with libasan/libubsan) when missing; fails on any test
 # failure or sanitizer report.
 #   tools/emulate.sh [extra cargo test args, e.g. -- --test-threads=1]
+# A subset while iterating: cargo test --features emulate --test gpu_driver (no sanitizers), or
+# with them: CAPMOE_EMU_SANITIZE=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=tools/emu-run.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,9 +24,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$SECONDS
 set +e
-cargo test --features emulate --test gpu_slot_order --test gpu_routing --test gpu_ffn \
+cargo test --features emulate --test gpu_driver --test gpu_slot_order --test gpu_routing --test gpu_ffn \
   --test gpu_model_parity --test gpu_ep_dist "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The launch gate's probe (a unit test: the gate is crate-private), both paths.
+cargo test --features emulate --lib cuda::timing 2>&1 | tee -a "$log"
+[[ ${PIPESTATUS[0]} == 0 ]] || rc=1
 set -e
 if grep -qE "ERROR: AddressSanitizer|runtime error:|capmoe emulator:|capmoe fake libcuda:" "$log"; then
   echo "tools/emulate.sh: a sanitizer or emulator report (above)" >&2

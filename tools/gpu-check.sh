@@ -10,7 +10,7 @@
 #                                   no peers, at most 240 s of tests; the first failing test is
 #                                   rerun alone with CUDA_LAUNCH_BLOCKING=1, then under
 #                                   compute-sanitizer memcheck if time is left
-# Binaries run in a fixed order (lib unit tests, gpu_routing, gpu_slot_order, gpu_ffn,
+# Binaries run in a fixed order (lib unit tests, gpu_driver, gpu_routing, gpu_slot_order, gpu_ffn,
 # gpu_model_parity, then the EP and e2e tests, benches last), each under its own cap, so a hang
 # costs at most its cap. Module loading is LAZY except for the timing binaries (EAGER); the
 # decode-graph tests run under both.
@@ -125,7 +125,7 @@ for name, kind, exe, _ in artifacts(os.path.join(tmp, "benches.json")):
 # class: `check` binaries are correctness (the --quick call runs only these, with lazy module
 # loading); `timed` ones time work (eager module loading: a first load behind the EP benchmark's
 # gated stream stalls).
-ORDER = [("lib-capmoe", 90, "check"), ("test-gpu_routing", 180, "check"),
+ORDER = [("lib-capmoe", 90, "check"), ("test-gpu_driver", 60, "check"), ("test-gpu_routing", 180, "check"),
          ("test-gpu_slot_order", 90, "check"), ("test-gpu_ffn", 150, "check"),
          ("test-gpu_model_parity", 150, "check"), ("test-gpu_ep_dist", 60, "check"),
          ("test-gpu_ep_bench", 180, "timed"),

@@ -4,7 +4,10 @@
 // new allocations hold random bytes; a copy or memset outside a live allocation aborts. A
 // capturing stream records its work instead (emu_stream.h) and cuGraphLaunch replays it; what a
 // capture cannot hold (a host sync, a host transfer, a wait on an outside event) invalidates it
-// with a message. See docs/EMULATION.md.
+// with a message. Faults a test asks for through CAPMOE_FAKE_FAULT (read at each call it concerns):
+// `capture-free` (a stream-ordered free inside a capture frees, then fails, as a driver error
+// would) and `no-stream-memops` (cuStreamWriteValue32/WaitValue32 unsupported). See
+// docs/EMULATION.md.
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -15,6 +18,7 @@
 #include <mutex>
 
 #include "emu_stream.h"
+#include "fake_fault.h"
 
 extern "C" {
 typedef int CUresult;
@@ -30,7 +34,8 @@ typedef struct CUgraphExec_st* CUgraphExec;
 
 namespace {
 constexpr CUresult OK = 0, INVALID_VALUE = 1, NOT_INITIALIZED = 3, INVALID_DEVICE = 101, INVALID_HANDLE = 400,
-                   ILLEGAL_STATE = 401, NOT_SUPPORTED = 801, CAPTURE_UNSUPPORTED = 900, CAPTURE_INVALIDATED = 901;
+                   ILLEGAL_STATE = 401, NOT_SUPPORTED = 801, CAPTURE_UNSUPPORTED = 900, CAPTURE_INVALIDATED = 901,
+                   UNKNOWN = 999;
 using capmoe_emu::Capture;
 using capmoe_emu::capture_of;
 using capmoe_emu::enqueue;
@@ -164,7 +169,7 @@ CUresult graph_free(Capture* c, CUdeviceptr p) {
       a.freed = true;
       retire(a.ptr);
       c->ops.push_back([q = a.ptr] { retire(q); });
-      return OK;
+      return capmoe_emu::fault("capture-free") ? UNKNOWN : OK;
     }
   fatal("cuMemFreeAsync of 0x%llx inside a capture, which the capture did not allocate (not emulated: each replay "
         "would free it again)",
@@ -198,43 +203,6 @@ CUresult cuDeviceGet(CUdevice* d, int ordinal) {
   if (!d) return INVALID_VALUE;
   if (ordinal != 0) return INVALID_DEVICE;
   *d = 0;
-  return OK;
-}
-CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
-  if (d != 0) return INVALID_DEVICE;
-  if (!name || len < 1) return INVALID_VALUE;
-  std::snprintf(name, static_cast<size_t>(len), "capmoe emulated device (CPU, not a GPU)");
-  return OK;
-}
-CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
-  if (d != 0) return INVALID_DEVICE;
-  if (!v) return INVALID_VALUE;
-  switch (attr) {
-    case 1: *v = 1024; break;       // max threads per block
-    case 10: *v = 32; break;        // warp size
-    case 16: *v = 132; break;       // SMs (an H200's count)
-    case 75: *v = 9; break;         // compute capability 9.0
-    case 76: *v = 0; break;
-    case 97: *v = 232448; break;    // shared memory per block (opt-in)
-    case 115: *v = 1; break;        // memory pools: cuMemAllocAsync
-    default: *v = 0; break;
-  }
-  return OK;
-}
-CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
-  if (d != 0) return INVALID_DEVICE;
-  if (!bytes) return INVALID_VALUE;
-  *bytes = size_t{16} << 30;
-  return OK;
-}
-CUresult cuDeviceGetUuid(unsigned char* uuid, CUdevice) {
-  if (uuid) std::memset(uuid, 0xe, 16);
-  return OK;
-}
-CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice d) { return cuDeviceGetUuid(uuid, d); }
-CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
-  if (free_b) *free_b = size_t{15} << 30;
-  if (total) *total = size_t{16} << 30;
   return OK;
 }
 CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
@@ -376,6 +344,7 @@ CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* data) {
 }
 // Eager execution cannot wait for a later write: a wait whose condition does not hold yet aborts.
 CUresult cuStreamWriteValue32_v2(CUstream s, CUdeviceptr addr, unsigned value, unsigned) {
+  if (capmoe_emu::fault("no-stream-memops")) return NOT_SUPPORTED;
   enqueue(s, [=] {
     check_range("cuStreamWriteValue32", addr, 4);
     *reinterpret_cast<volatile unsigned*>(addr) = value;
@@ -383,6 +352,7 @@ CUresult cuStreamWriteValue32_v2(CUstream s, CUdeviceptr addr, unsigned value, u
   return OK;
 }
 CUresult cuStreamWaitValue32_v2(CUstream s, CUdeviceptr addr, unsigned value, unsigned flags) {
+  if (capmoe_emu::fault("no-stream-memops")) return NOT_SUPPORTED;
   if (capture_of(s)) fatal("cuStreamWaitValue32 inside a capture (not emulated)");
   check_range("cuStreamWaitValue32", addr, 4);
   const unsigned v = *reinterpret_cast<volatile unsigned*>(addr);
@@ -480,6 +450,12 @@ CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
 }
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream s) {
   enqueue(s, [=] { cuMemsetD8_v2(dst, v, n); });
+  return OK;
+}
+CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
+  if (n == 0) return OK;
+  check_range("cuMemsetD32", dst, 4 * n);
+  for (size_t i = 0; i < n; ++i) reinterpret_cast<unsigned*>(dst)[i] = v;
   return OK;
 }
 CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream s) {

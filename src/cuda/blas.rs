@@ -4,7 +4,7 @@
 
 use super::alloc::{uninit, Plain};
 use super::{to_i32, GpuContext, GpuError};
-use cudarc::cublas::{result, sys, CudaBlas};
+use cudarc::cublas::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -59,9 +59,30 @@ fn check_len(what: &'static str, len: usize, a: usize, b: usize) -> Result<(), G
 
 /// A cuBLAS handle bound to one stream, which it keeps: every GEMM and its
 /// output allocation are ordered on that stream.
+///
+/// The handle is raw rather than cudarc's `CudaBlas`, whose drop unwraps
+/// `cublasDestroy`: a failing destroy while a panic unwinds (a context
+/// already broken by the error that panicked) would abort the process.
+/// Here a failed destroy is ignored; the handle's memory is the driver's.
 pub(crate) struct Blas {
-    handle: CudaBlas,
+    handle: sys::cublasHandle_t,
     stream: Arc<CudaStream>,
+}
+
+// SAFETY: cuBLAS is thread safe, its functions callable from several host
+// threads even with one handle (cuBLAS docs, "Thread Safety"); each use binds
+// the context first, and the handle's stream never changes after `new`.
+// cudarc's `CudaBlas` is Send and Sync on the same grounds.
+unsafe impl Send for Blas {}
+// SAFETY: as for Send.
+unsafe impl Sync for Blas {}
+
+fn create_err(e: result::CublasError) -> GpuError {
+    GpuError::Launch {
+        launcher: "cublasCreate",
+        code: e.0 as i32,
+        message: format!("{e:?} (is libcublas on the library path?)"),
+    }
 }
 
 impl Blas {
@@ -79,12 +100,14 @@ impl Blas {
             });
         }
         let stream = gpu.stream().clone();
-        let handle = CudaBlas::new(stream.clone()).map_err(|e| GpuError::Launch {
-            launcher: "cublasCreate",
-            code: e.0 as i32,
-            message: format!("{e:?} (is libcublas on the library path?)"),
-        })?;
-        Ok(Self { handle, stream })
+        stream.context().bind_to_thread()?;
+        let handle = result::create_handle().map_err(create_err)?;
+        let blas = Self { handle, stream };
+        // SAFETY: a live handle and a live stream of the current context;
+        // on failure `blas` drops and destroys the handle.
+        unsafe { result::set_stream(blas.handle, blas.stream.cu_stream() as _) }
+            .map_err(create_err)?;
+        Ok(blas)
     }
 
     /// `out [rows, out] = x [rows, inp] W^T` (W row-major `[out, inp]`, bf16
@@ -96,12 +119,22 @@ impl Blas {
         w: &CudaSlice<u16>,
         d: LinearDims,
     ) -> Result<CudaSlice<T>, GpuError> {
-        gemm_nt(&self.handle, &self.stream, x, w, d)
+        gemm_nt(self.handle, &self.stream, x, w, d)
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // Never panics (see the type's docs): an error is ignored.
+        let _ = self.stream.context().bind_to_thread();
+        // SAFETY: the handle was created in `new`, is destroyed once, here,
+        // and no call uses it any more (`&mut self`).
+        let _ = unsafe { result::destroy_handle(self.handle) };
     }
 }
 
 fn gemm_nt<T: GemmOut>(
-    blas: &CudaBlas,
+    handle: sys::cublasHandle_t,
     st: &Arc<CudaStream>,
     x: &CudaSlice<u16>,
     w: &CudaSlice<u16>,
@@ -137,7 +170,7 @@ fn gemm_nt<T: GemmOut>(
     // runs on `st` (`Blas` binds them), which the guards, alive past the call, order.
     unsafe {
         result::gemm_ex(
-            *blas.handle(),
+            handle,
             sys::cublasOperation_t::CUBLAS_OP_T,
             sys::cublasOperation_t::CUBLAS_OP_N,
             m,

@@ -24,7 +24,10 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Opens device `ordinal` on a cudarc context object of its own, with
-    /// capture rights (see the type's docs). No driver or no device is an
+    /// capture rights (see the type's docs). The first one per device in the
+    /// process raises the device's default memory pool's release threshold
+    /// to the maximum, so stream-ordered temporaries are not handed back to
+    /// the OS at every sync ([`Self::pool_release_threshold`]). No driver or no device is an
     /// error, never a panic (cudarc panics when libcuda is absent, so that is
     /// checked first). Code that takes the context out ([`Self::context`])
     /// must not run a second stream on it while a capture runs.
@@ -33,6 +36,7 @@ impl GpuContext {
             return Err(GpuError::NoDriver);
         }
         let ctx = CudaContext::new(ordinal)?;
+        super::pool::keep_memory(&ctx)?;
         let stream = ctx.new_stream()?;
         Ok(Self {
             ctx,
@@ -122,6 +126,14 @@ impl GpuContext {
     pub fn sm_count(&self) -> Result<u32, GpuError> {
         use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
         Ok(self.ctx.attribute(SMS)?.max(1) as u32)
+    }
+
+    /// The release threshold (bytes) of the device's default memory pool,
+    /// which capmoe's stream-ordered temporaries come from: `u64::MAX` once
+    /// a [`GpuContext::new`] opened the device (the pool then keeps freed
+    /// memory for reuse); a caller's context keeps the caller's setting.
+    pub fn pool_release_threshold(&self) -> Result<u64, GpuError> {
+        super::pool::release_threshold(&self.ctx)
     }
 
     /// Waits for everything queued on [`Self::stream`].

@@ -14,6 +14,13 @@
 //! default since CUDA 12); the host queues the chunk, then a second stream
 //! writes the flag and the chunk runs back to back from the queue.
 //!
+//! Not every device or driver set-up runs stream memory operations, and a
+//! failure half way through a timed run would cost the run. So
+//! [`LaunchGate::new`] probes them once: a flag write and a wait that already
+//! holds, on the gate's own stream, then a sync. Where that fails it returns
+//! the driver's error and the caller times without a gate, saying so
+//! (`ep::gpu`'s report: "stream memory operations unavailable: ...").
+//!
 //! If the host ever stalled while the gate was shut (a launch blocking on a
 //! full queue, or anything synchronous inside a launcher), nothing would
 //! open it: a watchdog thread writes the flag itself after
@@ -75,20 +82,29 @@ pub struct LaunchGate {
 }
 
 impl LaunchGate {
-    /// A gate for streams of `gpu`'s context. Fails where stream memory
-    /// operations are unavailable; callers then time without a gate.
+    /// A gate for streams of `gpu`'s context, after probing that the
+    /// device runs stream memory operations (see the module docs). Fails
+    /// where they are unavailable; callers then time without a gate.
     pub fn new(gpu: &GpuContext) -> Result<Self, GpuError> {
         let ctx = gpu.context().clone();
         ctx.bind_to_thread()?;
         // SAFETY: a plain 4-byte allocation, zeroed before any use, freed in Drop.
         let flag = unsafe { result::malloc_sync(4) }?;
-        // SAFETY: `flag` holds 4 bytes; nothing else uses it yet.
-        if let Err(e) = unsafe { sys::cuMemsetD32_v2(flag, 0, 1).result() } {
-            // SAFETY: allocated just above, unused.
+        let stream = match ctx.new_stream() {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: allocated just above, unused.
+                let _ = unsafe { result::free_sync(flag) };
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = probe(&stream, flag) {
+            let _ = stream.synchronize();
+            // SAFETY: the probe's work has run or failed (the sync above):
+            // no queued operation reads the flag any more.
             let _ = unsafe { result::free_sync(flag) };
-            return Err(e.into());
+            return Err(e);
         }
-        let stream = ctx.new_stream()?;
         let opener = Arc::new(Opener { ctx, stream, flag });
         let armed = Arc::new((Mutex::new(Armed::default()), Condvar::new()));
         let fired = Arc::new(AtomicUsize::new(0));
@@ -146,6 +162,32 @@ impl LaunchGate {
     }
 }
 
+/// Zeroes `flag`, then writes 0 to it and waits for it to be at least 0 on
+/// `stream` (both already hold), and syncs: the stream memory operations
+/// the gate needs, tried once where a failure costs nothing.
+fn probe(stream: &CudaStream, flag: sys::CUdeviceptr) -> Result<(), GpuError> {
+    // SAFETY: `flag` is a live 4-byte allocation of the stream's context,
+    // used by nothing else yet.
+    unsafe {
+        sys::cuMemsetD32_v2(flag, 0, 1).result()?;
+        sys::cuStreamWriteValue32_v2(
+            stream.cu_stream(),
+            flag,
+            0,
+            CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32,
+        )
+        .result()?;
+        sys::cuStreamWaitValue32_v2(
+            stream.cu_stream(),
+            flag,
+            0,
+            CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
+        )
+        .result()?;
+    }
+    Ok(stream.synchronize()?)
+}
+
 fn watchdog(opener: &Opener, armed: &(Mutex<Armed>, Condvar), fired: &AtomicUsize) {
     let (m, cv) = armed;
     let Ok(mut a) = m.lock() else { return };
@@ -195,5 +237,39 @@ impl Drop for LaunchGate {
         // SAFETY: the context is idle and the watchdog has stopped: nothing
         // reads the flag any more.
         let _ = unsafe { result::free_sync(self.opener.flag) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe passes where stream memory operations run (a GPU, the
+    /// emulated driver), and a gate made after it opens and drops cleanly;
+    /// where they are refused (the emulated driver with the
+    /// `no-stream-memops` fault) `new` returns the driver's error, which the
+    /// EP runner reports while it times without a gate.
+    #[test]
+    fn the_gate_probes_stream_memory_operations() {
+        let gpu = match GpuContext::new(0) {
+            Ok(g) => g,
+            Err(e) => return eprintln!("skipped: {e}"),
+        };
+        let mut gate = LaunchGate::new(&gpu).expect("stream memory operations run here");
+        gate.open().expect("an open gate opens again");
+        assert_eq!(gate.timeouts(), 0);
+        drop(gate);
+        if cfg!(feature = "emulate") {
+            // The fault is read only by stream memory operations, which no
+            // other test of this binary runs.
+            std::env::set_var("CAPMOE_FAKE_FAULT", "no-stream-memops");
+            let r = LaunchGate::new(&gpu);
+            std::env::remove_var("CAPMOE_FAKE_FAULT");
+            let e = r
+                .err()
+                .expect("unsupported stream memory operations refuse the gate");
+            assert!(e.to_string().contains("NOT_SUPPORTED"), "{e}");
+        }
+        gpu.synchronize().unwrap();
     }
 }

@@ -29,6 +29,9 @@ pub struct CudaBackend {
     /// Whether `model::ModelBackend::decoder` may capture decode graphs
     /// ([`CudaBackend::with_decode_graphs`]).
     pub(crate) decode_graphs: bool,
+    /// Fixed grouped-GEMM variants for experts uploaded from now on
+    /// ([`CudaBackend::with_gemm_variants`]).
+    pub(crate) gemm_variants: Option<(String, String)>,
 }
 
 pub(crate) use crate::cuda::to_i32 as i32_of;
@@ -46,7 +49,20 @@ impl CudaBackend {
             gpu: gpu.clone(),
             blas: Arc::new(Blas::new(gpu)?),
             decode_graphs: false,
+            gemm_variants: None,
         })
+    }
+
+    /// Runs every layer's experts uploaded after this call with the fixed
+    /// grouped-GEMM variants `gemm1` and `gemm2` (names from
+    /// [`ExpertFfn::variants`](crate::cuda::ExpertFfn::variants)), instead
+    /// of the tuned or heuristic choice per batch. Two paths through the
+    /// same experts (a device-routed layer and its host-layout replay, say)
+    /// then run the same CUTLASS kernels; different variants sum in
+    /// different orders on a GPU. An unknown name fails the upload.
+    pub fn with_gemm_variants(mut self, gemm1: &str, gemm2: &str) -> Self {
+        self.gemm_variants = Some((gemm1.to_string(), gemm2.to_string()));
+        self
     }
 
     /// Lets [`Model::decoder`](crate::model::Model::decoder) (and so

@@ -142,7 +142,11 @@ impl Backend for CudaBackend {
         Ok(CudaVector { data, len: t.len() })
     }
     fn experts(&self, host: Vec<HostExpert>) -> Result<CudaExperts, BackendError> {
-        Ok(CudaExperts::from_host(&self.gpu, &host)?)
+        let mut ffn = crate::cuda::ExpertFfn::from_host(&self.gpu, &host)?;
+        if let Some((g1, g2)) = &self.gemm_variants {
+            ffn = ffn.with_variants(g1, g2)?;
+        }
+        Ok(CudaExperts::new(ffn))
     }
     fn num_experts(experts: &CudaExperts) -> usize {
         experts.ffn.shape().experts

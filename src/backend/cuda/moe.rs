@@ -9,9 +9,7 @@
 
 use super::tensor::CudaAct;
 use super::CudaBackend;
-use crate::backend::{
-    Backend, BackendError, DeferredRoute, HostExpert, HostRankLayer, MoeOutput, MoeWeights,
-};
+use crate::backend::{Backend, BackendError, DeferredRoute, HostRankLayer, MoeOutput, MoeWeights};
 use crate::cuda::expert::{layer_forward, LayerRun};
 use crate::cuda::model::ops;
 use crate::cuda::routing::rows::{combine_bf16, gather_bf16, HostCombine, HostRows};
@@ -36,10 +34,6 @@ impl CudaExperts {
             ffn,
             bias: Mutex::new(None),
         }
-    }
-
-    pub(crate) fn from_host(gpu: &GpuContext, host: &[HostExpert]) -> Result<Self, GpuError> {
-        Ok(Self::new(ExpertFfn::from_host(gpu, host)?))
     }
 
     /// The device expert FFN (weights and grouped-GEMM variants).

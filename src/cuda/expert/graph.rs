@@ -4,9 +4,9 @@
 //! both grouped GEMMs, SwiGLU, combine) replays as one launch.
 
 use super::MoeLayer;
-use crate::cuda::capture::capture;
+use crate::cuda::capture::{capture, Graph};
 use crate::cuda::GpuError;
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::Arc;
 
 /// A captured [`MoeLayer::forward`] over persistent input and output buffers.
@@ -53,7 +53,7 @@ use std::sync::Arc;
 pub struct MoeLayerGraph<'a> {
     /// The captured layer: its buffers are baked into the graph.
     _layer: &'a MoeLayer,
-    graph: CudaGraph,
+    graph: Graph,
     stream: Arc<CudaStream>,
     tokens: usize,
     logits: CudaSlice<f32>,
@@ -119,7 +119,7 @@ impl<'a> MoeLayerGraph<'a> {
 
     /// Replays the layer on its stream (no host sync).
     pub fn launch(&self) -> Result<(), GpuError> {
-        Ok(self.graph.launch()?)
+        self.graph.launch()
     }
 
     /// The layer's output `[T, H]` (bf16 bits) of the last launch.

@@ -28,10 +28,11 @@ use super::decode::{check_keep, check_pending};
 use super::{Decoder, EagerDecoder, Model, ModelError, Sequence};
 use crate::backend::cuda::{blas, CudaBackend};
 use crate::backend::{Backend, BackendError};
+use crate::cuda::capture::Graph;
 use crate::cuda::model::ops;
 use crate::cuda::{GpuError, LedgerLayout};
 use crate::routing::{PlanTotals, RouterConfig};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::CudaSlice;
 use io::GraphIo;
 use state::DecodeState;
 
@@ -42,7 +43,7 @@ struct GraphDecoder<'m> {
     max_positions: usize,
     inv_freq: CudaSlice<f32>,
     // Dropped before `state`: the graph holds raw pointers into it.
-    graph: Option<CudaGraph>,
+    graph: Option<Graph>,
     layout: Option<LedgerLayout>,
     state: DecodeState,
     pending: Vec<u32>,
