@@ -1,6 +1,7 @@
 //! Policies that give overflow to experts with room.
 
 mod flow;
+mod guide;
 pub(crate) mod next_best;
 pub(crate) mod optimal;
 mod repair;

@@ -28,6 +28,7 @@
 //! preference order, FIFO active nodes), the same on every run.
 
 use super::flow::{Edge, Net};
+use super::guide;
 use crate::routing::capacity::Bins;
 use crate::routing::gate::{preference_order, Gate};
 use crate::routing::served::Served;
@@ -87,7 +88,22 @@ pub(crate) fn optimal(gate: &Gate, bins: &Bins) -> Result<Served, RoutingError> 
             expected: max_tokens,
         });
     }
-    Ok(solve(gate, bins, &Knobs::new(k, experts)).served)
+    Ok(solve_guided(gate, bins, &Knobs::new(k, experts)).served)
+}
+
+/// [`solve`], with candidates guided by a sample's bin prices on batches of
+/// at least [`guide::MIN_TOKENS`] tokens (see `guide.rs`).
+pub(crate) fn solve_guided(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
+    let hint = (gate.tokens() >= guide::MIN_TOKENS)
+        .then(|| guide::sample(gate, bins))
+        .flatten()
+        .map(|(g, b)| {
+            let s = solve_guided(&g, &b, knobs);
+            let (ts, nb) = (g.tokens(), b.count());
+            let z = s.price[ts + nb];
+            s.price[ts..ts + nb].iter().map(|&p| p - z).collect::<Vec<i128>>()
+        });
+    solve_with(gate, bins, knobs, hint.as_deref())
 }
 
 /// How the solver picks its first candidates and restores optimality.
@@ -207,7 +223,19 @@ struct State {
     bin_flow: Vec<i64>,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn solve(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
+    solve_with(gate, bins, knobs, None)
+}
+
+/// The solver; `hint`, estimated bin prices (relative to the sink), picks
+/// the first candidates by estimated reduced cost instead of by preference.
+pub(crate) fn solve_with(
+    gate: &Gate,
+    bins: &Bins,
+    knobs: &Knobs,
+    hint: Option<&[i128]>,
+) -> Solution {
     let (tokens, k) = (gate.tokens(), gate.top_k());
     let nb = bins.count();
     let scale = 2 * (nb as i64 + 1) + 1;
@@ -215,7 +243,10 @@ pub(crate) fn solve(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
     let mul = (frac as f64).exp2();
     let cost = |t: usize, e: usize| -fixed_mul(gate.p(t, e), mul) * scale;
     let z = tokens + nb;
-    let cands = initial_candidates(gate, bins, knobs.extra, knobs.roomy_max);
+    let cands = match hint {
+        Some(y) => guide::guided_candidates(gate, bins, k + knobs.extra, y, &cost),
+        None => initial_candidates(gate, bins, knobs.extra, knobs.roomy_max),
+    };
     let mut st = State {
         on: cands.iter().map(|c| vec![false; c.len()]).collect(),
         cands,
