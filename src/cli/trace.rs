@@ -87,9 +87,11 @@ pub fn run(args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 )));
             }
         }
-        let mut l =
-            synthetic_logits(args.tokens, args.experts, args.top_k, args.skew, args.seed)?;
-        add_bias(&mut l, &normal_bias(args.experts, args.bias_std, args.seed)?);
+        let mut l = synthetic_logits(args.tokens, args.experts, args.top_k, args.skew, args.seed)?;
+        add_bias(
+            &mut l,
+            &normal_bias(args.experts, args.bias_std, args.seed)?,
+        );
         write(&args.out, &npy::to_bytes(&l, args.tokens, args.experts))?;
         writeln!(
             out,

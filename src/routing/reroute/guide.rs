@@ -18,13 +18,32 @@
 //! solve starts from zero prices as before, and its certificate adds any arc
 //! the estimate missed, so the result is exact whatever the sample says.
 
+use super::optimal::{solve_with, Knobs, Solution};
 use crate::routing::capacity::Bins;
 use crate::routing::gate::Gate;
 
 /// One token in `STRIDE` goes into the sample.
 pub(crate) const STRIDE: usize = 8;
 /// Batches below this many tokens are solved without a sample.
-pub(crate) const MIN_TOKENS: usize = 4096;
+pub(crate) const MIN_TOKENS: usize = 2048;
+
+/// [`solve`], with candidates guided by a sample's bin prices on batches of
+/// at least [`MIN_TOKENS`] tokens (see the module docs).
+pub(crate) fn solve_guided(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
+    let hint = (gate.tokens() >= MIN_TOKENS)
+        .then(|| sample(gate, bins))
+        .flatten()
+        .map(|(g, b)| {
+            let s = solve_guided(&g, &b, knobs);
+            let (ts, nb) = (g.tokens(), b.count());
+            let z = s.price[ts + nb];
+            s.price[ts..ts + nb]
+                .iter()
+                .map(|&p| p - z)
+                .collect::<Vec<i128>>()
+        });
+    solve_with(gate, bins, knobs, hint.as_deref())
+}
 
 /// The sample of `gate` (tokens `0, STRIDE, 2 STRIDE, ...`) and its bins,
 /// each bound scaled by the sample's share of the tokens (rounded up).
