@@ -27,14 +27,25 @@ pub(crate) const STRIDE: usize = 8;
 /// Batches below this many tokens are solved without a sample.
 pub(crate) const MIN_TOKENS: usize = 2048;
 
-/// [`solve`], with candidates guided by a sample's bin prices on batches of
-/// at least [`MIN_TOKENS`] tokens (see the module docs).
+/// The solver, with candidates guided by a sample's bin prices on batches
+/// of at least [`MIN_TOKENS`] tokens (see the module docs).
 pub(crate) fn solve_guided(gate: &Gate, bins: &Bins, knobs: &Knobs) -> Solution {
-    let hint = (gate.tokens() >= MIN_TOKENS)
+    solve_guided_from(gate, bins, knobs, MIN_TOKENS)
+}
+
+/// [`solve_guided`] with the batch size from which a sample guides (the
+/// tests guide small batches).
+pub(crate) fn solve_guided_from(
+    gate: &Gate,
+    bins: &Bins,
+    knobs: &Knobs,
+    min_tokens: usize,
+) -> Solution {
+    let hint = (gate.tokens() >= min_tokens.max(STRIDE))
         .then(|| sample(gate, bins))
         .flatten()
         .map(|(g, b)| {
-            let s = solve_guided(&g, &b, knobs);
+            let s = solve_guided_from(&g, &b, knobs, min_tokens);
             let (ts, nb) = (g.tokens(), b.count());
             let z = s.price[ts + nb];
             s.price[ts..ts + nb]

@@ -9,3 +9,5 @@ mod repair;
 pub(crate) mod ssp;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_guided;
