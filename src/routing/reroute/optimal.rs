@@ -15,7 +15,8 @@
 //!
 //! Candidates: each token starts with its `k + extra` most preferred experts
 //! and its best ones among bins with room (the arcs outside that set carry
-//! no flow). The dual prices certify the rest: an arc outside the set whose
+//! no flow); on batches of 2048+ tokens `guide.rs` picks them by a
+//! sample's bin prices instead. The dual prices certify the rest: an arc outside the set whose
 //! reduced cost is `< -1` joins the set. The check runs part way down the
 //! descent, which then resumes a little above where it was, and at the end,
 //! where violations are repaired by shortest paths when few units are out
@@ -25,7 +26,8 @@
 //!
 //! Ties: among plans of equal mass the result is the one this fixed sequence
 //! of operations reaches (arcs in token order, each token's candidates in
-//! preference order, FIFO active nodes), the same on every run.
+//! preference order or, guided, top-k then by estimated reduced cost, FIFO
+//! active nodes, a fixed sample stride), the same on every run.
 
 use super::flow::{Edge, Net};
 use super::guide;
