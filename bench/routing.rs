@@ -7,9 +7,16 @@
 //! Run: `cargo bench --bench routing`;
 //! `bench/results/routing-scale/table.py` turns criterion's estimates into
 //! bench/results/routing-scale/README.md.
+//!
+//! Groups `optimal-skew/*`: `reroute:optimal` alone at T = 16384, E = 256,
+//! k = 8, expert scope, under the hard skew of issue 23 (per-expert bias
+//! from N(0, 1.6^2), `capmoe trace --skew uniform --bias-std 1.6`) and the
+//! OLMoE-like one, gamma 1.0 and 1.5 (bench/results/routing-scale/
+//! optimal-hard-skew.md). `cargo bench --bench routing -- optimal-skew`
+//! runs them alone.
 
 use capmoe::routing::{route, CapacityScope, Logits, Policy, RouterConfig};
-use capmoe::trace::{synthetic_logits, Skew};
+use capmoe::trace::{add_bias, normal_bias, synthetic_logits, Skew};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
@@ -69,5 +76,31 @@ fn routing(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, routing);
+fn optimal_skew(c: &mut Criterion) {
+    let (tokens, experts, k) = (16384usize, 256usize, 8usize);
+    let mut hard = synthetic_logits(tokens, experts, k, Skew::Uniform, 0).expect("trace");
+    add_bias(&mut hard, &normal_bias(experts, 1.6, 0).expect("bias"));
+    let olmoe = synthetic_logits(tokens, experts, k, Skew::Olmoe, 0).expect("trace");
+    for (name, logits) in [("hard", &hard), ("olmoe", &olmoe)] {
+        let mut g = c.benchmark_group(format!("optimal-skew/{name}"));
+        g.throughput(Throughput::Elements(tokens as u64));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(5));
+        for gamma in [1.0f64, 1.5] {
+            let policy: Policy = "reroute:optimal".parse().expect("policy");
+            let cfg = RouterConfig::new(k, policy).with_capacity_factor(gamma);
+            let id = format!("g{}", (gamma * 100.0) as u32);
+            g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    let l = Logits::new(logits, tokens, experts).expect("logits");
+                    route(&l, &cfg).expect("route")
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, routing, optimal_skew);
 criterion_main!(benches);

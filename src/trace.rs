@@ -104,6 +104,12 @@ pub enum TraceError {
     #[error(transparent)]
     /// `E` or `k` is invalid, or routing the trace failed.
     Routing(#[from] RoutingError),
+    #[error("bias std {std} is out of range; expected 0 <= std <= {max}", max = MAX_BIAS_STD)]
+    /// A [`normal_bias`] standard deviation outside `0..=MAX_BIAS_STD`.
+    BadBiasStd {
+        /// The asked standard deviation.
+        std: f64,
+    },
     #[error("a trace of {tokens} tokens needs at least one; expected tokens >= 1")]
     /// Zero tokens asked for.
     NoTokens {
@@ -251,6 +257,37 @@ pub fn synthetic_logits(
     Ok(l)
 }
 
+/// Largest standard deviation [`normal_bias`] accepts (logit units): far
+/// past any router seen (a std of 4 already sends nearly every token to the
+/// same few experts).
+pub const MAX_BIAS_STD: f64 = 16.0;
+
+/// Per-expert logit bias drawn from `N(0, std^2)`, one value per expert, from
+/// a generator seeded by `seed` (its own stream, independent of the noise
+/// that [`synthetic_logits`] draws from the same seed). Unlike
+/// [`expert_bias`] it has no calibrated target: `std = 1.6` on unit-normal
+/// logits is a hard skew (issue 23), with hot experts scattered over the
+/// index range. A `std` outside `0..=`[`MAX_BIAS_STD`] (or NaN) is an error.
+pub fn normal_bias(experts: usize, std: f64, seed: u64) -> Result<Vec<f32>, TraceError> {
+    if !(0.0..=MAX_BIAS_STD).contains(&std) {
+        return Err(TraceError::BadBiasStd { std });
+    }
+    let mut rng = Rng::new(seed ^ 0xB1A5_B1A5_0000_0000);
+    Ok((0..experts).map(|_| (std * rng.normal()) as f32).collect())
+}
+
+/// Adds `bias[e]` to every row's column `e` of `[tokens, bias.len()]` logits.
+pub fn add_bias(logits: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in logits.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +349,25 @@ mod tests {
     #[test]
     fn reroute_optimal_certificate_adds_missing_candidates() {
         crate::routing::reroute_tests::certificate_adds_missing_candidates(&trace);
+    }
+
+    #[test]
+    fn normal_bias_is_seeded_and_checked() {
+        let a = normal_bias(256, 1.6, 0).unwrap();
+        assert_eq!(a, normal_bias(256, 1.6, 0).unwrap());
+        assert_ne!(a, normal_bias(256, 1.6, 1).unwrap());
+        let sd = (a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / 256.0).sqrt();
+        assert!((1.3..1.9).contains(&sd), "std {sd}");
+        assert_eq!(normal_bias(4, 0.0, 3).unwrap(), vec![0.0; 4]);
+        for bad in [-0.1, f64::NAN, f64::INFINITY, MAX_BIAS_STD + 1.0] {
+            assert!(matches!(
+                normal_bias(4, bad, 0),
+                Err(TraceError::BadBiasStd { .. })
+            ));
+        }
+        let mut l = vec![1.0f32; 6];
+        add_bias(&mut l, &[0.5, -1.0, 2.0]);
+        assert_eq!(l, vec![1.5, 0.0, 3.0, 1.5, 0.0, 3.0]);
     }
 
     #[test]

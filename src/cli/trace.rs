@@ -4,7 +4,7 @@
 
 use super::CliError;
 use capmoe::io::npy;
-use capmoe::trace::{synthetic_logits, Skew};
+use capmoe::trace::{add_bias, normal_bias, synthetic_logits, Skew};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +31,11 @@ pub struct TraceArgs {
     pub skew: Skew,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Add a per-expert logit bias drawn from N(0, STD^2) (seeded by --seed, its own stream)
+    /// on top of --skew's: e.g. `--skew uniform --bias-std 1.6`, a hard skew with hot experts
+    /// scattered over the index range. 0 (the default) adds nothing.
+    #[arg(long, default_value_t = 0.0, value_name = "STD")]
+    pub bias_std: f64,
     /// Write this many forwards into the folder --out (forward-00000.npy, ..., each float32
     /// [layers, tokens, experts]) instead of one [tokens, experts] file. Each layer's hot
     /// experts sit at its own rotation, the same in every forward until --shift-at.
@@ -60,6 +65,14 @@ fn write(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
+fn bias_note(std: f64) -> String {
+    if std > 0.0 {
+        format!(", per-expert bias N(0, {std}^2)")
+    } else {
+        String::new()
+    }
+}
+
 pub fn run(args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let Some(forwards) = args.forwards else {
         for (set, flag) in [
@@ -74,15 +87,20 @@ pub fn run(args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 )));
             }
         }
-        let l = synthetic_logits(args.tokens, args.experts, args.top_k, args.skew, args.seed)?;
+        let mut l = synthetic_logits(args.tokens, args.experts, args.top_k, args.skew, args.seed)?;
+        add_bias(
+            &mut l,
+            &normal_bias(args.experts, args.bias_std, args.seed)?,
+        );
         write(&args.out, &npy::to_bytes(&l, args.tokens, args.experts))?;
         writeln!(
             out,
-            "wrote {} ({} x {}, skew {})",
+            "wrote {} ({} x {}, skew {}{})",
             args.out.display(),
             args.tokens,
             args.experts,
-            args.skew
+            args.skew,
+            bias_note(args.bias_std)
         )?;
         return Ok(());
     };
@@ -135,7 +153,8 @@ pub fn run(args: &TraceArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 _ => own,
             };
             let seed = args.seed ^ ((f as u64) << 32) ^ (l as u64).wrapping_mul(0x9E37_79B9);
-            let x = synthetic_logits(args.tokens, e, args.top_k, skew, seed)?;
+            let mut x = synthetic_logits(args.tokens, e, args.top_k, skew, seed)?;
+            add_bias(&mut x, &normal_bias(e, args.bias_std, seed)?);
             // Rotate columns: layer l's hottest expert is expert (l + shift) % E.
             let rot = (l + if shifted { e / 2 } else { 0 }) % e;
             for row in x.chunks_exact(e) {

@@ -185,6 +185,14 @@ impl Bins {
     pub fn experts(&self) -> usize {
         self.bin_of.len()
     }
+    /// The same grouping of experts into bins with other bounds (one per bin).
+    pub(crate) fn with_caps(&self, cap: Vec<u64>) -> Self {
+        debug_assert_eq!(cap.len(), self.cap.len());
+        Self {
+            bin_of: self.bin_of.clone(),
+            cap,
+        }
+    }
 }
 
 #[cfg(test)]

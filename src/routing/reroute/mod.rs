@@ -1,6 +1,7 @@
 //! Policies that give overflow to experts with room.
 
 mod flow;
+mod guide;
 pub(crate) mod next_best;
 pub(crate) mod optimal;
 mod repair;
@@ -8,3 +9,5 @@ mod repair;
 pub(crate) mod ssp;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_guided;

@@ -10,12 +10,12 @@ use crate::routing::logits::Logits;
 use crate::routing::served::Served;
 use proptest::prelude::*;
 
-struct Case {
-    gate: Gate,
-    bins: Bins,
+pub(super) struct Case {
+    pub gate: Gate,
+    pub bins: Bins,
 }
 
-fn case(
+pub(super) fn case(
     logits: &[f32],
     t: usize,
     e: usize,
@@ -44,7 +44,7 @@ fn mass(c: &Case, s: &Served, frac: u32) -> i128 {
 }
 
 /// Feasibility: distinct experts, at most k per token, bins within capacity.
-fn check_feasible(c: &Case, s: &Served) {
+pub(super) fn check_feasible(c: &Case, s: &Served) {
     let mut load = vec![0u64; c.bins.count()];
     for t in 0..c.gate.tokens() {
         let mut l = s.of(t).to_vec();
@@ -161,7 +161,7 @@ fn check_no_negative_cycle(c: &Case, s: &Served, frac: u32) {
 
 /// The solution is feasible, certified, free of negative cycles and of the
 /// oracle's mass.
-fn check_optimal(c: &Case, sol: &Solution, oracle: &Served) {
+pub(super) fn check_optimal(c: &Case, sol: &Solution, oracle: &Served) {
     check_feasible(c, &sol.served);
     check_dual(c, sol);
     check_no_negative_cycle(c, &sol.served, sol.frac_bits);
@@ -215,7 +215,7 @@ fn full_check(c: &Case) {
     }
 }
 
-fn logits_strategy(n: usize, experts: usize) -> impl Strategy<Value = Vec<f32>> {
+pub(super) fn logits_strategy(n: usize, experts: usize) -> impl Strategy<Value = Vec<f32>> {
     prop_oneof![
         prop::collection::vec(-6.0f32..6.0, n),
         prop::collection::vec(prop::sample::select(vec![0.0f32, 0.5, 1.0]), n),
