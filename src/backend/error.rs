@@ -56,7 +56,7 @@ pub enum BackendError {
     /// A device call failed; the backend's own error is kept ([`DeviceError::downcast_ref`]).
     #[error("device: {0}")]
     Device(#[source] DeviceError),
-    /// A MoE layer runner (`model::MoeRunner`, e.g. the EP forward's
+    /// A MoE layer runner (the model's `MoeRunner` hook, e.g. the EP forward's
     /// collectives) failed; its own error is kept ([`DeviceError::downcast_ref`]).
     #[error("{0}")]
     Runner(#[source] DeviceError),

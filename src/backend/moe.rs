@@ -13,7 +13,7 @@ pub struct MoeWeights<B: Backend> {
     /// The experts, prepared by [`Backend::experts`].
     pub experts: B::Experts,
     /// Optional per-expert logit bias added to the router logits before
-    /// routing (synthetic router skew; see `model::init`).
+    /// routing (synthetic router skew, set by the model's `apply_skew`).
     pub router_bias: Option<Vec<f32>>,
 }
 
@@ -122,8 +122,20 @@ impl<B: Backend> MoeWeights<B> {
     ) -> Result<RoutingPlan, BackendError> {
         let (tokens, _) = backend.act_shape(x);
         let logits = self.router_logits(backend, x)?;
+        self.plan(backend, &logits, tokens, router)
+    }
+
+    /// The plan of router logits `logits` (`[tokens, experts]`, from
+    /// [`MoeWeights::router_logits`]) under `router`.
+    pub fn plan(
+        &self,
+        backend: &B,
+        logits: &[f32],
+        tokens: usize,
+        router: &RouterConfig,
+    ) -> Result<RoutingPlan, BackendError> {
         let gate = Gate::new(
-            &Logits::new(&logits, tokens, self.router_experts(backend))?,
+            &Logits::new(logits, tokens, self.router_experts(backend))?,
             router.top_k,
         )?;
         Ok(route_gate(&gate, router)?)

@@ -1,7 +1,7 @@
 //! Seeded random weights as the backends draw them (`Model::random`).
 //!
 //! The host draw ([`random_host_tensor`]) is what the CPU backend uses and
-//! what every backend gets by default from `model::ModelBackend::random_mat`
+//! what every backend gets by default from the model's `ModelBackend::random_mat`
 //! and `random_experts`. The CUDA backend overrides both
 //! to fill bf16 on the device (a full Mixtral-8x7B does not fit in host
 //! memory as f32): its values come from another generator, so a random model

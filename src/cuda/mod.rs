@@ -53,6 +53,8 @@ pub(crate) mod expert;
 mod fill;
 pub(crate) mod launch;
 pub(crate) mod model;
+/// The model ops' safe launchers, for the backend (named apart from the crate's `model`).
+pub(crate) use model::ops as model_ops;
 mod pool;
 pub(crate) mod probe;
 pub(crate) mod routing;

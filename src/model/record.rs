@@ -9,8 +9,9 @@ use std::sync::Mutex;
 /// One forward's layers so far: each layer's tokens and router logits.
 type Layers = Vec<(usize, Vec<f32>)>;
 
-/// A [`MoeRunner`] that runs each MoE layer as [`MoeWeights::forward`] does and keeps its
-/// router logits (bias included, `[tokens, experts]` row-major). Layer 0 starts a new forward;
+/// A [`MoeRunner`] that runs each MoE layer on the host plan of its router logits
+/// ([`MoeWeights::forward_plan`], the routing contract's plan) and keeps those logits (bias
+/// included, `[tokens, experts]` row-major). Layer 0 starts a new forward;
 /// [`RouterRecorder::take_forwards`] gives each forward as one `[layers, tokens, experts]` stack.
 #[derive(Default)]
 pub struct RouterRecorder {
@@ -70,6 +71,7 @@ impl<B: Backend> MoeRunner<B> for RouterRecorder {
     ) -> Result<(MoeOutput<B>, Option<Kept>), BackendError> {
         let (tokens, _) = backend.act_shape(x);
         let logits = w.router_logits(backend, x)?;
+        let plan = w.plan(backend, &logits, tokens, router)?;
         let mut f = self.lock();
         if layer == 0 || f.is_empty() {
             f.push(Vec::new());
@@ -78,7 +80,8 @@ impl<B: Backend> MoeRunner<B> for RouterRecorder {
             cur.push((tokens, logits));
         }
         drop(f);
-        Ok((w.forward(backend, x, router)?, None))
+        let (out, layout) = w.forward_plan(backend, x, &plan)?;
+        Ok((MoeOutput { out, plan, layout }, None))
     }
 }
 

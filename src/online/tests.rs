@@ -377,10 +377,9 @@ fn the_cost_fit_recovers_a_line_and_refuses_what_cannot_be_fitted() {
     assert!(fit_layer_cost(&[(100.0, 2.0), (200.0, 1.0)]).is_err());
 }
 
-/// A layer whose marginal dropped slots were cheap (drop:score cut only its smallest p) is not
-/// starved below the capacity it was seen at: slots under it are valued as average slots.
-#[test]
-fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
+/// Two layers of 2 experts, one per rank, k = 1, each seen once routing 100 tokens at capacity
+/// 50 with demand `hot` / `100 - hot` (so `hot - 50` slots dropped), keeping `kept[l]` of its mass.
+fn two_layers_seen_at_50(hot: u64, kept: [f64; 2]) -> (MoeShape, LoadMonitor) {
     let shape = MoeShape {
         layers: 2,
         experts: 2,
@@ -388,22 +387,30 @@ fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
         ranks: 2,
     };
     let mut m = LoadMonitor::new(4, 0.5).unwrap();
-    // 100 tokens, k = 1, 2 experts; both layers demand 70 / 30 and ran at capacity 50.
-    let seen = |kept: f64| LayerObservation {
-        tokens: 100,
-        top_k: 1,
-        demand: vec![70, 30],
-        served: vec![50, 30],
-        dropped: 20,
-        rerouted: 0,
-        gate_mass_kept: kept,
-        rank_rows: vec![50, 30],
-        capacity: Some(50),
-    };
-    // Layer 0's 20 dropped slots carried 1% of its mass (0.05 of an average slot each), layer
-    // 1's 15% (0.75 of an average slot).
-    m.observe(0, seen(0.99)).unwrap();
-    m.observe(1, seen(0.85)).unwrap();
+    for (l, kept) in kept.into_iter().enumerate() {
+        let o = LayerObservation {
+            tokens: 100,
+            top_k: 1,
+            demand: vec![hot, 100 - hot],
+            served: vec![50, 100 - hot],
+            dropped: hot - 50,
+            rerouted: 0,
+            gate_mass_kept: kept,
+            rank_rows: vec![50, 100 - hot],
+            capacity: Some(50),
+        };
+        m.observe(l, o).unwrap();
+    }
+    (shape, m)
+}
+
+/// A layer whose marginal dropped slots were cheap (drop:score cut only its smallest p) is not
+/// starved below the capacity it was seen at: slots under it are valued as average slots.
+#[test]
+fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
+    // Both layers demand 70 / 30; layer 0's 20 dropped slots carried 1% of its mass (0.05 of
+    // an average slot each), layer 1's 15% (0.75 of an average slot).
+    let (shape, m) = two_layers_seen_at_50(70, [0.99, 0.85]);
     let mut ctl = ControllerSpec::BudgetRatio(1.0)
         .build(shape, CostModel::rows(2))
         .unwrap();
@@ -417,26 +424,7 @@ fn budget_does_not_starve_a_layer_whose_marginal_drops_were_cheap() {
 /// above it (below it slots are lost whatever the reroute does); under drop:score it may not.
 #[test]
 fn budget_for_reroute_keeps_every_layer_at_the_balanced_capacity() {
-    let shape = MoeShape {
-        layers: 2,
-        experts: 2,
-        top_k: 1,
-        ranks: 2,
-    };
-    let mut m = LoadMonitor::new(4, 0.5).unwrap();
-    let seen = |kept: f64| LayerObservation {
-        tokens: 100,
-        top_k: 1,
-        demand: vec![90, 10],
-        served: vec![50, 10],
-        dropped: 40,
-        rerouted: 0,
-        gate_mass_kept: kept,
-        rank_rows: vec![50, 10],
-        capacity: Some(50),
-    };
-    m.observe(0, seen(0.99)).unwrap();
-    m.observe(1, seen(0.5)).unwrap();
+    let (shape, m) = two_layers_seen_at_50(90, [0.99, 0.5]);
     let plan = |p: &str| {
         ControllerSpec::BudgetRatio(1.0)
             .build_for(shape, CostModel::rows(2), p.parse().unwrap())

@@ -116,24 +116,26 @@ impl DispatchLayout {
         })
     }
 
-    /// [`DispatchLayout::new`] over experts `group` of the plan only (an EP
-    /// rank's experts): local expert `i` is the plan's expert
-    /// `group.start + i`, its rows its tokens in increasing token order (the
-    /// same rows in the same order as in the whole layout). Assignments to
-    /// other experts get row [`PAD`]; the overflow lists the group's only.
+    /// This layout (of `plan`) over experts `group` only (an EP rank's
+    /// experts): local expert `i` is the plan's expert `group.start + i`, its
+    /// rows its tokens in increasing token order (the same rows in the same
+    /// order as here). Assignments to other experts get row [`PAD`]; the
+    /// overflow lists the group's only.
     pub fn for_experts(
+        &self,
         plan: &RoutingPlan,
-        tile: usize,
         group: std::ops::Range<usize>,
     ) -> Result<Self, RoutingError> {
-        if group.end > plan.experts() || group.is_empty() {
+        let experts = self.counts.len();
+        if group.end > experts || group.is_empty() {
             return Err(RoutingError::ShapeMismatch {
                 what: "expert group end",
                 len: group.end,
-                expected: plan.experts(),
+                expected: experts,
             });
         }
-        let whole = Self::new(plan, tile)?;
+        check_len("plan assignments", plan.len(), self.assignment_row.len())?;
+        let whole = self;
         let (o0, o1) = (
             whole.offsets[group.start] as usize,
             whole.offsets[group.end] as usize,
@@ -141,7 +143,7 @@ impl DispatchLayout {
         let base = o0 as u32;
         let in_group = |e: u32| group.contains(&(e as usize));
         Ok(Self {
-            tile,
+            tile: self.tile,
             counts: whole.counts[group.clone()].to_vec(),
             offsets: whole.offsets[group.start..=group.end]
                 .iter()
@@ -157,7 +159,7 @@ impl DispatchLayout {
                 .collect(),
             overflow: whole
                 .overflow
-                .into_iter()
+                .iter()
                 .filter(|o| in_group(o.expert))
                 .map(|o| Overflow {
                     token: o.token,
@@ -319,7 +321,7 @@ mod tests {
         )
         .unwrap();
         let whole = super::DispatchLayout::new(&plan, 2).unwrap();
-        let g = super::DispatchLayout::for_experts(&plan, 2, 2..4).unwrap();
+        let g = whole.for_experts(&plan, 2..4).unwrap();
         let (o0, o1) = (whole.offsets()[2] as usize, whole.offsets()[4] as usize);
         assert_eq!(g.counts(), &whole.counts()[2..4]);
         assert_eq!(g.row_tokens(), &whole.row_tokens()[o0..o1]);
@@ -333,7 +335,7 @@ mod tests {
                 assert_eq!(r, super::PAD);
             }
         }
-        assert!(super::DispatchLayout::for_experts(&plan, 2, 3..5).is_err());
-        assert!(super::DispatchLayout::for_experts(&plan, 2, 2..2).is_err());
+        assert!(whole.for_experts(&plan, 3..5).is_err());
+        assert!(whole.for_experts(&plan, 2..2).is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use super::tensor::{CudaAct, CudaKv};
 use crate::backend::AttnGeom;
-use crate::cuda::model::ops::{self, AttnDims};
+use crate::cuda::model_ops::{self as ops, AttnDims};
 use crate::cuda::GpuError;
 use cudarc::driver::CudaStream;
 use std::ops::Range;

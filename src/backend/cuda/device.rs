@@ -26,7 +26,7 @@ impl From<cudarc::driver::DriverError> for BackendError {
 pub struct CudaBackend {
     pub(crate) gpu: GpuContext,
     pub(crate) blas: Arc<Blas>,
-    /// Whether `model::ModelBackend::decoder` may capture decode graphs
+    /// Whether the model's decoder (`ModelBackend::decoder`) may capture decode graphs
     /// ([`CudaBackend::with_decode_graphs`]).
     pub(crate) decode_graphs: bool,
     /// Fixed grouped-GEMM variants for experts uploaded from now on
@@ -65,7 +65,7 @@ impl CudaBackend {
         self
     }
 
-    /// Lets [`Model::decoder`](crate::model::Model::decoder) (and so
+    /// Lets the model's decoder (`Model::decoder`, and so
     /// generation and the e2e benchmark's decode) capture each batch size's
     /// decode step as one CUDA graph and replay it. Without it the backend
     /// decodes by forward passes (the same tokens, one host sync per step

@@ -1,6 +1,6 @@
-//! [`CudaBackend`]: the model's [`Backend`] on one GPU, so that
-//! `Model<CudaBackend>` runs prefill, decode with the KV cache and
-//! generation unchanged.
+//! [`CudaBackend`]: the [`Backend`] on one GPU, so that the model (a layer
+//! above) runs prefill, decode with the KV cache and generation on it
+//! unchanged.
 //!
 //! Activations and weight matrices are bf16 on the device (weights rounded
 //! once at upload from the loader's host tensors); every kernel computes in
@@ -20,12 +20,13 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use capmoe::backend::CudaBackend;
+//! use capmoe::backend::{Backend, CudaBackend, HostTensor};
 //! use capmoe::cuda::GpuContext;
-//! use capmoe::model::{InitOptions, MixtralConfig, Model};
 //! let be = CudaBackend::new(&GpuContext::new(0)?)?;
-//! let model = Model::random(be, MixtralConfig::builtin("tiny")?, &InitOptions::new(7))?;
-//! let logits = model.logits(&[1, 2, 3], &model.default_router())?; // 3 rows of f32
+//! // y = x W^T on the device: x [2, 4] (bf16 on upload), W [3, 4].
+//! let x = be.upload(&[1.0; 8], 2, 4)?;
+//! let w = be.mat(HostTensor::new("w", vec![3, 4], vec![0.5; 12])?)?;
+//! let y = be.linear_to_host(&x, &w)?; // 2 rows of 3 f32
 //! # Ok(()) }
 //! ```
 
@@ -44,7 +45,7 @@ use crate::backend::{
     AttnGeom, Backend, BackendError, DeferredRoute, HostExpert, HostTensor, MoeMode, MoeResult,
     MoeWeights, Rope,
 };
-use crate::cuda::model::ops;
+use crate::cuda::model_ops as ops;
 use crate::cuda::GpuError;
 use crate::routing::{DispatchLayout, Policy, RouterConfig, RoutingPlan};
 use device::bf16_bits;

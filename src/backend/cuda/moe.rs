@@ -11,7 +11,7 @@ use super::tensor::CudaAct;
 use super::CudaBackend;
 use crate::backend::{Backend, BackendError, DeferredRoute, HostRankLayer, MoeOutput, MoeWeights};
 use crate::cuda::expert::{layer_forward, LayerRun};
-use crate::cuda::model::ops;
+use crate::cuda::model_ops as ops;
 use crate::cuda::routing::rows::{combine_bf16, gather_bf16, HostCombine, HostRows};
 use crate::cuda::{ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};

@@ -1,5 +1,5 @@
 //! The CUDA backend's device-side random weights and event timing: what
-//! `model::ModelBackend` (random models) and `ep::EpBackend` (timing) use.
+//! the model's `ModelBackend` (random models) and `ep::EpBackend` (timing) use.
 
 use super::moe::CudaExperts;
 use super::tensor::CudaMat;

@@ -9,7 +9,7 @@ use crate::cli::ep_args::{on_ranks, EpMode};
 use crate::cli::CliError;
 use capmoe::backend::CpuBackend;
 use capmoe::ep::comm::Communicator;
-use capmoe::ep::dist::{ep_bench, EpBenchReport, EpBenchSetup, EpMoe};
+use capmoe::ep::dist::{ep_bench, expert_group, EpBenchReport, EpBenchSetup};
 use capmoe::ep::{cases, prompt_ids, LatencyModel};
 use capmoe::model::{InitOptions, MixtralConfig, Model};
 use capmoe::progress::NoProgress;
@@ -130,17 +130,11 @@ fn rank_model(
     p: &Plan,
     comm: &dyn Communicator,
 ) -> Result<Model<CpuBackend>, CliError> {
-    let ep = EpMoe::new(
-        comm,
-        p.cfg.num_local_experts,
-        p.cfg.hidden_size,
-        &p.setup.cases[0],
-        1,
-    )?;
+    let group = expert_group(comm.size(), comm.rank(), p.cfg.num_local_experts)?;
     let skew = args.skew.first().copied();
     Ok(match &p.dir {
         Some(d) => {
-            let mut m = Model::load_expert_group(CpuBackend, d, ep.group())?;
+            let mut m = Model::load_expert_group(CpuBackend, d, group.clone())?;
             if let Some(s) = skew {
                 m.apply_skew(s, args.seed)?;
             }
@@ -149,7 +143,7 @@ fn rank_model(
         None => {
             let opts =
                 InitOptions::new(args.seed).with_skew(skew.unwrap_or(capmoe::trace::Skew::Mixtral));
-            Model::random_group(CpuBackend, p.cfg.clone(), &opts, ep.group(), &NoProgress)?
+            Model::random_group(CpuBackend, p.cfg.clone(), &opts, group, &NoProgress)?
         }
     })
 }

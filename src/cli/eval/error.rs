@@ -25,4 +25,6 @@ pub enum EvalError {
     Model(Box<capmoe::model::ModelError>),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("capacity controller: {0}")]
+    Online(#[from] capmoe::online::OnlineError),
 }

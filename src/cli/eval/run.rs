@@ -104,15 +104,10 @@ pub fn run_one<B: EpBackend>(
     let mut opts = ForwardOptions::new(router.clone());
     let mut sums = Sums::default();
     let experts = model.config().num_local_experts;
-    let online = |e: capmoe::online::OnlineError| {
-        EvalError::Model(Box::new(ModelError::Backend(
-            capmoe::backend::BackendError::Runner(capmoe::backend::DeviceError::new(e)),
-        )))
-    };
     for b in 0..lay.batches {
         if let Some(c) = controlled.as_deref_mut() {
-            let p = c.controller.plan(per, &c.monitor).map_err(online)?;
-            let routers = layer_routers(&p.capacity, router, per, experts).map_err(online)?;
+            let p = c.controller.plan(per, &c.monitor)?;
+            let routers = layer_routers(&p.capacity, router, per, experts)?;
             c.gammas
                 .extend(routers.iter().filter_map(|r| r.capacity_factor));
             opts = opts.with_layer_routers(routers);
@@ -160,9 +155,7 @@ pub fn run_one<B: EpBackend>(
         if let Some(c) = controlled.as_deref_mut() {
             let placement = Placement::new(c.ranks, experts, per)
                 .map_err(|e| EvalError::Model(Box::new(e.into())))?;
-            c.monitor
-                .observe_forward(&plans, &placement)
-                .map_err(online)?;
+            c.monitor.observe_forward(&plans, &placement)?;
         }
         progress.inc(1);
     }

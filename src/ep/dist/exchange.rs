@@ -25,7 +25,7 @@ pub struct Exchange {
     /// Rows received from each rank in dispatch (sent back in combine).
     pub recv_rows: Vec<usize>,
     /// For each received row, its row in the local expert-major layout
-    /// (`DispatchLayout::for_experts` of this rank's group).
+    /// (the whole layout's `for_experts` of this rank's group).
     pub recv_to_local: Vec<u32>,
     /// For each served assignment of this rank's tokens (plan order, from
     /// the block's first), the send row that carried it.
@@ -130,12 +130,18 @@ mod tests {
             let placement = Placement::new(ranks, 8, tokens).unwrap();
             let ex: Vec<Exchange> = (0..ranks)
                 .map(|r| {
-                    let g = DispatchLayout::for_experts(&p, 1, placement.expert_group(r)).unwrap();
+                    let g = DispatchLayout::new(&p, 1)
+                        .unwrap()
+                        .for_experts(&p, placement.expert_group(r))
+                        .unwrap();
                     Exchange::new(&p, &placement, r, g.offsets())
                 })
                 .collect();
             for (r, me) in ex.iter().enumerate() {
-                let g = DispatchLayout::for_experts(&p, 1, placement.expert_group(r)).unwrap();
+                let g = DispatchLayout::new(&p, 1)
+                    .unwrap()
+                    .for_experts(&p, placement.expert_group(r))
+                    .unwrap();
                 // Rows from s to r: s's send segment for r.
                 let mut got = Vec::new();
                 for (s, src) in ex.iter().enumerate() {

@@ -58,17 +58,14 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
         router: &RouterConfig,
         max_tokens: usize,
     ) -> Result<Self, DistError> {
-        let ranks = comm.size();
-        if ranks == 0 || ranks > experts || experts % ranks != 0 {
-            return Err(DistError::Placement { ranks, experts });
-        }
+        expert_group(comm.size(), comm.rank(), experts)?;
         if max_tokens == 0 {
             return Err(DistError::Zero("max_tokens"));
         }
         if hidden == 0 {
             return Err(DistError::Zero("hidden"));
         }
-        let per = experts / ranks;
+        let per = experts / comm.size();
         let bound = match router
             .capacity_factor
             .filter(|_| router.policy.has_capacity())
@@ -156,7 +153,9 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
         let plan = w.route(backend, x, &router)?;
         check_agreement(comm, "the layer's routing plan", plan_hash(&plan))?;
         let tile = backend.dispatch_tile();
-        let local = DispatchLayout::for_experts(&plan, tile, group.clone())
+        let layout = DispatchLayout::new(&plan, tile).map_err(|e| DistError::Model(e.into()))?;
+        let local = layout
+            .for_experts(&plan, group.clone())
             .map_err(|e| DistError::Model(e.into()))?;
         let placement = Placement::new(comm.size(), self.experts, tokens)
             .map_err(|e| DistError::Model(e.into()))?;
@@ -248,7 +247,6 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
         t.sent_bytes = bytes(ex.send_tokens.len() + rows_in);
         t.recv_bytes = bytes(rows_in + ex.send_tokens.len());
         self.lock().times.push(t);
-        let layout = DispatchLayout::new(&plan, tile).map_err(|e| DistError::Model(e.into()))?;
         Ok(MoeOutput { out, plan, layout })
     }
 }
@@ -279,24 +277,38 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
+/// Rank `rank`'s expert group of `experts` split over `ranks` equal groups; a typed error
+/// unless `ranks` divides `experts` (so `1 <= ranks <= experts`).
+pub fn expert_group(ranks: usize, rank: usize, experts: usize) -> Result<Range<usize>, DistError> {
+    if ranks == 0 || ranks > experts || experts % ranks != 0 || rank >= ranks {
+        return Err(DistError::Placement { ranks, experts });
+    }
+    let per = experts / ranks;
+    Ok(rank * per..(rank + 1) * per)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, continued from `h`.
+fn fnv(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// FNV-1a over the plan's assignments: equal on every rank that routed alike.
 fn plan_hash(plan: &RoutingPlan) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |v: u32| {
-        for b in v.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    plan.offsets().iter().for_each(|&v| eat(v));
-    plan.expert_ids().iter().for_each(|&v| eat(v));
-    plan.weights().iter().for_each(|v| eat(v.to_bits()));
-    h
+    let words = plan
+        .offsets()
+        .iter()
+        .chain(plan.expert_ids())
+        .copied()
+        .chain(plan.weights().iter().map(|w| w.to_bits()));
+    fnv(FNV_OFFSET, words.flat_map(u32::to_le_bytes))
 }
 
 /// FNV-1a of what every rank must agree on before an EP run (model config,
 /// router, rank count), for [`check_agreement`].
 pub fn agreement_hash(what: &str) -> u64 {
-    what.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv(FNV_OFFSET, what.bytes())
 }

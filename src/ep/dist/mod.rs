@@ -49,7 +49,7 @@ mod tests;
 pub use bench::{ep_bench, EpBenchReport, EpBenchSetup, EpCase, RankLayer};
 pub use error::DistError;
 pub use exchange::Exchange;
-pub use layer::{agreement_hash, EpMoe};
+pub use layer::{agreement_hash, expert_group, EpMoe};
 #[cfg(feature = "bench")]
 pub use plot::speedup_figure;
 pub use stats::{gather_times, LayerTimes};
