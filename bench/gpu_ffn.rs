@@ -208,7 +208,7 @@ fn checksum(
     let host = d.to_host(&plan)?;
     let (mut n, mut sum, mut abs, mut sq) = (0usize, 0f64, 0f64, 0f64);
     let load = b.load.name();
-    for (r, &t) in host.row_tokens.iter().enumerate() {
+    for (r, &t) in host.row_tokens().iter().enumerate() {
         if t == PAD {
             continue;
         }
@@ -223,7 +223,7 @@ fn checksum(
         if check_tokens(b.tokens).contains(&(t as usize)) {
             // The expert whose segment holds row r.
             let e = host
-                .offsets
+                .offsets()
                 .iter()
                 .rposition(|&o| o as usize <= r)
                 .unwrap_or(0);

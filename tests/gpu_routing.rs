@@ -235,19 +235,20 @@ fn gpu_dispatch_overflow_and_combine_match_the_oracle() {
                 let cpu = DispatchLayout::new(&want, tile).unwrap();
                 let d = plan.dispatch(tile).unwrap();
                 let host = d.to_host(&plan).unwrap();
-                assert_eq!(host.offsets, cpu.offsets(), "{name} {cfg:?} tile {tile}");
+                assert_eq!(host, cpu, "{name} {cfg:?} tile {tile}: the whole layout");
+                assert_eq!(host.offsets(), cpu.offsets(), "{name} {cfg:?} tile {tile}");
                 assert_eq!(
-                    host.row_tokens,
+                    host.row_tokens(),
                     cpu.row_tokens(),
                     "{name} {cfg:?} tile {tile}"
                 );
                 assert_eq!(
-                    host.row_weights,
+                    host.row_weights(),
                     cpu.row_weights(),
                     "{name} {cfg:?} tile {tile}"
                 );
                 assert_eq!(
-                    host.assignment_rows,
+                    host.assignment_rows(),
                     cpu.assignment_rows(),
                     "{name} {cfg:?} tile {tile}"
                 );
@@ -388,7 +389,7 @@ fn gpu_non_finite_logits_are_a_typed_error() {
             }
             // The layout of the flagged plan is in range (no sticky device error).
             let host = d.to_host(&plan).unwrap();
-            assert!(host.offsets.windows(2).all(|w| w[0] <= w[1]), "{policy}");
+            assert!(host.offsets().windows(2).all(|w| w[0] <= w[1]), "{policy}");
             // Deferred, the same error comes back when the summary settles,
             // in the failing summary's own result (the clean one's is Ok).
             let clean = GpuRouter::new(&g, RouterConfig::new(k, Policy::None))

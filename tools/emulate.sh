@@ -25,7 +25,7 @@ trap 'rm -f "$log"' EXIT
 start=$SECONDS
 set +e
 cargo test --features emulate --test gpu_driver --test gpu_slot_order --test gpu_routing --test gpu_ffn \
-  --test gpu_model_parity --test gpu_ep_dist "$@" 2>&1 | tee "$log"
+  --test gpu_model_parity --test gpu_ep_dist --test gpu_ep_bench "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # The launch gate's probe (a unit test: the gate is crate-private), both paths.
 cargo test --features emulate --lib cuda::timing 2>&1 | tee -a "$log"

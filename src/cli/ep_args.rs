@@ -1,11 +1,12 @@
 //! `--ep local:R|mpi`: run a model subcommand across EP ranks
 //! (`capmoe::ep::dist`). Rank 0 prints and writes; the other ranks are quiet.
 
-use super::model_args::ModelArgs;
+use super::model_args::{ModelArgs, ModelDevice};
 use super::CliError;
 use capmoe::backend::CpuBackend;
 use capmoe::ep::comm::{check_agreement, run_local, Communicator};
 use capmoe::ep::dist::{agreement_hash, EpMoe};
+use capmoe::ep::EpBackend;
 use capmoe::model::Model;
 use capmoe::routing::RouterConfig;
 use clap::Args;
@@ -42,7 +43,9 @@ pub struct EpArgs {
     /// experts and exchanging rows by all-to-all-v: `local:R` runs R ranks
     /// as threads; `mpi` runs one rank per process under
     /// `mpirun -n R capmoe ... --ep mpi` (needs a build with `--features mpi`).
-    /// The output equals the single-process run's. Example:
+    /// The output equals the single-process run's (on the CPU bit for bit;
+    /// with `--device cuda` each rank uses GPU `rank mod count` and stages
+    /// rows through the host). Example:
     /// `capmoe logits --model tiny --ids 1,2,3 --ep local:2`.
     #[arg(long, value_name = "local:R|mpi")]
     pub ep: Option<EpMode>,
@@ -103,30 +106,65 @@ fn on_mpi<R>(_f: impl Fn(&dyn Communicator) -> Result<R, CliError>) -> Result<Op
     ))
 }
 
-/// This rank's EP layer and model: the rank loads only its group of
-/// experts, on the CPU.
-pub fn rank_model<'c>(
+/// A subcommand's work on one EP rank, on the rank's model of any backend.
+pub trait RankTask {
+    type Output;
+    fn run<B: EpBackend>(
+        &self,
+        ep: &EpMoe<'_, dyn Communicator + '_>,
+        model: &Model<B>,
+    ) -> Result<Self::Output, CliError>;
+}
+
+/// Builds this rank's EP layer and model (the rank loads only its group of
+/// experts) on `--device`, then runs `task`. With `--device cuda`, rank `r`
+/// uses GPU `r mod count` (one node: several ranks share a GPU when there are
+/// more ranks than GPUs); rows cross ranks through the host.
+pub fn on_rank_model<T: RankTask>(
+    model: &ModelArgs,
+    comm: &dyn Communicator,
+    router: &RouterConfig,
+    max_tokens: usize,
+    task: &T,
+) -> Result<T::Output, CliError> {
+    let ep = rank_layer(model, comm, router, max_tokens)?;
+    match model.device {
+        ModelDevice::Cpu => task.run(&ep, &model.load_group_on(CpuBackend, ep.group())?),
+        #[cfg(feature = "cuda")]
+        ModelDevice::Cuda => {
+            use capmoe::cuda::GpuContext;
+            let count = GpuContext::device_count()?;
+            if count == 0 {
+                return Err(CliError::Usage(
+                    "--device cuda: the driver sees no GPU".into(),
+                ));
+            }
+            let be = capmoe::backend::CudaBackend::new(&GpuContext::new(comm.rank() % count)?)?;
+            task.run(&ep, &model.load_group_on(be, ep.group())?)
+        }
+        #[cfg(not(feature = "cuda"))]
+        ModelDevice::Cuda => Err(CliError::Usage(
+            "--device cuda needs a capmoe built with `--features cuda`; this build has the CPU backend only".into(),
+        )),
+    }
+}
+
+/// This rank's EP layer, once every rank has checked it loads the same model.
+fn rank_layer<'c>(
     model: &ModelArgs,
     comm: &'c dyn Communicator,
     router: &RouterConfig,
     max_tokens: usize,
-) -> Result<(EpMoe<'c, dyn Communicator + 'c>, Model<CpuBackend>), CliError> {
-    if model.device != super::model_args::ModelDevice::Cpu {
-        return Err(CliError::Usage(
-            "--ep runs on the CPU backend only for now (GPU ranks need NCCL, not built yet); drop --device cuda".into(),
-        ));
-    }
+) -> Result<EpMoe<'c, dyn Communicator + 'c>, CliError> {
     // Every rank must load the same model: the same path or built-in, seed and skew.
     let what = format!("{}|{}|{:?}", model.model, model.seed, model.skew);
     check_agreement(comm, "--model, --seed and --skew", agreement_hash(&what))?;
     let cfg = model.config()?;
-    let ep = EpMoe::new(
+    Ok(EpMoe::new(
         comm,
         cfg.num_local_experts,
         cfg.hidden_size,
         router,
         max_tokens,
-    )?;
-    let m = model.load_group_on(CpuBackend, ep.group())?;
-    Ok((ep, m))
+    )?)
 }

@@ -1,11 +1,12 @@
 //! `capmoe generate`: greedy generation with a Mixtral model.
 
-use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
+use super::ep_args::{on_rank_model, on_ranks, EpArgs, EpMode, RankTask};
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::record::{write_forwards, RecordArgs};
 use super::router_args::RouterArgs;
 use super::CliError;
-use capmoe::ep::dist::ep_generate;
+use capmoe::ep::comm::Communicator;
+use capmoe::ep::dist::{ep_generate, EpMoe};
 use capmoe::ep::EpBackend;
 use capmoe::model::{GenerateOptions, MixtralConfig, Model, RouterRecorder};
 use clap::Args;
@@ -102,9 +103,25 @@ fn run_ep(args: &GenerateArgs, mode: EpMode) -> Result<Option<Generated>, CliErr
         .prompt_ids(&args.ids, args.prompt.as_deref(), cfg.vocab_size)?;
     let opts = options(args, &cfg)?;
     cfg.check_generation(ids.len(), opts.max_new_tokens)?;
+    struct Gen<'a>(&'a [u32], &'a GenerateOptions);
+    impl RankTask for Gen<'_> {
+        type Output = Vec<Vec<u32>>;
+        fn run<B: EpBackend>(
+            &self,
+            ep: &EpMoe<'_, dyn Communicator + '_>,
+            model: &Model<B>,
+        ) -> Result<Self::Output, CliError> {
+            Ok(ep_generate(ep, model, &[self.0], self.1)?)
+        }
+    }
     let out = on_ranks(&args.ep, mode, |comm| {
-        let (ep, model) = rank_model(&args.model, comm, &opts.router, ids.len().max(1))?;
-        Ok(ep_generate(&ep, &model, &[&ids], &opts)?)
+        on_rank_model(
+            &args.model,
+            comm,
+            &opts.router,
+            ids.len().max(1),
+            &Gen(&ids, &opts),
+        )
     })?;
     match out {
         Some(mut v) => {

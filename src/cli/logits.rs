@@ -1,12 +1,13 @@
 //! `capmoe logits`: run a prompt through a Mixtral model and print the
 //! logits of every position.
 
-use super::ep_args::{on_ranks, rank_model, EpArgs, EpMode};
+use super::ep_args::{on_rank_model, on_ranks, EpArgs, EpMode, RankTask};
 use super::model_args::{with_model, ModelArgs, ModelTask};
 use super::record::{write_forwards, RecordArgs};
 use super::router_args::RouterArgs;
 use super::CliError;
-use capmoe::ep::dist::ep_logits;
+use capmoe::ep::comm::Communicator;
+use capmoe::ep::dist::{ep_logits, EpMoe};
 use capmoe::ep::EpBackend;
 use capmoe::model::{argmax, Model, RouterRecorder};
 use capmoe::routing::RouterConfig;
@@ -70,9 +71,20 @@ fn run_ep(
         .model
         .prompt_ids(&a.ids, a.prompt.as_deref(), cfg.vocab_size)?;
     let router = a.router.config(Some(cfg.num_experts_per_tok))?;
+    struct Logits<'a>(&'a [u32], &'a RouterConfig);
+    impl RankTask for Logits<'_> {
+        type Output = Vec<Vec<f32>>;
+        fn run<B: EpBackend>(
+            &self,
+            ep: &EpMoe<'_, dyn Communicator + '_>,
+            model: &Model<B>,
+        ) -> Result<Self::Output, CliError> {
+            Ok(ep_logits(ep, model, self.0, self.1)?)
+        }
+    }
     on_ranks(&a.ep, mode, |comm| {
-        let (ep, model) = rank_model(&a.model, comm, &router, ids.len().max(1))?;
-        let logits = ep_logits(&ep, &model, &ids, &router)?;
+        let task = Logits(&ids, &router);
+        let logits = on_rank_model(&a.model, comm, &router, ids.len().max(1), &task)?;
         Ok((logits, cfg.vocab_size, router.clone(), ids.clone()))
     })
 }

@@ -45,6 +45,14 @@ impl GpuContext {
         })
     }
 
+    /// GPUs the driver sees; no driver is [`GpuError::NoDriver`], not a panic.
+    pub fn device_count() -> Result<usize, GpuError> {
+        if !super::probe::library_present("cuda") {
+            return Err(GpuError::NoDriver);
+        }
+        Ok(usize::try_from(CudaContext::device_count()?).unwrap_or(0))
+    }
+
     /// Runs on a caller's stream (an engine that owns the GPU: candle, mistral.rs, your own
     /// cudarc code). capmoe enqueues every kernel on `stream` and allocates its temporaries
     /// stream-ordered there; nothing is copied and no other stream is created. The stream's

@@ -1,7 +1,7 @@
 //! The one safe door to the hashed bf16 init kernel: allocate, then fill in full.
 
 use super::{launch, GpuError};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtrMut};
 use std::sync::Arc;
 
 /// `n` bf16 (raw bits) uniform in `[-scale, scale)` from the hash stream `seed`, drawn on the
@@ -13,20 +13,39 @@ pub fn hashed_bf16(
     seed: u32,
     scale: f32,
 ) -> Result<CudaSlice<u16>, GpuError> {
-    if !scale.is_finite() {
-        return Err(GpuError::Shape {
-            what: "hashed init scale",
-            got: format!("{scale}"),
-            expected: "a finite number".into(),
-        });
-    }
-    // SAFETY: every element is written by the kernel below before anything can read it.
-    let mut buf = unsafe { stream.alloc::<u16>(n.max(1)) }?;
-    {
-        let (ptr, _guard) = buf.device_ptr_mut(stream);
-        // SAFETY: `ptr` holds at least `n` bf16 of this stream's context; `buf` (and the guard)
-        // outlive the launch, which is ordered on `stream` before any later use of `buf`.
-        unsafe { launch::fill_hash_bf16(ptr, n as u64, seed, scale, stream.cu_stream() as _)? };
-    }
+    check_scale(scale)?;
+    let mut buf = super::alloc::uninit::<u16>(stream, n)?;
+    fill_hashed_bf16(stream, &mut buf.slice_mut(..n), seed, scale)?;
     Ok(buf)
+}
+
+/// Fills `out` in full as [`hashed_bf16`] would draw `out.len()` values from `seed`
+/// (so one buffer can hold several independently seeded draws).
+pub(crate) fn fill_hashed_bf16(
+    stream: &Arc<CudaStream>,
+    out: &mut CudaViewMut<'_, u16>,
+    seed: u32,
+    scale: f32,
+) -> Result<(), GpuError> {
+    check_scale(scale)?;
+    let n = out.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let (ptr, _guard) = out.device_ptr_mut(stream);
+    // SAFETY: `ptr` holds `n` bf16 of this stream's context; the view (and the guard) outlive
+    // the launch, which is ordered on `stream` before any later use of the buffer.
+    unsafe { launch::fill_hash_bf16(ptr, n as u64, seed, scale, stream.cu_stream() as _)? };
+    Ok(())
+}
+
+fn check_scale(scale: f32) -> Result<(), GpuError> {
+    if scale.is_finite() {
+        return Ok(());
+    }
+    Err(GpuError::Shape {
+        what: "hashed init scale",
+        got: format!("{scale}"),
+        expected: "a finite number".into(),
+    })
 }

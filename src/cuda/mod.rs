@@ -70,6 +70,4 @@ pub use expert::{ExpertFfn, FfnShape, MoeLayer, MoeLayerGraph, TuneOutcome, Vari
 pub use fill::hashed_bf16;
 pub use model::{greedy, GreedyRow};
 pub(crate) use routing::LedgerLayout;
-pub use routing::{
-    settle, GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, HostDispatch, PlanSummary,
-};
+pub use routing::{settle, GpuDispatch, GpuGemmArgs, GpuPlan, GpuRouter, PlanSummary};

@@ -43,6 +43,24 @@ pub struct GroupedGemmArgs {
     pub c: Vec<u64>,
 }
 
+/// The arrays of a [`DispatchLayout`], as another backend computes them
+/// (see [`DispatchLayout::from_parts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchParts {
+    /// Segment padding multiple, in rows.
+    pub tile: usize,
+    /// Padded segment starts, `E + 1` entries.
+    pub offsets: Vec<u32>,
+    /// Token of each row, [`PAD`] for padding rows.
+    pub row_tokens: Vec<u32>,
+    /// Combine weight of each row, 0 for padding rows.
+    pub row_weights: Vec<f32>,
+    /// Row of each plan assignment, in the plan's token-major order.
+    pub assignment_rows: Vec<u32>,
+    /// Top-k assignments not served, in flat `(t, j)` order.
+    pub overflow: Vec<Overflow>,
+}
+
 /// Where every served assignment sits in the expert-major activation buffer.
 ///
 /// Expert `e` owns rows `offsets[e]..offsets[e+1]`; its first `counts[e]` rows
@@ -167,6 +185,107 @@ impl DispatchLayout {
                 })
                 .collect(),
         })
+    }
+
+    /// A layout from arrays another backend computed (the CUDA dispatch kernels'
+    /// output), checked: segments padded to the tile, each one's served rows
+    /// first in increasing token order (tokens below `tokens`), padding rows
+    /// [`PAD`] with weight 0, finite weights, assignment rows that point at
+    /// served rows (or [`PAD`]) and overflow entries in range.
+    ///
+    /// ```
+    /// use capmoe::routing::{DispatchLayout, DispatchParts, PAD};
+    /// let parts = DispatchParts {
+    ///     tile: 2,
+    ///     offsets: vec![0, 2, 2],
+    ///     row_tokens: vec![1, PAD],
+    ///     row_weights: vec![0.5, 0.0],
+    ///     assignment_rows: vec![0],
+    ///     overflow: vec![],
+    /// };
+    /// let d = DispatchLayout::from_parts(parts.clone(), 2).unwrap();
+    /// assert_eq!(d.counts(), &[1, 0]);
+    /// let bad = DispatchParts { row_tokens: vec![PAD, 1], ..parts };
+    /// assert!(DispatchLayout::from_parts(bad, 2).is_err());
+    /// ```
+    pub fn from_parts(parts: DispatchParts, tokens: usize) -> Result<Self, RoutingError> {
+        let DispatchParts {
+            tile,
+            offsets,
+            row_tokens,
+            row_weights,
+            assignment_rows,
+            overflow,
+        } = parts;
+        if tile == 0 {
+            return Err(RoutingError::ZeroTile);
+        }
+        let bad = |what, at| Err(RoutingError::BadLayout { what, at });
+        if offsets.len() < 2 || offsets[0] != 0 {
+            return bad("offsets need E + 1 >= 2 entries starting at 0", 0);
+        }
+        let experts = offsets.len() - 1;
+        let rows = offsets[experts] as usize;
+        check_len("dispatch row tokens", row_tokens.len(), rows)?;
+        check_len("dispatch row weights", row_weights.len(), rows)?;
+        let mut counts = Vec::with_capacity(experts);
+        for e in 0..experts {
+            let (a, b) = (offsets[e] as usize, offsets[e + 1] as usize);
+            if b < a || (b - a) % tile != 0 {
+                return bad("segment not a tile multiple", e);
+            }
+            let seg = &row_tokens[a..b];
+            let n = seg.iter().take_while(|&&t| t != PAD).count();
+            if n.div_ceil(tile) * tile != b - a {
+                return bad("segment padded beyond its tile", e);
+            }
+            if let Some(i) = seg[n..].iter().position(|&t| t != PAD) {
+                return bad("served row after padding", a + n + i);
+            }
+            if let Some(i) = seg[..n].windows(2).position(|w| w[0] >= w[1]) {
+                return bad("tokens not increasing within a segment", a + i + 1);
+            }
+            if let Some(i) = seg[..n].iter().position(|&t| t as usize >= tokens) {
+                return bad("row token out of range", a + i);
+            }
+            counts.push(n as u32);
+        }
+        for (r, (&t, &w)) in row_tokens.iter().zip(&row_weights).enumerate() {
+            if !w.is_finite() || (t == PAD && w != 0.0) {
+                return bad("row weight not finite, or nonzero on padding", r);
+            }
+        }
+        for (i, &r) in assignment_rows.iter().enumerate() {
+            if r != PAD && row_tokens.get(r as usize).is_none_or(|&t| t == PAD) {
+                return bad("assignment row not a served row", i);
+            }
+        }
+        for (i, o) in overflow.iter().enumerate() {
+            if o.token as usize >= tokens || o.expert as usize >= experts {
+                return bad("overflow entry out of range", i);
+            }
+        }
+        Ok(Self {
+            tile,
+            counts,
+            offsets,
+            row_token: row_tokens,
+            row_weight: row_weights,
+            assignment_row: assignment_rows,
+            overflow,
+        })
+    }
+
+    /// The layout's arrays (the inverse of [`Self::from_parts`]).
+    pub fn into_parts(self) -> DispatchParts {
+        DispatchParts {
+            tile: self.tile,
+            offsets: self.offsets,
+            row_tokens: self.row_token,
+            row_weights: self.row_weight,
+            assignment_rows: self.assignment_row,
+            overflow: self.overflow,
+        }
     }
 
     /// Segment padding multiple, in rows (>= 1).
@@ -308,6 +427,166 @@ mod tests {
         assert_eq!(g.b, vec![2000, 2000 + 16 * 8 * 2, 2000 + 2 * 16 * 8 * 2]);
         assert_eq!(g.c, vec![3000, 3000 + 4 * 16 * 2, 3000 + 4 * 16 * 2]);
         assert!(d.gemm_args(1 << 31, 8, 2, 0, 0, 0).is_err());
+    }
+
+    #[test]
+    fn from_parts_takes_back_every_layout_and_refuses_broken_ones() {
+        use super::{DispatchLayout, DispatchParts, Overflow, PAD};
+        let (t, e) = (7usize, 4usize);
+        let l: Vec<f32> = (0..t * e).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let logits = Logits::new(&l, t, e).unwrap();
+        for (k, policy, gamma) in [
+            (2, "none", None),
+            (2, "drop:score", Some(1.0)),
+            (4, "drop:score", Some(0.5)),
+            (1, "reroute:next-best", Some(1.0)),
+        ] {
+            let mut cfg = RouterConfig::new(k, policy.parse().unwrap());
+            cfg.capacity_factor = gamma;
+            let plan = route(&logits, &cfg).unwrap();
+            for tile in [1, 3, 8] {
+                let d = DispatchLayout::new(&plan, tile).unwrap();
+                let back = DispatchLayout::from_parts(d.clone().into_parts(), t).unwrap();
+                assert_eq!(back, d, "{policy} tile {tile}");
+                let g = d.for_experts(&plan, 1..3).unwrap();
+                let back = DispatchLayout::from_parts(g.clone().into_parts(), t).unwrap();
+                assert_eq!(back, g, "{policy} tile {tile} group");
+            }
+        }
+        // Adversarial parts: each breaks one rule.
+        let ok = DispatchParts {
+            tile: 2,
+            offsets: vec![0, 2, 4],
+            row_tokens: vec![0, 2, 1, PAD],
+            row_weights: vec![0.5, 0.25, 1.0, 0.0],
+            assignment_rows: vec![0, 2, 1],
+            overflow: vec![Overflow {
+                token: 2,
+                expert: 1,
+            }],
+        };
+        assert!(DispatchLayout::from_parts(ok.clone(), 3).is_ok());
+        let broken: Vec<(&str, DispatchParts)> = vec![
+            (
+                "tile 0",
+                DispatchParts {
+                    tile: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "offsets from 1",
+                DispatchParts {
+                    offsets: vec![1, 2, 4],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "decreasing",
+                DispatchParts {
+                    offsets: vec![0, 4, 2],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "not a tile multiple",
+                DispatchParts {
+                    offsets: vec![0, 1, 4],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "rows short",
+                DispatchParts {
+                    offsets: vec![0, 2, 6],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "over-padded",
+                DispatchParts {
+                    offsets: vec![0, 2, 4, 6],
+                    row_tokens: vec![0, 2, 1, PAD, PAD, PAD],
+                    row_weights: vec![0.5, 0.25, 1.0, 0.0, 0.0, 0.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "served after pad",
+                DispatchParts {
+                    row_tokens: vec![0, 2, PAD, 1],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "tokens not increasing",
+                DispatchParts {
+                    row_tokens: vec![2, 0, 1, PAD],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "token out of range",
+                DispatchParts {
+                    row_tokens: vec![0, 3, 1, PAD],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "NaN weight",
+                DispatchParts {
+                    row_weights: vec![f32::NAN, 0.25, 1.0, 0.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "weight on padding",
+                DispatchParts {
+                    row_weights: vec![0.5, 0.25, 1.0, 0.5],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "assignment on padding",
+                DispatchParts {
+                    assignment_rows: vec![0, 3, 1],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "assignment past rows",
+                DispatchParts {
+                    assignment_rows: vec![0, 9, 1],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "overflow token",
+                DispatchParts {
+                    overflow: vec![Overflow {
+                        token: 3,
+                        expert: 1,
+                    }],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "overflow expert",
+                DispatchParts {
+                    overflow: vec![Overflow {
+                        token: 0,
+                        expert: 2,
+                    }],
+                    ..ok.clone()
+                },
+            ),
+        ];
+        for (what, p) in broken {
+            assert!(
+                DispatchLayout::from_parts(p, 3).is_err(),
+                "{what} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -89,4 +89,12 @@ pub enum RoutingError {
         /// The length expected.
         expected: usize,
     },
+    /// Arrays another backend computed do not form a valid dispatch layout.
+    #[error("dispatch layout from parts: {what} (at index {at}); expected expert-contiguous segments padded to the tile, tokens in increasing order, padding last")]
+    BadLayout {
+        /// What is wrong.
+        what: &'static str,
+        /// The offending index (expert, row or assignment).
+        at: usize,
+    },
 }

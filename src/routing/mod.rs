@@ -35,7 +35,7 @@ pub use capacity::{
     capacity, valid_capacity_factor, Bins, CapacityScope, Placement, MAX_CAPACITY_FACTOR,
 };
 pub use combine::combine;
-pub use dispatch::{DispatchLayout, GemmProblem, GroupedGemmArgs, Overflow, PAD};
+pub use dispatch::{DispatchLayout, DispatchParts, GemmProblem, GroupedGemmArgs, Overflow, PAD};
 pub use drop::random_key;
 pub use gate::{softmax_row, Gate};
 pub use logits::Logits;

@@ -42,9 +42,9 @@ impl CudaBackend {
         Ok(CudaMat { data, out, inp })
     }
 
-    /// [`ExpertFfn::random_scaled`] on the device, seeded per layer from the
-    /// seed and the layer's first expert name (`W13`/`W2` drawn whole, not
-    /// per expert name: the CPU backend's values differ).
+    /// Experts drawn on the device, each from the seed and its own name
+    /// (`ExpertFfn::random_by_expert`), so that an EP rank's group holds the
+    /// whole layer's values for its experts; not the CPU backend's values.
     pub(crate) fn random_experts_device(
         &self,
         layer: usize,
@@ -55,12 +55,10 @@ impl CudaBackend {
         let _ = layer;
         let ffn_shape = FfnShape::new(shape.experts, shape.hidden, shape.intermediate)
             .map_err(GpuError::from)?;
-        let ffn = ExpertFfn::random_scaled(
-            &self.gpu,
-            ffn_shape,
-            name_seed32(init.seed, &name(0, "w13")),
-            init.bound() as f32,
-        )?;
+        let seeds: Vec<u32> = (0..shape.experts)
+            .map(|j| name_seed32(init.seed, &name(j, "w13")))
+            .collect();
+        let ffn = ExpertFfn::random_by_expert(&self.gpu, ffn_shape, &seeds, init.bound() as f32)?;
         Ok(CudaExperts::new(ffn))
     }
 

@@ -261,9 +261,9 @@ Default run: bench/models/mixtral-like, a Mixtral-format MoE trained in this rep
   2.8 GB drawn on the device from --seed), for every batch size in --tokens, skew in --skew, EP size in
   --ranks and policy x gamma. The batch is routed on the GPU (GpuRouter). Each rank's expert work
   (GEMM1 + SwiGLU + GEMM2 on the rows the plan sends to its experts, the real CUTLASS kernels) is run
-  alone and timed with CUDA events, one rank after another: the rank's rows form a sub-batch routed with
-  one-hot logits, which gives the grouped GEMMs exactly the rank's per-expert row counts (and no tiles for
-  the other experts). Launches are queued behind a gate so the events time the GPU, not the host.
+  alone and timed with CUDA events, one rank after another: the grouped GEMMs run the rank's experts only,
+  over their span of the whole batch's dispatch rows (the call EP replay makes per rank), so they see exactly
+  the rank's per-expert row counts. Launches are queued behind a gate so the events time the GPU, not the host.
   Per iteration: layer latency = slowest rank + a2a (the model above); P50 and P99 over iterations.
   Reported per case: speedup vs none (P50, P99, and without a2a), ideal = busiest rank's rows (none) /
   busiest rank's rows (policy), speedup / ideal (bar: >= 95%), the whole layer's time on one GPU (the

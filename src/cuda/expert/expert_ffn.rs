@@ -135,6 +135,49 @@ impl ExpertFfn {
         Self::with_weights(gpu, shape, w13, w2)
     }
 
+    /// [`ExpertFfn::random_scaled`] drawn expert by expert: expert `j`'s W13
+    /// and W2 from `seeds[j]` (as `random_scaled(.., seeds[j], ..)` draws a
+    /// one-expert layer), so that a group of experts (an EP rank's) holds the
+    /// same values as the whole layer holds for them.
+    pub(crate) fn random_by_expert(
+        gpu: &GpuContext,
+        shape: FfnShape,
+        seeds: &[u32],
+        scale: f32,
+    ) -> Result<Self, GpuError> {
+        shape.check()?;
+        if seeds.len() != shape.experts {
+            return Err(GpuError::Shape {
+                what: "per-expert seeds",
+                got: seeds.len().to_string(),
+                expected: format!("{} (one per expert)", shape.experts),
+            });
+        }
+        let per = shape.hidden * shape.intermediate;
+        if 2 * per as u64 > u64::from(u32::MAX) {
+            return Err(GpuError::TooLarge {
+                what: "elements of one expert's W13 (the hashed init indexes with 32 bits)",
+                value: 2 * per,
+            });
+        }
+        let total = (2 * per)
+            .checked_mul(shape.experts)
+            .ok_or(GpuError::TooLarge {
+                what: "elements of W13",
+                value: usize::MAX,
+            })?;
+        let st = gpu.stream();
+        let mut w13 = crate::cuda::alloc::uninit::<u16>(st, total)?;
+        let mut w2 = crate::cuda::alloc::uninit::<u16>(st, total / 2)?;
+        for (j, &seed) in seeds.iter().enumerate() {
+            let mut a = w13.slice_mut(2 * per * j..2 * per * (j + 1));
+            crate::cuda::fill::fill_hashed_bf16(st, &mut a, init::w13_seed(seed), scale)?;
+            let mut b = w2.slice_mut(per * j..per * (j + 1));
+            crate::cuda::fill::fill_hashed_bf16(st, &mut b, init::w2_seed(seed), scale)?;
+        }
+        Self::with_weights(gpu, shape, w13, w2)
+    }
+
     fn with_weights(
         gpu: &GpuContext,
         shape: FfnShape,

@@ -6,7 +6,7 @@ use super::GpuPlan;
 use crate::cuda::error::to_i32;
 use crate::cuda::launch::{self, ptr, ptr_mut, Stream};
 use crate::cuda::{sys, GpuError};
-use crate::routing::{GemmProblem, GroupedGemmArgs, PAD};
+use crate::routing::{DispatchLayout, DispatchParts, GemmProblem, GroupedGemmArgs, RoutingError};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
@@ -19,19 +19,6 @@ pub struct GpuDispatch {
     pub(super) row_weight: CudaSlice<f32>,
     pub(super) assignment_row: CudaSlice<i32>,
     pub(super) total_rows: CudaSlice<i32>,
-}
-
-/// Host copy of a [`GpuDispatch`], in the CPU oracle's terms.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostDispatch {
-    /// Padded segment starts, `E + 1` entries.
-    pub offsets: Vec<u32>,
-    /// Token of each row, [`PAD`](crate::routing::PAD) for padding rows.
-    pub row_tokens: Vec<u32>,
-    /// Combine weight of each row, 0 for padding rows.
-    pub row_weights: Vec<f32>,
-    /// Row of each served assignment, in the plan's token-major order.
-    pub assignment_rows: Vec<u32>,
 }
 
 impl GpuPlan {
@@ -202,28 +189,39 @@ impl GpuDispatch {
         &self.total_rows
     }
 
-    /// Copies the layout back (synchronises), trimmed to the rows in use.
-    pub fn to_host(&self, plan: &GpuPlan) -> Result<HostDispatch, GpuError> {
+    /// Copies the layout back (synchronises), trimmed to the rows in use, as
+    /// the CPU oracle's [`DispatchLayout`] (checked by
+    /// [`DispatchLayout::from_parts`]).
+    pub fn to_host(&self, plan: &GpuPlan) -> Result<DispatchLayout, GpuError> {
         let st = &plan.stream;
         let total = st.clone_dtoh(&self.total_rows)?[0] as usize;
         let experts = plan.experts();
         let mut offsets = as_u32(st.clone_dtoh(&self.padded)?);
         offsets.truncate(experts + 1);
         let mut row_tokens = st.clone_dtoh(&self.row_token)?;
-        row_tokens.truncate(total);
         let mut row_weights = st.clone_dtoh(&self.row_weight)?;
+        if total > row_tokens.len() {
+            let what = "dispatch rows in use (beyond the buffer)";
+            return Err(RoutingError::ShapeMismatch {
+                what,
+                len: total,
+                expected: row_tokens.len(),
+            }
+            .into());
+        }
+        row_tokens.truncate(total);
         row_weights.truncate(total);
         let n = st.clone_dtoh(&plan.offsets)?[plan.tokens()] as usize;
         let mut assignment_rows = as_u32(st.clone_dtoh(&self.assignment_row)?);
         assignment_rows.truncate(n);
-        debug_assert!(row_tokens
-            .iter()
-            .all(|&r| r == PAD || (r as usize) < plan.tokens()));
-        Ok(HostDispatch {
+        let parts = DispatchParts {
+            tile: self.tile,
             offsets,
             row_tokens,
             row_weights,
             assignment_rows,
-        })
+            overflow: plan.overflow_unchecked()?,
+        };
+        Ok(DispatchLayout::from_parts(parts, plan.tokens())?)
     }
 }

@@ -18,7 +18,7 @@ pub(crate) mod rows;
 mod select;
 mod summary;
 
-pub use dispatch::{GpuDispatch, GpuGemmArgs, HostDispatch};
+pub use dispatch::{GpuDispatch, GpuGemmArgs};
 pub use plan::GpuPlan;
 pub(crate) use summary::LedgerLayout;
 pub use summary::{settle, PlanSummary};

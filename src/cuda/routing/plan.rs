@@ -206,6 +206,12 @@ impl GpuPlan {
     /// The compacted overflow list (synchronises).
     pub fn overflow_host(&self) -> Result<Vec<Overflow>, GpuError> {
         self.check_finite()?;
+        self.overflow_unchecked()
+    }
+
+    /// The overflow list without the non-finite check: the layout of a
+    /// flagged plan still comes back (its ranges are checked, not its values).
+    pub(crate) fn overflow_unchecked(&self) -> Result<Vec<Overflow>, GpuError> {
         let n = self.stream.clone_dtoh(&self.overflow_count)?[0] as usize;
         let idx = self.stream.clone_dtoh(&self.overflow)?;
         let topk = self.stream.clone_dtoh(&self.gated.topk)?;

@@ -13,21 +13,19 @@
 //! with it) and NVML telemetry (utilisation, clocks, power, energy per
 //! token).
 //!
-//! How a rank is timed alone (the numbers rest on this; see
-//! [`subbatch`]): the rank's rows (for each of its experts, the tokens the
-//! plan gives it, in token order) are copied into a sub-batch and routed
-//! with one-hot logits under `none` at k = 1, which reproduces exactly those
-//! rows per expert. `ExpertFfn::forward` on that sub-batch runs the same
-//! grouped-GEMM kernels with the same per-expert problem sizes for the
-//! rank's experts, on the same weights in the same device memory, and
-//! `m = 0` for every other expert (no tiles). What differs from a real EP
-//! rank: the grouped GEMMs still carry the other experts' empty groups
-//! (scheduler work, no tiles), and the timed span includes the FFN's own
+//! How a rank is timed alone (the numbers rest on this): the whole batch is
+//! routed, dispatched (tile 1) and gathered once; a rank's work is then
+//! `ExpertFfn::forward_experts` over the rank's experts and their span of the
+//! layout's rows (`offsets[first]..offsets[last + 1]`), the call the EP
+//! replay's device composition makes for a rank. The grouped GEMMs run the
+//! rank's groups only, with the per-expert problem sizes `m = load[e]`, on the
+//! same weights in the same device memory. What differs from a real EP rank:
+//! its rows sit in the whole batch's buffer instead of a receive buffer of its
+//! own (same layout, same order), and the timed span includes the FFN's own
 //! argument kernels and stream-ordered allocations, which a real rank runs
-//! too. The GEMM variants are fixed per `T` to what the whole batch would
-//! use (`ExpertFfn::variants_for(T, k)`: a rank's experts average `T k / E`
-//! rows each, as the whole layer's do), so policies and ranks compare on the
-//! same kernels.
+//! too. The GEMM variants are fixed per `T` to what the whole batch uses
+//! (`ExpertFfn::variants_for(T, k)`), so policies and ranks compare on the same
+//! kernels.
 //!
 //! [`GpuRouter`]: crate::cuda::GpuRouter
 
@@ -35,7 +33,6 @@
 pub mod plot;
 pub mod report;
 pub mod stats;
-pub mod subbatch;
 pub mod telemetry;
 
 mod assemble;

@@ -1,7 +1,6 @@
 //! The GPU benchmark's measurement loop (feature `cuda`). See the parent
 //! module for the method.
 
-use super::subbatch::{gather_rows, one_hot_logits, rank_rows, RankRows};
 use super::telemetry::Telemetry;
 use super::timer::{Block, Timer, FFN_OPS};
 use super::{
@@ -9,7 +8,7 @@ use super::{
     GpuBenchSetup, GpuSetupInfo, Skipped, FIDELITY_NOTE,
 };
 use crate::cuda::timing::LaunchGate;
-use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter};
+use crate::cuda::{ExpertFfn, FfnShape, GpuContext, GpuError, GpuRouter};
 use crate::ep::{a2a_traffic, EpError, LatencyModel};
 use crate::progress::Progress;
 use crate::routing::{Placement, Policy, RouterConfig};
@@ -59,55 +58,16 @@ impl From<crate::routing::RoutingError> for CaseError {
     }
 }
 
-/// One rank's rows, routed and gathered on the device.
-struct RankBatch {
-    plan: GpuPlan,
-    d: GpuDispatch,
-    rows: CudaSlice<u16>,
-}
-
-/// Uploads rank `r`'s rows as a sub-batch routed with one-hot logits
-/// (`none`, k = 1) and checks that its per-expert load is the rank's.
-fn rank_batch(
-    gpu: &GpuContext,
-    one_hot: &GpuRouter,
-    r: &RankRows,
-    x: &[u16],
-    hidden: usize,
-    experts: usize,
-) -> Result<Option<RankBatch>, GpuError> {
-    if r.rows() == 0 {
-        return Ok(None);
-    }
-    let st = gpu.stream();
-    let xs = st.clone_htod(&gather_rows(x, hidden, &r.tokens))?;
-    let logits = st.clone_htod(&one_hot_logits(&r.owner, experts))?;
-    let plan = one_hot.route(&logits, r.rows(), experts)?;
-    let d = plan.dispatch(1)?;
-    let rows = plan.gather_bf16(&d, &xs, hidden)?;
-    let load: Vec<u64> = plan.load_host()?.into_iter().map(u64::from).collect();
-    if load != r.load {
-        return Err(GpuError::Shape {
-            what: "rank sub-batch load (one-hot routing)",
-            got: format!("{load:?}"),
-            expected: format!("{:?}", r.load),
-        });
-    }
-    Ok(Some(RankBatch { plan, d, rows }))
-}
-
 /// Everything a case needs that does not change across cases of a group.
 struct Group<'a> {
     gpu: &'a GpuContext,
     ffn: &'a ExpertFfn,
-    one_hot: &'a GpuRouter,
     setup: &'a GpuBenchSetup,
     tokens: usize,
     ranks: usize,
     placement: &'a Placement,
     logits: &'a CudaSlice<f32>,
     x: &'a CudaSlice<u16>,
-    x_host: &'a [u16],
 }
 
 fn measure_case(
@@ -160,13 +120,18 @@ fn measure_case(
             Ok(())
         },
     )?;
-    drop((rows, d));
 
-    // Each rank alone.
-    let batches = rank_rows(&host, g.placement)
-        .iter()
-        .map(|r| rank_batch(g.gpu, g.one_hot, r, g.x_host, sh.hidden, sh.experts))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Each rank alone: its experts over its span of the layout's rows, the
+    // call the EP replay's device composition makes (`rank_ffn`).
+    let layout = d.to_host(&plan)?;
+    let offs = layout.offsets();
+    let spans: Vec<_> = (0..g.ranks)
+        .map(|r| {
+            let experts = g.placement.expert_group(r);
+            let span = offs[experts.start] as usize..offs[experts.end] as usize;
+            (experts, span)
+        })
+        .collect();
     let ranks = timer.time(
         &Block {
             parts: g.ranks,
@@ -177,12 +142,14 @@ fn measure_case(
             telemetry: true,
         },
         &mut |r| {
-            if let Some(b) = &batches[r] {
-                let _y = g.ffn.forward(&b.plan, &b.d, &b.rows)?;
+            let (experts, span) = spans[r].clone();
+            if !span.is_empty() {
+                let _y = g.ffn.forward_experts(&plan, &d, &rows, experts, span)?;
             }
             Ok(())
         },
     )?;
+    drop((rows, d));
 
     Ok(CaseMeasurement {
         policy: policy.to_string(),
@@ -202,14 +169,13 @@ fn measure_case(
     })
 }
 
-/// Hashed uniform bf16 activations `[tokens, hidden]`, on the device and
-/// copied back for the rank sub-batches.
+/// Hashed uniform bf16 activations `[tokens, hidden]` on the device.
 fn activations(
     gpu: &GpuContext,
     tokens: usize,
     hidden: usize,
     seed: u32,
-) -> Result<(CudaSlice<u16>, Vec<u16>), GpuError> {
+) -> Result<CudaSlice<u16>, GpuError> {
     let n = tokens * hidden;
     if n as u64 >= u64::from(u32::MAX) {
         return Err(GpuError::TooLarge {
@@ -217,10 +183,7 @@ fn activations(
             value: n,
         });
     }
-    let st = gpu.stream();
-    let x = crate::cuda::hashed_bf16(st, n, seed, X_SCALE)?;
-    let host = st.clone_dtoh(&x)?;
-    Ok((x, host))
+    crate::cuda::hashed_bf16(gpu.stream(), n, seed, X_SCALE)
 }
 
 /// Runs the benchmark on `gpu`. `progress` ticks once per case.
@@ -292,7 +255,6 @@ pub fn run(
         gate_timeouts: 0,
         telemetry: &telemetry,
     };
-    let one_hot = GpuRouter::new(gpu, RouterConfig::new(1, Policy::None))?;
     let lat = LatencyModel {
         a2a_gbps: setup.a2a_gbps,
         elem_bytes: setup.elem_bytes,
@@ -306,7 +268,7 @@ pub fn run(
     let mut skipped = Vec::new();
     for (&t, (g1, g2)) in setup.tokens.iter().zip(&picks) {
         ffn = ffn.with_variants(g1, g2)?;
-        let (x, x_host) = activations(gpu, t, sh.hidden, (setup.seed as u32) ^ 0xA11C_E5ED)?;
+        let x = activations(gpu, t, sh.hidden, (setup.seed as u32) ^ 0xA11C_E5ED)?;
         for skew in &setup.skews {
             let host_logits = match synthetic_logits(
                 t,
@@ -338,14 +300,12 @@ pub fn run(
                 let group = Group {
                     gpu,
                     ffn: &ffn,
-                    one_hot: &one_hot,
                     setup,
                     tokens: t,
                     ranks,
                     placement: &placement,
                     logits: &logits,
                     x: &x,
-                    x_host: &x_host,
                 };
                 let mut measured = Vec::with_capacity(cases.len());
                 for &(policy, gamma) in &cases {
