@@ -5,7 +5,7 @@ use super::model_args::ModelArgs;
 use super::CliError;
 use capmoe::backend::CpuBackend;
 use capmoe::ep::comm::{check_agreement, run_local, Communicator};
-use capmoe::ep::dist::{agreement_hash, EpMoe};
+use capmoe::ep::dist::{agreement_hash, expert_group, EpMoe};
 use capmoe::model::Model;
 use capmoe::routing::RouterConfig;
 use clap::Args;
@@ -111,6 +111,24 @@ pub fn rank_model<'c>(
     router: &RouterConfig,
     max_tokens: usize,
 ) -> Result<(EpMoe<'c, dyn Communicator + 'c>, Model<CpuBackend>), CliError> {
+    let m = group_model(model, comm)?;
+    let cfg = m.config();
+    let ep = EpMoe::new(
+        comm,
+        cfg.num_local_experts,
+        cfg.hidden_size,
+        router,
+        max_tokens,
+    )?;
+    Ok((ep, m))
+}
+
+/// This rank's model, holding only its group of experts, on the CPU
+/// (refuses `--device cuda`, and ranks that do not divide the experts).
+pub fn group_model(
+    model: &ModelArgs,
+    comm: &dyn Communicator,
+) -> Result<Model<CpuBackend>, CliError> {
     if model.device != super::model_args::ModelDevice::Cpu {
         return Err(CliError::Usage(
             "--ep runs on the CPU backend only for now (GPU ranks need NCCL, not built yet); drop --device cuda".into(),
@@ -120,13 +138,6 @@ pub fn rank_model<'c>(
     let what = format!("{}|{}|{:?}", model.model, model.seed, model.skew);
     check_agreement(comm, "--model, --seed and --skew", agreement_hash(&what))?;
     let cfg = model.config()?;
-    let ep = EpMoe::new(
-        comm,
-        cfg.num_local_experts,
-        cfg.hidden_size,
-        router,
-        max_tokens,
-    )?;
-    let m = model.load_group_on(CpuBackend, ep.group())?;
-    Ok((ep, m))
+    let group = expert_group(comm.size(), comm.rank(), cfg.num_local_experts)?;
+    model.load_group_on(CpuBackend, group)
 }

@@ -4,6 +4,7 @@
 //! capacity). The scheduler and the reports are the library's ([`capmoe::serve`]).
 
 pub mod args;
+mod ep;
 mod plot;
 
 pub use args::ServeBenchArgs;
@@ -16,9 +17,10 @@ use super::CliError;
 use args::DecodeCapacity;
 use capmoe::ep::{EpBackend, LatencyModel};
 use capmoe::model::Model;
+use capmoe::progress::{NoProgress, Progress};
 use capmoe::serve::{
-    self, clock_description, markdown, parse_trace, summarize, ServeOptions, ServeReport, ServeRun,
-    Slo, StepClock, Workload,
+    self, clock_description, markdown, parse_trace, summarize, Request, RunReport, ServeOptions,
+    ServeReport, ServeRun, Slo, StepClock, Workload,
 };
 use capmoe::trace::Skew;
 use std::io::Write;
@@ -89,6 +91,143 @@ fn run_specs(args: &ServeBenchArgs) -> Vec<RunSpec> {
     out
 }
 
+/// What every run serves: the request stream, and how it is described.
+struct Stream {
+    requests: Vec<Request>,
+    arrival: String,
+    rate: Option<f64>,
+}
+
+/// The request stream of `args` over the eval examples, tokenized for a model of `vocab` ids.
+fn stream(
+    args: &ServeBenchArgs,
+    dir: &Path,
+    examples: &[protocol::Example],
+    vocab: usize,
+) -> Result<Stream, CliError> {
+    let a = args;
+    let tok = Tok::load(dir, vocab).map_err(eval::EvalError::from)?;
+    let stream = protocol::build_stream(examples, |s| tok.encode(s))?;
+    let pool: Vec<Workload> = stream
+        .spans
+        .iter()
+        .map(|s| Workload {
+            prompt: stream.ids[s.start..s.answer].to_vec(),
+            expected: stream.ids[s.answer..s.end.min(s.answer + a.max_new_tokens)].to_vec(),
+        })
+        .collect();
+    let (arrivals, arrival, rate) = match &a.trace {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!("cannot read --trace {}: {e}", path.display()))
+            })?;
+            let t = parse_trace(&text).map_err(usage)?;
+            let arr: Vec<(f64, usize)> = t.iter().map(|e| (e.arrival_s, e.request)).collect();
+            (arr, format!("trace:{}", path.display()), None)
+        }
+        None => {
+            let t = serve::arrival_times(a.requests, a.rate, a.arrival, a.seed).map_err(usage)?;
+            let n = pool.len();
+            let arr = t.into_iter().enumerate().map(|(i, t)| (t, i % n)).collect();
+            (arr, a.arrival.to_string(), Some(a.rate))
+        }
+    };
+    let requests = serve::requests(&arrivals, &pool).map_err(usage)?;
+    Ok(Stream {
+        requests,
+        arrival,
+        rate,
+    })
+}
+
+fn slo(a: &ServeBenchArgs) -> Slo {
+    Slo {
+        ttft_ms: a.slo_ttft_ms,
+        tpot_ms: a.slo_tpot_ms,
+    }
+}
+
+/// Serves the stream (in `serve_one`) once per run of `args` with `serve_one` under `clock` over `ranks`,
+/// ticking `bar` (if any); the runs' reports and raw records.
+fn serve_all(
+    args: &ServeBenchArgs,
+    ranks: usize,
+    clock: StepClock,
+    bar: Option<&Bar>,
+    mut serve_one: impl FnMut(&ServeOptions, &dyn Progress) -> Result<ServeRun, serve::ServeError>,
+) -> Result<(Vec<RunReport>, Vec<ServeRun>), CliError> {
+    let a = args;
+    let (mut reports, mut runs) = (Vec::new(), Vec::new());
+    for (policy, controller, decode) in run_specs(a) {
+        let opts = ServeOptions {
+            policy,
+            controller,
+            decode_capacity: decode.unwrap_or(false),
+            ranks,
+            max_batch_tokens: a.max_batch_tokens,
+            max_seqs: a.max_seqs,
+            window: a.window,
+            ema: a.ema,
+            clock,
+        };
+        if let Some(b) = bar {
+            b.set_message(&summarize_label(policy, controller, decode));
+        }
+        let progress: &dyn Progress = match bar {
+            Some(b) => b,
+            None => &NoProgress,
+        };
+        let run = serve_one(&opts, progress).map_err(usage)?;
+        reports.push(summarize(
+            &run,
+            &policy.to_string(),
+            controller.map(|c| c.to_string()),
+            decode,
+            slo(a),
+        ));
+        runs.push(run);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok((reports, runs))
+}
+
+/// The benchmark's report of `runs`.
+#[allow(clippy::too_many_arguments)]
+fn outcome(
+    args: &ServeBenchArgs,
+    dir: &Path,
+    stream: &Stream,
+    ranks: usize,
+    clock: StepClock,
+    clock_text: String,
+    (reports, runs): (Vec<RunReport>, Vec<ServeRun>),
+) -> Outcome {
+    let a = args;
+    Outcome {
+        report: ServeReport {
+            model: dir.display().to_string(),
+            requests: stream.requests.len(),
+            arrival: stream.arrival.clone(),
+            rate: stream.rate,
+            seed: a.seed,
+            max_batch_tokens: a.max_batch_tokens,
+            max_seqs: a.max_seqs,
+            ranks,
+            ep_timing: serve::ep_timing(&clock).into(),
+            a2a_gbps: match clock {
+                StepClock::Measured { a2a } => a2a.map(|m| m.a2a_gbps),
+                _ => None,
+            },
+            slo: slo(a),
+            clock: clock_text,
+            runs: reports,
+        },
+        runs,
+    }
+}
+
 struct Task<'a> {
     args: &'a ServeBenchArgs,
     dir: PathBuf,
@@ -101,47 +240,24 @@ pub struct Outcome {
     pub runs: Vec<ServeRun>,
 }
 
+/// `--ranks`, or the largest of 8, 4, 2, 1 that divides the experts.
+fn modelled_ranks(a: &ServeBenchArgs, experts: usize) -> usize {
+    match a.ranks {
+        Some(r) => r,
+        None => [8, 4, 2, 1]
+            .into_iter()
+            .find(|r| experts % r == 0)
+            .unwrap_or(1),
+    }
+}
+
 impl ModelTask for Task<'_> {
     type Output = Outcome;
     fn run<B: EpBackend>(self, model: Model<B>) -> Result<Outcome, CliError> {
         let a = self.args;
         let cfg = model.config();
-        let tok = Tok::load(&self.dir, cfg.vocab_size).map_err(eval::EvalError::from)?;
-        let stream = protocol::build_stream(&self.examples, |s| tok.encode(s))?;
-        let pool: Vec<Workload> = stream
-            .spans
-            .iter()
-            .map(|s| Workload {
-                prompt: stream.ids[s.start..s.answer].to_vec(),
-                expected: stream.ids[s.answer..s.end.min(s.answer + a.max_new_tokens)].to_vec(),
-            })
-            .collect();
-        let (arrivals, arrival, rate) = match &a.trace {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    CliError::Usage(format!("cannot read --trace {}: {e}", path.display()))
-                })?;
-                let t = parse_trace(&text).map_err(usage)?;
-                let arr: Vec<(f64, usize)> = t.iter().map(|e| (e.arrival_s, e.request)).collect();
-                (arr, format!("trace:{}", path.display()), None)
-            }
-            None => {
-                let t =
-                    serve::arrival_times(a.requests, a.rate, a.arrival, a.seed).map_err(usage)?;
-                let n = pool.len();
-                let arr = t.into_iter().enumerate().map(|(i, t)| (t, i % n)).collect();
-                (arr, a.arrival.to_string(), Some(a.rate))
-            }
-        };
-        let requests = serve::requests(&arrivals, &pool).map_err(usage)?;
-        let experts = cfg.num_local_experts;
-        let ranks = match a.ranks {
-            Some(r) => r,
-            None => [8, 4, 2, 1]
-                .into_iter()
-                .find(|r| experts % r == 0)
-                .unwrap_or(1),
-        };
+        let stream = stream(a, &self.dir, &self.examples, cfg.vocab_size)?;
+        let ranks = modelled_ranks(a, cfg.num_local_experts);
         capmoe::ep::check_bandwidth(a.a2a_gbps)?;
         let clock = StepClock::Measured {
             a2a: Some(LatencyModel {
@@ -150,55 +266,12 @@ impl ModelTask for Task<'_> {
                 hidden: cfg.hidden_size,
             }),
         };
-        let slo = Slo {
-            ttft_ms: a.slo_ttft_ms,
-            tpot_ms: a.slo_tpot_ms,
-        };
-        let specs = run_specs(a);
-        let bar = Bar::new((specs.len() * requests.len()) as u64);
-        let (mut reports, mut runs) = (Vec::new(), Vec::new());
-        for (policy, controller, decode) in specs {
-            let opts = ServeOptions {
-                policy,
-                controller,
-                decode_capacity: decode.unwrap_or(false),
-                ranks,
-                max_batch_tokens: a.max_batch_tokens,
-                max_seqs: a.max_seqs,
-                window: a.window,
-                ema: a.ema,
-                clock,
-            };
-            let label = summarize_label(policy, controller, decode);
-            bar.set_message(label);
-            let run = serve::serve(&model, &requests, &opts, &bar).map_err(usage)?;
-            reports.push(summarize(
-                &run,
-                &policy.to_string(),
-                controller.map(|c| c.to_string()),
-                decode,
-                slo,
-            ));
-            runs.push(run);
-        }
-        bar.finish_and_clear();
-        Ok(Outcome {
-            report: ServeReport {
-                model: self.dir.display().to_string(),
-                requests: requests.len(),
-                arrival,
-                rate,
-                seed: a.seed,
-                max_batch_tokens: a.max_batch_tokens,
-                max_seqs: a.max_seqs,
-                ranks,
-                a2a_gbps: Some(a.a2a_gbps),
-                slo,
-                clock: clock_description(&clock, ranks),
-                runs: reports,
-            },
-            runs,
-        })
+        let bar = Bar::new((run_specs(a).len() * stream.requests.len()) as u64);
+        let runs = serve_all(a, ranks, clock, Some(&bar), |o, p| {
+            serve::serve(&model, &stream.requests, o, p)
+        })?;
+        let text = clock_description(&clock, ranks);
+        Ok(outcome(a, &self.dir, &stream, ranks, clock, text, runs))
     }
 }
 
@@ -242,8 +315,9 @@ fn check_flags(a: &ServeBenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Runs every policy x controller (x decode capacity) over the same request stream.
-pub fn bench(args: &ServeBenchArgs) -> Result<Outcome, CliError> {
+/// Runs every policy x controller (x decode capacity) over the same request stream; `None` on
+/// the EP ranks other than 0 (`--ep`), which report nothing.
+pub fn bench(args: &ServeBenchArgs) -> Result<Option<Outcome>, CliError> {
     check_flags(args)?;
     let dir = model_dir(args)?;
     if !dir.is_dir() {
@@ -260,6 +334,9 @@ pub fn bench(args: &ServeBenchArgs) -> Result<Outcome, CliError> {
         skew: Skew::Uniform,
         device: args.device,
     };
+    if let Some(mode) = args.ep.ep {
+        return ep::bench_ep(args, mode, &model_args, &dir, &examples);
+    }
     with_model(
         &model_args,
         Task {
@@ -268,6 +345,7 @@ pub fn bench(args: &ServeBenchArgs) -> Result<Outcome, CliError> {
             examples,
         },
     )
+    .map(Some)
 }
 
 /// Writes serve.json, serve.md and the two figures into `dir`, each atomically.
@@ -288,7 +366,9 @@ pub fn write_out(dir: &Path, o: &Outcome) -> Result<(), CliError> {
 }
 
 pub fn run(args: &ServeBenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let o = bench(args)?;
+    let Some(o) = bench(args)? else {
+        return Ok(());
+    };
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &o.report)?;
         writeln!(out)?;
