@@ -156,6 +156,7 @@ fn ep_ranks_serve_what_one_process_serves_on_the_measured_clock() {
             "cpu backend only",
         ),
         (vec!["--ep", "local:0"], "ep mode"),
+        (vec!["--ep", "local:2", "--a2a-gbps", "10"], "a2a-gbps"),
     ] {
         let mut a = vec!["serve-bench", "--model", MODEL, "--requests", "2"];
         a.extend(&args);

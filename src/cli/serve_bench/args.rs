@@ -81,9 +81,10 @@ pub struct ServeBenchArgs {
     /// with --ep, the ranks running (a different --ranks is refused).
     #[arg(long, value_name = "R")]
     pub ranks: Option<usize>,
-    /// Bandwidth of the modelled all-to-all, GB/s per rank and direction.
-    #[arg(long, default_value_t = 25.0, value_name = "GBPS")]
-    pub a2a_gbps: f64,
+    /// Bandwidth of the modelled all-to-all, GB/s per rank and direction [default: 25];
+    /// refused with --ep (the exchanges are measured there).
+    #[arg(long, value_name = "GBPS")]
+    pub a2a_gbps: Option<f64>,
     /// Forwards the load monitor keeps per layer (at least 1).
     #[arg(long, default_value_t = 16, value_name = "W")]
     pub window: usize,

@@ -33,6 +33,12 @@ pub(super) fn bench_ep(
     dir: &Path,
     examples: &[protocol::Example],
 ) -> Result<Option<Outcome>, CliError> {
+    if args.a2a_gbps.is_some() {
+        return Err(CliError::Usage(
+            "--a2a-gbps models the all-to-all; with --ep the exchanges are measured: drop one of them"
+                .into(),
+        ));
+    }
     let cfg = model_args.config()?;
     let stream = stream(args, dir, examples, cfg.vocab_size)?;
     let clock = StepClock::MeasuredEp;

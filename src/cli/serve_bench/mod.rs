@@ -29,13 +29,19 @@ use std::path::{Path, PathBuf};
 pub const SERVE_BENCH_HELP: &str = "Requests arrive on a virtual clock by a seeded Poisson or gamma process at --rate (or at the times of a --trace), each carrying a prompt of the model's eval set (request i: example i mod the examples, tokenized as `capmoe eval` does); a request generates exactly its answer's tokens plus the closing newline (at most --max-new-tokens), greedily, with no stop at eos, and is correct when it generates exactly those.\n\n\
 Scheduling: continuous batching. Each step admits the arrived requests (FCFS, at most --max-seqs in flight), gives each decoding sequence one token of the --max-batch-tokens budget, then fills the rest with prompt chunks (oldest first), and runs them through the model together (one KV cache per sequence). With --decode-capacity off, a step holding prompt chunks and decode tokens runs two passes: chunks under the policy, decode tokens under none.\n\n\
 Capacity: before each capped pass the controller (fixed:GAMMA or budget:RATIOx) plans every layer's capacity from the load monitor, which every pass's plans feed; each layer is routed at its own capacity.\n\n\
-Time (modelled EP): a step lasts the measured wall time of its passes on this machine, except that the MoE layers' measured time (all experts in one process) is replaced by modelled EP time over --ranks ranks: measured MoE time x the busiest rank's share of the layer's rows, plus two all-to-alls at --a2a-gbps. Rank utilisation is modelled the same way. Nothing is measured on real EP ranks.\n\n\
+Time, modelled EP (the default): a step lasts the measured wall time of its passes in this process, except that the MoE layers' measured time (all experts in one process) is replaced by modelled EP time over --ranks ranks: measured MoE time x the busiest rank's share of the layer's rows, plus two all-to-alls at --a2a-gbps. Rank utilisation is modelled the same way. Nothing is measured on real EP ranks.\n\n\
+Time, measured EP (--ep local:R, or --ep mpi under `mpirun -n R` with a build with --features mpi): every pass runs across R EP ranks, each holding only its group of experts (R must divide the experts; CPU only), and every MoE layer exchanges its rows between them (all-to-all-v dispatch and combine, an all-gather of the output). A step lasts the measured wall time of the slowest rank, its waits inside the collectives included; all ranks agree on it, so every rank runs the same schedule. Rank utilisation is each rank's measured expert FFN time over the run's duration, and rank_wait_s its time inside the all-to-alls. Plans, drops and answers equal the one-process run's for the same batches; the batches follow the step times, so they differ from a modelled run's unless every request has arrived before it starts. local:R ranks are threads of this process: they share its cores, with each other and with anything else running. Rank 0 alone prints and writes.\n\n\
 Reported per run: requests/s and output tokens/s; TTFT, TPOT, ITL and end-to-end latency at P50/P90/P99 (nearest rank); goodput (requests meeting both --slo-ttft-ms and --slo-tpot-ms per second); per-rank utilisation; drop rate (all and decode tokens); gate mass kept; accuracy of the served answers.\n\n\
-JSON (--json, serve.json): model, requests, arrival, rate, seed, max_batch_tokens, max_seqs, ranks, a2a_gbps, slo, clock, runs (per run: label, policy, controller, decode_capacity, completed, output_tokens, duration_s, throughput_req_s, output_tok_s, ttft_ms, tpot_ms, itl_ms, e2e_ms (each count, p50, p90, p99, mean), goodput_req_s, slo_attained, rank_utilisation, mean_rank_utilisation, drop_rate, decode_drop_rate, gate_mass_kept, mean_effective_gamma, correct, accuracy, steps, forwards, measured_wall_s, measured_moe_s, modelled_ep_moe_s, modelled_a2a_s).\n\n\
+JSON (--json, serve.json): model, requests, arrival, rate, seed, max_batch_tokens, max_seqs, ranks, ep_timing (modelled or measured), a2a_gbps (null with --ep), slo, clock, runs (per run: label, policy, controller, decode_capacity, completed, output_tokens, duration_s, throughput_req_s, output_tok_s, ttft_ms, tpot_ms, itl_ms, e2e_ms (each count, p50, p90, p99, mean), goodput_req_s, slo_attained, rank_utilisation, rank_busy_s, rank_wait_s (measured EP only), mean_rank_utilisation, drop_rate, decode_drop_rate, gate_mass_kept, mean_effective_gamma, correct, accuracy, steps, forwards, measured_wall_s, measured_moe_s, modelled_ep_moe_s, modelled_a2a_s (both null with --ep)).\n\n\
 Trace file (--trace): one arrival a line, in order: JSON lines {\"arrival_s\": 0.25, \"request\": 3}, or CSV `0.25,3` with an optional header `arrival_s,request`; request is the example's index in the eval data; at most 100000 lines.\n\n\
 Examples:\n  capmoe serve-bench --requests 100 --rate 40\n  \
 capmoe serve-bench --model bench/models/mixtral-like --requests 200 --rate 60 --arrival gamma:0.5 \\\n      --policies none,drop:score,reroute:next-best --controllers fixed:1.0,budget:1.2x --decode-capacity both --out results/\n  \
-capmoe serve-bench --trace arrivals.csv --policies drop:score --json\n";
+capmoe serve-bench --trace arrivals.csv --policies drop:score --json\n  \
+capmoe serve-bench --requests 100 --rate 40 --policies none,drop:score --ep local:2\n  \
+mpirun -n 2 capmoe serve-bench --requests 100 --rate 40 --ep mpi\n";
+
+/// The modelled all-to-all's bandwidth unless --a2a-gbps says, GB/s.
+const DEFAULT_A2A_GBPS: f64 = 25.0;
 
 /// The default checkpoint: in the working directory, else in the source tree.
 const DEFAULT_MODEL: &str = "bench/models/mixtral-like";
@@ -258,10 +264,11 @@ impl ModelTask for Task<'_> {
         let cfg = model.config();
         let stream = stream(a, &self.dir, &self.examples, cfg.vocab_size)?;
         let ranks = modelled_ranks(a, cfg.num_local_experts);
-        capmoe::ep::check_bandwidth(a.a2a_gbps)?;
+        let a2a_gbps = a.a2a_gbps.unwrap_or(DEFAULT_A2A_GBPS);
+        capmoe::ep::check_bandwidth(a2a_gbps)?;
         let clock = StepClock::Measured {
             a2a: Some(LatencyModel {
-                a2a_gbps: a.a2a_gbps,
+                a2a_gbps,
                 elem_bytes: 2,
                 hidden: cfg.hidden_size,
             }),
