@@ -171,6 +171,77 @@ fn ep_ranks_serve_what_one_process_serves_on_the_measured_clock() {
     let _ = std::fs::remove_file(&trace);
 }
 
+/// `mpirun -n 2 capmoe serve-bench --ep mpi` serves what one process serves, and only rank 0
+/// prints.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_ranks_serve_what_one_process_serves() {
+    let mpirun = std::process::Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have_model() || !mpirun {
+        assert!(
+            std::env::var_os("CI").is_none() || !mpirun,
+            "CI must run the MPI tests"
+        );
+        eprintln!("skipped: no {MODEL} or no mpirun");
+        return;
+    }
+    let trace = std::env::temp_dir().join(format!("capmoe-serve-mpi-{}.csv", std::process::id()));
+    let lines: String = (0..6).map(|i| format!("0.0,{i}\n")).collect();
+    std::fs::write(&trace, lines).unwrap();
+    let args = [
+        "serve-bench",
+        "--model",
+        MODEL,
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policies",
+        "none,drop:score",
+        "--controllers",
+        "fixed:1.0",
+        "--max-batch-tokens",
+        "24",
+        "--json",
+    ];
+    let (code, stdout, stderr) = capmoe(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let one: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = std::process::Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
+        .arg(env!("CARGO_BIN_EXE_capmoe"))
+        .args(args)
+        .args(["--ep", "mpi"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // One JSON document: rank 1 printed nothing.
+    let two: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(two["ep_timing"], "measured");
+    assert!(two["clock"].as_str().unwrap().contains("2 MPI ranks"));
+    for (x, y) in one["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(two["runs"].as_array().unwrap())
+    {
+        for k in [
+            "label",
+            "correct",
+            "drop_rate",
+            "gate_mass_kept",
+            "forwards",
+        ] {
+            assert_eq!(x[k], y[k], "{k}");
+        }
+        assert_eq!(y["rank_busy_s"].as_array().unwrap().len(), 2);
+    }
+    let _ = std::fs::remove_file(&trace);
+}
+
 #[test]
 fn hostile_flags_are_usage_errors() {
     if !have_model() {

@@ -18,10 +18,10 @@ fn where_ranks(mode: EpMode, ranks: usize) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     match mode {
         EpMode::Local(_) => format!(
-            " Measured on {ranks} in-process ranks (threads of one process, exchanging rows through shared memory) on this machine ({cores} cores seen by the process): the ranks compete for its cores with each other and with anything else running, so a rank's time includes waiting for a core."
+            " Measured on {ranks} in-process ranks (threads of one process, exchanging rows through shared memory) on this machine ({cores} cores available to the process): the ranks compete for its cores with each other and with anything else running, so a rank's time includes waiting for a core."
         ),
         EpMode::Mpi => format!(
-            " Measured on {ranks} MPI ranks (one process each, under mpirun; rank 0's machine sees {cores} cores)."
+            " Measured on {ranks} MPI ranks (one process each, under mpirun; {cores} core(s) available to rank 0's process)."
         ),
     }
 }

@@ -200,7 +200,6 @@ fn serve_all(
 }
 
 /// The benchmark's report of `runs`.
-#[allow(clippy::too_many_arguments)]
 fn outcome(
     args: &ServeBenchArgs,
     dir: &Path,
