@@ -5,7 +5,7 @@ use super::model_args::{ModelArgs, ModelDevice};
 use super::CliError;
 use capmoe::backend::CpuBackend;
 use capmoe::ep::comm::{check_agreement, run_local, Communicator};
-use capmoe::ep::dist::{agreement_hash, EpMoe};
+use capmoe::ep::dist::{agreement_hash, expert_group, EpMoe};
 use capmoe::ep::EpBackend;
 use capmoe::model::Model;
 use capmoe::routing::RouterConfig;
@@ -156,9 +156,7 @@ fn rank_layer<'c>(
     router: &RouterConfig,
     max_tokens: usize,
 ) -> Result<EpMoe<'c, dyn Communicator + 'c>, CliError> {
-    // Every rank must load the same model: the same path or built-in, seed and skew.
-    let what = format!("{}|{}|{:?}", model.model, model.seed, model.skew);
-    check_agreement(comm, "--model, --seed and --skew", agreement_hash(&what))?;
+    check_same_model(model, comm)?;
     let cfg = model.config()?;
     Ok(EpMoe::new(
         comm,
@@ -167,4 +165,28 @@ fn rank_layer<'c>(
         router,
         max_tokens,
     )?)
+}
+
+/// This rank's model, holding only its group of experts, on the CPU
+/// (refuses `--device cuda`, and ranks that do not divide the experts).
+pub fn group_model(
+    model: &ModelArgs,
+    comm: &dyn Communicator,
+) -> Result<Model<CpuBackend>, CliError> {
+    if model.device != ModelDevice::Cpu {
+        return Err(CliError::Usage(
+            "this command runs --ep on the CPU backend only (logits and generate take --device cuda); drop --device cuda".into(),
+        ));
+    }
+    check_same_model(model, comm)?;
+    let cfg = model.config()?;
+    let group = expert_group(comm.size(), comm.rank(), cfg.num_local_experts)?;
+    model.load_group_on(CpuBackend, group)
+}
+
+/// Every rank must load the same model: the same path or built-in, seed and skew.
+fn check_same_model(model: &ModelArgs, comm: &dyn Communicator) -> Result<(), CliError> {
+    let what = format!("{}|{}|{:?}", model.model, model.seed, model.skew);
+    check_agreement(comm, "--model, --seed and --skew", agreement_hash(&what))?;
+    Ok(())
 }

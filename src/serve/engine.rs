@@ -10,6 +10,7 @@
 //! policy, decode tokens under `none`), and lasts their sum. A request generates exactly
 //! its reference output's length (no early stop at eos), so every output is scored.
 
+use super::ep::EpForward;
 use super::error::{check_count, ServeError};
 use super::request::Request;
 use super::step::{Pass, RunTotals};
@@ -113,7 +114,10 @@ struct Live<B: Backend> {
     times: Vec<f64>,
 }
 
-fn check_options<B: Backend>(model: &Model<B>, o: &ServeOptions) -> Result<(), ServeError> {
+pub(super) fn check_options<B: Backend>(
+    model: &Model<B>,
+    o: &ServeOptions,
+) -> Result<(), ServeError> {
     check_count("max batch tokens", o.max_batch_tokens, 1, MAX_BATCH_TOKENS)?;
     check_count("max sequences", o.max_seqs, 1, MAX_SEQS)?;
     let cfg = model.config();
@@ -152,13 +156,34 @@ fn check_options<B: Backend>(model: &Model<B>, o: &ServeOptions) -> Result<(), S
     Ok(())
 }
 
-/// Serves `requests` (in arrival order) on `model` under `opts`; ticks `progress` once per
-/// completed request.
+/// Serves `requests` (in arrival order) on `model` under `opts`, in this process; ticks
+/// `progress` once per completed request. [`StepClock::MeasuredEp`] needs the ranks of
+/// [`serve_ep`](super::serve_ep) and is refused here.
 pub fn serve<B: Backend>(
     model: &Model<B>,
     requests: &[Request],
     opts: &ServeOptions,
     progress: &dyn Progress,
+) -> Result<ServeRun, ServeError> {
+    if opts.clock == StepClock::MeasuredEp {
+        return Err(ServeError::OutOfRange {
+            what: "clock",
+            value: "MeasuredEp".into(),
+            expected:
+                "Measured or Synthetic in one process (MeasuredEp runs on EP ranks: serve_ep)"
+                    .into(),
+        });
+    }
+    serve_with(model, requests, opts, progress, None)
+}
+
+/// [`serve`], its forwards run across EP ranks when `ep` is given.
+pub(super) fn serve_with<B: Backend>(
+    model: &Model<B>,
+    requests: &[Request],
+    opts: &ServeOptions,
+    progress: &dyn Progress,
+    ep: Option<&dyn EpForward<B>>,
 ) -> Result<ServeRun, ServeError> {
     check_options(model, opts)?;
     if requests.is_empty() {
@@ -180,7 +205,7 @@ pub fn serve<B: Backend>(
         Some(c) => Some(c.build_for(shape, CostModel::rows(shape.layers), opts.policy)?),
         None => None,
     };
-    let mut pass = Pass::new(model, opts, shape);
+    let mut pass = Pass::new(model, opts, shape, ep)?;
     let mut done: Vec<Option<RequestRecord>> = vec![None; requests.len()];
     let (mut waiting, mut running) = (VecDeque::new(), Vec::<Live<B>>::new());
     let (mut next, mut now, mut completed) = (0usize, 0.0f64, 0usize);

@@ -1,5 +1,7 @@
 //! The serving benchmark's typed errors.
 
+use crate::ep::comm::CommError;
+use crate::ep::dist::DistError;
 use crate::model::ModelError;
 use crate::online::OnlineError;
 use crate::routing::RoutingError;
@@ -40,6 +42,22 @@ pub enum ServeError {
     /// The model refused a step (a token out of range, a prompt past its positions).
     #[error(transparent)]
     Model(#[from] Box<ModelError>),
+    /// EP ranks refused the run or failed in it (ranks that do not divide the experts, a peer
+    /// that disagreed, failed or left).
+    #[error(transparent)]
+    Ep(#[from] Box<DistError>),
+}
+
+impl From<DistError> for ServeError {
+    fn from(e: DistError) -> Self {
+        Self::Ep(Box::new(e))
+    }
+}
+
+impl From<CommError> for ServeError {
+    fn from(e: CommError) -> Self {
+        Self::Ep(Box::new(e.into()))
+    }
 }
 
 impl From<ModelError> for ServeError {

@@ -3,10 +3,13 @@
 //! continuous batching with chunked prefill over [`Model::forward`](crate::model::Model),
 //! each step's capacity set by an [`online`](crate::online) controller fed by the load monitor.
 //!
-//! Time is a virtual clock: a step lasts the measured wall time of its forward passes on this
-//! machine, with the MoE layers' share replaced by a model of expert parallelism (the
-//! busiest rank's share of the rows, plus modelled all-to-alls; see [`StepClock`]). Reports
-//! say "modelled EP". Nothing here prints or reads the environment.
+//! Time is a virtual clock. By default ([`serve`], [`StepClock::Measured`]) a step lasts the
+//! measured wall time of its forward passes in this process, with the MoE layers' share
+//! replaced by a model of expert parallelism (the busiest rank's share of the rows, plus
+//! modelled all-to-alls); reports say "modelled EP". On real EP ranks ([`serve_ep`],
+//! [`StepClock::MeasuredEp`]) every forward runs across the ranks of a communicator, which
+//! exchange every MoE layer's rows, and a step lasts the slowest rank's measured wall time,
+//! its waits included; reports say "measured EP". Nothing here prints or reads the environment.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +42,7 @@
 
 mod arrival;
 mod engine;
+mod ep;
 mod error;
 mod percentile;
 mod report;
@@ -46,6 +50,8 @@ mod request;
 mod step;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ep;
 mod timing;
 
 pub use arrival::{
@@ -53,6 +59,7 @@ pub use arrival::{
     MAX_ARRIVAL_S, MAX_RATE,
 };
 pub use engine::{serve, RequestRecord, ServeOptions, ServeRun, Slo, StepRecord};
+pub use ep::serve_ep;
 pub use error::ServeError;
 pub use percentile::{percentile, Percentiles};
 pub use report::{markdown, summarize, RunReport, ServeReport};
@@ -69,7 +76,18 @@ pub const MAX_BATCH_TOKENS: usize = 1 << 16;
 /// The most sequences in flight at once.
 pub const MAX_SEQS: usize = 1024;
 
-/// What a [`StepClock`] measures and models, in words (every report carries it).
+/// Whether `clock` measures EP on real ranks (`"measured"`) or models it (`"modelled"`;
+/// `"synthetic"`: nothing measured), for reports.
+pub fn ep_timing(clock: &StepClock) -> &'static str {
+    match clock {
+        StepClock::Measured { .. } => "modelled",
+        StepClock::MeasuredEp => "measured",
+        StepClock::Synthetic { .. } => "synthetic",
+    }
+}
+
+/// What a [`StepClock`] measures and models, in words (every report carries it). The words
+/// for [`StepClock::MeasuredEp`] say nothing of where the ranks ran: the caller adds that.
 pub fn clock_description(clock: &StepClock, ranks: usize) -> String {
     match clock {
         StepClock::Measured { a2a } => format!(
@@ -84,6 +102,13 @@ pub fn clock_description(clock: &StepClock, ranks: usize) -> String {
                 ),
                 None => String::new(),
             }
+        ),
+        StepClock::MeasuredEp => format!(
+            "measured EP on {ranks} ranks. Every forward pass runs across {ranks} EP ranks, each holding only its group of experts; \
+             every MoE layer exchanges its rows between the ranks (all-to-all-v dispatch and combine, an all-gather of the output), \
+             and a step lasts the measured wall time of the slowest rank, its waits inside the collectives included. \
+             Rank utilisation is each rank's measured expert FFN time over the run's duration; rank waits are its measured time inside the all-to-alls. \
+             Nothing is modelled. Where the ranks run (threads of one process or MPI processes, which machine, how many cores) decides what these times mean."
         ),
         StepClock::Synthetic {
             per_forward_s,

@@ -1,5 +1,6 @@
-//! What a run reports: throughput, latency percentiles, goodput, modelled rank utilisation,
-//! drops, gate mass and accuracy; and the Markdown of a whole benchmark.
+//! What a run reports: throughput, latency percentiles, goodput, rank utilisation (modelled,
+//! or measured on EP ranks), drops, gate mass and accuracy; and the Markdown of a whole
+//! benchmark.
 
 use super::engine::{ServeRun, Slo};
 use super::percentile::Percentiles;
@@ -7,7 +8,8 @@ use serde::Serialize;
 use std::fmt::Write;
 
 /// One run: a policy (with its controller and decode capacity) over the request stream.
-/// Latencies are on the virtual clock (measured wall time, MoE modelled under EP).
+/// Latencies are on the virtual clock (measured wall time, MoE modelled under EP, or measured
+/// on EP ranks: see [`ServeReport::clock`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
     /// `policy` or `policy controller decode-capacity`, for tables and legends.
@@ -40,8 +42,14 @@ pub struct RunReport {
     pub goodput_req_s: f64,
     /// Share of requests meeting both SLOs.
     pub slo_attained: f64,
-    /// Per EP rank: modelled busy time over `duration_s`.
+    /// Per EP rank: busy time over `duration_s` (modelled, or on EP ranks its measured expert
+    /// FFN time).
     pub rank_utilisation: Vec<f64>,
+    /// Per EP rank: busy seconds (as `rank_utilisation`'s).
+    pub rank_busy_s: Vec<f64>,
+    /// Per EP rank: measured seconds inside the dispatch and combine all-to-alls, its waits for
+    /// the slowest peer included (empty unless measured on EP ranks).
+    pub rank_wait_s: Vec<f64>,
     /// Mean of `rank_utilisation` (busy / (R x duration)).
     pub mean_rank_utilisation: f64,
     /// Top-k slots lost to capacity, all layers and tokens.
@@ -64,12 +72,14 @@ pub struct RunReport {
     pub forwards: usize,
     /// Measured wall time of the passes, s.
     pub measured_wall_s: f64,
-    /// Measured MoE time within them (all experts on this machine), s.
+    /// Measured MoE time within them, s: all experts in one process, or on EP ranks the
+    /// slowest rank's MoE layers (exchanges and waits included).
     pub measured_moe_s: f64,
-    /// Modelled EP MoE time that replaced it, s (all-to-alls included).
-    pub modelled_ep_moe_s: f64,
-    /// Modelled all-to-all time, s.
-    pub modelled_a2a_s: f64,
+    /// Modelled EP MoE time that replaced it, s (all-to-alls included); `null` when measured
+    /// on EP ranks.
+    pub modelled_ep_moe_s: Option<f64>,
+    /// Modelled all-to-all time, s; `null` when measured on EP ranks.
+    pub modelled_a2a_s: Option<f64>,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -137,6 +147,8 @@ pub fn summarize(
         slo_attained: ratio(good as f64, rq.len() as f64),
         mean_rank_utilisation: util.iter().sum::<f64>() / util.len().max(1) as f64,
         rank_utilisation: util,
+        rank_busy_s: t.rank_busy_s.clone(),
+        rank_wait_s: t.rank_wait_s.clone(),
         drop_rate: ratio(t.dropped as f64, t.slots as f64),
         decode_drop_rate: ratio(t.decode_dropped as f64, t.decode_slots as f64),
         gate_mass_kept: if t.topk_mass > 0.0 {
@@ -152,8 +164,8 @@ pub fn summarize(
         forwards: t.forwards,
         measured_wall_s: t.wall_s,
         measured_moe_s: t.moe_s,
-        modelled_ep_moe_s: t.ep_moe_s,
-        modelled_a2a_s: t.a2a_s,
+        modelled_ep_moe_s: (!t.measured_ep).then_some(t.ep_moe_s),
+        modelled_a2a_s: (!t.measured_ep).then_some(t.a2a_s),
     }
 }
 
@@ -174,8 +186,11 @@ pub struct ServeReport {
     pub max_batch_tokens: usize,
     /// Sequences in flight at most.
     pub max_seqs: usize,
-    /// EP ranks of the modelled EP.
+    /// EP ranks (modelled, or the ranks the forwards ran on).
     pub ranks: usize,
+    /// `modelled` (EP modelled from one process's measured time), `measured` (on real EP
+    /// ranks) or `synthetic`.
+    pub ep_timing: String,
     /// All-to-all bandwidth of the model, GB/s (`null`: not modelled).
     pub a2a_gbps: Option<f64>,
     /// The latency objectives of goodput.
@@ -194,7 +209,7 @@ fn pct(p: &Percentiles) -> String {
 pub fn markdown(r: &ServeReport) -> String {
     let mut s = String::new();
     let rate = r.rate.map_or(String::new(), |x| format!(" at {x} req/s"));
-    let _ = writeln!(s, "# Serving benchmark (modelled EP)\n");
+    let _ = writeln!(s, "# Serving benchmark ({} EP)\n", r.ep_timing);
     let _ = writeln!(
         s,
         "Model `{}`; {} requests, {} arrivals{rate} (seed {}); continuous batching, {} tokens per step, at most {} sequences; {} EP ranks.\n",
@@ -231,7 +246,8 @@ pub fn markdown(r: &ServeReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| run | accuracy | drop rate | decode drop rate | gate mass kept | mean effective gamma | rank utilisation (modelled) | measured s | measured MoE s | modelled EP MoE s |"
+        "\n| run | accuracy | drop rate | decode drop rate | gate mass kept | mean effective gamma | rank utilisation ({}) | measured s | measured MoE s | modelled EP MoE s |",
+        r.ep_timing
     );
     let _ = writeln!(
         s,
@@ -240,7 +256,7 @@ pub fn markdown(r: &ServeReport) -> String {
     for x in &r.runs {
         let _ = writeln!(
             s,
-            "| {} | {:.1}% ({}/{}) | {:.2}% | {:.2}% | {:.4} | {} | {:.1}% | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.1}% ({}/{}) | {:.2}% | {:.2}% | {:.4} | {} | {:.1}% | {:.2} | {:.2} | {} |",
             x.label,
             100.0 * x.accuracy,
             x.correct,
@@ -248,12 +264,35 @@ pub fn markdown(r: &ServeReport) -> String {
             100.0 * x.drop_rate,
             100.0 * x.decode_drop_rate,
             x.gate_mass_kept,
-            x.mean_effective_gamma.map_or("-".into(), |g| format!("{g:.3}")),
+            x.mean_effective_gamma
+                .map_or("-".into(), |g| format!("{g:.3}")),
             100.0 * x.mean_rank_utilisation,
             x.measured_wall_s,
             x.measured_moe_s,
             x.modelled_ep_moe_s
+                .map_or("- (measured)".into(), |m| format!("{m:.2}"))
         );
+    }
+    if r.runs.iter().any(|x| !x.rank_wait_s.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\nMeasured per rank: busy (expert FFN) s / inside the all-to-alls s, utilisation.\n"
+        );
+        let _ = writeln!(s, "| run | rank: busy s / wait s, utilisation |");
+        let _ = writeln!(s, "| --- | --- |");
+        for x in &r.runs {
+            let cells: Vec<String> = (0..x.rank_busy_s.len())
+                .map(|i| {
+                    format!(
+                        "{i}: {:.2} / {:.2}, {:.1}%",
+                        x.rank_busy_s[i],
+                        x.rank_wait_s.get(i).copied().unwrap_or(0.0),
+                        100.0 * x.rank_utilisation.get(i).copied().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "| {} | {} |", x.label, cells.join("; "));
+        }
     }
     s
 }

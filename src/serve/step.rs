@@ -2,11 +2,16 @@
 //! what its plans did.
 
 use super::engine::ServeOptions;
+use super::ep::EpForward;
 use super::error::ServeError;
-use super::timing::{forward_cost, kept_seconds, LayerCostInput, MoeTimer, StepClock};
+use super::timing::{
+    forward_cost, kept_seconds, measured_ep_cost, LayerCostInput, MoeTimer, StepClock,
+};
 use crate::backend::Backend;
 use crate::ep::{a2a_traffic, LatencyModel};
-use crate::model::{greedy_rows, ForwardOptions, LogitsMode, Model, ModelError, Sequence};
+use crate::model::{
+    greedy_rows, ForwardOptions, LogitsMode, Model, ModelError, MoeRunner, Sequence,
+};
 use crate::online::{layer_routers, CapacityController, LayerObservation, LoadMonitor, MoeShape};
 use crate::routing::{Placement, Policy, RouterConfig};
 use serde::Serialize;
@@ -36,16 +41,23 @@ pub struct RunTotals {
     pub topk_mass: f64,
     /// Measured wall time of the passes, seconds.
     pub wall_s: f64,
-    /// Measured MoE time within them (all experts on this machine), seconds.
+    /// Measured MoE time within them, seconds: all experts in this process, or, on EP ranks
+    /// ([`StepClock::MeasuredEp`]), the slowest rank's MoE layers, exchanges and waits included.
     pub moe_s: f64,
-    /// Modelled EP MoE time (busiest rank plus all-to-alls), seconds.
+    /// EP MoE time, seconds: modelled (busiest rank plus all-to-alls), or, on EP ranks, the
+    /// measured `moe_s`.
     pub ep_moe_s: f64,
-    /// Modelled all-to-all time, seconds.
+    /// Modelled all-to-all time, seconds (0 on EP ranks: the exchanges are measured).
     pub a2a_s: f64,
     /// Virtual-clock time of the passes, seconds.
     pub clock_s: f64,
-    /// Modelled busy seconds per EP rank.
+    /// Busy seconds per EP rank: modelled, or, on EP ranks, each rank's measured expert FFN time.
     pub rank_busy_s: Vec<f64>,
+    /// Measured seconds per EP rank inside the dispatch and combine all-to-alls (its waits for
+    /// the slowest peer); empty unless measured on EP ranks.
+    pub rank_wait_s: Vec<f64>,
+    /// Whether the passes ran on EP ranks ([`StepClock::MeasuredEp`]).
+    pub measured_ep: bool,
 }
 
 /// What one pass gave the scheduler.
@@ -65,26 +77,52 @@ pub(crate) struct Pass<'m, B: Backend> {
     shape: MoeShape,
     clock: StepClock,
     a2a: Option<LatencyModel>,
+    ep: Option<&'m dyn EpForward<B>>,
     pub totals: RunTotals,
 }
 
 impl<'m, B: Backend> Pass<'m, B> {
-    pub fn new(model: &'m Model<B>, opts: &ServeOptions, shape: MoeShape) -> Self {
+    /// Fails unless the clock and `ep` go together: [`StepClock::MeasuredEp`] with EP ranks
+    /// (as many as `shape.ranks`), the others without.
+    pub fn new(
+        model: &'m Model<B>,
+        opts: &ServeOptions,
+        shape: MoeShape,
+        ep: Option<&'m dyn EpForward<B>>,
+    ) -> Result<Self, ServeError> {
         let a2a = match opts.clock {
             StepClock::Measured { a2a } => a2a,
-            StepClock::Synthetic { .. } => None,
+            StepClock::MeasuredEp | StepClock::Synthetic { .. } => None,
         };
-        Self {
+        let measured_ep = opts.clock == StepClock::MeasuredEp;
+        if measured_ep != ep.is_some() || ep.is_some_and(|e| e.ranks() != shape.ranks) {
+            return Err(ServeError::OutOfRange {
+                what: "clock",
+                value: format!("{:?}", opts.clock),
+                expected: format!(
+                    "MeasuredEp exactly when the run has EP ranks ({} here)",
+                    ep.map_or(0, |e| e.ranks())
+                ),
+            });
+        }
+        Ok(Self {
             model,
             policy: opts.policy,
             shape,
             clock: opts.clock,
             a2a,
+            ep,
             totals: RunTotals {
                 rank_busy_s: vec![0.0; shape.ranks],
+                rank_wait_s: if measured_ep {
+                    vec![0.0; shape.ranks]
+                } else {
+                    Vec::new()
+                },
+                measured_ep,
                 ..RunTotals::default()
             },
-        }
+        })
     }
 
     /// The pass's routers, one per MoE layer (empty: `none` for every layer).
@@ -126,13 +164,21 @@ impl<'m, B: Backend> Pass<'m, B> {
         let fo = ForwardOptions::new(router)
             .with_logits(LogitsMode::Last)
             .with_layer_routers(layers);
+        let runner: &dyn MoeRunner<B> = match self.ep {
+            Some(ep) => ep.runner(),
+            None => &MoeTimer,
+        };
         let t0 = Instant::now();
-        let out = self.model.forward_with(seqs, toks, &fo, Some(&MoeTimer))?;
+        let out = self.model.forward_with(seqs, toks, &fo, Some(runner))?;
         let measured = t0.elapsed().as_secs_f64();
+        let ranks = match self.ep {
+            Some(ep) => Some(ep.measure(measured)?),
+            None => None,
+        };
         let next = greedy_rows(&out)?;
         let placement = Placement::new(s.ranks, s.experts, tokens)?;
         let wall = match self.clock {
-            StepClock::Measured { .. } => measured,
+            StepClock::Measured { .. } | StepClock::MeasuredEp => measured,
             StepClock::Synthetic {
                 per_forward_s,
                 per_token_s,
@@ -172,7 +218,9 @@ impl<'m, B: Backend> Pass<'m, B> {
             };
             layers.push(LayerCostInput {
                 moe_s: match self.clock {
-                    StepClock::Measured { .. } => kept_seconds(rec.replay.as_ref()),
+                    StepClock::Measured { .. } | StepClock::MeasuredEp => {
+                        kept_seconds(rec.replay.as_ref())
+                    }
                     StepClock::Synthetic { .. } => synthetic_moe,
                 },
                 rank_rows: obs.rank_rows.clone(),
@@ -182,7 +230,10 @@ impl<'m, B: Backend> Pass<'m, B> {
             });
             monitor.observe(l, obs)?;
         }
-        let c = forward_cost(wall, &layers, s.ranks);
+        let c = match &ranks {
+            Some(r) => measured_ep_cost(r),
+            None => forward_cost(wall, &layers, s.ranks),
+        };
         t.forwards += 1;
         t.wall_s += c.wall_s;
         t.moe_s += c.moe_s;
@@ -190,6 +241,9 @@ impl<'m, B: Backend> Pass<'m, B> {
         t.a2a_s += c.a2a_s;
         t.clock_s += c.duration_s;
         for (a, b) in t.rank_busy_s.iter_mut().zip(&c.rank_busy_s) {
+            *a += b;
+        }
+        for (a, b) in t.rank_wait_s.iter_mut().zip(&c.rank_wait_s) {
             *a += b;
         }
         Ok(PassResult {

@@ -1,5 +1,7 @@
 //! What a step costs on the virtual clock: measured wall time with the MoE layers' share
-//! replaced by a model of expert parallelism (labelled "modelled EP" in every report).
+//! replaced by a model of expert parallelism (labelled "modelled EP" in every report), or,
+//! under [`StepClock::MeasuredEp`], the measured wall time of the slowest of the real EP ranks
+//! the forward ran on (labelled "measured EP").
 //!
 //! Per forward pass the benchmark measures its wall time and, inside it, each MoE layer's
 //! wall time on this machine (all experts in one process). Under EP over `R` ranks a layer
@@ -24,6 +26,11 @@ pub enum StepClock {
         /// The all-to-all model, if any.
         a2a: Option<LatencyModel>,
     },
+    /// Measured on real EP ranks ([`serve_ep`](super::serve_ep)): every forward runs across
+    /// the ranks of a communicator, which exchange the rows of every MoE layer, and lasts the
+    /// measured wall time of the slowest rank, its waits inside the collectives included. A
+    /// rank's busy time is its measured expert FFN time. Nothing is modelled.
+    MeasuredEp,
     /// No timing at all: a forward of `T` tokens "takes" `per_forward_s + per_token_s * T`,
     /// half of it in the MoE layers (tests, and runs that must be deterministic).
     Synthetic {
@@ -84,6 +91,55 @@ pub(crate) struct ForwardCost {
     pub a2a_s: f64,
     /// Modelled busy seconds per rank.
     pub rank_busy_s: Vec<f64>,
+    /// Measured seconds per rank inside the dispatch and combine collectives (empty when
+    /// modelled).
+    pub rank_wait_s: Vec<f64>,
+}
+
+/// What one rank measured in one forward pass across EP ranks, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct RankForward {
+    /// The whole forward on this rank (its waits for the slowest peer included).
+    pub wall_s: f64,
+    /// Its MoE layers (route, exchange, experts, gather).
+    pub moe_s: f64,
+    /// Its experts' FFN.
+    pub expert_s: f64,
+    /// Inside the dispatch and combine all-to-alls.
+    pub wait_s: f64,
+}
+
+impl RankForward {
+    pub const FIELDS: usize = 4;
+    pub fn to_array(self) -> [f64; Self::FIELDS] {
+        [self.wall_s, self.moe_s, self.expert_s, self.wait_s]
+    }
+    pub fn from_slice(a: &[f64]) -> Self {
+        let at = |i: usize| a.get(i).copied().unwrap_or(0.0);
+        Self {
+            wall_s: at(0),
+            moe_s: at(1),
+            expert_s: at(2),
+            wait_s: at(3),
+        }
+    }
+}
+
+/// The cost of a forward measured on EP ranks (one record per rank): it lasts the slowest
+/// rank's wall time; its MoE time is the slowest rank's; each rank is busy for its expert time.
+pub(crate) fn measured_ep_cost(ranks: &[RankForward]) -> ForwardCost {
+    let max = |f: fn(&RankForward) -> f64| ranks.iter().map(f).fold(0.0, f64::max);
+    let wall = max(|r| r.wall_s);
+    let moe = max(|r| r.moe_s);
+    ForwardCost {
+        duration_s: wall,
+        wall_s: wall,
+        moe_s: moe,
+        ep_moe_s: moe,
+        a2a_s: 0.0,
+        rank_busy_s: ranks.iter().map(|r| r.expert_s).collect(),
+        rank_wait_s: ranks.iter().map(|r| r.wait_s).collect(),
+    }
 }
 
 /// The cost of a forward of `wall_s` measured seconds with `layers` (see the module docs).

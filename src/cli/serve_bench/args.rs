@@ -1,5 +1,6 @@
 //! Flags of `capmoe serve-bench`.
 
+use super::super::ep_args::EpArgs;
 use super::super::model_args::ModelDevice;
 use capmoe::online::ControllerSpec;
 use capmoe::routing::Policy;
@@ -76,12 +77,14 @@ pub struct ServeBenchArgs {
     /// that prefix.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_new_tokens: usize,
-    /// EP ranks of the modelled EP (divides E) [default: the largest of 8, 4, 2, 1 that does].
+    /// EP ranks of the modelled EP (divides E) [default: the largest of 8, 4, 2, 1 that does];
+    /// with --ep, the ranks running (a different --ranks is refused).
     #[arg(long, value_name = "R")]
     pub ranks: Option<usize>,
-    /// Bandwidth of the modelled all-to-all, GB/s per rank and direction.
-    #[arg(long, default_value_t = 25.0, value_name = "GBPS")]
-    pub a2a_gbps: f64,
+    /// Bandwidth of the modelled all-to-all, GB/s per rank and direction [default: 25];
+    /// refused with --ep (the exchanges are measured there).
+    #[arg(long, value_name = "GBPS")]
+    pub a2a_gbps: Option<f64>,
     /// Forwards the load monitor keeps per layer (at least 1).
     #[arg(long, default_value_t = 16, value_name = "W")]
     pub window: usize,
@@ -100,9 +103,11 @@ pub struct ServeBenchArgs {
     /// Print the JSON report instead of the Markdown one.
     #[arg(long)]
     pub json: bool,
-    /// Where the model runs (`cuda` needs a build with `--features cuda`).
+    /// Where the model runs (`cuda` needs a build with `--features cuda`; not with --ep).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: ModelDevice,
+    #[command(flatten)]
+    pub ep: EpArgs,
 }
 
 fn parse_arrival(s: &str) -> Result<ArrivalProcess, String> {

@@ -74,10 +74,10 @@ pub fn latency_cdf(path: &Path, o: &Outcome) -> DrawResult {
     };
     save_png(path, (1400, 560), |root| {
         let (a, b) = root.split_horizontally(700);
-        let n = o.report.requests;
+        let (n, ep) = (o.report.requests, &o.report.ep_timing);
         panel(
             &a,
-            &format!("Time to first token, {n} requests (modelled EP)"),
+            &format!("Time to first token, {n} requests ({ep} EP)"),
             ("TTFT (ms)", "fraction of requests"),
             &lines(true),
             Some(0.0),
@@ -85,7 +85,7 @@ pub fn latency_cdf(path: &Path, o: &Outcome) -> DrawResult {
         )?;
         panel(
             &b,
-            "End-to-end latency (modelled EP)",
+            &format!("End-to-end latency ({ep} EP)"),
             ("end-to-end latency (ms)", "fraction of requests"),
             &lines(false),
             Some(0.0),
@@ -124,6 +124,7 @@ pub fn load_over_time(path: &Path, o: &Outcome) -> DrawResult {
     };
     save_png(path, (1400, 560), |root| {
         let (a, b) = root.split_horizontally(700);
+        let ep = &o.report.ep_timing;
         panel(
             &a,
             "Requests in the system",
@@ -134,7 +135,7 @@ pub fn load_over_time(path: &Path, o: &Outcome) -> DrawResult {
         )?;
         panel(
             &b,
-            "Busiest rank's rows over the mean (modelled EP)",
+            &format!("Busiest rank's rows over the mean ({ep} EP)"),
             ("time (s, virtual clock)", "busiest / mean rank rows"),
             &series(&|s| s.busiest_over_mean),
             Some(1.0),
