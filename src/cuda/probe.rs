@@ -65,16 +65,42 @@ pub(crate) enum NcclMissing {
 /// `libnccl.so` was resolvable at link time.
 #[cfg(feature = "nccl")]
 pub(crate) fn nccl_library() -> Result<(), NcclMissing> {
+    probe_names(&NCCL_NAMES, NCCL_SONAME)
+}
+
+/// `Ok` when one of `names` loads, else whether `soname` does.
+#[cfg(feature = "nccl")]
+fn probe_names(names: &[&str], soname: &str) -> Result<(), NcclMissing> {
     let loads = |name: &str| {
-        // SAFETY: loading NCCL runs only its initialisers, which touch no state of ours; the
-        // handle is closed again when it drops.
+        // SAFETY: loading NCCL (or, in the tests, a system library) runs only its initialisers,
+        // which touch no state of ours; the handle is closed again when it drops.
         unsafe { libloading::Library::new(name) }.is_ok()
     };
-    if NCCL_NAMES.iter().any(|n| loads(n)) {
+    if names.iter().any(|n| loads(n)) {
         Ok(())
-    } else if loads(NCCL_SONAME) {
+    } else if loads(soname) {
         Err(NcclMissing::OnlySoname)
     } else {
         Err(NcclMissing::Absent)
+    }
+}
+
+#[cfg(all(test, feature = "nccl"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nccl_probe_tells_absent_from_soname_only() {
+        let none = ["libcapmoe-no-such-nccl.so"];
+        assert_eq!(
+            probe_names(&none, "libcapmoe-no-such-nccl.so.2"),
+            Err(NcclMissing::Absent)
+        );
+        // A library that loads stands in for libnccl.so.2 (glibc's libm is on every Linux).
+        assert_eq!(
+            probe_names(&none, "libm.so.6"),
+            Err(NcclMissing::OnlySoname)
+        );
+        assert_eq!(probe_names(&["libm.so.6"], "libm.so.6"), Ok(()));
     }
 }

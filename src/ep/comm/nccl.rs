@@ -70,17 +70,13 @@ fn cuda_err(op: &'static str) -> impl Fn(DriverError) -> CommError {
 
 /// NCCL's library, probed: the typed error instead of cudarc's panic.
 fn probe_nccl() -> Result<(), CommError> {
-    let searched = probe::NCCL_NAMES.iter().map(|s| s.to_string()).collect();
-    match probe::nccl_library() {
-        Ok(()) => Ok(()),
-        Err(NcclMissing::OnlySoname) => Err(CommError::NoNccl {
-            searched,
-            soname: Some(probe::NCCL_SONAME.to_string()),
-        }),
-        Err(NcclMissing::Absent) => Err(CommError::NoNccl {
-            searched,
-            soname: None,
-        }),
+    probe::nccl_library().map_err(no_nccl)
+}
+
+fn no_nccl(missing: NcclMissing) -> CommError {
+    CommError::NoNccl {
+        searched: probe::NCCL_NAMES.iter().map(|s| s.to_string()).collect(),
+        soname: (missing == NcclMissing::OnlySoname).then(|| probe::NCCL_SONAME.to_string()),
     }
 }
 
@@ -217,7 +213,7 @@ impl NcclComm {
             });
         }
         super::bytes_of("nccl all_gather", out.len(), std::mem::size_of::<T>())?;
-        if mine.len() == 0 {
+        if mine.is_empty() {
             return Ok(());
         }
         self.with_comm("ncclAllGather", |c| {
@@ -403,5 +399,31 @@ impl Communicator for NcclComm {
         if let Ok(mut c) = self.comm.try_borrow_mut() {
             drop(c.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_nccl_says_what_was_searched_and_what_to_do() {
+        let absent = no_nccl(NcclMissing::Absent).to_string();
+        assert!(absent.contains("libnccl.so, libnccl.so.12"), "{absent}");
+        assert!(absent.contains("LD_LIBRARY_PATH"), "{absent}");
+        let so2 = no_nccl(NcclMissing::OnlySoname);
+        assert!(
+            matches!(&so2, CommError::NoNccl { soname: Some(s), .. } if s == "libnccl.so.2"),
+            "{so2:?}"
+        );
+        let so2 = so2.to_string();
+        assert!(so2.contains("installed as libnccl.so.2"), "{so2}");
+        assert!(so2.contains("symlink named libnccl.so"), "{so2}");
+    }
+
+    #[test]
+    fn segments_cut_in_rank_order() {
+        assert_eq!(segments(&[2, 0, 3]), vec![0..2, 2..2, 2..5]);
+        assert!(segments(&[]).is_empty());
     }
 }
