@@ -36,7 +36,9 @@ const ID_BYTES: usize = 128;
 /// One rank's NCCL communicator on one GPU (its [`GpuContext`]'s device and stream).
 ///
 /// Not `Send`: NCCL's handle stays on the thread that made it, like an
-/// [`MpiComm`](super::MpiComm).
+/// [`MpiComm`](super::MpiComm). Dropping it (or [`Communicator::abort`]) ends the communicator
+/// with `ncclCommAbort`, through cudarc's drop of its `Comm`; cudarc panics there if NCCL itself
+/// fails to abort (a broken NCCL, never bad input).
 pub struct NcclComm {
     /// `None` once [`Communicator::abort`] has ended it.
     comm: RefCell<Option<Comm>>,
