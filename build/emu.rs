@@ -1,8 +1,9 @@
 //! The `emulate` feature's part of the build script: the hand-written kernels built with the host
-//! C++ compiler into `OUT_DIR/emu/libcapmoe_emu.so`, plus the fake `libcuda.so` cudarc loads, by
-//! tools/emu-build.sh (the one place the emulation flags live). No nvcc, no CUTLASS: no grouped-GEMM
-//! variant is compiled. `CAPMOE_EMU_SANITIZE=1` builds them with ASan and UBSan (run the tests
-//! through tools/emu-run.sh, which preloads the runtimes). See docs/EMULATION.md.
+//! C++ compiler into `OUT_DIR/emu/libcapmoe_emu.so`, plus the fake `libcuda.so` cudarc loads (and,
+//! with feature `nccl`, a fake one-rank `libnccl.so`), by tools/emu-build.sh (the one place the
+//! emulation flags live). No nvcc, no CUTLASS: no grouped-GEMM variant is compiled.
+//! `CAPMOE_EMU_SANITIZE=1` builds them with ASan and UBSan (run the tests through
+//! tools/emu-run.sh, which preloads the runtimes). See docs/EMULATION.md.
 
 use crate::ffn;
 use std::env;
@@ -27,6 +28,10 @@ pub fn build() -> Result<(), String> {
         .arg(&lib);
     if sanitize {
         cmd.arg("sanitize");
+    }
+    // Feature `nccl`: the fake one-rank libnccl.so beside the fake driver (cuda/emu/fake_nccl.cpp).
+    if env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        cmd.env("CAPMOE_EMU_NCCL", "1");
     }
     let status = cmd
         .status()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the emulated kernels: libcapmoe_emu.so (cuda/emu/runtime.cpp and every hand-written
 # cuda/**/*.cu compiled as host C++ with -DCAPMOE_EMULATE; no CUTLASS) and the fake driver
-# libcuda.so (cuda/emu/fake_driver.cpp, fake_device.cpp), into OUT. The one place the emulation
+# libcuda.so (cuda/emu/fake_driver.cpp, fake_device.cpp), into OUT; with CAPMOE_EMU_NCCL=1 also the
+# fake libnccl.so (cuda/emu/fake_nccl.cpp, one rank). The one place the emulation
 # flags live; used by build.rs (feature `emulate`) and tools/mutants.sh.
 #   tools/emu-build.sh CUDA_DIR OUT [sanitize]
 set -euo pipefail
@@ -46,4 +47,11 @@ for p in "${pids[@]}"; do wait "$p"; done
 ln -sf libcuda.so "$out/libcuda.so.1"
 if [[ -f "$src/emu/fake_cublas.cpp" ]]; then
   "$cxx" "${flags[@]}" -shared -o "$out/libcublas.so" "$src/emu/fake_cublas.cpp"
+fi
+# The fake NCCL (one rank), only for builds with feature `nccl` (build/emu.rs sets
+# CAPMOE_EMU_NCCL=1): it copies through the fake driver above, found next to it ($ORIGIN).
+if [[ ${CAPMOE_EMU_NCCL:-} == 1 && -f "$src/emu/fake_nccl.cpp" ]]; then
+  "$cxx" "${flags[@]}" -shared -o "$out/libnccl.so" "$src/emu/fake_nccl.cpp" -L"$out" -lcuda -Wl,-rpath,'$ORIGIN'
+else
+  rm -f "$out/libnccl.so"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The emulated kernel tests: every hand-written CUDA kernel built as host C++ (cuda/emu/) under
 # ASan and UBSan and run on the CPU against its CPU twin, through the GPU tests and a fake
-# libcuda/libcublas. Results are *emulated*, not verified on a GPU (docs/EMULATION.md).
+# libcuda/libcublas (and a fake one-rank libnccl for tests/gpu_nccl.rs). Results are *emulated*,
+# not verified on a GPU (docs/EMULATION.md).
 # Installs what it needs (a C++ compiler with libasan/libubsan) when missing; fails on any test
 # failure or sanitizer report.
 #   tools/emulate.sh [extra cargo test args, e.g. -- --test-threads=1]
@@ -30,8 +31,12 @@ rc=${PIPESTATUS[0]}
 # The launch gate's probe (a unit test: the gate is crate-private), both paths.
 cargo test --features emulate --lib cuda::timing 2>&1 | tee -a "$log"
 [[ ${PIPESTATUS[0]} == 0 ]] || rc=1
+# NCCL with one rank over the fake libnccl (cuda/emu/fake_nccl.cpp, built only with feature
+# `nccl`, which brings `mpi`: rsmpi's build needs libopenmpi-dev and libclang-dev).
+cargo test --features emulate,nccl --test gpu_nccl "$@" 2>&1 | tee -a "$log"
+[[ ${PIPESTATUS[0]} == 0 ]] || rc=1
 set -e
-if grep -qE "ERROR: AddressSanitizer|runtime error:|capmoe emulator:|capmoe fake libcuda:" "$log"; then
+if grep -qE "ERROR: AddressSanitizer|runtime error:|capmoe emulator:|capmoe fake lib(cuda|nccl):" "$log"; then
   echo "tools/emulate.sh: a sanitizer or emulator report (above)" >&2
   rc=1
 fi

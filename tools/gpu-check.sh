@@ -11,9 +11,10 @@
 #                                   rerun alone with CUDA_LAUNCH_BLOCKING=1, then under
 #                                   compute-sanitizer memcheck if time is left
 # Binaries run in a fixed order (lib unit tests, gpu_driver, gpu_routing, gpu_slot_order, gpu_ffn,
-# gpu_model_parity, then the EP and e2e tests, benches last), each under its own cap, so a hang
-# costs at most its cap. Module loading is LAZY except for the timing binaries (EAGER); the
-# decode-graph tests run under both.
+# gpu_model_parity, gpu_ep_dist, gpu_nccl (one NCCL rank; built with feature `nccl`; a machine
+# without libnccl gives its typed error as a skip), then the EP and e2e benchmark tests, benches
+# last), each under its own cap, so a hang costs at most its cap. Module loading is LAZY except
+# for the timing binaries (EAGER); the decode-graph tests run under both.
 # Options:
 #   --all-tests      every test binary with every test (default: integration tests whose target
 #                    name contains gpu or cuda, plus the unit tests under a `cuda` path of the lib)
@@ -77,6 +78,10 @@ trap 'rm -rf "$tmp"' EXIT
 # build would add launch gaps; assert! still holds (only debug_assert! and overflow checks go).
 echo "== building test binaries (cargo test --release --features cuda,telemetry --no-run)" >&2
 cargo test --release --features cuda,telemetry --no-run --message-format=json >"$tmp/tests.json"
+# The one-rank NCCL test needs feature `nccl` (which brings `mpi`: Open MPI to build; the binary
+# does not load libmpi) and is built alone with it; libnccl is loaded at run time, if at all.
+echo "== building the NCCL test (cargo test --release --features cuda,telemetry,nccl --test gpu_nccl --no-run)" >&2
+cargo test --release --features cuda,telemetry,nccl --test gpu_nccl --no-run --message-format=json >"$tmp/nccl.json"
 echo "== building bench binaries (cargo bench --features cuda,telemetry --no-run, release)" >&2
 cargo bench --features cuda,telemetry --no-run --message-format=json >"$tmp/benches.json"
 
@@ -97,7 +102,15 @@ def artifacts(path):
             yield m["target"]["name"], m["target"]["kind"][0], m["executable"], m["profile"]["test"]
 rows, seen = [], set()
 os.makedirs(os.path.join(tmp, "bin"), exist_ok=True)
-for name, kind, exe, is_test in artifacts(os.path.join(tmp, "tests.json")):
+def test_artifacts():
+    # gpu_nccl from its own `nccl` build; the default build's copy holds no test (cfg(feature)).
+    for a in artifacts(os.path.join(tmp, "nccl.json")):
+        if a[0] == "gpu_nccl" and a[1] == "test":
+            yield a
+    for a in artifacts(os.path.join(tmp, "tests.json")):
+        if not (a[0] == "gpu_nccl" and a[1] == "test"):
+            yield a
+for name, kind, exe, is_test in test_artifacts():
     if kind == "bin" and name == "capmoe" and not is_test:
         # The CLI itself (the GPU tests that run `capmoe bench` find it through CAPMOE_BIN).
         shutil.copy2(exe, os.path.join(tmp, "bin", "capmoe"))
@@ -128,6 +141,7 @@ for name, kind, exe, _ in artifacts(os.path.join(tmp, "benches.json")):
 ORDER = [("lib-capmoe", 90, "check"), ("test-gpu_driver", 60, "check"), ("test-gpu_routing", 180, "check"),
          ("test-gpu_slot_order", 90, "check"), ("test-gpu_ffn", 150, "check"),
          ("test-gpu_model_parity", 150, "check"), ("test-gpu_ep_dist", 60, "check"),
+         ("test-gpu_nccl", 60, "check"),
          ("test-gpu_ep_bench", 180, "timed"),
          ("test-gpu_e2e_bench", 180, "timed")]
 def place(row):
@@ -285,12 +299,42 @@ elif [ "$have_gpu" = 1 ]; then
 else
   echo "libcublas: not found (no GPU here either: GPU tests skip)"
 fi
+# NCCL for test-gpu_nccl (one rank). cudarc loads `libnccl.so` (never `libnccl.so.2`, the name of
+# the NVIDIA wheel nvidia-nccl-cu13 and of libnccl2): a folder holding libnccl.so goes on
+# LD_LIBRARY_PATH; where only libnccl.so.2 exists, a libnccl.so symlink to it in a temp folder
+# does (the remedy capmoe's typed error names). Without NCCL the test reports that typed error
+# and skips: the expected outcome on such a machine, shown in the report's skip lines.
+nccl_found=""
+for d in $( {
+  for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda /usr/local/cuda-13* /opt/cuda; do
+    [ -n "$home" ] && ls -d "$home"/lib64 "$home"/lib "$home"/targets/*/lib 2>/dev/null
+  done
+  python3 - 2>/dev/null <<'PY'
+import glob, os, site, sys
+roots = set(sys.path) | set(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+for r in sorted(r for r in roots if r and os.path.isdir(r)):
+    for f in glob.glob(os.path.join(r, "nvidia", "nccl", "lib", "libnccl.so*")):
+        print(os.path.dirname(f))
+PY
+  ldconfig -p 2>/dev/null | awk '/libnccl\.so/ {print $NF}' | xargs -r -n1 dirname
+} | awk 'NF && !seen[$0]++'); do
+  if [ -e "$d/libnccl.so" ]; then
+    nccl_found="$d/libnccl.so"; LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break
+  elif [ -e "$d/libnccl.so.2" ]; then
+    mkdir -p "$work/nccl-link" && ln -sf "$d/libnccl.so.2" "$work/nccl-link/libnccl.so"
+    nccl_found="$d/libnccl.so.2 (as $work/nccl-link/libnccl.so)"
+    LD_LIBRARY_PATH="$work/nccl-link${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break
+  fi
+done
+export LD_LIBRARY_PATH
+echo "libnccl: ${nccl_found:-not found, so test-gpu_nccl reports the typed NoNccl error and skips}"
 {
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi -L
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     echo "LD_LIBRARY_PATH (cuBLAS search): ${LD_LIBRARY_PATH:-<empty>}"
     echo "libcublas: ${cublas_found:-not found}; glibc ${glibc}; CUDA_MODULE_LOADING=$CUDA_MODULE_LOADING"
+    echo "libnccl: ${nccl_found:-not found}"
   else
     echo "nvidia-smi not found: no NVIDIA driver here (GPU tests should skip)"
   fi

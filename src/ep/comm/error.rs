@@ -83,6 +83,16 @@ pub enum CommError {
         /// That rank's hash.
         theirs: u64,
     },
+    /// NCCL's library cannot be loaded under any name cudarc's loader tries (feature `nccl`;
+    /// the variant exists in every build). `soname` is the NCCL 2 library that does load under a
+    /// name cudarc never tries (the NVIDIA wheel's `libnccl.so.2`), if any.
+    #[error("{}", no_nccl(searched, soname.as_deref()))]
+    NoNccl {
+        /// The names probed (each one cudarc's loader also tries).
+        searched: Vec<String>,
+        /// A library that loads but that cudarc does not look for.
+        soname: Option<String>,
+    },
     /// The transport itself failed (MPI, NCCL), with its message.
     #[error("{transport}: {message}")]
     Transport {
@@ -91,4 +101,22 @@ pub enum CommError {
         /// What it said.
         message: String,
     },
+}
+
+fn no_nccl(searched: &[String], soname: Option<&str>) -> String {
+    let names = searched.join(", ");
+    match soname {
+        Some(so) => format!(
+            "NCCL is installed as {so} (NCCL's soname, what the NVIDIA wheel nvidia-nccl-cu13 \
+             installs), but cudarc's loader only tries {names}: make libnccl.so resolvable, e.g. a \
+             symlink named libnccl.so to {so} in a folder on LD_LIBRARY_PATH (for the wheel: \
+             site-packages/nvidia/nccl/lib)"
+        ),
+        None => format!(
+            "NCCL could not be loaded: none of {names} (nor libnccl.so.2) loads; install NCCL 2 \
+             (libnccl2 and libnccl-dev, or pip's nvidia-nccl-cu13) and make libnccl.so \
+             resolvable: put its folder on LD_LIBRARY_PATH, with a symlink libnccl.so -> \
+             libnccl.so.2 where only the latter exists"
+        ),
+    }
 }

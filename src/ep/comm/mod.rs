@@ -1,6 +1,7 @@
 //! Collectives between EP ranks (design.md §9): one [`Communicator`] trait, with an in-process
 //! implementation ([`LocalComm`], threads: tests and single-machine runs without MPI) and an MPI
-//! one (`MpiComm`, feature `mpi`: one process per rank under `mpirun`).
+//! one (`MpiComm`, feature `mpi`: one process per rank under `mpirun`), and NCCL for GPU ranks
+//! (`NcclComm`, feature `nccl`: device collectives, the unique id over a host communicator).
 //!
 //! The trait moves bytes; [`all_gather`], [`all_to_all_v`] and [`gather_to_root`] give typed
 //! views over any [`bytemuck::Pod`] element. Counts are known on both sides of an all-to-all-v:
@@ -31,6 +32,8 @@ mod error;
 mod local;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +41,8 @@ pub use error::CommError;
 pub use local::{run_local, LocalComm, RankFailure};
 #[cfg(feature = "mpi")]
 pub use mpi::MpiComm;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclComm;
 
 use bytemuck::Pod;
 
