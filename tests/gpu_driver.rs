@@ -129,3 +129,59 @@ fn the_default_pool_keeps_its_memory() {
     let theirs = GpuContext::from_stream(b.stream().clone());
     assert_eq!(theirs.pool_release_threshold().unwrap(), u64::MAX);
 }
+
+/// Allocations of one eager MoE layer call (`MoeLayer::forward`, the composition every device
+/// path runs), counted by the fake driver (emulation only; on a GPU this test only runs the
+/// layer). Each call after the first allocates the same number of buffers: nothing grows with
+/// the number of calls. The count itself is reported (docs/EMULATION.md); [gpu-first-run] item 8
+/// (one workspace sized once) is to bring it to zero.
+#[test]
+fn eager_layer_allocations_are_counted_and_steady() {
+    let _alone = gpu_lock::alone();
+    let Some(g) = gpu() else { return };
+    let layer = layer(&g);
+    let logits = g
+        .stream()
+        .clone_htod(&vec![0.25f32; TOKENS * SHAPE.experts])
+        .unwrap();
+    let x = g
+        .stream()
+        .alloc_zeros::<u16>(TOKENS * SHAPE.hidden)
+        .unwrap();
+    let calls = || -> Option<u64> {
+        if !cfg!(feature = "emulate") {
+            return None;
+        }
+        // SAFETY: the fake libcuda cudarc already loaded (same handle); the symbol is a
+        // `uint64_t (void)` function that only reads an atomic.
+        unsafe {
+            let lib = libloading::Library::new("libcuda.so").ok()?;
+            let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
+                lib.get(b"capmoe_fake_alloc_calls").ok()?;
+            Some(f())
+        }
+    };
+    drop(layer.forward(&logits, &x, TOKENS).unwrap());
+    g.synchronize().unwrap();
+    let mut per_call = Vec::new();
+    for _ in 0..3 {
+        let before = calls();
+        drop(layer.forward(&logits, &x, TOKENS).unwrap());
+        g.synchronize().unwrap();
+        if let (Some(a), Some(b)) = (before, calls()) {
+            per_call.push(b - a);
+        }
+    }
+    if cfg!(feature = "emulate") {
+        assert_eq!(per_call.len(), 3, "the fake driver's counter was not found");
+        assert!(
+            per_call[0] > 0,
+            "an eager layer that allocates nothing: update the docs"
+        );
+        assert!(per_call.windows(2).all(|w| w[0] == w[1]), "{per_call:?}");
+        eprintln!(
+            "eager MoE layer (T {TOKENS}, E {}, k 2): {} device allocations per call",
+            SHAPE.experts, per_call[0]
+        );
+    }
+}

@@ -8,6 +8,7 @@
 // `capture-free` (a stream-ordered free inside a capture frees, then fails, as a driver error
 // would) and `no-stream-memops` (cuStreamWriteValue32/WaitValue32 unsupported). See
 // docs/EMULATION.md.
+#include <atomic>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -65,6 +66,7 @@ struct Exec {
 
 std::mutex g_lock;
 std::map<uintptr_t, size_t> g_allocs;
+std::atomic<uint64_t> g_alloc_calls{0};  // every successful allocation (capmoe_fake_alloc_calls)
 bool g_init = false;
 int g_capturing = 0;  // streams capturing now (a context sync is illegal while any is)
 thread_local CUcontext g_current = nullptr;
@@ -113,6 +115,7 @@ CUresult alloc(CUdeviceptr* out, size_t n) {
   }
   g_allocs[reinterpret_cast<uintptr_t>(p)] = n;
   *out = reinterpret_cast<CUdeviceptr>(p);
+  g_alloc_calls.fetch_add(1, std::memory_order_relaxed);
   return OK;
 }
 
@@ -184,6 +187,9 @@ CUresult refuse(CUstream s, const char* why) {
 }  // namespace
 
 extern "C" {
+// Not a driver call: allocations so far (sync and stream-ordered, graph memory nodes included),
+// for tests that count what a layer allocates (tests/gpu_driver.rs).
+uint64_t capmoe_fake_alloc_calls() { return g_alloc_calls.load(std::memory_order_relaxed); }
 CUresult cuInit(unsigned) {
   g_init = true;
   return OK;

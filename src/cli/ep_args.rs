@@ -44,8 +44,8 @@ pub struct EpArgs {
     /// as threads; `mpi` runs one rank per process under
     /// `mpirun -n R capmoe ... --ep mpi` (needs a build with `--features mpi`).
     /// The output equals the single-process run's (on the CPU bit for bit;
-    /// with `--device cuda` each rank uses GPU `rank mod count` and stages
-    /// rows through the host). Example:
+    /// `logits` and `generate` also take `--device cuda`: rank r on GPU
+    /// `r mod count`, rows staged through the host). Example:
     /// `capmoe logits --model tiny --ids 1,2,3 --ep local:2`.
     #[arg(long, value_name = "local:R|mpi")]
     pub ep: Option<EpMode>,
