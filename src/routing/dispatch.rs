@@ -466,122 +466,32 @@ mod tests {
             }],
         };
         assert!(DispatchLayout::from_parts(ok.clone(), 3).is_ok());
-        let broken: Vec<(&str, DispatchParts)> = vec![
-            (
-                "tile 0",
-                DispatchParts {
-                    tile: 0,
-                    ..ok.clone()
-                },
-            ),
-            (
-                "offsets from 1",
-                DispatchParts {
-                    offsets: vec![1, 2, 4],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "decreasing",
-                DispatchParts {
-                    offsets: vec![0, 4, 2],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "not a tile multiple",
-                DispatchParts {
-                    offsets: vec![0, 1, 4],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "rows short",
-                DispatchParts {
-                    offsets: vec![0, 2, 6],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "over-padded",
-                DispatchParts {
-                    offsets: vec![0, 2, 4, 6],
-                    row_tokens: vec![0, 2, 1, PAD, PAD, PAD],
-                    row_weights: vec![0.5, 0.25, 1.0, 0.0, 0.0, 0.0],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "served after pad",
-                DispatchParts {
-                    row_tokens: vec![0, 2, PAD, 1],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "tokens not increasing",
-                DispatchParts {
-                    row_tokens: vec![2, 0, 1, PAD],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "token out of range",
-                DispatchParts {
-                    row_tokens: vec![0, 3, 1, PAD],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "NaN weight",
-                DispatchParts {
-                    row_weights: vec![f32::NAN, 0.25, 1.0, 0.0],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "weight on padding",
-                DispatchParts {
-                    row_weights: vec![0.5, 0.25, 1.0, 0.5],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "assignment on padding",
-                DispatchParts {
-                    assignment_rows: vec![0, 3, 1],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "assignment past rows",
-                DispatchParts {
-                    assignment_rows: vec![0, 9, 1],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "overflow token",
-                DispatchParts {
-                    overflow: vec![Overflow {
-                        token: 3,
-                        expert: 1,
-                    }],
-                    ..ok.clone()
-                },
-            ),
-            (
-                "overflow expert",
-                DispatchParts {
-                    overflow: vec![Overflow {
-                        token: 0,
-                        expert: 2,
-                    }],
-                    ..ok.clone()
-                },
-            ),
+        let broken: [(&str, fn(&mut DispatchParts)); 15] = [
+            ("tile 0", |p| p.tile = 0),
+            ("offsets from 1", |p| p.offsets = vec![1, 2, 4]),
+            ("decreasing", |p| p.offsets = vec![0, 4, 2]),
+            ("not a tile multiple", |p| p.offsets = vec![0, 1, 4]),
+            ("rows short", |p| p.offsets = vec![0, 2, 6]),
+            ("over-padded", |p| {
+                p.offsets = vec![0, 2, 4, 6];
+                p.row_tokens.extend([PAD, PAD]);
+                p.row_weights.extend([0.0, 0.0]);
+            }),
+            ("served after pad", |p| p.row_tokens = vec![0, 2, PAD, 1]),
+            ("tokens not increasing", |p| {
+                p.row_tokens = vec![2, 0, 1, PAD]
+            }),
+            ("token out of range", |p| p.row_tokens = vec![0, 3, 1, PAD]),
+            ("NaN weight", |p| p.row_weights[0] = f32::NAN),
+            ("weight on padding", |p| p.row_weights[3] = 0.5),
+            ("assignment on padding", |p| p.assignment_rows[1] = 3),
+            ("assignment past rows", |p| p.assignment_rows[1] = 9),
+            ("overflow token", |p| p.overflow[0].token = 3),
+            ("overflow expert", |p| p.overflow[0].expert = 2),
         ];
-        for (what, p) in broken {
+        for (what, break_it) in broken {
+            let mut p = ok.clone();
+            break_it(&mut p);
             assert!(
                 DispatchLayout::from_parts(p, 3).is_err(),
                 "{what} was accepted"
