@@ -231,6 +231,26 @@ pub fn line(
     Ok(())
 }
 
+/// Vertical error bars `(x, low, high)` with short caps, in `col`.
+pub fn error_bars(
+    chart: &mut Chart<'_, '_>,
+    bars: &[(f64, f64, f64)],
+    col: RGBColor,
+) -> DrawResult {
+    let stroke = col.stroke_width(1);
+    chart.draw_series(
+        bars.iter()
+            .map(|&(x, lo, hi)| PathElement::new(vec![(x, lo), (x, hi)], stroke)),
+    )?;
+    let cap =
+        |x: f64, y: f64| EmptyElement::at((x, y)) + PathElement::new(vec![(-5, 0), (5, 0)], stroke);
+    chart.draw_series(
+        bars.iter()
+            .flat_map(|&(x, lo, hi)| [cap(x, lo), cap(x, hi)]),
+    )?;
+    Ok(())
+}
+
 /// A dashed line through `pts` (`dash` drawn, `gap` blank, in pixels),
 /// labelled in the legend if `label` is given.
 pub fn dashed(
@@ -307,6 +327,8 @@ pub struct Series {
     /// The dashed companion line's points (drawn only when the panel has a
     /// dashed label).
     pub dashed: Vec<(f64, f64)>,
+    /// Error bars `(x, low, high)`: a spread drawn around the solid line.
+    pub errors: Vec<(f64, f64, f64)>,
 }
 
 /// A chart against the capacity factor: dashed horizontal references, then
@@ -351,6 +373,7 @@ impl GammaPanel<'_> {
         for (i, s) in self.series.iter().enumerate() {
             let col = color(i);
             line(&mut chart, self.style, &s.points, col, &s.label)?;
+            error_bars(&mut chart, &s.errors, col)?;
             if let Some(what) = self.dashed_label {
                 let l = (i == 0).then_some(what);
                 dashed(&mut chart, s.dashed.clone(), (5, 4), col.stroke_width(1), l)?;

@@ -9,6 +9,17 @@ use crate::chart::{
 use plotters::style::Color;
 use std::path::{Path, PathBuf};
 
+/// What one panel draws beside its metric: an optional dashed companion
+/// (label, metric) and an optional spread `(low, high)` as error bars.
+#[derive(Default)]
+struct Extras<'a> {
+    dashed: Option<(&'a str, Metric<'a>)>,
+    spread: Option<Spread<'a>>,
+}
+
+type Metric<'a> = &'a dyn Fn(&CaseReport) -> f64;
+type Spread<'a> = &'a dyn Fn(&CaseReport) -> (f64, f64);
+
 /// One panel: a metric against gamma, a line per capacity policy, and an
 /// optional dashed reference (the `none` value).
 fn panel(
@@ -18,21 +29,39 @@ fn panel(
     y_desc: &str,
     metric: &dyn Fn(&CaseReport) -> f64,
     reference: Option<f64>,
+    extras: Extras<'_>,
 ) -> DrawResult {
     let groups = by_policy(&r.cases, |c| &c.policy, |c| c.capacity_factor);
+    let x = |c: &CaseReport| c.capacity_factor.unwrap_or(0.0);
     let series: Vec<Series> = groups
         .iter()
         .map(|(p, cases)| Series {
             label: p.clone(),
-            points: cases
-                .iter()
-                .map(|c| (c.capacity_factor.unwrap_or(0.0), metric(c)))
-                .collect(),
-            dashed: Vec::new(),
+            points: cases.iter().map(|c| (x(c), metric(c))).collect(),
+            dashed: extras
+                .dashed
+                .map(|(_, f)| cases.iter().map(|c| (x(c), f(c))).collect())
+                .unwrap_or_default(),
+            errors: extras
+                .spread
+                .map(|f| {
+                    cases
+                        .iter()
+                        .map(|c| {
+                            let (lo, hi) = f(c);
+                            (x(c), lo, hi)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
         .collect();
     let y = range(
-        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+        series.iter().flat_map(|s| {
+            let dashed = s.dashed.iter().map(|p| p.1);
+            let bars = s.errors.iter().flat_map(|e| [e.1, e.2]);
+            s.points.iter().map(|p| p.1).chain(dashed).chain(bars)
+        }),
         reference,
     );
     let refs: Vec<_> = reference
@@ -47,22 +76,34 @@ fn panel(
         y,
         refs: &refs,
         series: &series,
-        dashed_label: None,
+        dashed_label: extras.dashed.map(|(l, _)| l),
         legend: SeriesLabelPosition::UpperRight,
     }
     .draw(area)
 }
 
+/// The MoE-layer panel carries the ideal (busiest rank's rows, none over the
+/// policy) dashed beside the measured median, and the spread over timing
+/// rounds (min to max) as error bars.
 fn speedup(path: &Path, r: &BenchReport) -> DrawResult {
     save_png(path, (1400, 560), |root| {
         let (a, b) = root.split_horizontally(700);
+        let ideal = |c: &CaseReport| c.summary.ideal_speedup;
+        let spread = |c: &CaseReport| {
+            let s = c.summary.speedup_moe_spread;
+            (s[0], s[2])
+        };
         panel(
             &a,
             r,
-            "MoE-layer EP speedup vs none",
+            "MoE-layer EP speedup vs none (bars: min-max over rounds)",
             "speedup (x)",
             &|c| c.summary.speedup_moe,
             Some(1.0),
+            Extras {
+                dashed: Some(("ideal (busiest rank's rows)", &ideal)),
+                spread: Some(&spread),
+            },
         )?;
         panel(
             &b,
@@ -71,6 +112,7 @@ fn speedup(path: &Path, r: &BenchReport) -> DrawResult {
             "speedup (x)",
             &|c| c.summary.speedup_e2e,
             Some(1.0),
+            Extras::default(),
         )
     })
 }
@@ -85,6 +127,7 @@ fn fidelity(path: &Path, r: &BenchReport) -> DrawResult {
             "KL (nats)",
             &|c| c.summary.fidelity.kl,
             Some(0.0),
+            Extras::default(),
         )?;
         panel(
             &b,
@@ -93,6 +136,7 @@ fn fidelity(path: &Path, r: &BenchReport) -> DrawResult {
             "agreement (%)",
             &|c| 100.0 * c.summary.fidelity.top1,
             Some(100.0),
+            Extras::default(),
         )
     })
 }

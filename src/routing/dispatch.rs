@@ -466,7 +466,8 @@ mod tests {
             }],
         };
         assert!(DispatchLayout::from_parts(ok.clone(), 3).is_ok());
-        let broken: [(&str, fn(&mut DispatchParts)); 15] = [
+        type Break = fn(&mut DispatchParts);
+        let broken: [(&str, Break); 15] = [
             ("tile 0", |p| p.tile = 0),
             ("offsets from 1", |p| p.offsets = vec![1, 2, 4]),
             ("decreasing", |p| p.offsets = vec![0, 4, 2]),

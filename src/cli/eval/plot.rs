@@ -40,6 +40,7 @@ fn panel(
                 .map(|x| (x.gamma.unwrap_or(0.0), metric(x)))
                 .collect(),
             dashed: Vec::new(),
+            errors: Vec::new(),
         })
         .collect();
     let none = r.results.iter().find(|x| x.gamma.is_none()).map(metric);

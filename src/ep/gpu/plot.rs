@@ -41,6 +41,7 @@ fn panel(
             label: p.clone(),
             points: points(cases, metric),
             dashed: dashed.map(|(_, f)| points(cases, f)).unwrap_or_default(),
+            errors: Vec::new(),
         })
         .collect();
     let vals = groups.iter().flat_map(|(_, v)| {
