@@ -72,6 +72,8 @@ fn fidelity_pairs_each_case_accuracy_with_its_speedup_and_finds_the_front() {
         "1",
         "--eval-limit",
         "60",
+        "--controllers",
+        "fixed:2.0,budget:1.2x",
         "--out",
         d,
     ]);
@@ -88,7 +90,8 @@ fn fidelity_pairs_each_case_accuracy_with_its_speedup_and_finds_the_front() {
     let none = ev["results"][0]["accuracy"].as_f64().unwrap();
     assert_eq!(fid["accuracy_none"].as_f64().unwrap(), none);
     let rows = fid["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6, "4 uniform cases and 2 controllers");
+    let cases = rep["cases"].as_array().unwrap();
     for r in rows {
         let (p, g) = (r["policy"].as_str().unwrap(), r["gamma"].as_f64().unwrap());
         let e = ev["results"]
@@ -100,14 +103,43 @@ fn fidelity_pairs_each_case_accuracy_with_its_speedup_and_finds_the_front() {
         let acc = e["accuracy"].as_f64().unwrap();
         assert_eq!(r["accuracy"].as_f64().unwrap(), acc);
         assert!((r["delta_points"].as_f64().unwrap() - 100.0 * (acc - none)).abs() < 1e-9);
-        let case = rep["cases"]
-            .as_array()
-            .unwrap()
+        // A controller's case is per-layer, labelled as its eval row.
+        let case = cases
             .iter()
-            .find(|c| c["policy"] == p && c["capacity_factor"].as_f64() == Some(g))
+            .find(|c| {
+                c["policy"] == p
+                    && (e.get("controller").is_some() || c["capacity_factor"].as_f64() == Some(g))
+            })
             .unwrap();
         assert_eq!(r["speedup_e2e"], case["summary"]["speedup_e2e"]);
+        assert!(case["summary"]["speedup_e2e"].as_f64().unwrap() > 0.0);
     }
+    // fixed:2.0 gives every layer gamma 2.0: the bench routes it as drop:score at 2.0.
+    let fixed = cases
+        .iter()
+        .find(|c| c["policy"] == "drop:score [fixed:2]")
+        .unwrap();
+    let uniform = cases
+        .iter()
+        .find(|c| c["policy"] == "drop:score" && c["capacity_factor"].as_f64() == Some(2.0))
+        .unwrap();
+    assert_eq!(fixed["capacity_factor"].as_f64(), Some(2.0));
+    for (a, b) in fixed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(uniform["layers"].as_array().unwrap())
+    {
+        assert_eq!((&a["load"], &a["capacity"]), (&b["load"], &b["capacity"]));
+    }
+    let budget = ev["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["controller"] == "budget:1.2x")
+        .unwrap();
+    let layers = rep["model"]["layers"].as_u64().unwrap() as usize;
+    assert_eq!(budget["layer_gammas"].as_array().unwrap().len(), layers);
     // The front: per policy the smallest gamma within 1 point, and only those.
     for p in ["drop:score", "drop:random:0"] {
         let ok: Vec<f64> = rows

@@ -8,6 +8,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EpError {
+    /// A per-layer case the benchmark cannot run.
+    #[error("per-layer case `{label}`: {why}; expected a capacity policy with one valid gamma per layer")]
+    LayerCase {
+        /// The case's label.
+        label: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A count (tokens, ranks, iterations, a shape dimension, ...) is 0.
     #[error("{what} is 0; expected at least 1")]
     Zero {

@@ -32,6 +32,7 @@ mod rounds;
 mod run;
 mod setup;
 pub mod sim;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +47,7 @@ pub use results::{
 };
 pub use run::{prompt_ids, run, run_prompts};
 pub use setup::{
-    cases, check_bandwidth, BenchSetup, MAX_A2A_GBPS, MAX_BENCH_ITERS, MAX_BENCH_TOKENS,
+    cases, check_bandwidth, BenchSetup, LayerCase, MAX_A2A_GBPS, MAX_BENCH_ITERS, MAX_BENCH_TOKENS,
     MIN_A2A_GBPS,
 };
 pub(crate) use setup::{check_at_most, check_policy_numbers};

@@ -6,7 +6,6 @@ use super::replay::RankReplay;
 use super::run::Measured;
 use super::*;
 use crate::model::{argmax, ForwardOptions, LogitsMode, Model};
-use crate::routing::RouterConfig;
 
 /// One case's timings over the rounds.
 pub(super) struct CaseTimes {
@@ -77,12 +76,10 @@ pub(super) fn time_round<B: EpBackend>(
 ) -> Result<(), EpError> {
     let be = model.backend();
     if baseline || setup.throughput {
-        let mut router =
-            RouterConfig::new(model.config().num_experts_per_tok, m.policy).with_ranks(setup.ranks);
-        router.capacity_factor = m.gamma;
         // Timed without plans: a device backend keeps them on the device, so
         // its layers have no host sync (one read-back per pass).
-        let opts = ForwardOptions::new(router)
+        let opts = ForwardOptions::new(m.router.clone())
+            .with_layer_routers(m.layer_routers.clone())
             .with_logits(LogitsMode::Last)
             .with_plans(false);
         let ((seqs, out), ms) = be.timed(|| model.prefill(prompts, &opts))?;

@@ -4,6 +4,7 @@
 use super::backend::EpBackend;
 use super::replay::RankReplay;
 use super::rounds::{time_round, warm_up, CaseTimes};
+use super::summary::{check_finite, round_moe_ms, spread};
 use super::*;
 use crate::model::{ForwardOptions, LayerRecord, LogitsMode, Model, ModelError};
 use crate::progress::Progress;
@@ -51,8 +52,13 @@ fn check_prompts(prompts: &[Vec<u32>], setup: &BenchSetup, vocab: usize) -> Resu
 
 /// What one case's forward pass and replay give before the baseline is known.
 pub(super) struct Measured<B: EpBackend> {
-    pub(super) policy: Policy,
+    /// The report's policy label.
+    pub(super) label: String,
+    /// gamma (a per-layer case: the mean over layers).
     pub(super) gamma: Option<f64>,
+    /// The case's routers: one for every layer, or one per layer.
+    pub(super) router: RouterConfig,
+    pub(super) layer_routers: Vec<RouterConfig>,
     pub(super) layers: Vec<LayerReport>,
     /// The forward pass's per-layer plans and MoE inputs, for the replay.
     pub(super) records: Vec<LayerRecord<B>>,
@@ -120,28 +126,27 @@ pub fn run_prompts<B: EpBackend>(
     };
     check_prompts(prompts, setup, cfg.vocab_size)?;
     let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let cases = setup.cases();
-    progress.set_length((cases.len() * (1 + setup.iters)) as u64);
+    let n_cases = setup.cases().len() + setup.layer_cases.len();
+    progress.set_length((n_cases * (1 + setup.iters)) as u64);
 
     let round = |m: &Measured<B>, t: &mut CaseTimes, ci: usize| -> Result<(), EpError> {
         time_round(model, m, &prompts, setup, ci == 0, t)
     };
     // Phase 1: one forward pass per case (timed at once unless interleaved).
-    let mut measured: Vec<Measured<B>> = Vec::with_capacity(cases.len());
-    let mut times: Vec<CaseTimes> = Vec::with_capacity(cases.len());
+    let mut measured: Vec<Measured<B>> = Vec::with_capacity(n_cases);
+    let mut times: Vec<CaseTimes> = Vec::with_capacity(n_cases);
     let mut base_logprobs: Option<LogProbs> = None;
-    for (ci, &(policy, gamma)) in cases.iter().enumerate() {
-        let label = match gamma {
-            Some(g) => format!("{policy} gamma {g}"),
-            None => format!("{policy}"),
+    for (ci, spec) in case_specs(setup, &cfg).into_iter().enumerate() {
+        let label = match spec.gamma {
+            Some(g) if spec.layer_routers.is_empty() => format!("{} gamma {g}", spec.label),
+            Some(g) => format!("{} (mean gamma {g:.3})", spec.label),
+            None => spec.label.clone(),
         };
         progress.set_message(&format!("forward {label}"));
-        let mut router = RouterConfig::new(cfg.num_experts_per_tok, policy).with_ranks(ranks);
-        router.capacity_factor = gamma;
         let mut m = forward_case(
             model,
             &prompts,
-            &router,
+            spec,
             &placement,
             &lat,
             setup.iters,
@@ -172,7 +177,7 @@ pub fn run_prompts<B: EpBackend>(
                     "timing round {}/{}: {}{}",
                     r + 1,
                     setup.iters,
-                    m.policy,
+                    m.label,
                     m.gamma.map_or(String::new(), |g| format!(" gamma {g}"))
                 ));
                 round(m, t, ci)?;
@@ -275,9 +280,13 @@ pub fn run_prompts<B: EpBackend>(
                     .then(|| t.throughput(setup, tokens, ep_prefill_ms)),
             };
             CaseReport {
-                policy: m.policy.to_string(),
+                policy: m.label.clone(),
                 capacity_factor: m.gamma,
-                capacity: m.layers.first().and_then(|l| l.capacity),
+                // Per-layer cases have one capacity per layer (in `layers`).
+                capacity: match m.layer_routers.is_empty() {
+                    true => m.layers.first().and_then(|l| l.capacity),
+                    false => None,
+                },
                 summary,
                 layers: m.layers.clone(),
             }
@@ -333,15 +342,17 @@ pub fn run_prompts<B: EpBackend>(
 fn forward_case<B: EpBackend>(
     model: &Model<B>,
     prompts: &[&[u32]],
-    router: &RouterConfig,
+    spec: CaseSpec,
     placement: &Placement,
     lat: &LatencyModel,
     iters: usize,
     base_logprobs: &mut Option<LogProbs>,
 ) -> Result<Measured<B>, EpError> {
-    let opts = ForwardOptions::new(router.clone())
+    let opts = ForwardOptions::new(spec.router.clone())
+        .with_layer_routers(spec.layer_routers.clone())
         .with_logits(LogitsMode::All)
         .with_moe_inputs(true);
+    let router = &spec.router;
     let (_seqs, out) = model.prefill_ranks(prompts, &opts)?;
     let logprobs = LogProbs::new(&out.logits, out.vocab);
     let fidelity = match base_logprobs {
@@ -374,7 +385,7 @@ fn forward_case<B: EpBackend>(
                     let ((), ms) = model.backend().timed(|| {
                         model
                             .backend()
-                            .route_only(moe, x, router)
+                            .route_only(moe, x, opts.router_of(l))
                             .map_err(ModelError::from)
                     })?;
                     times.push(ms);
@@ -407,8 +418,10 @@ fn forward_case<B: EpBackend>(
         });
     }
     Ok(Measured {
-        policy: router.policy,
-        gamma: router.capacity_factor,
+        label: spec.label,
+        gamma: spec.gamma,
+        router: spec.router,
+        layer_routers: spec.layer_routers,
         layers,
         records: out.layers,
         fidelity,
@@ -417,65 +430,41 @@ fn forward_case<B: EpBackend>(
     })
 }
 
-/// Outputs never hold NaN or Inf: the first non-finite summary number is an
-/// error naming the case and the inputs behind it.
-fn check_finite(cases: &[CaseReport], setup: &BenchSetup) -> Result<(), EpError> {
-    for c in cases {
-        let s = &c.summary;
-        for (what, value) in [
-            ("imbalance", s.imbalance),
-            ("rank_imbalance", s.rank_imbalance),
-            ("dropped_pct", s.dropped_pct),
-            ("rerouted_pct", s.rerouted_pct),
-            ("gate_mass_kept", s.gate_mass_kept),
-            ("expert_ms", s.expert_ms),
-            ("a2a_ms", s.a2a_ms),
-            ("moe_ms", s.moe_ms),
-            ("ep_prefill_ms", s.ep_prefill_ms),
-            ("speedup_moe", s.speedup_moe),
-            ("speedup_e2e", s.speedup_e2e),
-            ("ideal_speedup", s.ideal_speedup),
-        ] {
-            if !value.is_finite() {
-                return Err(EpError::NonFinite {
-                    what,
-                    case: match c.capacity_factor {
-                        Some(g) => format!("{} gamma {g}", c.policy),
-                        None => c.policy.clone(),
-                    },
-                    value,
-                    inputs: format!(
-                        "--a2a-gbps {}, {} bytes per element and the measured times",
-                        setup.a2a_gbps, setup.elem_bytes
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
+/// One case to run: its label, gamma (a per-layer case: the mean) and routers.
+struct CaseSpec {
+    label: String,
+    gamma: Option<f64>,
+    router: RouterConfig,
+    layer_routers: Vec<RouterConfig>,
 }
 
-/// Each timing round's MoE time of a case: over layers, the slowest rank's time in that round
-/// plus the layer's modelled all-to-all, ms.
-fn round_moe_ms<B: EpBackend>(m: &Measured<B>, t: &CaseTimes) -> Vec<f64> {
-    let rounds = t.rank.iter().flatten().map(Vec::len).min().unwrap_or(0);
-    (0..rounds)
-        .map(|i| {
-            m.layers
+/// The uniform cases ([`BenchSetup::cases`]: `none` first), then the per-layer ones.
+fn case_specs(setup: &BenchSetup, cfg: &crate::model::MixtralConfig) -> Vec<CaseSpec> {
+    let k = cfg.num_experts_per_tok;
+    let router = |policy: Policy, gamma: Option<f64>| {
+        let mut r = RouterConfig::new(k, policy).with_ranks(setup.ranks);
+        r.capacity_factor = gamma;
+        r
+    };
+    let uniform = setup.cases().into_iter().map(|(policy, gamma)| CaseSpec {
+        label: policy.to_string(),
+        gamma,
+        router: router(policy, gamma),
+        layer_routers: Vec::new(),
+    });
+    let per_layer = setup.layer_cases.iter().map(|c| {
+        let mean = c.mean_gamma();
+        CaseSpec {
+            label: c.label.clone(),
+            gamma: Some(mean),
+            // Decode steps (with throughput) run one router: the mean gamma.
+            router: router(c.policy, Some(mean)),
+            layer_routers: c
+                .gammas
                 .iter()
-                .zip(&t.rank)
-                .map(|(l, ranks)| ranks.iter().map(|r| r[i]).fold(0.0, f64::max) + l.a2a_ms)
-                .sum()
-        })
-        .collect()
-}
-
-/// `[min, median, max]` of `v` (zeros when empty).
-fn spread(v: &[f64]) -> [f64; 3] {
-    if v.is_empty() {
-        return [0.0; 3];
-    }
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    [lo, median(v), hi]
+                .map(|&g| router(c.policy, Some(g)))
+                .collect(),
+        }
+    });
+    uniform.chain(per_layer).collect()
 }

@@ -44,6 +44,28 @@ pub struct BenchSetup {
     /// one case's MoE inputs are held at a time: right on a GPU, where a
     /// full model leaves little room.
     pub interleave: bool,
+    /// Cases whose capacity differs per layer (a capacity controller's
+    /// plan), run after the uniform cases.
+    pub layer_cases: Vec<LayerCase>,
+}
+
+/// A case with one gamma per layer: what a capacity controller planned
+/// (`capmoe bench --controllers`: each layer's mean over the eval's forwards).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerCase {
+    /// The report's policy label, e.g. `drop:score [budget:1.2x]`.
+    pub label: String,
+    /// A capacity policy.
+    pub policy: Policy,
+    /// One gamma per MoE layer.
+    pub gammas: Vec<f64>,
+}
+
+impl LayerCase {
+    /// The mean gamma over layers (the report's `capacity_factor`).
+    pub fn mean_gamma(&self) -> f64 {
+        self.gammas.iter().sum::<f64>() / self.gammas.len().max(1) as f64
+    }
 }
 
 impl BenchSetup {
@@ -90,6 +112,34 @@ impl BenchSetup {
                 layer: self.load_layer,
                 layers,
             });
+        }
+        for c in &self.layer_cases {
+            let bad = |why: String| {
+                Err(EpError::LayerCase {
+                    label: c.label.clone(),
+                    why,
+                })
+            };
+            if !c.policy.has_capacity() {
+                return bad(format!("policy {} has no capacity", c.policy));
+            }
+            if c.gammas.len() != layers {
+                return bad(format!("{} gammas for {layers} layers", c.gammas.len()));
+            }
+            if let Some(g) = c
+                .gammas
+                .iter()
+                .find(|g| !crate::routing::valid_capacity_factor(**g))
+            {
+                return bad(format!("gamma {g} is not a valid capacity factor"));
+            }
+            if c.label.is_empty()
+                || cases(&self.policies, &self.capacity_factors)
+                    .iter()
+                    .any(|(p, _)| p.to_string() == c.label)
+            {
+                return bad("its label must be new and not empty".into());
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ fn setup() -> BenchSetup {
         throughput: false,
         decode_steps: 0,
         interleave: true,
+        layer_cases: Vec::new(),
     }
 }
 
@@ -123,6 +124,7 @@ fn per_case_timing_matches_interleaved_and_reports_throughput() {
         throughput: true,
         decode_steps: 2,
         interleave: false,
+        layer_cases: Vec::new(),
         ..setup()
     };
     let b = run(&model, &s, &crate::progress::NoProgress).unwrap();
@@ -159,4 +161,95 @@ fn per_case_timing_matches_interleaved_and_reports_throughput() {
     let mut md = Vec::new();
     report::write_markdown(&mut md, &a).unwrap();
     assert!(!String::from_utf8(md).unwrap().contains("## Throughput"));
+}
+
+/// A per-layer case runs each layer at its own gamma: with every layer at one gamma it routes
+/// exactly as the uniform case does (same load, drops, capacity, fidelity); with gammas that
+/// differ, each layer's capacity is its own, and the case reports their mean. Bad cases are
+/// typed errors.
+#[test]
+fn per_layer_cases_route_each_layer_at_its_gamma() {
+    use crate::backend::CpuBackend;
+    use crate::model::{InitOptions, MixtralConfig};
+    let cfg = MixtralConfig::builtin("tiny").unwrap();
+    let layers = cfg.num_hidden_layers;
+    let model = Model::random(
+        CpuBackend,
+        cfg.clone(),
+        &InitOptions::new(2).with_skew(crate::trace::Skew::Ratio(1.6)),
+    )
+    .unwrap();
+    let drop: Policy = "drop:score".parse().unwrap();
+    let mut gammas: Vec<f64> = (0..layers).map(|l| 1.0 + 0.5 * (l % 2) as f64).collect();
+    gammas[0] = 1.0;
+    let s = BenchSetup {
+        layer_cases: vec![
+            LayerCase {
+                label: "flat".into(),
+                policy: drop,
+                gammas: vec![1.0; layers],
+            },
+            LayerCase {
+                label: "mixed".into(),
+                policy: drop,
+                gammas: gammas.clone(),
+            },
+        ],
+        ..setup()
+    };
+    let r = run(&model, &s, &crate::progress::NoProgress).unwrap();
+    let uniform = r.case("drop:score", Some(1.0)).unwrap();
+    let flat = r.cases.iter().find(|c| c.policy == "flat").unwrap();
+    assert_eq!(flat.capacity_factor, Some(1.0));
+    assert_eq!(flat.capacity, None);
+    for (a, b) in uniform.layers.iter().zip(&flat.layers) {
+        assert_eq!(
+            (&a.load, a.dropped, a.capacity),
+            (&b.load, b.dropped, b.capacity)
+        );
+    }
+    assert_eq!(uniform.summary.fidelity.kl, flat.summary.fidelity.kl);
+    let mixed = r.cases.iter().find(|c| c.policy == "mixed").unwrap();
+    let mean = gammas.iter().sum::<f64>() / layers as f64;
+    assert_eq!(mixed.capacity_factor, Some(mean));
+    let wide = r.case("drop:score", Some(2.0)).unwrap();
+    for (l, (m, &g)) in mixed.layers.iter().zip(&gammas).enumerate() {
+        let same = if g == 1.0 { uniform } else { wide };
+        if g == 1.0 || g == 2.0 {
+            assert_eq!(m.capacity, same.layers[l].capacity, "layer {l}");
+        }
+        assert!(
+            m.capacity > uniform.layers[l].capacity || g == 1.0,
+            "layer {l}"
+        );
+    }
+    for bad in [
+        LayerCase {
+            label: "short".into(),
+            policy: drop,
+            gammas: vec![1.0],
+        },
+        LayerCase {
+            label: "no capacity".into(),
+            policy: Policy::None,
+            gammas: vec![1.0; layers],
+        },
+        LayerCase {
+            label: "nan".into(),
+            policy: drop,
+            gammas: vec![f64::NAN; layers],
+        },
+        LayerCase {
+            label: "drop:score".into(),
+            policy: drop,
+            gammas: vec![1.0; layers],
+        },
+    ] {
+        let s = BenchSetup {
+            layer_cases: vec![bad],
+            ..setup()
+        };
+        let e = run(&model, &s, &crate::progress::NoProgress).unwrap_err();
+        assert!(matches!(e, EpError::LayerCase { .. }), "{e}");
+    }
 }

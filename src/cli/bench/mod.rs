@@ -126,8 +126,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// [cpu, a checkpoint with eval data] Capacity controllers (fixed:GAMMA, budget:RATIOx) the
-    /// accuracy eval also runs under drop:score, each layer at its planned capacity: they join
-    /// the accuracy front at their mean gamma (`capmoe eval --help`).
+    /// accuracy eval also runs under drop:score, each layer at its planned capacity (`capmoe
+    /// eval --help`). The eval then runs first, and each controller joins the benchmark as a
+    /// case with each layer at the mean gamma the controller gave it there, labelled
+    /// `drop:score [SPEC]`: the front sets its speedup beside uniform gamma's, and says whether
+    /// it beats the best uniform gamma of at least its accuracy.
     #[arg(long, value_delimiter = ',', value_name = "C,C,...")]
     pub controllers: Vec<capmoe::online::ControllerSpec>,
     /// Print the per-layer table too (per rank with --ep); it is always in report.md.

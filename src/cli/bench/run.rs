@@ -1,6 +1,7 @@
 //! Running each mode and writing its reports and figures.
 
 use super::*;
+use crate::cli::eval::report::EvalReport;
 use crate::cli::progress::Bar;
 use crate::cli::CliError;
 use capmoe::backend::CpuBackend;
@@ -12,17 +13,6 @@ use std::path::Path;
 
 pub(super) fn progress_bar(len_hint: u64) -> Bar {
     Bar::new(len_hint)
-}
-
-/// Runs the CPU benchmark; returns the report (also written under --out).
-pub fn bench(args: &BenchArgs) -> Result<BenchReport, CliError> {
-    refuse_flags(args)?;
-    if args.device == Device::Cuda {
-        return Err(CliError::Usage(
-            "bench() runs the CPU benchmark; --device cuda goes through bench_gpu() or bench_gpu_e2e()".into(),
-        ));
-    }
-    whole_model(args, CpuBackend, &CPU_E2E)
 }
 
 /// The skew and the one EP size of a whole-model run, checked before the
@@ -61,12 +51,15 @@ pub(super) fn e2e_flags(args: &BenchArgs) -> Result<(Option<Skew>, Option<usize>
     Ok((skew, one_rank))
 }
 
-/// The whole-model benchmark ([`ep::run`]) on `backend`.
+/// The whole-model benchmark ([`ep::run`]) on `backend`. With `controllers` (and a checkpoint
+/// with eval data) the eval runs first, so that each controller's per-layer gammas join the
+/// benchmark as cases; the eval comes back with the report.
 pub(super) fn whole_model<B: EpBackend>(
     args: &BenchArgs,
     backend: B,
     d: &E2eDefaults,
-) -> Result<BenchReport, CliError> {
+    controllers: bool,
+) -> Result<(BenchReport, Option<EvalReport>), CliError> {
     let (skew, one_rank) = e2e_flags(args)?;
     let checkpoint = trained::checkpoint(args)?;
     // A checkpoint keeps its router as trained unless --skew asks otherwise.
@@ -87,7 +80,7 @@ pub(super) fn whole_model<B: EpBackend>(
         Some(_) => (trained::EVAL_BATCH, trained::EVAL_SEQ_LEN),
         None => (d.batch, d.seq_len),
     };
-    let setup = BenchSetup {
+    let mut setup = BenchSetup {
         batch: args.batch.unwrap_or(batch),
         seq_len: args.seq_len.unwrap_or(seq_len),
         ranks: ranks(one_rank, args.experts_per_rank, cfg.num_local_experts)?,
@@ -103,8 +96,18 @@ pub(super) fn whole_model<B: EpBackend>(
         throughput: d.throughput || args.decode_steps.is_some(),
         decode_steps: args.decode_steps.unwrap_or(d.decode_steps),
         interleave: d.interleave,
+        layer_cases: Vec::new(),
     };
     setup.validate(cfg.num_local_experts, cfg.num_hidden_layers)?;
+    let mut ev = None;
+    if controllers && !args.controllers.is_empty() {
+        if let Some(eargs) = trained::eval_args(args, setup.batch, setup.seq_len, setup.ranks)? {
+            let e = crate::cli::eval::evaluate(&eargs)?;
+            setup.layer_cases = trained::controller_cases(&e);
+            setup.validate(cfg.num_local_experts, cfg.num_hidden_layers)?;
+            ev = Some(e);
+        }
+    }
     let out_dir = args.out.clone().unwrap_or_else(|| d.out.into());
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
     let pb = progress_bar(1);
@@ -119,7 +122,7 @@ pub(super) fn whole_model<B: EpBackend>(
     let figs = plot::write_figures(&out_dir, &rep, load_layer)?;
     rep.figures = figs.iter().map(|p| p.display().to_string()).collect();
     write_reports(&out_dir, &rep, &mut |md| report::write_markdown(md, &rep))?;
-    Ok(rep)
+    Ok((rep, ev))
 }
 
 /// Runs the whole model end to end on the GPU (`--device cuda --e2e`):
@@ -140,7 +143,7 @@ pub fn bench_gpu_e2e(args: &BenchArgs) -> Result<BenchReport, CliError> {
     let backend = CudaBackend::new(&gpu)
         .and_then(CudaBackend::with_decode_graphs)
         .map_err(EpError::from)?;
-    whole_model(args, backend, &GPU_E2E)
+    Ok(whole_model(args, backend, &GPU_E2E, false)?.0)
 }
 
 /// Writes `report.json` and `report.md` (by `markdown`) into `dir`.
@@ -204,9 +207,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
             run_gpu_e2e(args, out)
         }
         Mode::Cpu => {
-            let rep = bench(args)?;
+            refuse_flags(args)?;
+            let (rep, ev) = whole_model(args, CpuBackend, &CPU_E2E, true)?;
             write_e2e(out, args, &rep)?;
-            trained::fidelity(args, &rep, out)
+            trained::fidelity(args, &rep, ev, out)
         }
     }
 }

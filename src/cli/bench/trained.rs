@@ -109,6 +109,54 @@ pub struct FidelityReport {
     pub front: Vec<FidelityRow>,
     /// The front's row of largest EP speedup.
     pub best: Option<FidelityRow>,
+    /// Each controller against uniform gamma under the same policy.
+    pub controllers: Vec<ControllerVsUniform>,
+}
+
+/// A controller's row against the uniform-gamma row of the same policy with the largest EP
+/// speedup among those at least as accurate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerVsUniform {
+    pub controller: FidelityRow,
+    /// `None` when no uniform gamma is as accurate.
+    pub uniform: Option<FidelityRow>,
+    /// `controller.speedup_e2e / uniform.speedup_e2e`.
+    pub speedup_ratio: Option<f64>,
+}
+
+/// For each controller row, the best uniform row of its policy at no less accuracy.
+fn against_uniform(rows: &[FidelityRow], ev: &EvalReport) -> Vec<ControllerVsUniform> {
+    let controlled = |p: &str| {
+        ev.results
+            .iter()
+            .any(|r| r.policy == p && r.controller.is_some())
+    };
+    rows.iter()
+        .filter(|c| controlled(&c.policy))
+        .map(|c| {
+            let base = c.policy.split(" [").next().unwrap_or("");
+            let uniform = rows
+                .iter()
+                .filter(|u| u.policy == base && u.accuracy >= c.accuracy)
+                .filter(|u| u.speedup_e2e.is_some())
+                .max_by(|a, b| {
+                    a.speedup_e2e
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.speedup_e2e.unwrap_or(0.0))
+                })
+                .cloned();
+            let speedup_ratio = match (c.speedup_e2e, uniform.as_ref().and_then(|u| u.speedup_e2e))
+            {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            ControllerVsUniform {
+                controller: c.clone(),
+                uniform,
+                speedup_ratio,
+            }
+        })
+        .collect()
 }
 
 pub(super) fn fidelity_report(rep: &BenchReport, ev: &EvalReport) -> FidelityReport {
@@ -122,7 +170,11 @@ pub(super) fn fidelity_report(rep: &BenchReport, ev: &EvalReport) -> FidelityRep
         .iter()
         .filter(|r| r.gamma.is_some())
         .map(|r| {
-            let case = rep.case(&r.policy, r.gamma);
+            // A controller's case is per-layer: found by its label (its gamma is a mean).
+            let case = match r.controller {
+                None => rep.case(&r.policy, r.gamma),
+                Some(_) => rep.cases.iter().find(|c| c.policy == r.policy),
+            };
             FidelityRow {
                 policy: r.policy.clone(),
                 gamma: r.gamma,
@@ -162,44 +214,82 @@ pub(super) fn fidelity_report(rep: &BenchReport, ev: &EvalReport) -> FidelityRep
         tokens_per_forward: ev.tokens_per_forward,
         accuracy_none: none,
         front_points: FRONT_POINTS,
+        controllers: against_uniform(&rows, ev),
         rows,
         front,
         best,
     }
 }
 
-/// After the benchmark of a checkpoint with eval data: `capmoe eval` with the same policies,
-/// gammas, T and EP size; its table and the front on `out` (unless --json), eval.json,
-/// accuracy.png and fidelity.json under --out.
-pub(super) fn fidelity(
+/// The eval that goes with the benchmark of a checkpoint with eval data (`None`: no
+/// checkpoint, no eval data, or --no-eval): the same policies, gammas, T and EP size, and the
+/// controllers of --controllers under drop:score.
+pub(super) fn eval_args(
     args: &BenchArgs,
-    rep: &BenchReport,
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
+    rows: usize,
+    seq_len: usize,
+    ranks: usize,
+) -> Result<Option<EvalArgs>, CliError> {
     let Some(dir) = checkpoint(args)? else {
-        return Ok(());
+        return Ok(None);
     };
     if args.no_eval || !has_eval_data(&dir) {
-        return Ok(());
+        return Ok(None);
     }
-    let eargs = EvalArgs {
+    Ok(Some(EvalArgs {
         model: dir,
         data: None,
-        rows: rep.setup.batch,
-        seq_len: rep.setup.seq_len,
+        rows,
+        seq_len,
         policies: args.policies.clone(),
         capacity_factors: args.capacity_factors.clone(),
-        ranks: Some(rep.setup.ranks),
+        ranks: Some(ranks),
         format: eval::args::Format::Table,
         out: None,
         limit: args.eval_limit,
         device: ModelDevice::Cpu,
         controllers: args.controllers.clone(),
-        controller_policy: capmoe::routing::Policy::Drop(capmoe::routing::DropRank::Score),
+        controller_policy: CONTROLLER_POLICY,
         window: 16,
         cost: None,
+    }))
+}
+
+/// The policy the controllers of `capmoe bench --controllers` cap with.
+const CONTROLLER_POLICY: capmoe::routing::Policy =
+    capmoe::routing::Policy::Drop(capmoe::routing::DropRank::Score);
+
+/// The benchmark's per-layer cases of the eval's controlled runs: each layer at the mean gamma
+/// the controller gave it over the eval's forwards, labelled as the eval row.
+pub(super) fn controller_cases(ev: &EvalReport) -> Vec<capmoe::ep::LayerCase> {
+    ev.results
+        .iter()
+        .filter(|r| r.controller.is_some() && !r.layer_gammas.is_empty())
+        .map(|r| capmoe::ep::LayerCase {
+            label: r.policy.clone(),
+            policy: CONTROLLER_POLICY,
+            gammas: r.layer_gammas.clone(),
+        })
+        .collect()
+}
+
+/// After the benchmark of a checkpoint with eval data: `capmoe eval` with the same policies,
+/// gammas, T and EP size (unless `done` holds it already, run before the benchmark for the
+/// controllers' per-layer gammas); its table and the front on `out` (unless --json),
+/// eval.json, accuracy.png and fidelity.json under --out.
+pub(super) fn fidelity(
+    args: &BenchArgs,
+    rep: &BenchReport,
+    done: Option<EvalReport>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let ev = match done {
+        Some(ev) => ev,
+        None => match eval_args(args, rep.setup.batch, rep.setup.seq_len, rep.setup.ranks)? {
+            Some(eargs) => eval::evaluate(&eargs)?,
+            None => return Ok(()),
+        },
     };
-    let ev = eval::evaluate(&eargs)?;
     let fid = fidelity_report(rep, &ev);
     let out_dir = args.out.clone().unwrap_or_else(|| CPU_OUT.into());
     eval::write_out(&out_dir, &ev)?;
@@ -226,16 +316,16 @@ fn write_front(out: &mut dyn Write, f: &FidelityReport) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<20} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:<26} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "policy", "gamma", "acc", "d pts", "EP e2e", "EP MoE", "ideal"
     )?;
     let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
     for r in &f.front {
         writeln!(
             out,
-            "{:<20} {:>5} {:>7.3} {:>+8.1} {:>8} {:>8} {:>8}",
+            "{:<26} {:>5} {:>7.3} {:>+8.1} {:>8} {:>8} {:>8}",
             r.policy,
-            r.gamma.map_or("-".into(), |g| g.to_string()),
+            r.gamma.map_or("-".into(), gamma_text),
             r.accuracy,
             r.delta_points,
             x(r.speedup_e2e),
@@ -265,15 +355,49 @@ fn write_front(out: &mut dyn Write, f: &FidelityReport) -> std::io::Result<()> {
             missing.join(", ")
         )?;
     }
+    for c in &f.controllers {
+        let r = &c.controller;
+        match &c.uniform {
+            Some(u) => writeln!(
+                out,
+                "{}: {} e2e at accuracy {:.3} (mean gamma {}); uniform {} at gamma {} (accuracy {:.3}): {}, so {} of it",
+                r.policy,
+                x(r.speedup_e2e),
+                r.accuracy,
+                r.gamma.map_or("-".into(), gamma_text),
+                u.policy,
+                u.gamma.map_or("-".into(), gamma_text),
+                u.accuracy,
+                x(u.speedup_e2e),
+                x(c.speedup_ratio)
+            )?,
+            None => writeln!(
+                out,
+                "{}: {} e2e at accuracy {:.3}; no uniform gamma is as accurate",
+                r.policy,
+                x(r.speedup_e2e),
+                r.accuracy
+            )?,
+        }
+    }
     if let Some(b) = &f.best {
         writeln!(
             out,
             "most EP speedup within {} point: {} at gamma {} ({})",
             f.front_points,
             b.policy,
-            b.gamma.map_or("-".into(), |g| g.to_string()),
+            b.gamma.map_or("-".into(), gamma_text),
             x(b.speedup_e2e)
         )?;
     }
     Ok(())
+}
+
+/// A gamma as given (`1.25`), or to two decimals when it is a controller's mean.
+fn gamma_text(g: f64) -> String {
+    if (g * 100.0).round() == g * 100.0 {
+        g.to_string()
+    } else {
+        format!("{g:.2}")
+    }
 }

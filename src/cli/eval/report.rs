@@ -12,6 +12,9 @@ pub struct EvalResult {
     /// forwards).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller: Option<String>,
+    /// A controlled run's gamma per layer, its mean over the forwards (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layer_gammas: Vec<f64>,
     /// Capacity factor; `null` for `none`.
     pub gamma: Option<f64>,
     /// Correct over scored examples.

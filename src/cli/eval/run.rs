@@ -164,6 +164,14 @@ pub fn run_one<B: EpBackend>(
         r.policy = format!("{} [{}]", router.policy, c.spec);
         r.gamma = Some(c.gammas.iter().sum::<f64>() / c.gammas.len().max(1) as f64);
         r.controller = Some(c.spec.clone());
+        // Each layer's mean over the forwards (the gammas come a layer at a time per forward).
+        let layers = model.config().num_hidden_layers;
+        if layers > 0 && c.gammas.len() % layers == 0 && !c.gammas.is_empty() {
+            let forwards = (c.gammas.len() / layers) as f64;
+            r.layer_gammas = (0..layers)
+                .map(|l| c.gammas.iter().skip(l).step_by(layers).sum::<f64>() / forwards)
+                .collect();
+        }
     }
     Ok(r)
 }
@@ -188,6 +196,7 @@ fn finish(router: &RouterConfig, s: Sums) -> EvalResult {
     EvalResult {
         policy: router.policy.to_string(),
         controller: None,
+        layer_gammas: Vec::new(),
         gamma: router.capacity_factor,
         accuracy: correct as f64 / scored.max(1) as f64,
         correct,
