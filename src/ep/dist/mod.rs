@@ -1,6 +1,6 @@
 //! Expert parallelism across ranks (design.md §9): each rank holds its
 //! group of experts and its block of tokens, and every MoE layer exchanges
-//! rows through a [`Communicator`](crate::ep::comm::Communicator): threads
+//! rows through a [`Communicator`]: threads
 //! ([`crate::ep::comm::LocalComm`]) or processes (`MpiComm`, feature `mpi`).
 //! Ranks really wait for each other inside the collectives; [`LayerTimes`]
 //! says how long.

@@ -3,7 +3,7 @@
 //! One MoE layer of a given shape (Mixtral-8x7B by default) on one GPU, with
 //! seeded random bf16 expert weights (`ExpertFfn::random`) and synthetic
 //! router logits of a chosen skew. For each batch size `T`, skew, EP size
-//! `R` and policy x gamma, the batch is routed on the GPU ([`GpuRouter`]),
+//! `R` and policy x gamma, the batch is routed on the GPU (`cuda::GpuRouter`),
 //! and then every EP rank's expert work (GEMM1 + SwiGLU + GEMM2 over the rows
 //! the plan sends to the rank's experts) is run and timed alone with CUDA
 //! events, one rank after another on the otherwise idle GPU. Layer latency of
@@ -26,8 +26,6 @@
 //! too. The GEMM variants are fixed per `T` to what the whole batch uses
 //! (`ExpertFfn::variants_for(T, k)`), so policies and ranks compare on the same
 //! kernels.
-//!
-//! [`GpuRouter`]: crate::cuda::GpuRouter
 
 #[cfg(feature = "bench")]
 pub mod plot;
