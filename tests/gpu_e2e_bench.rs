@@ -47,6 +47,7 @@ fn setup() -> BenchSetup {
         throughput: true,
         decode_steps: 2,
         interleave: false,
+        layer_cases: Vec::new(),
     }
 }
 
