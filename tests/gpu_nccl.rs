@@ -15,8 +15,8 @@ use capmoe::cuda::GpuContext;
 use capmoe::ep::comm::{
     all_gather, all_to_all_v, gather_to_root, CommError, Communicator, LocalComm, NcclComm,
 };
-use capmoe::ep::dist::{ep_logits, EpMoe};
-use capmoe::model::{InitOptions, MixtralConfig, Model};
+use capmoe::ep::dist::{ep_generate, ep_logits, EpMoe};
+use capmoe::model::{GenerateOptions, InitOptions, MixtralConfig, Model};
 use capmoe::routing::{Policy, RouterConfig};
 use capmoe::trace::Skew;
 use std::time::Duration;
@@ -174,23 +174,101 @@ fn one_rank_ep_forward_through_nccl_equals_local() {
     for router in [
         RouterConfig::new(2, Policy::None),
         RouterConfig::new(2, "drop:score".parse().unwrap()).with_capacity_factor(1.0),
+        RouterConfig::new(2, "reroute:next-best".parse().unwrap()).with_capacity_factor(0.75),
+        RouterConfig::new(2, "expand:local".parse().unwrap()).with_capacity_factor(1.25),
     ] {
         let (e, h, t) = (cfg.num_local_experts, cfg.hidden_size, ids.len());
-        let want = ep_logits(
-            &EpMoe::new(&local, e, h, &router, t).unwrap(),
-            &model,
-            &ids,
-            &router,
-        )
-        .unwrap();
-        let got = ep_logits(
-            &EpMoe::new(&nccl, e, h, &router, t).unwrap(),
-            &model,
-            &ids,
-            &router,
-        )
-        .unwrap();
+        let host = EpMoe::new(&local, e, h, &router, t).unwrap();
+        let want = ep_logits(&host, &model, &ids, &router).unwrap();
+        let device = EpMoe::new(&nccl, e, h, &router, t).unwrap();
+        let got = ep_logits(&device, &model, &ids, &router).unwrap();
+        // The in-process communicator stages rows through the host; NCCL moves them on the
+        // device, every MoE layer of the forward.
+        assert_eq!(host.device_layers(), 0);
+        assert_eq!(
+            device.device_layers(),
+            cfg.num_hidden_layers,
+            "{:?}",
+            router.policy
+        );
         // The same rows in the same order through a different transport: bit-identical.
         assert_eq!(want, got, "{:?}", router.policy);
+        // And both equal the single-process forward's logits, to the bf16 tolerance of a
+        // device forward whose routing and dispatch run on other kernels.
+        let whole = model.logits(&ids, &router).unwrap();
+        for (a, b) in whole.iter().flatten().zip(got.iter().flatten()) {
+            assert!(
+                (a - b).abs() <= 0.05 + 0.02 * a.abs(),
+                "{a} vs {b}, {:?}",
+                router.policy
+            );
+        }
+        let _ = device.take_times();
     }
+}
+
+#[test]
+fn one_rank_ep_decode_through_nccl_equals_local() {
+    let Some((_gpu, nccl)) = nccl() else { return };
+    let g = CudaBackend::open().expect("the GPU opened, so the CUDA backend must");
+    let cfg = MixtralConfig::builtin("tiny").unwrap();
+    let model = Model::random_host(g, cfg.clone(), &InitOptions::new(5)).unwrap();
+    let local = LocalComm::group(1, Duration::from_secs(60)).pop().unwrap();
+    let router = RouterConfig::new(2, "drop:score".parse().unwrap()).with_capacity_factor(1.0);
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        eos: Vec::new(),
+        router: router.clone(),
+    };
+    let prompts: [&[u32]; 2] = [&[3, 9, 27], &[5]];
+    let (e, h) = (cfg.num_local_experts, cfg.hidden_size);
+    let host = EpMoe::new(&local, e, h, &router, 16).unwrap();
+    let device = EpMoe::new(&nccl, e, h, &router, 16).unwrap();
+    let want = ep_generate(&host, &model, &prompts, &opts).unwrap();
+    let got = ep_generate(&device, &model, &prompts, &opts).unwrap();
+    assert_eq!(want, got);
+    // Prefill and every decode step moved rows on the device.
+    assert!(
+        device.device_layers() >= cfg.num_hidden_layers * 4,
+        "{}",
+        device.device_layers()
+    );
+}
+
+/// `capmoe logits --device cuda --ep local:1 --ep-rows nccl|host|auto`: the CLI picks the device
+/// path on request and by default where NCCL loads, and all three give the same bits. A CPU run
+/// refuses `--ep-rows nccl`.
+#[test]
+fn cli_ep_rows_nccl_equals_host() {
+    let Some(_) = nccl() else { return };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_capmoe"));
+    if !exe.exists() {
+        eprintln!("skipped: {} is not on this machine", exe.display());
+        return;
+    }
+    let run = |extra: &[&str]| {
+        std::process::Command::new(exe)
+            .args(["logits", "--model", "tiny", "--ids", "3,1,4,1,5,9,2,6"])
+            .args(["--seed", "11", "--skew", "1.6", "--policy", "drop:score"])
+            .args(["--capacity-factor", "1.0", "--json", "--ep", "local:1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let logits = |extra: &[&str]| {
+        let out = run(extra);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{extra:?}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_value::<Vec<Vec<f32>>>(v["logits"].clone()).unwrap()
+    };
+    let host = logits(&["--device", "cuda", "--ep-rows", "host"]);
+    assert_eq!(host, logits(&["--device", "cuda", "--ep-rows", "nccl"]));
+    assert_eq!(host, logits(&["--device", "cuda"]));
+    let out = run(&["--ep-rows", "nccl"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--device cuda"),
+        "{err}"
+    );
 }

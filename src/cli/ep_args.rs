@@ -45,7 +45,7 @@ pub struct EpArgs {
     /// `mpirun -n R capmoe ... --ep mpi` (needs a build with `--features mpi`).
     /// The output equals the single-process run's (on the CPU bit for bit;
     /// `logits` and `generate` also take `--device cuda`: rank r on GPU
-    /// `r mod count`, rows staged through the host). Example:
+    /// `r mod count`, rows moved as `--ep-rows` says). Example:
     /// `capmoe logits --model tiny --ids 1,2,3 --ep local:2`.
     #[arg(long, value_name = "local:R|mpi")]
     pub ep: Option<EpMode>,
@@ -53,6 +53,24 @@ pub struct EpArgs {
     /// (`local:R`; under MPI a dead rank is caught by mpirun).
     #[arg(long, default_value_t = 120, value_name = "S")]
     pub ep_timeout: u64,
+    /// How rows cross CUDA ranks (`--device cuda`): `nccl` moves them GPU to
+    /// GPU through NCCL (a build with `--features nccl`, one GPU per rank);
+    /// `host` stages them through host memory over the rank communicator;
+    /// `auto` takes NCCL when the build has it, it loads, and every rank
+    /// has a GPU of its own on this node, else the host.
+    #[arg(long, value_enum, default_value_t = EpRows::Auto)]
+    pub ep_rows: EpRows,
+}
+
+/// `--ep-rows`: how rows cross CUDA EP ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EpRows {
+    /// NCCL when it can, else the host.
+    Auto,
+    /// Staged through host memory.
+    Host,
+    /// GPU to GPU through NCCL.
+    Nccl,
 }
 
 /// Runs `f` on every rank of `mode`: rank 0's output comes back as
@@ -119,17 +137,26 @@ pub trait RankTask {
 /// Builds this rank's EP layer and model (the rank loads only its group of
 /// experts) on `--device`, then runs `task`. With `--device cuda`, rank `r`
 /// uses GPU `r mod count` (one node: several ranks share a GPU when there are
-/// more ranks than GPUs); rows cross ranks through the host.
+/// more ranks than GPUs); rows cross ranks as `--ep-rows` says.
 pub fn on_rank_model<T: RankTask>(
+    args: &EpArgs,
     model: &ModelArgs,
     comm: &dyn Communicator,
     router: &RouterConfig,
     max_tokens: usize,
     task: &T,
 ) -> Result<T::Output, CliError> {
-    let ep = rank_layer(model, comm, router, max_tokens)?;
     match model.device {
-        ModelDevice::Cpu => task.run(&ep, &model.load_group_on(CpuBackend, ep.group())?),
+        ModelDevice::Cpu => {
+            if args.ep_rows == EpRows::Nccl {
+                return Err(CliError::Usage(
+                    "--ep-rows nccl moves rows between GPUs: add --device cuda (or drop --ep-rows)"
+                        .into(),
+                ));
+            }
+            let ep = rank_layer(model, comm, router, max_tokens)?;
+            task.run(&ep, &model.load_group_on(CpuBackend, ep.group())?)
+        }
         #[cfg(feature = "cuda")]
         ModelDevice::Cuda => {
             use capmoe::cuda::GpuContext;
@@ -140,6 +167,18 @@ pub fn on_rank_model<T: RankTask>(
                 ));
             }
             let be = capmoe::backend::CudaBackend::new(&GpuContext::new(comm.rank() % count)?)?;
+            #[cfg(feature = "nccl")]
+            if let Some(nccl) = nccl_ranks(args.ep_rows, comm, &be, count)? {
+                let ep = rank_layer(model, &nccl, router, max_tokens)?;
+                return task.run(&ep, &model.load_group_on(be, ep.group())?);
+            }
+            #[cfg(not(feature = "nccl"))]
+            if args.ep_rows == EpRows::Nccl {
+                return Err(CliError::Usage(
+                    "--ep-rows nccl needs a capmoe built with `--features nccl` (NCCL is loaded at run time); or use --ep-rows host".into(),
+                ));
+            }
+            let ep = rank_layer(model, comm, router, max_tokens)?;
             task.run(&ep, &model.load_group_on(be, ep.group())?)
         }
         #[cfg(not(feature = "cuda"))]
@@ -149,10 +188,37 @@ pub fn on_rank_model<T: RankTask>(
     }
 }
 
+/// The NCCL communicator of this rank on the backend's GPU when `rows`
+/// asks for one (`auto`: when every rank has its own GPU and NCCL loads on
+/// every rank; each rank decides alike, since a missing NCCL is reported to
+/// all by the set-up's all-gather), else `None`.
+#[cfg(feature = "nccl")]
+fn nccl_ranks(
+    rows: EpRows,
+    comm: &dyn Communicator,
+    be: &capmoe::backend::CudaBackend,
+    gpus: usize,
+) -> Result<Option<capmoe::ep::comm::NcclComm>, CliError> {
+    use capmoe::ep::comm::{all_gather, NcclComm};
+    match rows {
+        EpRows::Host => Ok(None),
+        EpRows::Auto if comm.size() > gpus => Ok(None),
+        EpRows::Auto => {
+            // Every rank learns whether every rank has NCCL, so all choose alike.
+            let here = u8::from(NcclComm::probe().is_ok());
+            if all_gather(comm, &[here])?.contains(&0) {
+                return Ok(None);
+            }
+            Ok(Some(NcclComm::from_host(comm, be.gpu())?))
+        }
+        EpRows::Nccl => Ok(Some(NcclComm::from_host(comm, be.gpu())?)),
+    }
+}
+
 /// This rank's EP layer, once every rank has checked it loads the same model.
 fn rank_layer<'c>(
     model: &ModelArgs,
-    comm: &'c dyn Communicator,
+    comm: &'c (dyn Communicator + 'c),
     router: &RouterConfig,
     max_tokens: usize,
 ) -> Result<EpMoe<'c, dyn Communicator + 'c>, CliError> {

@@ -116,6 +116,7 @@ fn run_ep(args: &GenerateArgs, mode: EpMode) -> Result<Option<Generated>, CliErr
     }
     let out = on_ranks(&args.ep, mode, |comm| {
         on_rank_model(
+            &args.ep,
             &args.model,
             comm,
             &opts.router,

@@ -84,7 +84,7 @@ fn run_ep(
     }
     on_ranks(&a.ep, mode, |comm| {
         let task = Logits(&ids, &router);
-        let logits = on_rank_model(&a.model, comm, &router, ids.len().max(1), &task)?;
+        let logits = on_rank_model(&a.ep, &a.model, comm, &router, ids.len().max(1), &task)?;
         Ok((logits, cfg.vocab_size, router.clone(), ids.clone()))
     })
 }

@@ -3,6 +3,8 @@
 
 use super::GpuError;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+#[cfg(feature = "nccl")]
+use cudarc::driver::{CudaView, CudaViewMut};
 use std::sync::Arc;
 
 mod sealed {
@@ -28,4 +30,25 @@ pub(crate) fn uninit<T: Plain>(st: &Arc<CudaStream>, n: usize) -> Result<CudaSli
     // yields some value of `T`, not undefined behaviour, and the slice is
     // ordered on `st` like any other.
     Ok(unsafe { st.alloc::<T>(n.max(1)) }?)
+}
+
+#[cfg(feature = "nccl")]
+/// The first `n` elements of `s` as bytes (for byte-typed collectives such
+/// as NCCL's, which have no 16-bit integer type); `None` when `s` holds fewer.
+pub(crate) fn bytes_of<T: Plain>(s: &CudaSlice<T>, n: usize) -> Option<CudaView<'_, u8>> {
+    let len = n.checked_mul(std::mem::size_of::<T>())?;
+    // SAFETY: u8 has alignment 1 and admits every bit pattern, and cudarc's
+    // transmute refuses a length past the slice's bytes.
+    unsafe { s.transmute::<u8>(len) }
+}
+
+#[cfg(feature = "nccl")]
+/// [`bytes_of`], writable: whatever bytes land there are some `T` (`T: Plain`).
+pub(crate) fn bytes_of_mut<T: Plain>(
+    s: &mut CudaSlice<T>,
+    n: usize,
+) -> Option<CudaViewMut<'_, u8>> {
+    let len = n.checked_mul(std::mem::size_of::<T>())?;
+    // SAFETY: as in bytes_of; every byte pattern written is a valid T.
+    unsafe { s.transmute_mut::<u8>(len) }
 }

@@ -63,6 +63,8 @@ pub(crate) mod sys;
 pub(crate) mod timing;
 
 pub(crate) use alloc::uninit;
+#[cfg(feature = "nccl")]
+pub(crate) use alloc::{bytes_of, bytes_of_mut};
 pub use context::GpuContext;
 pub(crate) use error::to_i32;
 pub use error::GpuError;

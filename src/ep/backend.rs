@@ -4,6 +4,8 @@
 //! written elsewhere need not.
 
 use crate::backend::{BackendError, MoeOutput, MoeWeights};
+use crate::ep::comm::Communicator;
+use crate::ep::dist::{DistError, LayerTimes, RowJob, Scratch};
 use crate::model::ModelBackend;
 use crate::routing::{DispatchLayout, RouterConfig};
 use std::ops::Range;
@@ -52,6 +54,24 @@ pub trait EpBackend: ModelBackend {
         router: &RouterConfig,
     ) -> Result<(), BackendError> {
         w.route(self, x, router).map(drop)
+    }
+
+    /// Moves one EP layer's rows on the device when this backend can over
+    /// `comm`: dispatch, the local experts, combine and the all-gather of the
+    /// layer's output, returning the output (every token), with the times
+    /// and bytes in `t`. `None`, the default, leaves the layer to the host
+    /// path, which stages rows through host memory over any communicator.
+    /// CUDA over NCCL (feature `nccl`) moves rows GPU to GPU. `scratch` keeps
+    /// the backend's buffers from layer to layer.
+    fn device_rows<C: Communicator + ?Sized>(
+        &self,
+        comm: &C,
+        job: &RowJob<'_, Self>,
+        scratch: &mut Scratch,
+        t: &mut LayerTimes,
+    ) -> Option<Result<Self::Act, DistError>> {
+        let _ = (comm, job, scratch, t);
+        None
     }
 
     /// Runs `f` and returns its value with the time it took, ms. The default

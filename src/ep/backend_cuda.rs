@@ -4,6 +4,8 @@
 use super::backend::EpBackend;
 use crate::backend::cuda::{moe, CudaAct, CudaExperts, CudaRankLayer};
 use crate::backend::{BackendError, CudaBackend, MoeOutput, MoeWeights};
+use crate::ep::comm::Communicator;
+use crate::ep::dist::{DistError, LayerTimes, RowJob, Scratch};
 use crate::routing::{DispatchLayout, Policy, RouterConfig};
 use std::ops::Range;
 
@@ -56,6 +58,23 @@ impl EpBackend for CudaBackend {
             return w.route(self, x, router).map(drop);
         }
         moe::route_only(self, w, x, router)
+    }
+
+    /// Rows GPU to GPU over NCCL when `comm` has it (feature `nccl`); the
+    /// host path otherwise.
+    fn device_rows<C: Communicator + ?Sized>(
+        &self,
+        comm: &C,
+        job: &RowJob<'_, Self>,
+        scratch: &mut Scratch,
+        t: &mut LayerTimes,
+    ) -> Option<Result<CudaAct, DistError>> {
+        #[cfg(feature = "nccl")]
+        if let Some(nccl) = comm.nccl() {
+            return Some(crate::ep::dist::nccl_rows(self, nccl, job, scratch, t));
+        }
+        let _ = (comm, job, scratch, t);
+        None
     }
 
     /// CUDA events around what `f` queues on the backend's stream, after a

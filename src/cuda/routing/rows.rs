@@ -54,20 +54,34 @@ impl HostRows {
         tokens: usize,
     ) -> Result<Self, GpuError> {
         let rt = layout.row_tokens();
-        if let Some(&t) = rt.iter().find(|&&t| t != PAD && t as usize >= tokens) {
+        Self::from_tokens(st, &rt[..layout.rows().min(rt.len())], tokens)
+    }
+
+    /// Uploads rows whose sources are `row_token` (`PAD` for a zero row)
+    /// among `tokens` source rows; refuses a source that is neither `PAD`
+    /// nor below `tokens`.
+    pub(crate) fn from_tokens(
+        st: &Arc<CudaStream>,
+        row_token: &[u32],
+        tokens: usize,
+    ) -> Result<Self, GpuError> {
+        if let Some(&t) = row_token
+            .iter()
+            .find(|&&t| t != PAD && t as usize >= tokens)
+        {
             return Err(GpuError::Shape {
                 what: "dispatch layout row token",
                 got: t.to_string(),
                 expected: format!("PAD or below {tokens} tokens"),
             });
         }
-        let rows = layout.rows().min(rt.len());
-        let row_token = if rt.is_empty() {
+        let rows = row_token.len();
+        let total_rows = st.clone_htod(&[to_i32("layout rows", rows)?])?;
+        let row_token = if row_token.is_empty() {
             st.clone_htod(&[PAD])?
         } else {
-            st.clone_htod(rt)?
+            st.clone_htod(row_token)?
         };
-        let total_rows = st.clone_htod(&[to_i32("layout rows", rows)?])?;
         Ok(Self {
             row_token,
             total_rows,
@@ -190,25 +204,54 @@ impl HostCombine {
         plan: &RoutingPlan,
         layout: &DispatchLayout,
     ) -> Result<Self, GpuError> {
-        let (off, w, rows) = (plan.offsets(), plan.weights(), layout.assignment_rows());
+        if plan.offsets().len() != plan.tokens() + 1 {
+            return Err(GpuError::Shape {
+                what: "combine offsets",
+                got: plan.offsets().len().to_string(),
+                expected: format!("{} (tokens + 1)", plan.tokens() + 1),
+            });
+        }
+        Self::from_parts(
+            st,
+            plan.offsets(),
+            plan.weights(),
+            layout.assignment_rows(),
+            layout.rows(),
+        )
+    }
+
+    /// Uploads assignments given as parts: `offsets` (tokens + 1, stepping
+    /// from 0 to the assignment count), one weight and one row per
+    /// assignment, every row below `rows`. Refuses anything else.
+    pub(crate) fn from_parts(
+        st: &Arc<CudaStream>,
+        off: &[u32],
+        w: &[f32],
+        assignment_rows: &[u32],
+        rows: usize,
+    ) -> Result<Self, GpuError> {
         let n = w.len();
         let steps = off.first() == Some(&0)
             && off.windows(2).all(|p| p[0] <= p[1])
             && off.last().map(|&l| l as usize) == Some(n)
-            && off.len() == plan.tokens() + 1
-            && rows.len() == n;
+            && assignment_rows.len() == n;
         if !steps {
             return Err(GpuError::Shape {
                 what: "combine offsets / assignment rows",
-                got: format!("{} offsets, {} weights, {} rows", off.len(), n, rows.len()),
-                expected: format!("{} non-decreasing offsets from 0 to {n}", plan.tokens() + 1),
+                got: format!(
+                    "{} offsets, {} weights, {} rows",
+                    off.len(),
+                    n,
+                    assignment_rows.len()
+                ),
+                expected: format!("non-decreasing offsets from 0 to {n}, one row per weight"),
             });
         }
-        if let Some(&r) = rows.iter().find(|&&r| r as usize >= layout.rows()) {
+        if let Some(&r) = assignment_rows.iter().find(|&&r| r as usize >= rows) {
             return Err(GpuError::Shape {
                 what: "combine assignment row",
                 got: r.to_string(),
-                expected: format!("below the layout's {} rows", layout.rows()),
+                expected: format!("below the layout's {rows} rows"),
             });
         }
         let as_i32 = |v: &[u32]| -> Result<Vec<i32>, GpuError> {
@@ -220,9 +263,9 @@ impl HostCombine {
         Ok(Self {
             offsets: upload_i32(as_i32(off)?)?,
             weights: st.clone_htod(if w.is_empty() { &[0.0][..] } else { w })?,
-            assignment_row: upload_i32(as_i32(rows)?)?,
-            tokens: plan.tokens(),
-            rows: layout.rows(),
+            assignment_row: upload_i32(as_i32(assignment_rows)?)?,
+            tokens: off.len() - 1,
+            rows,
         })
     }
 

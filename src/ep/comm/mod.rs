@@ -72,6 +72,12 @@ pub trait Communicator {
     /// Tells every other rank that this one failed, with a reason, so that they stop instead of
     /// waiting for it. The communicator is unusable afterwards.
     fn abort(&self, reason: &str);
+    /// This communicator's NCCL device collectives, if it has them: the EP
+    /// layer then moves rows GPU to GPU ([`crate::ep::EpBackend::device_rows`]).
+    #[cfg(feature = "nccl")]
+    fn nccl(&self) -> Option<&NcclComm> {
+        None
+    }
 }
 
 fn bytes_of(what: &'static str, count: usize, size: usize) -> Result<usize, CommError> {

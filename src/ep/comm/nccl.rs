@@ -8,8 +8,9 @@
 //!   (grouped `ncclSend`/`ncclRecv`, counts known on both sides) over typed cudarc views, queued on
 //!   the [`GpuContext`]'s stream; [`Communicator::barrier`] is a one-element all-reduce followed by
 //!   a stream synchronisation.
-//! - As a host [`Communicator`] (so that `ep::dist::EpMoe` runs over NCCL unchanged) each
-//!   collective stages its bytes through the device: upload, the device collective, download.
+//! - As a host [`Communicator`] each collective stages its bytes through the device: upload,
+//!   the device collective, download. `ep::dist::EpMoe` uses that only for its small host
+//!   collectives; its rows move through the device collectives ([`Communicator::nccl`]).
 //!
 //! Before cudarc first touches NCCL the library is probed (cudarc's loader panics when none of
 //! its names loads, and it never tries `libnccl.so.2`, the NVIDIA wheel's name): a missing NCCL
@@ -110,6 +111,12 @@ impl NcclComm {
         probe_nccl()?;
         let id = Id::new().map_err(nccl_err("ncclGetUniqueId"))?;
         Self::init(gpu, 0, 1, id)
+    }
+
+    /// Whether NCCL's library loads here: [`CommError::NoNccl`] (what was searched, what to
+    /// do) when it does not. Nothing is initialised.
+    pub fn probe() -> Result<(), CommError> {
+        probe_nccl()
     }
 
     /// Rank `host.rank()` of `host.size()`, on `gpu`'s device and stream. Every rank of `host`
@@ -324,6 +331,9 @@ impl NcclComm {
 impl Communicator for NcclComm {
     fn rank(&self) -> usize {
         self.rank
+    }
+    fn nccl(&self) -> Option<&NcclComm> {
+        Some(self)
     }
 
     fn size(&self) -> usize {

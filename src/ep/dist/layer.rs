@@ -3,9 +3,10 @@
 
 use super::error::DistError;
 use super::exchange::Exchange;
+use super::rows::{host_rows, RowJob, Scratch};
 use super::stats::LayerTimes;
 use crate::backend::{BackendError, MoeOutput, MoeWeights};
-use crate::ep::comm::{all_gather, all_to_all_v, check_agreement, Communicator};
+use crate::ep::comm::{check_agreement, Communicator};
 use crate::ep::EpBackend;
 use crate::model::{Kept, MoeRunner};
 use crate::routing::{capacity, DispatchLayout, Placement, RouterConfig, RoutingPlan};
@@ -42,8 +43,13 @@ pub struct EpMoe<'c, C: Communicator + ?Sized> {
 }
 
 struct State {
-    /// The dispatch receive buffer, `bound * hidden`, allocated once.
+    /// The host path's dispatch receive buffer, `bound * hidden`, allocated
+    /// once.
     recv: Vec<f32>,
+    /// The device path's buffers.
+    scratch: Scratch,
+    /// Layers whose rows moved on the device path.
+    device_layers: usize,
     times: Vec<LayerTimes>,
 }
 
@@ -90,6 +96,8 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
             bound,
             state: Mutex::new(State {
                 recv: vec![0.0; len],
+                scratch: Scratch::default(),
+                device_layers: 0,
                 times: Vec::new(),
             }),
         })
@@ -109,6 +117,13 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
     /// Rows the dispatch receive buffer holds (local experts x capacity).
     pub fn bound_rows(&self) -> usize {
         self.bound
+    }
+
+    /// MoE layers whose rows moved GPU to GPU ([`EpBackend::device_rows`]:
+    /// CUDA over NCCL) rather than through host memory, since this layer was
+    /// made.
+    pub fn device_layers(&self) -> usize {
+        self.lock().device_layers
     }
 
     /// The layer times measured since the last call, in call order (one per
@@ -160,12 +175,6 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
         let placement = Placement::new(comm.size(), self.experts, tokens)
             .map_err(|e| DistError::Model(e.into()))?;
         let ex = Exchange::new(&plan, &placement, comm.rank(), local.offsets());
-        let x_host = backend.download(x)?;
-        let mut send = Vec::with_capacity(ex.send_tokens.len() * h);
-        for &tok in &ex.send_tokens {
-            let tok = tok as usize;
-            send.extend_from_slice(&x_host[tok * h..(tok + 1) * h]);
-        }
         t.route_ms = ms(clock);
 
         let rows_in = ex.recv_to_local.len();
@@ -176,77 +185,28 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
                 bound: self.bound,
             });
         }
-        let times_h = |v: &[usize]| v.iter().map(|n| n * h).collect::<Vec<_>>();
-        let (send_n, recv_n) = (times_h(&ex.send_rows), times_h(&ex.recv_rows));
+        let job = RowJob {
+            x,
+            experts: &w.experts,
+            plan: &plan,
+            local: &local,
+            ex: &ex,
+            placement: &placement,
+            hidden: h,
+            bound: self.bound,
+        };
         let mut state = self.lock();
-        let clock = Instant::now();
-        all_to_all_v(
-            comm,
-            &send,
-            &send_n,
-            &mut state.recv[..rows_in * h],
-            &recv_n,
-        )?;
-        t.dispatch_ms = ms(clock);
-
-        let mut rows = vec![0.0f32; local.rows() * h];
-        for (p, &r) in ex.recv_to_local.iter().enumerate() {
-            let r = r as usize;
-            rows[r * h..(r + 1) * h].copy_from_slice(&state.recv[p * h..(p + 1) * h]);
-        }
-        let rows = backend.upload(&rows, local.rows(), h)?;
-        let (y, expert_ms) = backend.timed(|| {
-            let y = backend.expert_ffn(&rows, &local, &w.experts, 0..group.len())?;
-            backend.download(&y)
-        })?;
-        t.expert_ms = expert_ms;
-
-        // Combine: each received row's output goes back in the order it came.
-        let clock = Instant::now();
-        for (p, &r) in ex.recv_to_local.iter().enumerate() {
-            let r = r as usize;
-            state.recv[p * h..(p + 1) * h].copy_from_slice(&y[r * h..(r + 1) * h]);
-        }
-        let mut back = vec![0.0f32; ex.send_tokens.len() * h];
-        all_to_all_v(
-            comm,
-            &state.recv[..rows_in * h],
-            &recv_n,
-            &mut back,
-            &send_n,
-        )?;
-        drop(state);
-        t.combine_ms = ms(clock);
-
-        // The block's output, summed in plan order, then every block to every rank.
-        let clock = Instant::now();
-        let block_max = tokens.div_ceil(comm.size());
-        let mut mine = vec![0.0f32; block_max * h];
-        let first = plan.offsets()[ex.block.start] as usize;
-        for (j, tok) in ex.block.clone().enumerate() {
-            let acc = &mut mine[j * h..(j + 1) * h];
-            for i in plan.offsets()[tok] as usize..plan.offsets()[tok + 1] as usize {
-                let wgt = plan.weights()[i];
-                let q = ex.assignment_slot[i - first] as usize;
-                for (a, &v) in acc.iter_mut().zip(&back[q * h..(q + 1) * h]) {
-                    *a += wgt * v;
-                }
+        let state = &mut *state;
+        let out = match backend.device_rows(comm, &job, &mut state.scratch, &mut t) {
+            Some(out) => {
+                state.device_layers += 1;
+                out?
             }
-        }
-        let all = all_gather(comm, &mine)?;
-        let mut out = Vec::with_capacity(tokens * h);
-        for r in 0..comm.size() {
-            let n = placement.token_block(r).len();
-            out.extend_from_slice(&all[r * block_max * h..(r * block_max + n) * h]);
-        }
-        let out = backend.upload(&out, tokens, h)?;
-        t.gather_ms = ms(clock);
+            None => host_rows(backend, comm, &job, &mut state.recv, &mut t)?,
+        };
 
-        let bytes = |rows: usize| (rows * h * std::mem::size_of::<f32>()) as f64;
         t.rows = rows_in as f64;
-        t.sent_bytes = bytes(ex.send_tokens.len() + rows_in);
-        t.recv_bytes = bytes(rows_in + ex.send_tokens.len());
-        self.lock().times.push(t);
+        state.times.push(t);
         Ok(MoeOutput { out, plan, layout })
     }
 }

@@ -1,9 +1,10 @@
 //! Expert parallelism across ranks (design.md §9): each rank holds its
 //! group of experts and its block of tokens, and every MoE layer exchanges
 //! rows through a [`Communicator`]: threads
-//! ([`crate::ep::comm::LocalComm`]) or processes (`MpiComm`, feature `mpi`).
-//! Ranks really wait for each other inside the collectives; [`LayerTimes`]
-//! says how long.
+//! ([`crate::ep::comm::LocalComm`]) or processes (`MpiComm`, feature `mpi`;
+//! `NcclComm`, feature `nccl`, over which CUDA ranks move rows GPU to GPU:
+//! [`RowJob`]). Ranks really wait for each other inside the collectives;
+//! [`LayerTimes`] says how long.
 //!
 //! The dense part of the model (embeddings, attention, norms, router, LM
 //! head) is replicated on every rank, so each rank computes every token's
@@ -37,21 +38,27 @@
 //! ```
 
 mod bench;
+#[cfg(feature = "nccl")]
+mod device;
 mod error;
 mod exchange;
 mod layer;
 #[cfg(feature = "bench")]
 mod plot;
+mod rows;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 pub use bench::{ep_bench, EpBenchReport, EpBenchSetup, EpCase, RankLayer};
+#[cfg(feature = "nccl")]
+pub(crate) use device::nccl_rows;
 pub use error::DistError;
 pub use exchange::Exchange;
 pub use layer::{agreement_hash, expert_group, EpMoe};
 #[cfg(feature = "bench")]
 pub use plot::speedup_figure;
+pub use rows::{RowJob, Scratch};
 pub use stats::{gather_times, LayerTimes};
 
 use crate::ep::comm::{check_agreement, Communicator};

@@ -39,6 +39,15 @@ impl LayerTimes {
     pub fn wait_ms(&self) -> f64 {
         self.dispatch_ms + self.combine_ms
     }
+    /// Sets the bytes of the dispatch and combine of `ex` (rows of `hidden`
+    /// elements of `elem` bytes): what was sent, received back, and the reverse.
+    pub(crate) fn count_bytes(&mut self, ex: &super::Exchange, hidden: usize, elem: usize) {
+        let bytes = |rows: usize| (rows * hidden * elem) as f64;
+        let (sent, got) = (ex.send_tokens.len(), ex.recv_to_local.len());
+        self.sent_bytes = bytes(sent + got);
+        self.recv_bytes = bytes(got + sent);
+    }
+
     fn to_array(self) -> [f64; FIELDS] {
         [
             self.route_ms,
