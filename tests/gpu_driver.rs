@@ -8,7 +8,9 @@
 //! skipped.
 #![cfg(feature = "cuda")]
 
-use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter, MoeLayer, MoeLayerGraph};
+use capmoe::cuda::{
+    ExpertFfn, FfnShape, GpuContext, GpuRouter, LayerWorkspace, MoeLayer, MoeLayerGraph,
+};
 use capmoe::routing::{Policy, RouterConfig};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -130,58 +132,91 @@ fn the_default_pool_keeps_its_memory() {
     assert_eq!(theirs.pool_release_threshold().unwrap(), u64::MAX);
 }
 
-/// Allocations of one eager MoE layer call (`MoeLayer::forward`, the composition every device
-/// path runs), counted by the fake driver (emulation only; on a GPU this test only runs the
-/// layer). Each call after the first allocates the same number of buffers: nothing grows with
-/// the number of calls. The count itself is reported (docs/EMULATION.md); [gpu-first-run] item 8
-/// (one workspace sized once) is to bring it to zero.
+/// The fake driver's count of device allocations so far (`None` off the emulator).
+fn alloc_calls() -> Option<u64> {
+    if !cfg!(feature = "emulate") {
+        return None;
+    }
+    // SAFETY: the fake libcuda cudarc already loaded (same handle); the symbol is a
+    // `uint64_t (void)` function that only reads an atomic.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so").ok()?;
+        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
+            lib.get(b"capmoe_fake_alloc_calls").ok()?;
+        Some(f())
+    }
+}
+
+/// An eager `MoeLayer::forward` allocates the same number of buffers every call (counted by the
+/// fake driver); `forward_in` over a `LayerWorkspace` allocates none after its first call at a
+/// shape, and gives `forward`'s bits, for every policy, across shapes that come back.
 #[test]
-fn eager_layer_allocations_are_counted_and_steady() {
+fn eager_layer_allocations_are_counted_and_none_with_a_workspace() {
     let _alone = gpu_lock::alone();
     let Some(g) = gpu() else { return };
-    let layer = layer(&g);
-    let logits = g
-        .stream()
-        .clone_htod(&vec![0.25f32; TOKENS * SHAPE.experts])
+    let st = g.stream();
+    for policy in ["none", "drop:score", "reroute:next-best", "expand:local"] {
+        let mut cfg = RouterConfig::new(2, policy.parse().unwrap());
+        if policy != "none" {
+            cfg = cfg.with_capacity_factor(0.75);
+        }
+        let layer = MoeLayer::new(
+            GpuRouter::new(&g, cfg).unwrap(),
+            ExpertFfn::random(&g, SHAPE, 7).unwrap(),
+        )
         .unwrap();
-    let x = g
-        .stream()
-        .alloc_zeros::<u16>(TOKENS * SHAPE.hidden)
-        .unwrap();
-    let calls = || -> Option<u64> {
-        if !cfg!(feature = "emulate") {
-            return None;
+        let inputs = |t: usize| {
+            let l: Vec<f32> = (0..t * SHAPE.experts)
+                .map(|i| ((i * 37 + t) % 23) as f32 * 0.125 - 1.0)
+                .collect();
+            let x: Vec<u16> = (0..t * SHAPE.hidden)
+                .map(|i| 0x3c00 + ((i * 13 + t) % 97) as u16)
+                .collect();
+            (st.clone_htod(&l).unwrap(), st.clone_htod(&x).unwrap())
+        };
+        let mut ws = LayerWorkspace::new(st);
+        let (mut eager, mut pooled) = (Vec::new(), Vec::new());
+        for t in [TOKENS, TOKENS, 3, TOKENS, 3, 1] {
+            let (logits, x) = inputs(t);
+            g.synchronize().unwrap();
+            let before = alloc_calls();
+            let (want, want_plan) = layer.forward(&logits, &x, t).unwrap();
+            g.synchronize().unwrap();
+            let mid = alloc_calls();
+            let (got, got_plan) = layer.forward_in(&mut ws, &logits, &x, t).unwrap();
+            g.synchronize().unwrap();
+            if let (Some(a), Some(b), Some(c)) = (before, mid, alloc_calls()) {
+                eager.push(b - a);
+                pooled.push(c - b);
+            }
+            assert_eq!(
+                st.clone_dtoh(&want).unwrap(),
+                st.clone_dtoh(got).unwrap(),
+                "{policy} T {t}"
+            );
+            assert_eq!(
+                want_plan.to_host().unwrap(),
+                got_plan.to_host().unwrap(),
+                "{policy} T {t}"
+            );
         }
-        // SAFETY: the fake libcuda cudarc already loaded (same handle); the symbol is a
-        // `uint64_t (void)` function that only reads an atomic.
-        unsafe {
-            let lib = libloading::Library::new("libcuda.so").ok()?;
-            let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
-                lib.get(b"capmoe_fake_alloc_calls").ok()?;
-            Some(f())
+        if cfg!(feature = "emulate") {
+            assert_eq!(eager.len(), 6, "the fake driver's counter was not found");
+            assert!(eager[0] > 0 && eager.iter().all(|&n| n == eager[0] || n > 0));
+            assert_eq!(
+                eager[0], eager[1],
+                "{policy}: eager calls at one shape differ"
+            );
+            // The first call at each shape allocates; every later one at a seen shape none.
+            assert!(pooled[0] > 0, "{policy}: {pooled:?}");
+            assert_eq!(pooled[1], 0, "{policy}: {pooled:?}");
+            assert_eq!(pooled[3..5], [0, 0], "{policy}: {pooled:?}");
+            eprintln!(
+                "{policy}: eager MoE layer (T {TOKENS}, E {}, k 2): {} device allocations per call; \
+                 with a workspace, per call: {pooled:?}",
+                SHAPE.experts, eager[0]
+            );
         }
-    };
-    drop(layer.forward(&logits, &x, TOKENS).unwrap());
-    g.synchronize().unwrap();
-    let mut per_call = Vec::new();
-    for _ in 0..3 {
-        let before = calls();
-        drop(layer.forward(&logits, &x, TOKENS).unwrap());
-        g.synchronize().unwrap();
-        if let (Some(a), Some(b)) = (before, calls()) {
-            per_call.push(b - a);
-        }
-    }
-    if cfg!(feature = "emulate") {
-        assert_eq!(per_call.len(), 3, "the fake driver's counter was not found");
-        assert!(
-            per_call[0] > 0,
-            "an eager layer that allocates nothing: update the docs"
-        );
-        assert!(per_call.windows(2).all(|w| w[0] == w[1]), "{per_call:?}");
-        eprintln!(
-            "eager MoE layer (T {TOKENS}, E {}, k 2): {} device allocations per call",
-            SHAPE.experts, per_call[0]
-        );
+        assert!(ws.buffers() > 0);
     }
 }

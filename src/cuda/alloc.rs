@@ -14,7 +14,7 @@ mod sealed {
 /// Element types for which every bit pattern is a valid value (no padding,
 /// no niche, no pointer): stale device bits read back are a wrong number,
 /// never undefined behaviour.
-pub(crate) trait Plain: DeviceRepr + sealed::Sealed {}
+pub(crate) trait Plain: DeviceRepr + Send + 'static + sealed::Sealed {}
 
 macro_rules! plain {
     ($($t:ty),*) => {$(impl sealed::Sealed for $t {} impl Plain for $t {})*};
@@ -25,6 +25,9 @@ plain!(u8, u16, u32, u64, i32, i64, f32);
 /// unset. Callers use it for outputs their kernels or copies write before
 /// anything reads them (correctness); soundness does not depend on that.
 pub(crate) fn uninit<T: Plain>(st: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<T>, GpuError> {
+    if let Some(b) = super::workspace::take(st, n) {
+        return Ok(b);
+    }
     // SAFETY: cudarc's `alloc` leaves the memory unset. `T: Plain` admits
     // every bit pattern, so a read before a write (a download or a kernel)
     // yields some value of `T`, not undefined behaviour, and the slice is

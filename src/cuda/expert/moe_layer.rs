@@ -1,6 +1,7 @@
 //! [`MoeLayer`]: routing, dispatch, the expert FFN and combine on one stream.
 
 use super::ExpertFfn;
+use crate::cuda::workspace::{give, LayerWorkspace};
 use crate::cuda::{GpuDispatch, GpuError, GpuPlan, GpuRouter};
 use cudarc::driver::CudaSlice;
 
@@ -59,6 +60,56 @@ impl MoeLayer {
         let run = layer_forward(&self.router, &self.ffn, logits, None, x, tokens)?;
         Ok((run.out, run.plan))
     }
+
+    /// [`MoeLayer::forward`] with its device buffers taken from `ws` and
+    /// given back to it: after a first call at a shape, a call at the same
+    /// shape allocates nothing. The output and plan stay in `ws` until its
+    /// next call, which reuses their buffers. Same values as `forward`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), capmoe::cuda::GpuError> {
+    /// use capmoe::cuda::{ExpertFfn, FfnShape, GpuContext, GpuRouter, LayerWorkspace, MoeLayer};
+    /// use capmoe::routing::RouterConfig;
+    /// let gpu = GpuContext::new(0)?;
+    /// let ffn = ExpertFfn::random(&gpu, FfnShape::new(8, 4096, 14336)?, 1)?;
+    /// let layer = MoeLayer::new(GpuRouter::new(&gpu, RouterConfig::new(2, "drop:score".parse()?))?, ffn)?;
+    /// let mut ws = LayerWorkspace::new(gpu.stream());
+    /// let logits = gpu.stream().alloc_zeros::<f32>(4 * 8)?;
+    /// let x = gpu.stream().alloc_zeros::<u16>(4 * 4096)?;
+    /// for _step in 0..16 {
+    ///     let (out, _plan) = layer.forward_in(&mut ws, &logits, &x, 4)?; // no allocation after the first
+    ///     let _bits = gpu.stream().clone_dtoh(out)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_in<'w>(
+        &self,
+        ws: &'w mut LayerWorkspace,
+        logits: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
+        tokens: usize,
+    ) -> Result<(&'w CudaSlice<u16>, &'w GpuPlan), GpuError> {
+        ws.with_pool(|last| {
+            if let Some(run) = last.take() {
+                run.recycle();
+            }
+            *last = Some(layer_forward(
+                &self.router,
+                &self.ffn,
+                logits,
+                None,
+                x,
+                tokens,
+            )?);
+            Ok(())
+        })?;
+        let run = ws.last.as_ref().ok_or(GpuError::Shape {
+            what: "layer workspace",
+            got: "no output".into(),
+            expected: "the call's output".into(),
+        })?;
+        Ok((&run.out, &run.plan))
+    }
 }
 
 /// What [`layer_forward`] leaves: the output, and the plan, its dispatch
@@ -68,6 +119,16 @@ pub(crate) struct LayerRun {
     pub(crate) plan: GpuPlan,
     pub(crate) dispatch: GpuDispatch,
     pub(crate) rows: CudaSlice<u16>,
+}
+
+impl LayerRun {
+    /// Hands every buffer to the active layer workspace, if any (else drops them).
+    pub(crate) fn recycle(self) {
+        give(self.out);
+        give(self.rows);
+        self.plan.recycle();
+        self.dispatch.recycle();
+    }
 }
 
 /// The one MoE layer on the GPU, shared by [`MoeLayer`] (and so its graph)
@@ -89,6 +150,7 @@ pub(crate) fn layer_forward(
     let rows = plan.gather_bf16(&dispatch, x, shape.hidden)?;
     let y = ffn.forward(&plan, &dispatch, &rows)?;
     let out = plan.combine_bf16(&dispatch, &y, shape.hidden)?;
+    give(y);
     Ok(LayerRun {
         out,
         plan,

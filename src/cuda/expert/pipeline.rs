@@ -42,12 +42,12 @@ impl ExpertFfn {
     ) -> Result<CudaSlice<u16>, GpuError> {
         let (hidden, inter) = (self.shape.hidden, self.shape.intermediate);
         let st = self.gpu.stream();
-        // SAFETY (all three): GEMM1 writes every real row of h13, SwiGLU every
-        // real row of h, GEMM2 every real row of y; other rows are never read
-        // (GEMM2 and combine read real rows only).
-        let mut h13 = unsafe { st.alloc::<u16>((n_rows * 2 * inter).max(1)) }?;
-        let mut h = unsafe { st.alloc::<u16>((n_rows * inter).max(1)) }?;
-        let mut y = unsafe { st.alloc::<u16>((n_rows * hidden).max(1)) }?;
+        // Unset contents (correctness, not soundness: `uninit`): GEMM1 writes
+        // every real row of h13, SwiGLU every real row of h, GEMM2 every real
+        // row of y; other rows are never read (GEMM2 and combine read real rows only).
+        let mut h13 = crate::cuda::uninit::<u16>(st, n_rows * 2 * inter)?;
+        let mut h = crate::cuda::uninit::<u16>(st, n_rows * inter)?;
+        let mut y = crate::cuda::uninit::<u16>(st, n_rows * hidden)?;
 
         // GEMM1: h13 = rows W13^T.
         let (a, _ga) = rows.device_ptr(st);
@@ -56,6 +56,7 @@ impl ExpertFfn {
         let args1 = make_args(2 * inter, hidden, [a, b, c])?;
         self.run_groups(pick.gemm1, &args1, 0, groups.clone(), 2 * inter, hidden)?;
         drop((_ga, _gb, _gc));
+        args1.recycle();
 
         // SwiGLU: h = silu(h13[:, 0::2]) * h13[:, 1::2] on the real rows of
         // the span (row r of the span is row span.start + r of the buffers).
@@ -96,6 +97,9 @@ impl ExpertFfn {
         let args2 = make_args(hidden, inter, [a, b, c])?;
         self.run_groups(pick.gemm2, &args2, 1, groups, hidden, inter)?;
         drop((_ga, _gb, _gc));
+        args2.recycle();
+        crate::cuda::workspace::give(h13);
+        crate::cuda::workspace::give(h);
         Ok(y)
     }
 

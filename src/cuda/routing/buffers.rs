@@ -5,20 +5,26 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::Arc;
 
 /// A zeroed device buffer of `n` elements (at least 1: no zero-byte allocs).
-pub(super) fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+pub(super) fn alloc<T: DeviceRepr + ValidAsZeroBits + Send + 'static>(
     s: &Arc<CudaStream>,
     n: usize,
 ) -> Result<CudaSlice<T>, GpuError> {
+    if let Some(b) = crate::cuda::workspace::take_zeroed(s, n)? {
+        return Ok(b);
+    }
     Ok(s.alloc_zeros::<T>(n.max(1))?)
 }
 
 /// An uninitialised device buffer of `n` elements (at least 1), for outputs
 /// and scratch the kernels overwrite: zeroing them would be one more launch
 /// and pass over memory per buffer on the routing hot path.
-pub(super) fn scratch<T: DeviceRepr>(
+pub(super) fn scratch<T: DeviceRepr + Send + 'static>(
     s: &Arc<CudaStream>,
     n: usize,
 ) -> Result<CudaSlice<T>, GpuError> {
+    if let Some(b) = crate::cuda::workspace::take(s, n) {
+        return Ok(b);
+    }
     // SAFETY: callers only use this for buffers whose every read element is
     // first written by a kernel on the same stream: gate writes probs/topk/
     // topk_sum in full, select and next-best write every served slot, cub and

@@ -21,6 +21,17 @@ pub struct GpuDispatch {
     pub(super) total_rows: CudaSlice<i32>,
 }
 
+impl GpuDispatch {
+    /// Hands the buffers to the active layer workspace, if any (else drops them).
+    pub(crate) fn recycle(self) {
+        crate::cuda::workspace::give(self.padded);
+        crate::cuda::workspace::give(self.row_token);
+        crate::cuda::workspace::give(self.row_weight);
+        crate::cuda::workspace::give(self.assignment_row);
+        crate::cuda::workspace::give(self.total_rows);
+    }
+}
+
 impl GpuPlan {
     /// Lays the plan out in expert-contiguous rows padded to `tile`.
     pub fn dispatch(&self, tile: usize) -> Result<GpuDispatch, GpuError> {
@@ -75,6 +86,7 @@ impl GpuPlan {
         // SAFETY: row buffers hold max_rows, assignment_row max_assign, workspace from the launcher's query.
         unsafe { launch::dispatch(&a, st.cu_stream() as Stream)? };
         drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9, _g10, _g11));
+        crate::cuda::workspace::give(ws);
         Ok(d)
     }
 }
@@ -89,6 +101,15 @@ pub struct GpuGemmArgs {
 }
 
 impl GpuGemmArgs {
+    /// Hands the buffers to the active layer workspace, if any (else drops them).
+    pub(crate) fn recycle(self) {
+        let [a, b, c] = self.ptrs;
+        crate::cuda::workspace::give(self.problems);
+        crate::cuda::workspace::give(a);
+        crate::cuda::workspace::give(b);
+        crate::cuda::workspace::give(c);
+    }
+
     /// Copies the arguments back (synchronises).
     pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<GroupedGemmArgs, GpuError> {
         let p = stream.clone_dtoh(&self.problems)?;

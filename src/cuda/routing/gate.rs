@@ -18,6 +18,16 @@ pub(super) struct Gated {
     pub nonfinite: CudaSlice<u64>,
 }
 
+impl Gated {
+    /// Hands the buffers to the active layer workspace, if any (else drops them).
+    pub(super) fn recycle(self) {
+        crate::cuda::workspace::give(self.probs);
+        crate::cuda::workspace::give(self.topk);
+        crate::cuda::workspace::give(self.topk_sum);
+        crate::cuda::workspace::give(self.nonfinite);
+    }
+}
+
 /// Launches the gating kernel over `[tokens, experts]` logits (`shape`,
 /// checked by the caller), with an optional per-expert bias.
 pub(super) fn gate(

@@ -108,7 +108,27 @@ impl GpuPlan {
         unsafe { launch::plan(&a, st.cu_stream() as Stream)? };
         drop((_g1, _g2, _g3, _g4, _g5));
         drop((_o1, _o2, _o3, _o4, _o5, _o6, _o7, _o8));
+        crate::cuda::workspace::give(ws);
+        if let Some(s) = selected.served {
+            crate::cuda::workspace::give(s);
+        }
         Ok(p)
+    }
+
+    /// Hands the buffers to the active layer workspace, if any (else drops them).
+    pub(crate) fn recycle(self) {
+        self.gated.recycle();
+        crate::cuda::workspace::give(self.offsets);
+        crate::cuda::workspace::give(self.expert_ids);
+        crate::cuda::workspace::give(self.token_ids);
+        crate::cuda::workspace::give(self.weights);
+        crate::cuda::workspace::give(self.probs_out);
+        crate::cuda::workspace::give(self.load);
+        crate::cuda::workspace::give(self.overflow);
+        crate::cuda::workspace::give(self.overflow_count);
+        if let Some(f) = self.flags {
+            crate::cuda::workspace::give(f);
+        }
     }
 
     /// Tokens `T`.

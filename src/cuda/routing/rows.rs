@@ -138,9 +138,9 @@ pub(crate) fn gather_bf16(
             what: "rows * hidden",
             value: rows.max_rows,
         })?;
-    // SAFETY: the gather writes every one of the max_rows rows (zeros for
+    // Unset contents: the gather writes every one of the max_rows rows (zeros for
     // padding and for rows past the real count).
-    let mut out = unsafe { st.alloc::<u16>(n.max(1)) }?;
+    let mut out = crate::cuda::uninit::<u16>(st, n)?;
     if rows.max_rows == 0 {
         return Ok(out);
     }
@@ -306,8 +306,8 @@ pub(crate) fn combine_bf16(
         what: "tokens * hidden",
         value: map.tokens,
     })?;
-    // SAFETY: the combine writes every token row.
-    let mut out = unsafe { st.alloc::<u16>(n.max(1)) }?;
+    // Unset contents: the combine writes every token row.
+    let mut out = crate::cuda::uninit::<u16>(st, n)?;
     if map.tokens == 0 {
         return Ok(out);
     }

@@ -91,6 +91,7 @@ pub(super) fn select(
         // SAFETY: served holds tokens * stride; workspace sized by the launcher's own query.
         unsafe { launch::select(&a, raw(st))? };
         drop((_gw, _gs));
+        crate::cuda::workspace::give(ws);
         return Ok(Selected {
             served: Some(served),
             flags: None,
@@ -124,6 +125,8 @@ pub(super) fn select(
         // SAFETY: as for select, plus `last` (tokens) and `flags` (CAPMOE_NB_FLAGS).
         unsafe { launch::next_best(&a, raw(st))? };
     }
+    crate::cuda::workspace::give(ws);
+    crate::cuda::workspace::give(last);
     Ok(Selected {
         served: Some(served),
         flags: Some(flags),
