@@ -61,6 +61,24 @@ impl MoeLayer {
         Ok((run.out, run.plan))
     }
 
+    /// Sizes `ws` for calls of `tokens` tokens before the first real one:
+    /// one call of [`MoeLayer::forward_in`] on zero logits and activations
+    /// (uniform routing, so every policy takes its usual path), after which
+    /// a call at that shape allocates nothing.
+    pub fn prepare(&self, ws: &mut LayerWorkspace, tokens: usize) -> Result<(), GpuError> {
+        let shape = self.ffn.shape();
+        let st = self.ffn.gpu.stream();
+        let n = |w: usize| {
+            tokens.checked_mul(w).ok_or(GpuError::TooLarge {
+                what: "prepare tokens",
+                value: tokens,
+            })
+        };
+        let logits = st.alloc_zeros::<f32>(n(shape.experts)?.max(1))?;
+        let x = st.alloc_zeros::<u16>(n(shape.hidden)?.max(1))?;
+        self.forward_in(ws, &logits, &x, tokens).map(drop)
+    }
+
     /// [`MoeLayer::forward`] with its device buffers taken from `ws` and
     /// given back to it: after a first call at a shape, a call at the same
     /// shape allocates nothing. The output and plan stay in `ws` until its
