@@ -164,8 +164,9 @@ fn unique_id_travels_through_a_host_communicator() {
 
 #[test]
 fn one_rank_ep_forward_through_nccl_equals_local() {
-    let Some((_gpu, nccl)) = nccl() else { return };
-    let g = CudaBackend::open().expect("the GPU opened, so the CUDA backend must");
+    let Some((gpu, nccl)) = nccl() else { return };
+    // The backend on the communicator's context and stream (the device path requires it).
+    let g = CudaBackend::new(&gpu).expect("the GPU opened, so the CUDA backend must");
     let cfg = MixtralConfig::builtin("tiny").unwrap();
     let opts = InitOptions::new(11).with_skew(Skew::Ratio(1.6));
     let model = Model::random_host(g, cfg.clone(), &opts).unwrap();
@@ -209,8 +210,8 @@ fn one_rank_ep_forward_through_nccl_equals_local() {
 
 #[test]
 fn one_rank_ep_decode_through_nccl_equals_local() {
-    let Some((_gpu, nccl)) = nccl() else { return };
-    let g = CudaBackend::open().expect("the GPU opened, so the CUDA backend must");
+    let Some((gpu, nccl)) = nccl() else { return };
+    let g = CudaBackend::new(&gpu).expect("the GPU opened, so the CUDA backend must");
     let cfg = MixtralConfig::builtin("tiny").unwrap();
     let model = Model::random_host(g, cfg.clone(), &InitOptions::new(5)).unwrap();
     let local = LocalComm::group(1, Duration::from_secs(60)).pop().unwrap();
@@ -233,11 +234,19 @@ fn one_rank_ep_decode_through_nccl_equals_local() {
         "{}",
         device.device_layers()
     );
+
+    // A backend on another stream than the communicator's is a typed error of the rank, not a
+    // forward whose transfers and timing events sit on two streams.
+    let other = CudaBackend::open().unwrap();
+    let theirs = Model::random_host(other, cfg.clone(), &InitOptions::new(5)).unwrap();
+    let ep = EpMoe::new(&nccl, e, h, &router, 16).unwrap();
+    let err = ep_generate(&ep, &theirs, &prompts, &opts).unwrap_err();
+    assert!(err.to_string().contains("stream"), "{err}");
 }
 
-/// `capmoe logits --device cuda --ep local:1 --ep-rows nccl|host|auto`: the CLI picks the device
-/// path on request and by default where NCCL loads, and all three give the same bits. A CPU run
-/// refuses `--ep-rows nccl`.
+/// `capmoe logits --device cuda --ep local:1 --ep-rows nccl|host|auto`: the CLI takes the device
+/// path on request (auto keeps the host path under `local:R`), and all three give the same bits.
+/// A CPU run refuses `--ep-rows nccl`.
 #[test]
 fn cli_ep_rows_nccl_equals_host() {
     let Some(_) = nccl() else { return };

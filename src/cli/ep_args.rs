@@ -54,10 +54,13 @@ pub struct EpArgs {
     #[arg(long, default_value_t = 120, value_name = "S")]
     pub ep_timeout: u64,
     /// How rows cross CUDA ranks (`--device cuda`): `nccl` moves them GPU to
-    /// GPU through NCCL (a build with `--features nccl`, one GPU per rank);
-    /// `host` stages them through host memory over the rank communicator;
-    /// `auto` takes NCCL when the build has it, it loads, and every rank
-    /// has a GPU of its own on this node, else the host.
+    /// GPU through NCCL (a build with `--features nccl`, one GPU per rank;
+    /// NCCL waits have no deadline: under `--ep local:R` a failed rank can
+    /// leave the others waiting, so ask for it only when you want it there);
+    /// `host` stages them through host memory over the rank communicator
+    /// (`--ep-timeout` holds); `auto` takes NCCL under `--ep mpi` (mpirun ends
+    /// a job whose rank dies) when the build has it, every rank loads it and
+    /// no rank sees fewer GPUs than there are ranks, else the host.
     #[arg(long, value_enum, default_value_t = EpRows::Auto)]
     pub ep_rows: EpRows,
 }
@@ -168,7 +171,7 @@ pub fn on_rank_model<T: RankTask>(
             }
             let be = capmoe::backend::CudaBackend::new(&GpuContext::new(comm.rank() % count)?)?;
             #[cfg(feature = "nccl")]
-            if let Some(nccl) = nccl_ranks(args.ep_rows, comm, &be, count)? {
+            if let Some(nccl) = nccl_ranks(args, comm, &be, count)? {
                 let ep = rank_layer(model, &nccl, router, max_tokens)?;
                 return task.run(&ep, &model.load_group_on(be, ep.group())?);
             }
@@ -188,24 +191,24 @@ pub fn on_rank_model<T: RankTask>(
     }
 }
 
-/// The NCCL communicator of this rank on the backend's GPU when `rows`
-/// asks for one (`auto`: when every rank has its own GPU and NCCL loads on
-/// every rank; each rank decides alike, since a missing NCCL is reported to
-/// all by the set-up's all-gather), else `None`.
+/// The NCCL communicator of this rank on the backend's GPU and stream when
+/// `--ep-rows` asks for one, else `None`. Under `auto` every rank decides
+/// alike: NCCL only under `--ep mpi`, and only when every rank (one
+/// all-gather of a flag) loads NCCL and sees at least as many GPUs as there
+/// are ranks.
 #[cfg(feature = "nccl")]
 fn nccl_ranks(
-    rows: EpRows,
+    args: &EpArgs,
     comm: &dyn Communicator,
     be: &capmoe::backend::CudaBackend,
     gpus: usize,
 ) -> Result<Option<capmoe::ep::comm::NcclComm>, CliError> {
     use capmoe::ep::comm::{all_gather, NcclComm};
-    match rows {
+    match args.ep_rows {
         EpRows::Host => Ok(None),
-        EpRows::Auto if comm.size() > gpus => Ok(None),
+        EpRows::Auto if args.ep != Some(EpMode::Mpi) => Ok(None),
         EpRows::Auto => {
-            // Every rank learns whether every rank has NCCL, so all choose alike.
-            let here = u8::from(NcclComm::probe().is_ok());
+            let here = u8::from(comm.size() <= gpus && NcclComm::probe().is_ok());
             if all_gather(comm, &[here])?.contains(&0) {
                 return Ok(None);
             }

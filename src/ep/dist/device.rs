@@ -7,25 +7,26 @@
 //! rounding), so both paths give the same bits.
 
 use super::error::DistError;
+use super::exchange::gathered_rows;
 use super::rows::{RowJob, Scratch};
 use super::stats::LayerTimes;
 use crate::backend::cuda::CudaAct;
 use crate::backend::{Backend, BackendError, CudaBackend};
 use crate::cuda::routing::rows::{combine_bf16, gather_bf16, HostCombine, HostRows};
 use crate::cuda::{bytes_of, bytes_of_mut, uninit, GpuError};
-use crate::ep::comm::{CommError, NcclComm};
+use crate::ep::comm::NcclComm;
 use crate::ep::EpBackend;
-use crate::routing::PAD;
 use cudarc::driver::CudaSlice;
 
 fn gpu(e: GpuError) -> DistError {
     BackendError::from(e).into()
 }
 
-/// `n` elements of `s` as bytes for NCCL; `s` always holds them (every
-/// buffer here is sized from the same counts), so a miss is a shape error.
+/// `n` elements of a buffer as bytes for NCCL; every buffer here is sized
+/// from the same counts, so a miss is this rank's shape error (not a
+/// collective's: the layer aborts the communicator for it).
 fn shape(what: &'static str, n: usize) -> DistError {
-    DistError::Comm(CommError::Shape {
+    gpu(GpuError::Shape {
         what,
         got: "a smaller device buffer".into(),
         expected: format!("{n} elements"),
@@ -45,12 +46,14 @@ pub(crate) fn nccl_rows(
     t: &mut LayerTimes,
 ) -> Result<CudaAct, DistError> {
     let st = be.gpu().stream().clone();
-    let (ours, theirs) = (st.context().ordinal(), nccl.stream().context().ordinal());
-    if ours != theirs {
-        return Err(DistError::Comm(CommError::Shape {
-            what: "NCCL communicator's GPU",
-            got: format!("GPU {theirs}"),
-            expected: format!("the backend's GPU {ours}"),
+    if !std::sync::Arc::ptr_eq(&st, nccl.stream()) {
+        // Events on the backend's stream time the collectives, and the rows
+        // are ordered by that one stream.
+        return Err(gpu(GpuError::Shape {
+            what: "NCCL communicator's stream",
+            got: format!("GPU {}, another stream", nccl.stream().context().ordinal()),
+            expected: "the backend's stream: make it with NcclComm::from_host(host, backend.gpu())"
+                .into(),
         }));
     }
     let (ex, h, plan, local) = (job.ex, job.hidden, job.plan, job.local);
@@ -92,10 +95,7 @@ pub(crate) fn nccl_rows(
     t.dispatch_ms = dispatch_ms;
 
     // Each local row's source in the receive buffer (PAD: a padding row).
-    let mut src = vec![PAD; local.rows()];
-    for (p, &r) in ex.recv_to_local.iter().enumerate() {
-        src[r as usize] = p as u32;
-    }
+    let src = ex.local_sources(local.rows());
     let (y, expert_ms) = be.timed(|| {
         let map = HostRows::from_tokens(&st, &src, rows_in).map_err(gpu)?;
         let data = gather_bf16(&st, &*recv, h, &map.map()).map_err(gpu)?;
@@ -119,16 +119,8 @@ pub(crate) fn nccl_rows(
 
     let (out, gather_ms) = be.timed(|| {
         let block_max = tokens.div_ceil(ranks);
-        let offs = plan.offsets();
-        let first = offs[ex.block.start];
-        let last = offs[ex.block.end];
-        // The block's offsets from 0, padded with empty tokens to block_max.
-        let mut rel: Vec<u32> = offs[ex.block.start..=ex.block.end]
-            .iter()
-            .map(|&o| o - first)
-            .collect();
-        rel.resize(block_max + 1, last - first);
-        let w = &plan.weights()[first as usize..last as usize];
+        let (rel, mine) = ex.block_offsets(plan, block_max);
+        let w = &plan.weights()[mine];
         let map =
             HostCombine::from_parts(&st, &rel, w, &ex.assignment_slot, n_send).map_err(gpu)?;
         let mine = combine_bf16(&st, &map.map(), &back, h).map_err(gpu)?;
@@ -138,11 +130,7 @@ pub(crate) fn nccl_rows(
         let mut r = bytes_of_mut(&mut all, all_n).ok_or_else(|| shape("EP all blocks", all_n))?;
         nccl.device_all_gather(&s, &mut r)?;
         // Every block's real rows, in token order.
-        let idx: Vec<u32> = (0..ranks)
-            .flat_map(|r| {
-                (0..job.placement.token_block(r).len()).map(move |j| (r * block_max + j) as u32)
-            })
-            .collect();
+        let idx = gathered_rows(job.placement, block_max);
         let map = HostRows::from_tokens(&st, &idx, ranks * block_max).map_err(gpu)?;
         let data = gather_bf16(&st, &all, h, &map.map()).map_err(gpu)?;
         CudaAct::from_device(data, tokens, h).map_err(gpu)

@@ -2,7 +2,7 @@
 //! alike on every rank from the global plan. Pure and host-side, so it is
 //! tested without a communicator.
 
-use crate::routing::{Placement, RoutingPlan};
+use crate::routing::{Placement, RoutingPlan, PAD};
 use std::ops::Range;
 
 /// One rank's view of a layer's dispatch and combine.
@@ -103,12 +103,46 @@ impl Exchange {
             assignment_slot,
         }
     }
+
+    /// For each of the local layout's `local_rows` rows, its row in the
+    /// dispatch receive buffer (`PAD` for a padding row): the inverse of
+    /// `recv_to_local`, for a gather.
+    pub fn local_sources(&self, local_rows: usize) -> Vec<u32> {
+        let mut src = vec![PAD; local_rows];
+        for (p, &r) in self.recv_to_local.iter().enumerate() {
+            src[r as usize] = p as u32;
+        }
+        src
+    }
+
+    /// The block's plan offsets from 0, padded with empty tokens to
+    /// `block_max` tokens (`block_max + 1` entries), and the block's
+    /// assignments' range in the plan: with `assignment_slot`, the combine
+    /// of the block's rows returned in combine.
+    pub fn block_offsets(&self, plan: &RoutingPlan, block_max: usize) -> (Vec<u32>, Range<usize>) {
+        let offs = plan.offsets();
+        let (first, last) = (offs[self.block.start], offs[self.block.end]);
+        let mut rel: Vec<u32> = offs[self.block.start..=self.block.end]
+            .iter()
+            .map(|&o| o - first)
+            .collect();
+        rel.resize(block_max.max(self.block.len()) + 1, last - first);
+        (rel, first as usize..last as usize)
+    }
+}
+
+/// For each token in order, its row in the all-gather of every rank's
+/// `block_max`-row block of outputs.
+pub fn gathered_rows(placement: &Placement, block_max: usize) -> Vec<u32> {
+    (0..placement.ranks())
+        .flat_map(|r| (0..placement.token_block(r).len()).map(move |j| (r * block_max + j) as u32))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Exchange;
-    use crate::routing::{route, DispatchLayout, Logits, Placement, Policy, RouterConfig};
+    use super::{gathered_rows, Exchange};
+    use crate::routing::{route, DispatchLayout, Logits, Placement, Policy, RouterConfig, PAD};
 
     fn plan(tokens: usize, experts: usize, k: usize, seed: u32) -> crate::routing::RoutingPlan {
         let l: Vec<f32> = (0..tokens * experts)
@@ -164,6 +198,120 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The device path's data flow (ep/dist/device.rs) run on the host with its index lists:
+    /// gather by `send_tokens`, the all-to-all-v by segments, gather by `local_sources`, an
+    /// "expert" per row, gather back by `recv_to_local`, the all-to-all-v back, the block combine
+    /// over `block_offsets` and `assignment_slot`, the all-gather, and the gather by
+    /// `gathered_rows`: every rank ends with the one-process combine, bit for bit, for 1 to 4
+    /// ranks, blocks of unequal and zero size, and plans that drop assignments.
+    #[test]
+    fn the_device_index_lists_give_the_one_process_combine() {
+        const H: usize = 3;
+        let expert = |e: usize, x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .enumerate()
+                .map(|(i, v)| v * (e as f32 + 1.5) - i as f32)
+                .collect()
+        };
+        for (tokens, ranks, policy) in [
+            (9, 2, "none"),
+            (7, 4, "drop:score"),
+            (3, 4, "none"),
+            (1, 4, "drop:score"),
+            (16, 1, "reroute:next-best"),
+            (13, 4, "drop:score"),
+        ] {
+            let l: Vec<f32> = (0..tokens * 8)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) % 1000) as f32 / 100.0)
+                .collect();
+            let mut cfg = RouterConfig::new(2, policy.parse().unwrap());
+            if policy != "none" {
+                cfg = cfg.with_capacity_factor(0.75);
+            }
+            let p = route(&Logits::new(&l, tokens, 8).unwrap(), &cfg).unwrap();
+            let x: Vec<f32> = (0..tokens * H).map(|i| i as f32 * 0.25 - 2.0).collect();
+            // One process: each token's assignments summed in plan order.
+            let mut want = vec![0.0f32; tokens * H];
+            for t in 0..tokens {
+                for i in p.offsets()[t] as usize..p.offsets()[t + 1] as usize {
+                    let y = expert(p.expert_ids()[i] as usize, &x[t * H..(t + 1) * H]);
+                    for (a, v) in want[t * H..(t + 1) * H].iter_mut().zip(y) {
+                        *a += p.weights()[i] * v;
+                    }
+                }
+            }
+            let placement = Placement::new(ranks, 8, tokens).unwrap();
+            let whole = DispatchLayout::new(&p, 1).unwrap();
+            let locals: Vec<DispatchLayout> = (0..ranks)
+                .map(|r| whole.for_experts(&p, placement.expert_group(r)).unwrap())
+                .collect();
+            let ex: Vec<Exchange> = (0..ranks)
+                .map(|r| Exchange::new(&p, &placement, r, locals[r].offsets()))
+                .collect();
+            let gather = |src: &[f32], idx: &[u32]| -> Vec<f32> {
+                idx.iter()
+                    .flat_map(|&i| {
+                        if i == PAD {
+                            vec![0.0; H]
+                        } else {
+                            src[i as usize * H..(i as usize + 1) * H].to_vec()
+                        }
+                    })
+                    .collect()
+            };
+            // Segment `to` of a rank's rank-ordered buffer.
+            let seg = |buf: &[f32], rows: &[usize], to: usize| -> Vec<f32> {
+                let start: usize = rows[..to].iter().sum();
+                buf[start * H..(start + rows[to]) * H].to_vec()
+            };
+            let send: Vec<Vec<f32>> = ex.iter().map(|e| gather(&x, &e.send_tokens)).collect();
+            let back_send: Vec<Vec<f32>> = (0..ranks)
+                .map(|d| {
+                    let recv: Vec<f32> = (0..ranks)
+                        .flat_map(|s| seg(&send[s], &ex[s].send_rows, d))
+                        .collect();
+                    let rows = gather(&recv, &ex[d].local_sources(locals[d].rows()));
+                    let group = placement.expert_group(d);
+                    let offs = locals[d].offsets();
+                    let mut y = vec![0.0f32; rows.len()];
+                    for (j, e) in group.enumerate() {
+                        for r in offs[j] as usize..offs[j + 1] as usize {
+                            y[r * H..(r + 1) * H]
+                                .copy_from_slice(&expert(e, &rows[r * H..(r + 1) * H]));
+                        }
+                    }
+                    gather(&y, &ex[d].recv_to_local)
+                })
+                .collect();
+            let block_max = tokens.div_ceil(ranks);
+            let mut all = Vec::new();
+            for s in 0..ranks {
+                let back: Vec<f32> = (0..ranks)
+                    .flat_map(|d| seg(&back_send[d], &ex[d].recv_rows, s))
+                    .collect();
+                let (rel, mine) = ex[s].block_offsets(&p, block_max);
+                assert_eq!(rel.len(), block_max + 1);
+                let w = &p.weights()[mine];
+                let mut block = vec![0.0f32; block_max * H];
+                for j in 0..block_max {
+                    let span = rel[j] as usize..rel[j + 1] as usize;
+                    for (&wa, &q) in w[span.clone()].iter().zip(&ex[s].assignment_slot[span]) {
+                        let q = q as usize;
+                        for (o, v) in block[j * H..(j + 1) * H]
+                            .iter_mut()
+                            .zip(&back[q * H..(q + 1) * H])
+                        {
+                            *o += wa * v;
+                        }
+                    }
+                }
+                all.extend(block);
+            }
+            let got = gather(&all, &gathered_rows(&placement, block_max));
+            assert_eq!(got, want, "T {tokens}, R {ranks}, {policy}");
         }
     }
 }

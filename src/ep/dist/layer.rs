@@ -39,12 +39,14 @@ pub struct EpMoe<'c, C: Communicator + ?Sized> {
     hidden: usize,
     max_tokens: usize,
     bound: usize,
+    /// `bound * hidden`: the host receive buffer's length.
+    recv_len: usize,
     state: Mutex<State>,
 }
 
 struct State {
     /// The host path's dispatch receive buffer, `bound * hidden`, allocated
-    /// once.
+    /// once, on the host path's first layer.
     recv: Vec<f32>,
     /// The device path's buffers.
     scratch: Scratch,
@@ -94,8 +96,9 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
             hidden,
             max_tokens,
             bound,
+            recv_len: len,
             state: Mutex::new(State {
-                recv: vec![0.0; len],
+                recv: Vec::new(),
                 scratch: Scratch::default(),
                 device_layers: 0,
                 times: Vec::new(),
@@ -199,10 +202,17 @@ impl<'c, C: Communicator + ?Sized> EpMoe<'c, C> {
         let state = &mut *state;
         let out = match backend.device_rows(comm, &job, &mut state.scratch, &mut t) {
             Some(out) => {
+                let out = out?;
                 state.device_layers += 1;
-                out?
+                out
             }
-            None => host_rows(backend, comm, &job, &mut state.recv, &mut t)?,
+            None => {
+                // The host receive buffer, allocated at its bound on first use.
+                if state.recv.len() < self.recv_len {
+                    state.recv = vec![0.0; self.recv_len];
+                }
+                host_rows(backend, comm, &job, &mut state.recv, &mut t)?
+            }
         };
 
         t.rows = rows_in as f64;

@@ -54,7 +54,7 @@ pub use bench::{ep_bench, EpBenchReport, EpBenchSetup, EpCase, RankLayer};
 #[cfg(feature = "nccl")]
 pub(crate) use device::nccl_rows;
 pub use error::DistError;
-pub use exchange::Exchange;
+pub use exchange::{gathered_rows, Exchange};
 pub use layer::{agreement_hash, expert_group, EpMoe};
 #[cfg(feature = "bench")]
 pub use plot::speedup_figure;
