@@ -246,7 +246,7 @@ fn one_rank_ep_decode_through_nccl_equals_local() {
 
 /// `capmoe logits --device cuda --ep local:1 --ep-rows nccl|host|auto`: the CLI takes the device
 /// path on request (auto keeps the host path under `local:R`), and all three give the same bits.
-/// A CPU run refuses `--ep-rows nccl`.
+/// A CPU run refuses `--ep-rows nccl`, and so do thread ranks (`local:2`).
 #[test]
 fn cli_ep_rows_nccl_equals_host() {
     let Some(_) = nccl() else { return };
@@ -255,15 +255,16 @@ fn cli_ep_rows_nccl_equals_host() {
         eprintln!("skipped: {} is not on this machine", exe.display());
         return;
     }
-    let run = |extra: &[&str]| {
+    let run_on = |ep: &str, extra: &[&str]| {
         std::process::Command::new(exe)
             .args(["logits", "--model", "tiny", "--ids", "3,1,4,1,5,9,2,6"])
             .args(["--seed", "11", "--skew", "1.6", "--policy", "drop:score"])
-            .args(["--capacity-factor", "1.0", "--json", "--ep", "local:1"])
+            .args(["--capacity-factor", "1.0", "--json", "--ep", ep])
             .args(extra)
             .output()
             .unwrap()
     };
+    let run = |extra: &[&str]| run_on("local:1", extra);
     let logits = |extra: &[&str]| {
         let out = run(extra);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -278,6 +279,13 @@ fn cli_ep_rows_nccl_equals_host() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("--device cuda"),
+        "{err}"
+    );
+    // Thread ranks over NCCL could wait forever on a failed peer: refused, with the way out.
+    let out = run_on("local:2", &["--device", "cuda", "--ep-rows", "nccl"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mpirun -n 2"),
         "{err}"
     );
 }

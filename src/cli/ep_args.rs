@@ -54,9 +54,9 @@ pub struct EpArgs {
     #[arg(long, default_value_t = 120, value_name = "S")]
     pub ep_timeout: u64,
     /// How rows cross CUDA ranks (`--device cuda`): `nccl` moves them GPU to
-    /// GPU through NCCL (a build with `--features nccl`, one GPU per rank;
-    /// NCCL waits have no deadline: under `--ep local:R` a failed rank can
-    /// leave the others waiting, so ask for it only when you want it there);
+    /// GPU through NCCL (a build with `--features nccl`, one GPU per rank,
+    /// under `--ep mpi` or `--ep local:1`: NCCL waits have no deadline, and
+    /// only mpirun ends the other ranks of a job whose rank fails);
     /// `host` stages them through host memory over the rank communicator
     /// (`--ep-timeout` holds); `auto` takes NCCL under `--ep mpi` (mpirun ends
     /// a job whose rank dies) when the build has it, every rank loads it and
@@ -149,6 +149,11 @@ pub fn on_rank_model<T: RankTask>(
     max_tokens: usize,
     task: &T,
 ) -> Result<T::Output, CliError> {
+    if let (EpRows::Nccl, Some(EpMode::Local(ranks @ 2..))) = (args.ep_rows, args.ep) {
+        return Err(CliError::Usage(format!(
+            "--ep-rows nccl with --ep local:{ranks}: NCCL waits have no deadline, so a failed thread rank would leave the others waiting; run the ranks as processes (`mpirun -n {ranks} capmoe ... --ep mpi --ep-rows nccl`, where mpirun ends the job), or keep --ep local:{ranks} with --ep-rows host (its waits end after --ep-timeout)"
+        )));
+    }
     match model.device {
         ModelDevice::Cpu => {
             if args.ep_rows == EpRows::Nccl {
