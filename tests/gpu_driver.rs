@@ -204,7 +204,7 @@ fn eager_layer_allocations_are_counted_and_none_with_a_workspace() {
         }
         if cfg!(feature = "emulate") {
             assert_eq!(eager.len(), 6, "the fake driver's counter was not found");
-            assert!(eager[0] > 0 && eager.iter().all(|&n| n == eager[0] || n > 0));
+            assert!(eager.iter().all(|&n| n > 0), "{policy}: {eager:?}");
             assert_eq!(
                 eager[0], eager[1],
                 "{policy}: eager calls at one shape differ"

@@ -98,16 +98,18 @@ pub(crate) fn nccl_rows(
     let src = ex.local_sources(local.rows());
     let (y, expert_ms) = be.timed(|| {
         let map = HostRows::from_tokens(&st, &src, rows_in).map_err(gpu)?;
-        let data = gather_bf16(&st, &*recv, h, &map.map()).map_err(gpu)?;
-        let rows = CudaAct::from_device(data, local.rows(), h).map_err(gpu)?;
+        let rows = gather_bf16(&st, &*recv, h, &map.map()).map_err(gpu)?;
+        // The grouped GEMMs straight on the layout: the gather back below reads
+        // real rows only, so the backend's pass that zeroes padding is not needed.
         let groups = local.counts().len();
-        Ok::<_, DistError>(be.expert_ffn(&rows, local, job.experts, 0..groups)?)
+        let ffn = job.experts.ffn();
+        ffn.forward_layout(local, &rows, 0..groups).map_err(gpu)
     })?;
     t.expert_ms = expert_ms;
 
     let (back, combine_ms) = be.timed(|| {
         let map = HostRows::from_tokens(&st, &ex.recv_to_local, local.rows()).map_err(gpu)?;
-        let out = gather_bf16(&st, &y.data, h, &map.map()).map_err(gpu)?;
+        let out = gather_bf16(&st, &y, h, &map.map()).map_err(gpu)?;
         let mut back = uninit::<u16>(&st, n_send * h).map_err(gpu)?;
         let s = bytes_of(&out, rows_in * h).ok_or_else(|| shape("EP combine rows", rows_in * h))?;
         let mut r =
@@ -129,6 +131,10 @@ pub(crate) fn nccl_rows(
         let s = bytes_of(&mine, block_max * h).ok_or_else(|| shape("EP block", block_max * h))?;
         let mut r = bytes_of_mut(&mut all, all_n).ok_or_else(|| shape("EP all blocks", all_n))?;
         nccl.device_all_gather(&s, &mut r)?;
+        if ranks * block_max == tokens {
+            // Equal blocks: the all-gather is already in token order.
+            return CudaAct::from_device(all, tokens, h).map_err(gpu);
+        }
         // Every block's real rows, in token order.
         let idx = gathered_rows(job.placement, block_max);
         let map = HostRows::from_tokens(&st, &idx, ranks * block_max).map_err(gpu)?;
