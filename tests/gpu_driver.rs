@@ -132,21 +132,6 @@ fn the_default_pool_keeps_its_memory() {
     assert_eq!(theirs.pool_release_threshold().unwrap(), u64::MAX);
 }
 
-/// The fake driver's count of device allocations so far (`None` off the emulator).
-fn alloc_calls() -> Option<u64> {
-    if !cfg!(feature = "emulate") {
-        return None;
-    }
-    // SAFETY: the fake libcuda cudarc already loaded (same handle); the symbol is a
-    // `uint64_t (void)` function that only reads an atomic.
-    unsafe {
-        let lib = libloading::Library::new("libcuda.so").ok()?;
-        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
-            lib.get(b"capmoe_fake_alloc_calls").ok()?;
-        Some(f())
-    }
-}
-
 /// An eager `MoeLayer::forward` allocates the same number of buffers every call (counted by the
 /// fake driver); `forward_in` over a `LayerWorkspace` allocates none after its first call at a
 /// shape (or `prepare` for it), and gives `forward`'s bits, for every policy, across shapes that
@@ -181,13 +166,13 @@ fn eager_layer_allocations_are_counted_and_none_with_a_workspace() {
         for t in [TOKENS, TOKENS, 3, TOKENS, 3, 1] {
             let (logits, x) = inputs(t);
             g.synchronize().unwrap();
-            let before = alloc_calls();
+            let before = gpu_lock::alloc_calls();
             let (want, want_plan) = layer.forward(&logits, &x, t).unwrap();
             g.synchronize().unwrap();
-            let mid = alloc_calls();
+            let mid = gpu_lock::alloc_calls();
             let (got, got_plan) = layer.forward_in(&mut ws, &logits, &x, t).unwrap();
             g.synchronize().unwrap();
-            if let (Some(a), Some(b), Some(c)) = (before, mid, alloc_calls()) {
+            if let (Some(a), Some(b), Some(c)) = (before, mid, gpu_lock::alloc_calls()) {
                 eager.push(b - a);
                 pooled.push(c - b);
             }

@@ -520,6 +520,94 @@ fn device_routed_moe_layer_matches_the_host_routed_one() {
     eprintln!("{checked} device-routed layers equal the host-routed ones");
 }
 
+/// `Backend::moe` (eager, Plan and Deferred) reuses its layer's workspace:
+/// a call at the last call's shape allocates only what it hands out (the
+/// output; the deferred summary's record), against the 30-odd buffers of a
+/// cold call, with the same output bits; a call at a new shape allocates
+/// again, and the workspace keeps that call's buffers only (so the shape
+/// it left allocates again once).
+#[test]
+fn eager_backend_moe_reuses_its_layer_workspace() {
+    let _alone = gpu_lock::alone();
+    let Some(g) = gpu() else { return };
+    let cfg = capmoe::model::MixtralConfig::builtin("tiny").unwrap();
+    let model = Model::random_host(g, cfg, &InitOptions::new(5)).unwrap();
+    let (hidden, k) = (
+        model.config().hidden_size,
+        model.config().num_experts_per_tok,
+    );
+    let (be, moe) = (model.backend(), &model.layers()[0].moe);
+    // Shapes of their own per policy: the layer's workspace outlives each.
+    for (i, (policy, mode)) in [
+        ("drop:score", MoeMode::Plan),
+        ("reroute:next-best", MoeMode::Deferred),
+        ("expand:local", MoeMode::Plan),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (a, b) = (4 + 3 * i, 2 + 3 * i);
+        let r = RouterConfig::new(k, policy.parse().unwrap())
+            .with_ranks(2)
+            .with_capacity_factor(0.75);
+        let mut counts = Vec::new();
+        let mut outs: Vec<(usize, Vec<f32>)> = Vec::new();
+        for tokens in [a, a, a, b, a, a] {
+            let h = be
+                .upload(&rand(tokens * hidden, 11, 1.0), tokens, hidden)
+                .unwrap();
+            be.gpu().synchronize().unwrap();
+            let before = gpu_lock::alloc_calls();
+            let out = match mode {
+                MoeMode::Plan => be.moe(moe, &h, &r, mode).unwrap().into_plan().unwrap().out,
+                MoeMode::Deferred => {
+                    let (out, route) = be.moe(moe, &h, &r, mode).unwrap().into_deferred();
+                    be.gpu().synchronize().unwrap();
+                    let after = gpu_lock::alloc_calls();
+                    be.settle(vec![route]).unwrap();
+                    counts.push(after.zip(before).map(|(a, b)| a - b));
+                    outs.push((tokens, be.download(&out).unwrap()));
+                    continue;
+                }
+            };
+            be.gpu().synchronize().unwrap();
+            counts.push(gpu_lock::alloc_calls().zip(before).map(|(a, b)| a - b));
+            outs.push((tokens, be.download(&out).unwrap()));
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (t, o) in &outs[1..] {
+            let first = outs.iter().find(|(u, _)| u == t).unwrap();
+            assert_eq!(
+                bits(o),
+                bits(&first.1),
+                "{policy} T {t}: reuse changed the output"
+            );
+        }
+        if cfg!(feature = "emulate") {
+            let n: Vec<u64> = counts
+                .iter()
+                .map(|c| c.expect("the fake driver's counter"))
+                .collect();
+            // Hands out: the output (and under Deferred the summary's record).
+            let handed = if mode == MoeMode::Deferred { 2 } else { 1 };
+            assert!(
+                n[0] > 10,
+                "{policy}: a cold call allocates its buffers: {n:?}"
+            );
+            eprintln!("{policy}: device allocations per call {n:?}");
+            assert!(n[3] > handed, "{policy}: a new shape allocates: {n:?}");
+            assert!(
+                n[4] > handed,
+                "{policy}: the pool kept only the last call's: {n:?}"
+            );
+            for i in [1, 2, 5] {
+                assert!(n[i] <= handed, "{policy}: warm call {i} allocated {n:?}");
+            }
+            assert!(moe.experts.workspace_buffers() > 10, "{policy}");
+        }
+    }
+}
+
 /// A forward pass without `keep_plans` keeps each layer's plan on the
 /// device and settles them once: the logits are the plan-keeping pass's bit
 /// for bit, every layer's totals are its plan's, and a NaN router logit in

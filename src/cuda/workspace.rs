@@ -19,7 +19,10 @@ use std::sync::Arc;
 /// Free device buffers of one stream, by type and length.
 pub(crate) struct Pool {
     stream: Arc<CudaStream>,
-    free: Vec<Box<dyn Any + Send>>,
+    /// Each free buffer with the call it was given back in.
+    free: Vec<(Box<dyn Any + Send>, u64)>,
+    /// Calls run with this pool active.
+    call: u64,
 }
 
 thread_local! {
@@ -37,12 +40,13 @@ pub(crate) fn take<T: DeviceRepr + Send + 'static>(
     ACTIVE.with(|a| {
         let mut a = a.try_borrow_mut().ok()?;
         let pool = a.as_mut().filter(|p| Arc::ptr_eq(&p.stream, st))?;
-        let i = pool.free.iter().position(|b| {
+        let i = pool.free.iter().position(|(b, _)| {
             b.downcast_ref::<CudaSlice<T>>()
                 .is_some_and(|s| s.len() == n)
         })?;
         pool.free
             .swap_remove(i)
+            .0
             .downcast::<CudaSlice<T>>()
             .ok()
             .map(|b| *b)
@@ -69,7 +73,8 @@ pub(crate) fn give<T: DeviceRepr + Send + 'static>(buf: CudaSlice<T>) {
     ACTIVE.with(|a| {
         if let Ok(mut a) = a.try_borrow_mut() {
             if let Some(p) = a.as_mut().filter(|p| Arc::ptr_eq(&p.stream, buf.stream())) {
-                p.free.push(Box::new(buf));
+                let call = p.call;
+                p.free.push((Box::new(buf), call));
             }
         }
     });
@@ -97,9 +102,17 @@ impl LayerWorkspace {
             pool: Some(Pool {
                 stream: st.clone(),
                 free: Vec::new(),
+                call: 0,
             }),
             last: None,
         }
+    }
+
+    /// True when this workspace serves layers on `st`.
+    pub(crate) fn is_on(&self, st: &Arc<CudaStream>) -> bool {
+        self.pool
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.stream, st))
     }
 
     /// Free buffers held (the last call's output and plan not counted).
@@ -117,10 +130,16 @@ impl LayerWorkspace {
 
     /// Runs `f` with this workspace's pool active on this thread, and puts
     /// it back after, whatever `f` returned (or if it panicked).
-    pub(crate) fn with_pool<R>(
+    ///
+    /// With `trim`, the buffers this call neither took nor gave back are
+    /// dropped after it: the workspace then holds one call's buffers at most
+    /// (a hidden workspace that callers cannot clear must not grow with every
+    /// shape it sees).
+    pub(crate) fn with_pool<R, E: From<GpuError>>(
         &mut self,
-        f: impl FnOnce(&mut Option<super::expert::LayerRun>) -> Result<R, GpuError>,
-    ) -> Result<R, GpuError> {
+        trim: bool,
+        f: impl FnOnce(&mut Option<super::expert::LayerRun>) -> Result<R, E>,
+    ) -> Result<R, E> {
         struct Restore<'a>(&'a mut Option<Pool>);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
@@ -133,11 +152,22 @@ impl LayerWorkspace {
                 what: "layer workspace",
                 got: "another workspace active on this thread".into(),
                 expected: "one forward_in at a time per thread".into(),
-            });
+            }
+            .into());
         }
-        let pool = self.pool.take();
+        let mut pool = self.pool.take();
+        if let Some(p) = pool.as_mut() {
+            p.call += 1;
+        }
         ACTIVE.with(|a| *a.borrow_mut() = pool);
-        let _restore = Restore(&mut self.pool);
-        f(&mut self.last)
+        let r = {
+            let _restore = Restore(&mut self.pool);
+            f(&mut self.last)
+        };
+        if let (true, Some(p)) = (trim, self.pool.as_mut()) {
+            let call = p.call;
+            p.free.retain(|(_, c)| *c == call);
+        }
+        r
     }
 }

@@ -47,3 +47,19 @@ pub fn alone() -> Alone {
     ALONE.with(|a| a.set(true));
     Alone(g)
 }
+
+/// The fake driver's count of device allocations so far (`None` off the emulator).
+#[allow(dead_code)]
+pub fn alloc_calls() -> Option<u64> {
+    if !cfg!(feature = "emulate") {
+        return None;
+    }
+    // SAFETY: the fake libcuda cudarc already loaded (same handle); the symbol is a
+    // `uint64_t (void)` function that only reads an atomic.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so").ok()?;
+        let f: libloading::Symbol<unsafe extern "C" fn() -> u64> =
+            lib.get(b"capmoe_fake_alloc_calls").ok()?;
+        Some(f())
+    }
+}

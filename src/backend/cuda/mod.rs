@@ -394,9 +394,12 @@ impl Backend for CudaBackend {
             return Ok(MoeResult::Plan(w.forward_host(self, x, router)?));
         }
         Ok(match mode {
-            MoeMode::Plan => MoeResult::Plan(moe::moe_device::<moe::KeepPlan>(self, w, x, router)?),
+            MoeMode::Plan => {
+                MoeResult::Plan(moe::moe_device_pooled::<moe::KeepPlan>(self, w, x, router)?)
+            }
             MoeMode::Deferred => {
-                let (out, summary) = moe::moe_device::<moe::KeepSummary>(self, w, x, router)?;
+                let (out, summary) =
+                    moe::moe_device_pooled::<moe::KeepSummary>(self, w, x, router)?;
                 MoeResult::Deferred(out, DeferredRoute::Device(summary))
             }
         })

@@ -13,27 +13,44 @@ use crate::backend::{Backend, BackendError, DeferredRoute, HostRankLayer, MoeOut
 use crate::cuda::expert::{layer_forward, LayerRun};
 use crate::cuda::model_ops as ops;
 use crate::cuda::routing::rows::{combine_bf16, gather_bf16, HostCombine, HostRows};
-use crate::cuda::{ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, PlanSummary};
+use crate::cuda::workspace::give;
+use crate::cuda::{
+    ExpertFfn, GpuContext, GpuDispatch, GpuError, GpuPlan, GpuRouter, LayerWorkspace, PlanSummary,
+};
 use crate::routing::{DispatchLayout, PlanTotals, RouterConfig, RoutingPlan, PAD};
 use cudarc::driver::CudaSlice;
 use std::ops::Range;
 use std::sync::Mutex;
 
 /// One layer's experts on the device: bf16 `W13`/`W2` behind the grouped
-/// GEMMs, and the layer's router bias as last uploaded.
+/// GEMMs, the layer's router bias as last uploaded, and the workspace its
+/// eager calls reuse.
 pub struct CudaExperts {
     pub(crate) ffn: ExpertFfn,
     /// The host bias this device copy was made from: `MoeWeights::router_bias`
     /// is a public field, so each call compares (E floats) before it reuses.
     bias: Mutex<Option<(Vec<f32>, CudaSlice<f32>)>>,
+    /// The buffers `Backend::moe` calls give back and take again
+    /// ([`moe_device_pooled`]).
+    work: Mutex<LayerWorkspace>,
 }
 
 impl CudaExperts {
     pub(crate) fn new(ffn: ExpertFfn) -> Self {
+        let work = Mutex::new(LayerWorkspace::new(ffn.gpu.stream()));
         Self {
             ffn,
             bias: Mutex::new(None),
+            work,
         }
+    }
+
+    /// Free device buffers the layer's workspace holds between eager calls.
+    pub fn workspace_buffers(&self) -> usize {
+        self.work
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .buffers()
     }
 
     /// The device expert FFN (weights and grouped-GEMM variants).
@@ -161,7 +178,9 @@ fn with_router<R>(
     }
     let bias = w.router_bias.as_ref().and(cached.as_ref().map(|(_, d)| d));
     let gpu_router = GpuRouter::new(&be.gpu, router.clone())?;
-    Ok(f(&gpu_router, &logits, bias)?)
+    let r = f(&gpu_router, &logits, bias)?;
+    give(logits);
+    Ok(r)
 }
 
 /// `ep::EpBackend::route_only` on the device: the router GEMM and the device
@@ -228,7 +247,10 @@ pub(crate) struct KeepReplay;
 impl Keep for KeepSummary {
     type Out = (CudaAct, PlanSummary);
     fn finish(_: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError> {
-        Ok((out, run.plan.into_summary()?))
+        let summary = run.plan.into_summary()?;
+        run.dispatch.recycle();
+        give(run.rows);
+        Ok((out, summary))
     }
 }
 
@@ -245,6 +267,9 @@ impl Keep for KeepPlan {
     type Out = MoeOutput<CudaBackend>;
     fn finish(be: &CudaBackend, out: CudaAct, run: DeviceParts) -> Result<Self::Out, BackendError> {
         let (plan, layout) = host_plan(be, &run.plan)?;
+        run.plan.recycle();
+        run.dispatch.recycle();
+        give(run.rows);
         Ok(MoeOutput { out, plan, layout })
     }
 }
@@ -297,6 +322,33 @@ pub(crate) fn moe_device<K: Keep>(
             rows,
         },
     )
+}
+
+/// [`moe_device`] with the layer's workspace active (`Backend::moe`, eager):
+/// its temporaries, plan, layout and rows go back to the workspace and the
+/// next call at a shape it has seen takes them again, so such a call
+/// allocates only what it hands out (its output, and under `KeepSummary`
+/// the summary's record). The workspace keeps the last call's buffers only
+/// (a call at a new shape drops the old shape's), so it never grows past
+/// one call's worth. Not while the stream captures a graph (a graph's
+/// buffers must stay its own) nor when another thread holds the workspace:
+/// then it is [`moe_device`].
+pub(crate) fn moe_device_pooled<K: Keep>(
+    be: &CudaBackend,
+    w: &MoeWeights<CudaBackend>,
+    x: &CudaAct,
+    router: &RouterConfig,
+) -> Result<K::Out, BackendError> {
+    let st = be.gpu.stream();
+    let idle = st.capture_status().is_ok_and(|s| {
+        s == cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+    });
+    match w.experts.work.try_lock() {
+        Ok(mut ws) if idle && ws.is_on(st) => {
+            ws.with_pool(true, |_| moe_device::<K>(be, w, x, router))
+        }
+        _ => moe_device::<K>(be, w, x, router),
+    }
 }
 
 /// `ep::EpBackend::moe_kept` on the device: [`moe_device`] keeping [`KeepReplay`].

@@ -38,7 +38,7 @@ use std::sync::RwLock;
 /// # Ok(()) }
 /// ```
 pub struct ExpertFfn {
-    pub(super) gpu: GpuContext,
+    pub(crate) gpu: GpuContext,
     pub(super) shape: FfnShape,
     pub(super) cc: (u32, u32),
     pub(super) sm_count: u32,

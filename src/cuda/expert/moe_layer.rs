@@ -107,7 +107,7 @@ impl MoeLayer {
         x: &CudaSlice<u16>,
         tokens: usize,
     ) -> Result<(&'w CudaSlice<u16>, &'w GpuPlan), GpuError> {
-        ws.with_pool(|last| {
+        ws.with_pool(false, |last| {
             if let Some(run) = last.take() {
                 run.recycle();
             }
@@ -119,7 +119,7 @@ impl MoeLayer {
                 x,
                 tokens,
             )?);
-            Ok(())
+            Ok::<(), GpuError>(())
         })?;
         let run = ws.last.as_ref().ok_or(GpuError::Shape {
             what: "layer workspace",

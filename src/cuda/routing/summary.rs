@@ -81,13 +81,17 @@ impl GpuPlan {
             unsafe { launch::plan_stats(&a, st.cu_stream() as Stream)? };
             drop(flags);
         }
-        Ok(PlanSummary {
+        let summary = PlanSummary {
             experts,
             rounds: self.rounds,
             next_best: self.flags.is_some(),
-            stream: self.stream,
+            stream: self.stream.clone(),
             record,
-        })
+        };
+        // The plan's buffers go to the active layer workspace, if any (the
+        // stats kernel reads them first: reuse is stream-ordered).
+        self.recycle();
+        Ok(summary)
     }
 }
 
