@@ -2,10 +2,13 @@
 //! block: the work is cut into (expert, column block) tasks that rayon
 //! balances over the cores, each task a single-threaded GEMM over all of the
 //! expert's rows, so every weight block is read once per expert and skewed
-//! loads (one hot expert, many cold ones) still keep every core busy.
+//! loads (one hot expert, many cold ones) still keep every core busy. An
+//! expert with at most `SMALL_ROWS` rows (decode) reads its weight block
+//! straight from the weights (`rows.rs`) instead of packing it first.
 
 use super::gemm::{matmul, View};
 use super::ops::silu_mul;
+use super::rows::{linear_rows, SMALL_ROWS};
 use crate::backend::{HostExpert, HostTensor};
 use crate::routing::DispatchLayout;
 use gemm::Parallelism;
@@ -58,6 +61,15 @@ pub fn expert_ffn(
             }
             let mut h1 = vec![0.0f32; n * b.len()];
             let mut h3 = vec![0.0f32; n * b.len()];
+            if n <= SMALL_ROWS {
+                let xs = &rows[start * hidden..(start + n) * hidden];
+                let span = b.start * hidden..b.end * hidden;
+                let (w1, w3) = (&w.w1.data()[span.clone()], &w.w3.data()[span]);
+                linear_rows(&mut h1, b.len(), xs, n, hidden, w1, b.len());
+                linear_rows(&mut h3, b.len(), xs, n, hidden, w3, b.len());
+                silu_mul(&mut h1, &h3);
+                return h1;
+            }
             matmul(
                 &mut h1,
                 b.len(),
@@ -103,11 +115,16 @@ pub fn expert_ffn(
             let (e, _, n) = active[*i];
             let w2 = &experts[e].w2;
             let mut y = vec![0.0f32; n * b.len()];
+            let w2b = &w2.data()[b.start * inter..b.end * inter];
+            if n <= SMALL_ROWS {
+                linear_rows(&mut y, b.len(), &acts[*i], n, inter, w2b, b.len());
+                return y;
+            }
             matmul(
                 &mut y,
                 b.len(),
                 View::rows(&acts[*i], n, inter),
-                View::rows(&w2.data()[b.start * inter..b.end * inter], b.len(), inter).t(),
+                View::rows(w2b, b.len(), inter).t(),
                 false,
                 Parallelism::None,
             );

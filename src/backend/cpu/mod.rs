@@ -6,6 +6,7 @@ mod attention;
 mod experts;
 pub(crate) mod gemm;
 mod ops;
+mod rows;
 
 pub use attention::CpuKv;
 pub use gemm::gemm_rate;
@@ -132,8 +133,14 @@ impl Backend for CpuBackend {
                 vec![x.rows, inp],
             ));
         }
+        // A few rows (decode): W streamed once, not packed (`rows.rs`).
+        let data = if x.rows <= rows::SMALL_ROWS {
+            rows::linear_rows_par(&x.data, x.rows, inp, w.data(), out)
+        } else {
+            gemm::linear(&x.data, x.rows, inp, w.data(), out, gemm::threads())
+        };
         Ok(CpuTensor {
-            data: gemm::linear(&x.data, x.rows, inp, w.data(), out, gemm::threads()),
+            data,
             rows: x.rows,
             cols: out,
         })
