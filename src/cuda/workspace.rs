@@ -67,6 +67,11 @@ pub(crate) fn take_zeroed<T: DeviceRepr + ValidAsZeroBits + Send + 'static>(
     }
 }
 
+/// True when a pool is active on this thread (a `with_pool` is running).
+pub(crate) fn active_here() -> bool {
+    ACTIVE.with(|a| a.try_borrow().map_or(true, |a| a.is_some()))
+}
+
 /// Hands `buf` to this thread's active pool when it is on the pool's
 /// stream; otherwise drops it (freed in stream order, as any buffer).
 pub(crate) fn give<T: DeviceRepr + Send + 'static>(buf: CudaSlice<T>) {
@@ -146,8 +151,7 @@ impl LayerWorkspace {
                 *self.0 = ACTIVE.with(|a| a.borrow_mut().take());
             }
         }
-        let busy = ACTIVE.with(|a| a.try_borrow().map_or(true, |a| a.is_some()));
-        if busy {
+        if active_here() {
             return Err(GpuError::Shape {
                 what: "layer workspace",
                 got: "another workspace active on this thread".into(),

@@ -5,9 +5,10 @@
 //! one to a few rows that copy costs as much as the product (the decode
 //! profile of issue 24: 69% of batch-8 samples in `gemm`'s packing). Here
 //! `W` is streamed once from memory and `x` (a few rows) stays in cache.
-//! The SIMD width is chosen at run time (`pulp`: AVX-512, AVX2 + FMA, NEON
-//! or scalar), so the summation order, and the last bits, follow the CPU;
-//! on one machine the result is the same on every run.
+//! The SIMD width is chosen at run time (`pulp` with its default features:
+//! AVX2 + FMA, NEON or scalar; its AVX-512 path, feature `x86-v4`, is off),
+//! so the summation order, and the last bits, follow the CPU; on one machine
+//! the result is the same on every run.
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;

@@ -331,8 +331,8 @@ pub(crate) fn moe_device<K: Keep>(
 /// the summary's record). The workspace keeps the last call's buffers only
 /// (a call at a new shape drops the old shape's), so it never grows past
 /// one call's worth. Not while the stream captures a graph (a graph's
-/// buffers must stay its own) nor when another thread holds the workspace:
-/// then it is [`moe_device`].
+/// buffers must stay its own), nor when another thread holds the workspace
+/// or a workspace is already active on this thread: then it is [`moe_device`].
 pub(crate) fn moe_device_pooled<K: Keep>(
     be: &CudaBackend,
     w: &MoeWeights<CudaBackend>,
@@ -344,7 +344,7 @@ pub(crate) fn moe_device_pooled<K: Keep>(
         s == cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
     });
     match w.experts.work.try_lock() {
-        Ok(mut ws) if idle && ws.is_on(st) => {
+        Ok(mut ws) if idle && ws.is_on(st) && !crate::cuda::workspace::active_here() => {
             ws.with_pool(true, |_| moe_device::<K>(be, w, x, router))
         }
         _ => moe_device::<K>(be, w, x, router),

@@ -72,6 +72,15 @@ examples:
 """
 
 
+
+def write_atomically(path, data):
+    """Writes `data` (str or bytes) to `path` through a temporary name, so an
+    interrupted run never leaves a half-written file behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
 def die(msg):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -197,7 +206,11 @@ def write_gguf(model_dir, cfg, tensors, fmt, path):
              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[fmt]
     L, E = cfg["num_hidden_layers"], cfg["num_local_experts"]
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    w = gguf.GGUFWriter(str(path), "llama")
+    # Written under a temporary name and renamed at the end: the cache reuses
+    # any GGUF newer than the checkpoint, so a half-written one must never
+    # carry the final name.
+    tmp = path.with_name(path.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(Path(model_dir).name)
     w.add_context_length(cfg.get("max_position_embeddings", 4096))
     w.add_embedding_length(cfg["hidden_size"])
@@ -265,6 +278,7 @@ def write_gguf(model_dir, cfg, tensors, fmt, path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    os.replace(tmp, path)
 
 
 def convert(model_dir, cfg, formats, gguf_dir, force):
@@ -327,7 +341,8 @@ def make_random(name, layers, out_dir, seed):
         off += n
     hb = json.dumps(header).encode()
     hb += b" " * (-len(hb) % 8)
-    with open(out_dir / "model.safetensors", "wb") as f:
+    tmp = out_dir / "model.safetensors.tmp"
+    with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
         for k, s in t.items():
@@ -336,7 +351,8 @@ def make_random(name, layers, out_dir, seed):
             else:
                 a = (rng.standard_normal(s, dtype=np.float32) * np.float32(1.0 / np.sqrt(s[1]))).astype(np.float32)
             f.write(a.tobytes())
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    os.replace(tmp, out_dir / "model.safetensors")
+    write_atomically(out_dir / "config.json", json.dumps(cfg, indent=2))
     print(f"random checkpoint: {out_dir} ({name}, {L} layers, seed {seed})")
 
 
@@ -714,7 +730,7 @@ def main():
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomically(out / "results.json", json.dumps(result, indent=2) + "\n")
 
     c = cfg
     md = [f"# capmoe vs llama.cpp on the CPU", "",
@@ -752,7 +768,7 @@ def main():
     md += [f"{k}: {v}" for k, v in capmoe_cmds.items()]
     md += [f"llama.cpp: {result['commands']['llama.cpp']}", f"greedy: {greedy['command']}",
            f"this run: {result['commands']['this']}", "```", ""]
-    (out / "results.md").write_text("\n".join(md))
+    write_atomically(out / "results.md", "\n".join(md))
     print("\n".join(md))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
